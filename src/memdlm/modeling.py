@@ -1,0 +1,127 @@
+"""Backbones: the tiny default built from a shipped config, or any local HF model.
+
+The tiny default is a stock ``Gemma3ForCausalLM`` with bidirectional attention
+(``use_bidirectional_attention=True``) and full attention in every layer, so a
+position sees the whole sequence -- what a masked diffusion model needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+
+TINY_CONFIG = Path(__file__).parent / "assets" / "tiny" / "config.json"
+
+
+def tiny_config_dict(**overrides) -> dict:
+    cfg = json.loads(TINY_CONFIG.read_text())
+    cfg.update(overrides)
+    return cfg
+
+
+def build_tiny_model(tokenizer, seed: int | None = None, **overrides):
+    """A freshly initialised tiny bidirectional Gemma3 sized for ``tokenizer``.
+
+    ``overrides`` change config fields (e.g. ``num_hidden_layers=10``).
+    """
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = tiny_config_dict(**overrides)
+    for key in ("architectures", "model_type"):
+        cfg.pop(key, None)
+    n_layers = cfg["num_hidden_layers"]
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        layer_types=["full_attention"] * n_layers, **cfg,
+    )
+    config.mask_token_id = tokenizer.mask_token_id
+    if seed is not None:
+        torch.manual_seed(seed)
+    return Gemma3ForCausalLM(config)
+
+
+def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None):
+    """Load a local model directory (no hub downloads: ``local_files_only``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model directory {path} does not exist")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{path}: encoder-decoder models are not supported")
+    architectures = getattr(config, "architectures", None) or []
+    loader = AutoModelForMaskedLM if any("MaskedLM" in a for a in architectures) else AutoModelForCausalLM
+    model = loader.from_pretrained(path, **kwargs)
+    make_bidirectional(model)
+    return model
+
+
+def make_bidirectional(model) -> None:
+    """Turn off causal masking where the architecture exposes a switch.
+
+    Gemma3 has ``use_bidirectional_attention`` (must be set at build time);
+    Llama/Qwen-style decoders read ``config.is_causal``; encoders are already
+    bidirectional. Remote-code DLMs (LLaDA, Dream) are bidirectional by design.
+    """
+    config = model.config
+    if getattr(config, "use_bidirectional_attention", None) is False:
+        raise ValueError(
+            "this Gemma3 checkpoint was built with causal attention; rebuild it with "
+            "use_bidirectional_attention=True (it cannot be switched after loading)")
+    if hasattr(config, "is_causal") or config.model_type in {"llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "mixtral"}:
+        config.is_causal = False
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def logits_only_at(model, positions: torch.Tensor | None):
+    """Make ``model(...).logits`` hold logits only at ``positions`` ([b, l] bool).
+
+    A pre-hook on the output embedding gathers the hidden states at the selected
+    positions before the vocabulary projection, so logits are ``[n, V]`` for the n
+    selected positions in row-major order. The forward still goes through the
+    model's own ``forward`` (and so through DDP/FSDP wrappers). With a large
+    vocabulary this is the difference between ``b*l*V`` and ``n*V`` floats.
+    """
+    if positions is None:
+        yield
+        return
+    head = unwrap(model).get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(unwrap(model)).__name__} has no output embedding to hook")
+
+    def gather(_module, args):
+        hidden = args[0]
+        return (hidden[positions],) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def unwrap(model):
+    """The underlying transformers model below DDP/accelerate and PEFT wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def forward_logits(model, input_ids, attention_mask=None, positions=None) -> torch.Tensor:
+    """Logits ``[b, l, V]``, or ``[n, V]`` at ``positions`` when given."""
+    with logits_only_at(model, positions):
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.logits

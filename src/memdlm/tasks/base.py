@@ -1,0 +1,153 @@
+"""Task interface, the train/eval split rule and length fitting."""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+TokenCounter = Callable[[str], int]
+SPLITS = ("train", "eval")
+EVAL_FRACTION_PERCENT = 25  # of every item pool (keys, values, names) held out for evaluation
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated example. ``response`` is the training target text;
+    ``answers`` are the references the scorer looks for in a prediction."""
+
+    task: str
+    prompt: str
+    response: str
+    answers: tuple[str, ...]
+    meta: dict = field(default_factory=dict)
+
+    def to_row(self) -> dict:
+        return {"task": self.task, "prompt": self.prompt, "response": self.response,
+                "answers": list(self.answers), "meta": self.meta}
+
+
+def split_of(item: str) -> str:
+    """Stable train/eval assignment of a key, value or name (independent of seed)."""
+    bucket = zlib.crc32(item.encode("utf-8")) % 100
+    return "eval" if bucket < EVAL_FRACTION_PERCENT else "train"
+
+
+def split_pool(items: list[str], split: str) -> list[str]:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    pool = [x for x in items if split_of(x) == split]
+    if not pool:
+        raise ValueError(f"the {split} split of this pool is empty")
+    return pool
+
+
+def random_number(rng: random.Random, digits: int, split: str) -> str:
+    """A ``digits``-digit number (no leading zero) from the requested split."""
+    while True:
+        value = str(rng.randrange(10 ** (digits - 1), 10**digits))
+        if split_of(value) == split:
+            return value
+
+
+def fit_filler(
+    build: Callable[[int], Sample], target_tokens: int, count: TokenCounter,
+    max_filler: int = 1 << 16,
+) -> Sample:
+    """The sample with the most filler sentences whose prompt + response fit.
+
+    ``build(n)`` must return the sample with ``n`` filler sentences (deterministic
+    in n). Binary search on n; the result is within one filler sentence of the
+    target, which for targets of a few hundred tokens and more is within 5%.
+    """
+    def length(n: int) -> int:
+        s = build(n)
+        return count(s.prompt) + count(s.response)
+
+    if length(0) > target_tokens:
+        raise ValueError(
+            f"target length {target_tokens} tokens is shorter than the sample without filler "
+            f"({length(0)} tokens); ask for a longer context or fewer needles")
+    lo, hi = 0, 1
+    while hi < max_filler and length(hi) <= target_tokens:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if length(mid) <= target_tokens:
+            lo = mid
+        else:
+            hi = mid
+    return build(lo)
+
+
+def insert_at_random(
+    rng: random.Random, filler: list[str], needles: list[str], keep_order: bool = True,
+) -> list[str]:
+    """Insert needles between filler sentences at random depths (order kept if asked)."""
+    slots = sorted(rng.randrange(len(filler) + 1) for _ in needles)
+    if not keep_order:
+        needles = rng.sample(needles, len(needles))
+    out, j = [], 0
+    for i in range(len(filler) + 1):
+        while j < len(needles) and slots[j] == i:
+            out.append(needles[j])
+            j += 1
+        if i < len(filler):
+            out.append(filler[i])
+    return out
+
+
+class Task:
+    """Base class. Subclasses set ``name``, ``metric`` and implement ``build``.
+
+    ``metric`` names a scorer in :mod:`memdlm.tasks.scoring`.
+    """
+
+    name = "base"
+    metric = "string_match_all"
+
+    def sample(self, seed: int, split: str, length: int, count: TokenCounter, haystack=None) -> Sample:
+        """The sample for (seed, split, length): same arguments, same sample."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+        from memdlm.tasks.haystack import default_haystack
+
+        haystack = haystack or default_haystack()
+        rng = random.Random(f"{self.name}:{split}:{length}:{seed}")
+        return self.build(rng, split, length, count, haystack)
+
+    def build(self, rng, split, length, count, haystack) -> Sample:  # pragma: no cover
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    _REGISTRY[task.name] = task
+    return task
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for module in ("kv", "ruler", "babilong"):
+        try:
+            importlib.import_module(f"memdlm.tasks.{module}")
+        except ModuleNotFoundError as err:  # a generator not shipped yet
+            if err.name != f"memdlm.tasks.{module}":
+                raise
+
+
+def task_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(_REGISTRY)}") from None

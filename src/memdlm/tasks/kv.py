@@ -1,0 +1,54 @@
+"""Key-value retrieval in a haystack with distractor keys (the tiny default's task).
+
+Prompt: facts "The value of {key} is {value}." for the queried key and
+``distractors`` other keys, scattered through filler, then the question. The
+response is the value. Keys are adjective-noun pairs, values ``digits``-digit
+numbers; both come from disjoint train / eval pools.
+"""
+
+from __future__ import annotations
+
+from memdlm.data import words
+from memdlm.tasks.base import Sample, Task, fit_filler, insert_at_random, random_number, register_task, split_pool
+
+
+class KeyValueTask(Task):
+    name = "kv"
+    metric = "string_match_all"
+
+    def __init__(self, distractors: int = 3, digits: int = 4):
+        self.distractors = distractors
+        self.digits = digits
+
+    def _keys(self, rng, split, n):
+        adjectives = split_pool(words.ADJECTIVES, split)
+        nouns = split_pool(words.NOUNS, split)
+        keys: list[str] = []
+        while len(keys) < n:
+            key = f"{rng.choice(adjectives)} {rng.choice(nouns)}"
+            if key not in keys:
+                keys.append(key)
+        return keys
+
+    def build(self, rng, split, length, count, haystack):
+        keys = self._keys(rng, split, self.distractors + 1)
+        values = [random_number(rng, self.digits, split) for _ in keys]
+        needles = [f"The value of {k} is {v}." for k, v in zip(keys, values)]
+        query = rng.randrange(len(keys))
+        filler_rng_state = rng.getstate()
+        order_seed = rng.random()
+
+        def make(n: int) -> Sample:
+            rng.setstate(filler_rng_state)
+            filler = haystack.sentences(rng, n)
+            import random as _random
+
+            body = insert_at_random(_random.Random(order_seed), filler, needles, keep_order=False)
+            prompt = " ".join(body) + f" Question: what is the value of {keys[query]}? Answer:"
+            return Sample(self.name, prompt, " " + values[query], (values[query],),
+                          {"key": keys[query], "keys": keys, "values": values})
+
+        return fit_filler(make, length, count)
+
+
+register_task(KeyValueTask())

@@ -1,0 +1,84 @@
+"""The tiny default's tokenizer: a byte-level BPE trained offline, shipped as files.
+
+Digits are split one per token (numbers are the values our tasks retrieve), and
+the special tokens a DLM needs -- mask, pad, end of sequence -- are part of it.
+``scripts/build_assets.py`` rebuilds the shipped files deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+ASSET_DIR = Path(__file__).parent / "assets" / "tokenizer"
+PAD, MASK, EOS = "<|pad|>", "<|mask|>", "<|eos|>"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}Assistant: {{ m['content'] }}"
+    "{{ eos_token }}\n{% else %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 2048):
+    """Train a byte-level BPE with single-digit pre-tokenisation; returns a fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[PAD, MASK, EOS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    core.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=PAD, mask_token=MASK, eos_token=EOS,
+        chat_template=CHAT_TEMPLATE, model_max_length=1 << 20,
+    )
+
+
+def load_default_tokenizer():
+    """The shipped tokenizer (no network)."""
+    from transformers import PreTrainedTokenizerFast
+
+    if not (ASSET_DIR / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"the default tokenizer is missing from {ASSET_DIR}; run scripts/build_assets.py")
+    return PreTrainedTokenizerFast.from_pretrained(str(ASSET_DIR))
+
+
+def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
+    """A tokenizer from a local directory, or the default one; it must have a mask token."""
+    if path is None:
+        tok = load_default_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return ensure_special_tokens(tok, source=path or str(ASSET_DIR))
+
+
+def ensure_special_tokens(tokenizer, source: str):
+    """Check for a mask token; fall back eos -> pad if there is no pad token."""
+    if tokenizer.mask_token_id is None:
+        raise ValueError(
+            f"tokenizer at {source} has no mask token: a masked diffusion model needs one. "
+            "Add it (tokenizer.add_special_tokens({'mask_token': '<|mask|>'})) and resize the "
+            "model's embeddings, or pick a DLM tokenizer (LLaDA, Dream) that has one.")
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"tokenizer at {source} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def count_tokens_fn(tokenizer):
+    """A cheap text -> token count function for the task generators' length fitting."""
+    core = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if core is not None:
+        return lambda text: len(core.encode(text, add_special_tokens=False).ids)
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
