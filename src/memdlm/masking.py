@@ -23,13 +23,34 @@ def sample_times(
     return eps + (1.0 - eps) * u
 
 
-def _uniform_scores(shape, generator, device) -> torch.Tensor:
+def _uniform_scores(shape, generator, device, scores=None) -> torch.Tensor:
+    if scores is not None:  # caller-provided uniforms (e.g. hashed, per-sample)
+        if scores.shape != torch.Size(shape):
+            raise ValueError(f"scores shape {tuple(scores.shape)} != {tuple(shape)}")
+        return scores
     return torch.rand(shape, generator=generator, device=device)
+
+
+def hashed_uniform(seeds: torch.Tensor, length: int, salt: int = 0) -> torch.Tensor:
+    """Uniforms ``[b, length]`` that depend only on (seed of the row, position, salt).
+
+    A counter-based hash instead of a generator stream: a sample's draws at
+    position i are the same whatever its padded length and batch mates, which
+    is what per-sample memory needs to be invariant to batching.
+    """
+    mask32 = 0xFFFFFFFF
+    pos = torch.arange(length, device=seeds.device, dtype=torch.int64)
+    seed = (seeds.to(torch.int64) ^ (seeds.to(torch.int64) >> 32)) & mask32
+    x = (seed[:, None] * 1000003 + pos[None, :] * 7919 + (salt & mask32) * 104729) & mask32
+    for _ in range(3):
+        x = ((x >> 16) ^ x) * 0x45D9F3B & mask32
+    x = (x >> 16) ^ x
+    return (x.to(torch.float64) / 2**32).to(torch.float32)
 
 
 def mask_with_probability(
     maskable: torch.Tensor, prob: torch.Tensor, *, generator: torch.Generator | None = None,
-    at_least_one: bool = True,
+    at_least_one: bool = True, scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mask each maskable position independently with probability ``prob[b]``.
 
@@ -38,7 +59,7 @@ def mask_with_probability(
     an empty anchor would give zero loss and, for MemDLM, nothing for the
     anchor-to-target stage to fit.
     """
-    u = _uniform_scores(maskable.shape, generator, maskable.device)  # [b, l]
+    u = _uniform_scores(maskable.shape, generator, maskable.device, scores)  # [b, l]
     masked = (u < prob[:, None]) & maskable
     if at_least_one:
         first = u.masked_fill(~maskable, 2.0).argmin(dim=1)  # [b]
@@ -56,7 +77,7 @@ def masked_fraction(masked: torch.Tensor, maskable: torch.Tensor) -> torch.Tenso
 
 def extend_mask_to_fraction(
     masked: torch.Tensor, maskable: torch.Tensor, fraction: torch.Tensor, *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A superset of ``masked`` covering ``ceil(fraction * n_maskable)`` positions.
 
@@ -68,7 +89,7 @@ def extend_mask_to_fraction(
     n_maskable = maskable.sum(1)  # [b]
     target = torch.ceil(fraction.clamp(0, 1) * n_maskable.float() - 1e-6).long()
     target = torch.maximum(target, masked.sum(1))  # [b]
-    score = _uniform_scores(masked.shape, generator, masked.device)
+    score = _uniform_scores(masked.shape, generator, masked.device, scores)
     score = score.masked_fill(masked, -1.0).masked_fill(~maskable, 2.0)  # masked first, never others
     rank = score.argsort(dim=1).argsort(dim=1)  # [b, l] rank of each position
     return (rank < target[:, None]) & maskable
@@ -76,12 +97,13 @@ def extend_mask_to_fraction(
 
 def random_ranks(
     positions: torch.Tensor, *, generator: torch.Generator | None = None,
+    scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A uniformly random order over the True positions of each row: ``[b, l]``.
 
     True positions get ranks 0..n_b-1; other positions get ranks >= n_b.
     """
-    score = _uniform_scores(positions.shape, generator, positions.device)
+    score = _uniform_scores(positions.shape, generator, positions.device, scores)
     score = score.masked_fill(~positions, 2.0)
     return score.argsort(dim=1).argsort(dim=1)
 

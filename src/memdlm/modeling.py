@@ -120,6 +120,28 @@ def unwrap(model):
     return model
 
 
+@contextlib.contextmanager
+def capture_final_hidden(model, store: list):
+    """Append the output embedding's input (the last hidden states) to ``store``.
+
+    Combined with ``logits_only_at`` (entered first), the captured tensor is the
+    gathered ``[n, H]`` hidden states at the selected positions.
+    """
+    head = unwrap(model).get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda _m, args: store.append(args[0]))
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def strip_ddp(model):
+    """Remove DDP-style wrappers only (keeps PEFT, whose adapters are part of the model)."""
+    while hasattr(model, "module") and not hasattr(model, "get_base_model"):
+        model = model.module
+    return model
+
+
 def forward_logits(model, input_ids, attention_mask=None, positions=None) -> torch.Tensor:
     """Logits ``[b, l, V]``, or ``[n, V]`` at ``positions`` when given."""
     with logits_only_at(model, positions):

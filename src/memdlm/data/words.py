@@ -86,3 +86,64 @@ before noon|after the rain|in the spring|near the hill|without a word|
 at dawn|for a while|once again|in silence|by the shore|every day|
 along the way|at the edge of town|under a clear sky
 """.replace("\n", "").split("|")
+
+# More everyday nouns and verbs, added for common-words extraction (CWE), whose lists need
+# hundreds of distinct words per split. Appended after the lists above (which the shipped
+# tokenizer was trained on) and never mixed into them.
+CWE_NOUNS = """
+actor airport album alley angle ankle answer apron arch army artist atlas attic
+avenue axe bacon badger bakery ballet bamboo bandage banner barn basin bean
+bear bed bench berry blade blender blossom bone bonnet boot border bowl box
+bracelet branch brick broom bubble buffalo bugle bunny butter cabbage cable
+cafe cake calendar camera canal candy canoe canvas cape captain card carrot
+cart cashew castle cat cave ceiling cellar chalk channel cheese chess chicken
+chimney chin church cinema citizen clam clay coach coast coat cobweb coconut
+coffee coin collar comb corner costume cotton couch cow crab crane cricket
+crown crow cushion daughter deer dentist diary dinner doctor dog dolphin donkey
+door dough dove dress driver duck dust ear earth elbow elephant elk envelope
+eraser fabric factory fairy farm fern ferry field finger fish flower fog
+folder football frog fruit furnace galaxy gallery garage gecko gem ghost
+giraffe glove glue goose gown grain grass gravel guest gull hall hamster
+handle hat heart hedge hen hero hive hobby hook horn horse hose hotel hound
+iceberg igloo ink insect iron ivy jar jelly jewel judge jug kangaroo key
+kingdom kite knee knife knot koala label lamb lamp lawn leaf leather letter
+library lion lobster lock locket log magazine mailbox mammoth map marble mask
+meadow medal mermaid milk mitten mole moose moth motor mouse mug museum
+mushroom napkin necklace nephew noodle notebook nurse nut oar octopus onion
+orange organ oven owl oyster page paint pancake paper parade parcel park
+pasta path peanut pear pelican pen pencil penguin pie pig pilot pipe pirate
+pizza plate pony poppy potato pot printer puddle pumpkin puzzle quilt rail
+rain raft ranch reef rhino rice ring road robin rope rose ruler sand sandal
+sausage scarecrow school scissors seal seed sheep shelf shirt shoe shovel
+shrimp sink skate skirt sled slipper snail snake soap sock sofa soup sparrow
+sponge spring squid stable stamp stool stove straw street string student
+suitcase sweater swing tablet tail teacher teapot tent thimble thread ticket
+tile toast toe tooth torch towel toy train tray tree truck trunk tub turnip
+vase vest village vine wallet wand wardrobe wasp watch wave wheat wheel wing
+wool worm yacht yard yarn yogurt zipper
+""".split()
+
+CWE_VERBS = """
+accept add admire agree allow answer appear arrive ask bake balance bathe beg
+behave believe belong bless blink boil borrow bounce bow breathe bring brush
+build bump buy call camp care carry catch cause change charge chase cheer chew
+choose clap climb close collect comb come cook copy cough count crawl cry cut
+dance dare decide deliver design dig dine dive divide doubt drag draw dream
+dress drift drink drive dry earn eat enjoy enter escape explain explore fail
+fetch fill finish fix float fold fly follow forget forgive gather giggle give
+glow grab grin grow guard guess hang help hide hike hold hop hug hum hunt
+hurry imagine improve invent invite iron jog join joke juggle jump kick kneel
+knit knock laugh launch learn lend lift listen live look love march marry
+melt mend mix move nap nod notice obey offer open order pack paddle paint
+park pause pedal pick plan plant play please point polish pour practise pray
+pretend print promise pull pump punch push race rain reach read relax remind
+repeat reply rest return ride ring rinse roar roll rub run rush sail save
+scrub search sell send sew shake share shout show sing sink sip sit skate ski
+skip sleep slide smell smile sneeze sniff snore solve sort speak spell spin
+splash spray sprint squeeze stack stand stare start stay steer step stir stop
+stretch stroll study swim swing talk taste teach tease tell thank think throw
+tickle tidy tie tip toss trace trade travel trust try tug turn twist type
+unlock unpack untie use vanish visit wade wait wake walk wander want warn
+wash wave weave whisper whistle win wink wish wonder work worry wrap write
+yawn yell zoom
+""".split()

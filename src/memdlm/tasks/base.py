@@ -98,6 +98,30 @@ def insert_at_random(
     return out
 
 
+def fit_haystack(
+    rng: random.Random, haystack, needles: list[str], render: Callable[[str], Sample],
+    target_tokens: int, count: TokenCounter, keep_order: bool = True,
+) -> Sample:
+    """Hide ``needles`` in haystack filler and size the filler to ``target_tokens``.
+
+    ``render(context)`` turns the context text (filler sentences and needles joined by
+    spaces) into the sample. The filler is measured in words (see
+    :func:`memdlm.tasks.haystack.filler_sentences`), so the result falls short of the
+    target by at most about one word's tokens. Needles go at uniformly random sentence
+    boundaries (:func:`insert_at_random`), in the given order when ``keep_order``.
+    """
+    from memdlm.tasks.haystack import filler_sentences
+
+    filler_seed, depth_seed = rng.random(), rng.random()
+
+    def build(n_words: int) -> Sample:
+        filler = filler_sentences(haystack, random.Random(filler_seed), n_words)
+        body = insert_at_random(random.Random(depth_seed), filler, needles, keep_order)
+        return render(" ".join(body))
+
+    return fit_filler(build, target_tokens, count)
+
+
 class Task:
     """Base class. Subclasses set ``name``, ``metric`` and implement ``build``.
 
@@ -132,7 +156,7 @@ def register_task(task: Task) -> Task:
 def _load_builtin() -> None:
     import importlib
 
-    for module in ("kv", "ruler", "babilong"):
+    for module in ("kv", "ruler", "babilong", "longresponse"):
         try:
             importlib.import_module(f"memdlm.tasks.{module}")
         except ModuleNotFoundError as err:  # a generator not shipped yet

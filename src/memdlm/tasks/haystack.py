@@ -59,6 +59,37 @@ class FileHaystack(Haystack):
         return [self._sentences[(start + i) % len(self._sentences)] for i in range(n)]
 
 
+def filler_sentences(haystack: Haystack, rng: random.Random, n_words: int) -> list[str]:
+    """The first ``n_words`` words of the haystack's sentence stream, as sentences.
+
+    The last sentence is cut after the word that reaches ``n_words`` and closed with
+    a period, so length fitting can add filler a word (1-3 tokens) at a time rather
+    than a sentence (about 10 tokens) at a time. The stream is drawn from ``rng`` as
+    it stands on entry; the built-in haystacks give streams whose first sentences do
+    not depend on how many are asked for, so more words never change earlier text.
+    """
+    if n_words <= 0:
+        return []
+    state, asked = rng.getstate(), max(1, n_words // 4)
+    while True:
+        rng.setstate(state)
+        sentences = haystack.sentences(rng, asked)
+        if sum(len(s.split()) for s in sentences) >= n_words or asked >= n_words:
+            break
+        asked *= 2
+    out, left = [], n_words
+    for sentence in sentences:
+        tokens = sentence.split()
+        if len(tokens) >= left:
+            if len(tokens) > left:
+                sentence = " ".join(tokens[:left]).rstrip(",;:.!?") + "."
+            out.append(sentence)
+            break
+        out.append(sentence)
+        left -= len(tokens)
+    return out
+
+
 def default_haystack() -> Haystack:
     return ProseHaystack()
 

@@ -9,7 +9,15 @@ numbers; both come from disjoint train / eval pools.
 from __future__ import annotations
 
 from memdlm.data import words
-from memdlm.tasks.base import Sample, Task, fit_filler, insert_at_random, random_number, register_task, split_pool
+from memdlm.tasks.base import (
+    Sample,
+    Task,
+    fit_filler,
+    insert_at_random,
+    random_number,
+    register_task,
+    split_pool,
+)
 
 
 class KeyValueTask(Task):

@@ -1,0 +1,1 @@
+"""Data: row formats, tokenisation, packing, synthetic task data and collation."""

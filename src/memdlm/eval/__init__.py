@@ -1,0 +1,1 @@
+"""Evaluation: held-out task accuracy, long-context suites, exposure bias, lm-eval."""

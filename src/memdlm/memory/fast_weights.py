@@ -1,0 +1,162 @@
+"""Fast weights: transient low-rank (or dense) deltas applied through forward hooks.
+
+The deltas live here, outside the module tree -- never in ``model.parameters()``,
+state dicts, checkpoints, PEFT adapters or the outer optimiser, so DDP / FSDP /
+DeepSpeed never see them. A ``FastWeights`` holds, for each target module, one
+delta per *slot*: per-sample memory has a slot per sample, batch-shared memory one
+slot for the whole batch. While ``active()``, each target's output gets
+
+    y_b += scale * x_b A_s^T B_s^T        (low rank, s = slot of sample b)
+    y_b += x_b D_s^T                       (dense)
+
+computed for all samples at once with batched matmuls (no loop over samples).
+A starts Kaiming-uniform from a per-slot seed and B at zero (as the reference and
+LoRA do): the initial delta is zero, yet the first SGD step can move B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from memdlm.masking import seeded_generator
+from memdlm.memory.targets import Target
+
+
+@dataclass
+class FastWeights:
+    targets: list[Target]
+    tensors: list[list[torch.Tensor]]  # per target: [A [S,r,in], B [S,out,r]] or [D [S,out,in]]
+    scale: float
+    slot_of_sample: torch.Tensor | None = None  # [b]; None: slot i <-> sample i (per-sample)
+    stats: dict = field(default_factory=dict)
+
+    # --- construction -----------------------------------------------------------------
+    @classmethod
+    def fresh(cls, targets: list[Target], *, rank: int, scale: float, dense: bool,
+              slot_seeds: list[int], device, slot_of_sample: torch.Tensor | None = None) -> FastWeights:
+        """Zero deltas for ``len(slot_seeds)`` slots; A drawn from each slot's own seed."""
+        tensors = []
+        for ti, t in enumerate(targets):
+            if dense:
+                tensors.append([torch.zeros(len(slot_seeds), t.out_features, t.in_features, device=device)])
+                continue
+            bound = 1.0 / math.sqrt(t.in_features)  # kaiming_uniform(a=sqrt(5)), as nn.Linear / LoRA A
+            a = torch.stack([
+                (torch.rand(rank, t.in_features, generator=seeded_generator(seed, ti)) * 2 - 1) * bound
+                for seed in slot_seeds]).to(device)
+            b = torch.zeros(len(slot_seeds), t.out_features, rank, device=device)
+            tensors.append([a, b])
+        return cls(targets, tensors, scale, slot_of_sample)
+
+    @property
+    def num_slots(self) -> int:
+        return self.tensors[0][0].shape[0]
+
+    def params(self) -> list[torch.Tensor]:
+        return [p for group in self.tensors for p in group]
+
+    def replace(self, flat: list[torch.Tensor]) -> FastWeights:
+        """The same structure holding new tensors (e.g. after an SGD step)."""
+        it = iter(flat)
+        tensors = [[next(it) for _ in group] for group in self.tensors]
+        return FastWeights(self.targets, tensors, self.scale, self.slot_of_sample, dict(self.stats))
+
+    def requires_grad_(self) -> FastWeights:
+        return self.replace([p.detach().requires_grad_(True) for p in self.params()])
+
+    def detached(self) -> FastWeights:
+        return self.replace([p.detach() for p in self.params()])
+
+    def slot(self, i: int) -> FastWeights:
+        """Slot i alone (for comparing a sample's memory in and out of a batch)."""
+        return self.replace([p[i:i + 1] for p in self.params()])
+
+    def norm(self) -> torch.Tensor:
+        """Mean over slots of the delta's Frobenius norm summed in quadrature over targets."""
+        sq = 0.0
+        for group in self.tensors:
+            if len(group) == 1:
+                sq = sq + group[0].pow(2).sum(dim=(1, 2))
+            else:  # ||scale * B A||_F without forming B A
+                a, b = group
+                sq = sq + (self.scale ** 2) * torch.einsum("sor,srq,soq->s", b, a @ a.transpose(1, 2), b)
+        return sq.clamp_min(0).sqrt().mean()
+
+    # --- application ------------------------------------------------------------------
+    def _delta(self, group: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        squeeze = x32.dim() == 2
+        if squeeze:
+            x32 = x32[:, None, :]
+        params = group
+        if self.slot_of_sample is not None:
+            params = [p[self.slot_of_sample] for p in group] if self.num_slots > 1 else \
+                     [p.expand(x32.shape[0], *p.shape[1:]) for p in group]
+        if len(params) == 1:  # dense: [b, l, in] @ [b, in, out]
+            out = torch.bmm(x32, params[0].transpose(1, 2))
+        else:
+            a, b = params
+            out = torch.bmm(torch.bmm(x32, a.transpose(1, 2)), b.transpose(1, 2)) * self.scale
+        return out[:, 0, :] if squeeze else out
+
+    @contextlib.contextmanager
+    def active(self, measure: bool = False):
+        """Add the deltas to the targets' outputs for forward passes inside the block.
+
+        With ``measure``, records ||delta|| / ||output|| per target call in
+        ``stats["relative_change"]``: how large a perturbation the memory is
+        relative to the adapted layers' own outputs.
+        """
+        handles = []
+        changes = self.stats.setdefault("relative_change", []) if measure else None
+        for target, group in zip(self.targets, self.tensors):
+            def hook(_module, args, output, group=group):
+                delta = self._delta(group, args[0]).to(output.dtype)
+                if changes is not None:
+                    changes.append((delta.detach().norm() / output.detach().norm().clamp_min(1e-12)).item())
+                return output + delta
+
+            handles.append(target.module.register_forward_hook(hook))
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+
+# --- inner-loop gradient clipping (pure functions over per-slot gradients) ----------
+def _coefficient(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    # torch.nn.utils.clip_grad_norm_'s rule: scale by max_norm / (norm + 1e-6) when above.
+    return (max_norm / (norm + 1e-6)).clamp(max=1.0)
+
+
+def _slot_norm(g: torch.Tensor) -> torch.Tensor:
+    return g.flatten(1).norm(dim=1)  # [S]
+
+
+def clip_per_param(grads: list[torch.Tensor], max_norm: float) -> tuple[list[torch.Tensor], int]:
+    """Each tensor of each slot clipped to ``max_norm`` on its own (the paper's default)."""
+    out, fired = [], 0
+    for g in grads:
+        norm = _slot_norm(g)
+        fired += int((norm > max_norm).sum())
+        out.append(g * _coefficient(norm, max_norm).view(-1, *[1] * (g.dim() - 1)))
+    return out, fired
+
+
+def clip_global(grads: list[torch.Tensor], max_norm: float) -> tuple[list[torch.Tensor], int]:
+    """All tensors of a slot clipped together by their joint norm."""
+    norm = torch.stack([_slot_norm(g).pow(2) for g in grads]).sum(0).sqrt()  # [S]
+    coef = _coefficient(norm, max_norm)
+    return [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads], int((norm > max_norm).sum())
+
+
+def clip_none(grads, max_norm):
+    return list(grads), 0
+
+
+CLIPPERS = {"per_param": clip_per_param, "global": clip_global, "none": clip_none}

@@ -1,0 +1,168 @@
+"""The inner loop: write fast weights from a simulated trajectory (first-order).
+
+    phi_0 = fresh (delta 0)
+    for each stage k of the trajectory:          # K = 2 by default
+        L_k = inner loss at stage k with phi_k active      (per sample, own normaliser)
+        phi_{k+1} = phi_k - lr * clip(grad_phi L_k)        (plain SGD)
+    return phi_K, detached: the outer loss treats it as a constant
+
+Only the fast weights get gradients (``torch.autograd.grad`` w.r.t. them alone),
+and the layers below the first adapted layer run without autograd: their
+activations are the same constants for every stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from memdlm.loss import loss_weights, per_sample_loss, reduce_loss
+from memdlm.masking import apply_mask, masked_fraction, seeded_generator
+from memdlm.memory.fast_weights import CLIPPERS, FastWeights
+from memdlm.memory.inner_losses import get_inner_loss
+from memdlm.memory.targets import Target, first_layer_module
+from memdlm.memory.trajectories import TrajectoryInputs, get_trajectory
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def autograd_from(layer: torch.nn.Module | None):
+    """Run a forward with autograd off until ``layer`` starts (then on)."""
+    if layer is None:
+        yield
+        return
+    previous = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
+
+    def enable(*_):  # returns None: a pre-hook's return value would replace the inputs
+        torch.set_grad_enabled(previous)
+
+    handle = layer.register_forward_pre_hook(enable)
+    try:
+        yield
+    finally:
+        handle.remove()
+        torch.set_grad_enabled(previous)
+
+
+@dataclass
+class InnerLoopInputs:
+    clean_ids: torch.Tensor  # [b, l]
+    attention_mask: torch.Tensor  # [b, l]
+    maskable: torch.Tensor  # [b, l]
+    anchor: torch.Tensor  # [b, l] masked set of the anchor x_t
+    sample_seeds: torch.Tensor  # [b]
+    step_seed: int = 0  # shared by the batch (run seed, step)
+
+
+@dataclass
+class InnerLoopStats:
+    stage_losses: dict = field(default_factory=dict)  # stage name -> mean inner loss
+    clip_fired: int = 0
+    clip_checked: int = 0
+    skipped_nonfinite: int = 0
+
+
+class InnerLoop:
+    """Writes a memory for a batch. ``per_sample`` picks one slot per sample or one per batch."""
+
+    def __init__(self, model, targets: list[Target], args, *, hidden_size: int, mask_token_id: int,
+                 schedule, per_sample: bool, weighting: str, normalization: str = "token"):
+        self.model = model
+        self.targets = targets
+        self.args = args
+        self.rank = args.rank_for(hidden_size)
+        self.scale = args.scale_for(hidden_size)
+        self.mask_token_id = mask_token_id
+        self.schedule = schedule
+        self.per_sample = per_sample
+        self.weighting = weighting
+        self.normalization = normalization
+        self.trajectory = get_trajectory(args)
+        self.loss_fn = get_inner_loss(args.inner_loss)
+        self.clip = CLIPPERS[args.inner_clip]
+        self.first_layer = first_layer_module(model, targets)
+
+    # --- memory slots ---------------------------------------------------------------
+    def fresh_memory(self, x: InnerLoopInputs) -> FastWeights:
+        device = x.clean_ids.device
+        if self.per_sample:
+            seeds = [int(s) * 7919 + x.step_seed for s in x.sample_seeds.tolist()]
+            return FastWeights.fresh(self.targets, rank=self.rank, scale=self.scale,
+                                     dense=self.args.memory_dense, slot_seeds=seeds, device=device)
+        slot = torch.zeros(x.clean_ids.shape[0], dtype=torch.long, device=device)
+        return FastWeights.fresh(self.targets, rank=self.rank, scale=self.scale,
+                                 dense=self.args.memory_dense, slot_seeds=[x.step_seed], device=device,
+                                 slot_of_sample=slot)
+
+    # --- the loop -------------------------------------------------------------------
+    def run(self, x: InnerLoopInputs) -> tuple[FastWeights, InnerLoopStats]:
+        memory, stats = self.fresh_memory(x), InnerLoopStats()
+        stages = self.trajectory.stages(TrajectoryInputs(x.anchor, x.maskable, x.sample_seeds, x.step_seed))
+        for stage in stages:
+            memory = self.step(memory, stage, x, stats)
+        return memory.detached(), stats
+
+    def stage_weights(self, stage, x: InnerLoopInputs) -> torch.Tensor:
+        t = masked_fraction(stage.masked, x.maskable).clamp_min(1e-3)  # realised fraction, [b]
+        return loss_weights(t, self.weighting, self.schedule)
+
+    def step(self, memory: FastWeights, stage, x: InnerLoopInputs, stats: InnerLoopStats) -> FastWeights:
+        args = (self.model, x.clean_ids, x.attention_mask, stage, self.mask_token_id)
+        with torch.no_grad(), memory.active():
+            teacher_out = self.loss_fn.teacher(*args)
+        live = memory.requires_grad_()
+        with live.active(), autograd_from(self.first_layer):
+            dense = self.loss_fn.student(*args, teacher_out)  # [b, l]
+            weight = self.stage_weights(stage, x)
+            if self.per_sample:
+                losses = per_sample_loss(dense, weight, x.maskable)  # [b]
+            else:
+                losses = reduce_loss(dense, weight, x.maskable, self.normalization)[None]  # [1]
+        finite = torch.isfinite(losses)  # [slots]
+        stats.skipped_nonfinite += int((~finite).sum())
+        stats.stage_losses[stage.name] = losses[finite].mean().item() if finite.any() else float("nan")
+        if not losses.requires_grad:  # nothing to learn from (no loss positions anywhere)
+            return memory
+        total = torch.where(finite, losses, torch.zeros_like(losses)).sum()
+        grads = torch.autograd.grad(total, live.params(), allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, live.params())]
+        grads = [_zero_bad_slots(g, finite) for g in grads]
+        grads, fired = self.clip(grads, self.args.inner_clip_norm)
+        stats.clip_fired += fired
+        stats.clip_checked += len(grads) * memory.num_slots
+        lr = self.args.inner_lr
+        return memory.replace([p.detach() - lr * g for p, g in zip(memory.params(), grads)])
+
+
+def _zero_bad_slots(grad: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """Zero the gradient of slots whose loss (or gradient) is not finite: no update."""
+    ok = finite.clone() if finite.numel() == grad.shape[0] else finite.all().expand(grad.shape[0])
+    ok = ok & torch.isfinite(grad.flatten(1)).all(1)
+    return torch.where(ok.view(-1, *[1] * (grad.dim() - 1)), grad, torch.zeros_like(grad))
+
+
+def prompt_anchor(input_ids, attention_mask, prompt_positions, mask_ratio: float, seeds: torch.Tensor):
+    """Inference-time adaptation inputs: the prompt is maskable, a random ``mask_ratio`` masked.
+
+    Each prompt's mask comes from its own seed (hashed), so it is the same alone or
+    in a batch. At least one prompt token is masked.
+    """
+    from memdlm.masking import hashed_uniform, mask_with_probability
+
+    scores = hashed_uniform(seeds, input_ids.shape[1], salt=977).to(input_ids.device)
+    prob = torch.full((input_ids.shape[0],), float(mask_ratio), device=input_ids.device)
+    anchor = mask_with_probability(prompt_positions, prob, scores=scores)
+    return InnerLoopInputs(input_ids, attention_mask, prompt_positions, anchor, seeds.to(input_ids.device))
+
+
+def step_seed_of(*parts: int) -> int:
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=seeded_generator(*parts)).item())
+
+
+__all__ = ["InnerLoop", "InnerLoopInputs", "InnerLoopStats", "autograd_from", "prompt_anchor",
+           "apply_mask", "step_seed_of"]

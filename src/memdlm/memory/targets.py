@@ -1,0 +1,95 @@
+"""Which modules get fast weights: chosen from data (names, layer indices), PEFT-style.
+
+Default (SPEC section 3): the FFN projections of the last ``fraction`` of layers,
+first adapted layer ``floor(L * (1 - fraction))`` and at least one layer. FFN
+names per family live in one table; ``--memory_target_modules`` (a regex over
+module names) overrides the table for anything else.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+# Module-name suffixes of FFN / attention projections, by family.
+FFN_NAMES = ("gate_proj", "up_proj", "down_proj",  # Llama, Qwen, Gemma, Mistral
+             "w1", "w2", "w3",  # Mixtral experts (legacy), LLaDA
+             "ff_proj", "ff_out", "up_proj", "Wi", "Wo", "fc1", "fc2", "c_fc", "c_proj")
+ATTN_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "Wqkv", "att_proj", "attn_out")
+LAYER_PATTERN = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    module: nn.Module
+    layer: int
+    in_features: int
+    out_features: int
+
+
+def linear_of(module: nn.Module) -> nn.Linear | None:
+    """The nn.Linear behind a module (itself, or a PEFT wrapper's ``base_layer``)."""
+    base = getattr(module, "base_layer", module)
+    return base if isinstance(base, nn.Linear) else None
+
+
+def num_layers(model: nn.Module) -> int:
+    layers = {int(m.group(1)) for name, _ in model.named_modules() if (m := LAYER_PATTERN.search(name + "."))}
+    if not layers:
+        raise ValueError(f"{type(model).__name__}: no numbered layers found (expected '.layers.N.')")
+    return max(layers) + 1
+
+
+def first_adapted_layer(n_layers: int, fraction: float) -> int:
+    """floor(L * (1 - fraction)), but never past the last layer (at least one adapted)."""
+    return min(n_layers - 1, math.floor(n_layers * (1 - fraction) + 1e-9))
+
+
+def _is_attention_module(name: str) -> bool:
+    return ".attn." in name or ".attention." in name or ".self_attn." in name
+
+
+def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
+                 pattern: str | None = None) -> list[Target]:
+    """Linear modules that get fast weights, in module order. Raises if none match."""
+    n_layers = num_layers(model)
+    first = first_adapted_layer(n_layers, fraction)
+    suffixes = FFN_NAMES + (ATTN_NAMES if scope == "ffn_attn" else ())
+    regex = re.compile(pattern) if pattern else None
+    targets = []
+    for name, module in model.named_modules():
+        linear = linear_of(module)
+        if linear is None or name.endswith(".base_layer") or ".lora_" in name:
+            continue
+        m = LAYER_PATTERN.search(name + ".")
+        if regex is not None:
+            if not regex.search(name):
+                continue
+        else:
+            leaf = name.rsplit(".", 1)[-1]
+            if m is None or int(m.group(1)) < first or leaf not in suffixes:
+                continue
+            if scope == "ffn" and _is_attention_module(name):  # ModernBERT's attn.Wo is not FFN
+                continue
+        targets.append(Target(name, module, int(m.group(1)) if m else -1,
+                              linear.in_features, linear.out_features))
+    if not targets:
+        what = f"pattern {pattern!r}" if pattern else f"{scope} projections {suffixes} in layers >= {first}"
+        raise ValueError(f"{type(model).__name__}: no module matches {what}; pass "
+                         "--memory_target_modules with a regex over the model's module names")
+    return targets
+
+
+def first_layer_module(model: nn.Module, targets: list[Target]) -> nn.Module | None:
+    """The decoder layer holding the lowest target (None when targets have no layer index)."""
+    layered = [t for t in targets if t.layer >= 0]
+    if not layered:
+        return None
+    lowest = min(layered, key=lambda t: t.layer)
+    m = LAYER_PATTERN.search(lowest.name + ".")
+    prefix = lowest.name[: m.end() - 1]  # "...layers.N"
+    return model.get_submodule(prefix)

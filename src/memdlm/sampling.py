@@ -1,0 +1,426 @@
+"""Iterative-unmasking sampler for masked diffusion LMs, LLaDA-style.
+
+Reference: Nie et al., "Large Language Diffusion Models" (2025), Sec. 2.4 and
+App. B.3: reverse process with *low-confidence remasking* and semi-autoregressive
+blocks. Written from the maths, not from LLaDA's ``generate.py``.
+
+The rules, in the order a call applies them:
+
+1. **Layout.** Each sample is ``[prompt][N response slots][pad ...]``: the
+   response sits right after its own prompt and padding is on the right
+   (attention mask 0 there), so a sample's positions and logits do not depend
+   on its batch mates. All N slots start as the mask token.
+2. **Blocks.** The response is cut into blocks of ``block_length`` slots, decoded
+   left to right; when ``block_length`` does not divide N the *last block is
+   shorter*. Masks in later blocks stay visible to the model but cannot be
+   committed until every earlier block is complete.
+3. **Steps over blocks** (:func:`steps_per_block`). The S steps are split evenly
+   over the blocks, the remainder going to the earliest blocks; a block never
+   gets more steps than it has slots (a short last block gives its surplus to
+   the earliest blocks with room). So every step commits at least one token,
+   the total is exactly S, and S must lie in ``[num_blocks, N]``.
+4. **Tokens per step** (:func:`tokens_per_step`). Within a block of n slots and
+   s steps, each step commits ``n // s`` tokens, the first ``n % s`` steps one
+   more.
+5. **Proposal and confidence.** At every step the model predicts each slot of
+   the current block; the mask token and the pad token (unless pad doubles as
+   EOS) get logit -inf. The proposal is the argmax at temperature 0, otherwise a
+   draw from ``softmax(logits / temperature)``. Confidence is the model's
+   (untempered) probability of the proposal (``"low_confidence"``) or a uniform
+   random score (``"random"``); the k still-masked slots with the highest score
+   are committed (ties: leftmost first).
+6. **EOS** (``stop_at_eos=True``). As soon as a sample has an EOS in its
+   response, every response slot after its first EOS becomes EOS at once (also
+   a slot already committed to another token), so no step is spent there; later
+   steps commit ``min(k, masked slots left in the block)``, and a sample with
+   nothing left to commit only rides along in the batched forward.
+   ``responses``/``texts`` stop before the first EOS. With
+   ``stop_at_eos=False`` EOS is an ordinary token: nothing is filled or cut.
+7. **Randomness.** Draws come from a ``torch.Generator`` seeded with
+   ``config.seed``; with ``seeds=[...]`` each sample has its own generator and
+   draws of a shape fixed by the config, so its result does not depend on its
+   batch mates.
+
+History (``return_history=True``) holds, per step, the state before the step
+and the positions that went from mask to a token during it (EOS fills
+included) -- which positions were still masked at each step is what the
+exposure-bias analysis needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+
+from memdlm.modeling import forward_logits
+
+# ---------------------------------------------------------------------------
+# Pure kernels: schedules and selection
+# ---------------------------------------------------------------------------
+
+
+def tokens_per_step(n_tokens: int, steps: int) -> torch.Tensor:
+    """Tokens to commit at each of ``steps`` steps for ``n_tokens`` slots: ``[steps]``.
+
+    As even as possible, the remainder going to the earliest steps, so the
+    counts are non-increasing and sum to ``n_tokens`` (trailing zeros when
+    ``steps > n_tokens``; the sampler never asks for that).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+    counts = torch.full((steps,), n_tokens // steps, dtype=torch.long)
+    counts[: n_tokens % steps] += 1
+    return counts
+
+
+def block_sizes(n_tokens: int, block_length: int) -> list[int]:
+    """Sizes of the left-to-right blocks; the last one is shorter on a remainder."""
+    if block_length < 1:
+        raise ValueError(f"block_length must be >= 1, got {block_length}")
+    full, rest = divmod(n_tokens, block_length)
+    return [block_length] * full + ([rest] if rest else [])
+
+
+def steps_per_block(sizes: Sequence[int], steps: int) -> list[int]:
+    """Split ``steps`` over blocks of ``sizes`` (rule 3 of the module docstring).
+
+    Even split, remainder to the earliest blocks; a block gets at most one step
+    per slot and the surplus moves to the earliest blocks with room.
+    """
+    n_blocks, total = len(sizes), sum(sizes)
+    if not n_blocks <= steps <= total:
+        raise ValueError(
+            f"steps={steps} must lie in [num_blocks, max_new_tokens] = [{n_blocks}, {total}]: "
+            "each block needs a step and each step commits at least one token")
+    alloc = tokens_per_step(steps, n_blocks).tolist()
+    surplus = sum(max(0, a - s) for a, s in zip(alloc, sizes))
+    alloc = [min(a, s) for a, s in zip(alloc, sizes)]
+    for i, size in enumerate(sizes):
+        extra = min(surplus, size - alloc[i])
+        alloc[i] += extra
+        surplus -= extra
+    return alloc
+
+
+def select_commits(scores: torch.Tensor, candidates: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """The ``min(k, #candidates)`` highest-scoring candidates of each row: bool ``[b, B]``.
+
+    ``scores`` must be finite on candidates; ties go to the leftmost position.
+    """
+    k = torch.as_tensor(k, device=scores.device)
+    k_eff = torch.minimum(k.expand(scores.shape[0]), candidates.sum(1))  # [b]
+    keyed = scores.float().masked_fill(~candidates, float("-inf"))  # [b, B]
+    order = keyed.argsort(dim=1, descending=True, stable=True)
+    rank = order.argsort(dim=1)  # [b, B] rank of each position, 0 = best
+    return (rank < k_eff[:, None]) & candidates
+
+
+def fill_after_eos(response: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Set every slot after the first EOS of each row to EOS: ``[b, N]``."""
+    is_eos = (response == eos_id).long()
+    after_first = (is_eos.cumsum(1) - is_eos) > 0  # an EOS strictly before
+    return response.masked_fill(after_first, eos_id)
+
+
+def cut_at_eos(tokens: Sequence[int], eos_id: int) -> list[int]:
+    tokens = list(tokens)
+    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
+
+
+# ---------------------------------------------------------------------------
+# Randomness: one shared generator, or one per sample
+# ---------------------------------------------------------------------------
+
+
+class _Draws:
+    """Random draws for a batch, from one generator or from one per sample.
+
+    Per-sample generators always draw a ``[B]`` / ``[B, V]`` shape fixed by the
+    config, so a sample's stream never depends on its batch mates.
+    """
+
+    def __init__(self, generators: list[torch.Generator], shared: bool):
+        self.generators, self.shared = generators, shared
+
+    @classmethod
+    def create(cls, seed: int, seeds: Sequence[int] | None, batch: int, device) -> _Draws:
+        if seeds is None:
+            return cls([torch.Generator(device=device).manual_seed(int(seed))], shared=True)
+        if len(seeds) != batch:
+            raise ValueError(f"got {len(seeds)} seeds for {batch} prompts")
+        return cls([torch.Generator(device=device).manual_seed(int(s)) for s in seeds], shared=False)
+
+    def uniform(self, shape: tuple[int, int], device) -> torch.Tensor:  # [b, B]
+        if self.shared:
+            return torch.rand(shape, generator=self.generators[0], device=device)
+        return torch.stack([torch.rand(shape[1:], generator=g, device=device) for g in self.generators])
+
+    def categorical(self, probs: torch.Tensor) -> torch.Tensor:  # [b, B, V] -> [b, B]
+        b, blk, vocab = probs.shape
+        if self.shared:
+            flat = torch.multinomial(probs.reshape(-1, vocab), 1, generator=self.generators[0])
+            return flat.view(b, blk)
+        return torch.stack([
+            torch.multinomial(p, 1, generator=g).squeeze(-1) for p, g in zip(probs, self.generators)])
+
+
+def propose_tokens(
+    logits: torch.Tensor, temperature: float, draws: _Draws | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Proposed tokens and their model probability: ``[b, B]`` each, from ``[b, B, V]``.
+
+    Forbidden tokens must already carry logit -inf.
+    """
+    logits = logits.float()
+    probs = logits.softmax(-1)  # [b, B, V] untempered: confidence is the model's own
+    if temperature == 0:
+        tokens = logits.argmax(-1)
+    else:
+        tokens = draws.categorical((logits / temperature).softmax(-1))
+    return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def _low_confidence_scores(confidence: torch.Tensor, draws: _Draws) -> torch.Tensor:
+    return confidence
+
+
+def _random_scores(confidence: torch.Tensor, draws: _Draws) -> torch.Tensor:
+    return draws.uniform(tuple(confidence.shape), confidence.device)
+
+
+REMASKING: dict[str, Callable[[torch.Tensor, _Draws], torch.Tensor]] = {
+    "low_confidence": _low_confidence_scores,
+    "random": _random_scores,
+}
+
+
+# ---------------------------------------------------------------------------
+# Config and outputs
+# ---------------------------------------------------------------------------
+
+
+class BlockPlan(NamedTuple):
+    start: int  # first response slot of the block
+    end: int  # one past its last slot
+    counts: torch.Tensor  # [steps in block] tokens committed per step
+
+
+@dataclass
+class SamplerConfig:
+    """Generation settings; see the module docstring for the rules they drive.
+
+    Defaults: 64 new tokens in 64 steps, one block, greedy, low-confidence
+    remasking, stop at EOS, seed 0.
+    """
+
+    max_new_tokens: int = field(default=64, metadata={
+        "help": "Response length N: number of mask slots placed after each prompt."})
+    steps: int = field(default=64, metadata={
+        "help": "Denoising steps S in total, num_blocks <= S <= N; split over blocks evenly, "
+                "remainder to the earliest blocks."})
+    block_length: int | None = field(default=None, metadata={
+        "help": "Semi-autoregressive block size, decoded left to right (None: one block of N "
+                "slots). A remainder makes the last block shorter."})
+    temperature: float = field(default=0.0, metadata={
+        "help": "Sampling temperature of the proposals; 0 means argmax."})
+    remasking: Literal["low_confidence", "random"] = field(default="low_confidence", metadata={
+        "help": "Which masked slots to commit: the most confident proposals, or uniformly random."})
+    stop_at_eos: bool = field(default=True, metadata={
+        "help": "Once EOS is committed, fill every later response slot with EOS and cut the "
+                "response there."})
+    seed: int = field(default=0, metadata={
+        "help": "Seed of the generator used for sampling and random remasking."})
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.steps < 1 or self.steps > self.max_new_tokens:
+            raise ValueError(
+                f"steps must lie in [1, max_new_tokens={self.max_new_tokens}], got {self.steps}: "
+                "every step commits at least one token")
+        if self.block_length is not None and not 1 <= self.block_length <= self.max_new_tokens:
+            raise ValueError(
+                f"block_length must lie in [1, max_new_tokens={self.max_new_tokens}] or be None, "
+                f"got {self.block_length}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.remasking not in REMASKING:
+            raise ValueError(f"unknown remasking {self.remasking!r}; choose from {sorted(REMASKING)}")
+        if self.steps < self.num_blocks:
+            raise ValueError(
+                f"steps={self.steps} is fewer than the {self.num_blocks} blocks: every block "
+                "needs at least one step")
+
+    @property
+    def num_blocks(self) -> int:
+        return len(block_sizes(self.max_new_tokens, self.block_length or self.max_new_tokens))
+
+    def plan(self) -> list[BlockPlan]:
+        """The decoding schedule: one entry per block with its per-step counts."""
+        sizes = block_sizes(self.max_new_tokens, self.block_length or self.max_new_tokens)
+        plans, start = [], 0
+        for size, n_steps in zip(sizes, steps_per_block(sizes, self.steps)):
+            plans.append(BlockPlan(start, start + size, tokens_per_step(size, n_steps)))
+            start += size
+        return plans
+
+
+class SamplerStep(NamedTuple):
+    """One denoising step: the state before it and what it unmasked."""
+
+    state: torch.Tensor  # [b, L] token ids before the step (mask token = still masked)
+    committed: torch.Tensor  # [b, L] bool, mask -> token during this step
+
+
+@dataclass
+class SamplerOutput:
+    sequences: torch.Tensor  # [b, L] prompt, response, right padding (pad id)
+    prompt_lengths: torch.Tensor  # [b]
+    response_positions: torch.Tensor  # [b, N] column of each response slot in ``sequences``
+    responses: list[list[int]]  # cut before the first EOS when stop_at_eos
+    texts: list[str] | None = None
+    history: list[SamplerStep] | None = None
+
+
+# ---------------------------------------------------------------------------
+# The sampler
+# ---------------------------------------------------------------------------
+
+ForwardContext = Callable[[], contextlib.AbstractContextManager]
+
+
+class Sampler:
+    """Masked-diffusion generation: ``Sampler(model, tokenizer, config).generate(prompts)``.
+
+    ``forward_context`` is a zero-argument factory of a context manager that is
+    entered around *every* model forward (e.g. to activate inference-time memory
+    adapters); it can also be given per call to :meth:`generate`.
+    """
+
+    def __init__(self, model, tokenizer, config: SamplerConfig | None = None,
+                 forward_context: ForwardContext | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config or SamplerConfig()
+        self.forward_context = forward_context
+        self.mask_id, self.eos_id = tokenizer.mask_token_id, tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        if self.mask_id is None or self.eos_id is None:
+            raise ValueError("the tokenizer needs a mask token and an EOS token")
+        # Never propose mask or pad; pad may double as EOS, which must stay proposable.
+        self.forbidden = sorted({self.mask_id} | ({self.pad_id} - {self.eos_id}))
+
+    def generate(
+        self, prompts: Sequence[str] | Sequence[Sequence[int]] | torch.Tensor, *,
+        seeds: Sequence[int] | None = None, return_history: bool = False,
+        attention_mask: torch.Tensor | None = None,
+        forward_context: ForwardContext | None = None, **overrides,
+    ) -> SamplerOutput:
+        """Generate a response for each prompt.
+
+        ``prompts``: strings (encoded without special tokens: apply the chat
+        template first), token-id lists, or a ``[b, l]`` tensor with an optional
+        ``attention_mask`` (either padding side). ``overrides`` replace
+        :class:`SamplerConfig` fields for this call only.
+        """
+        config = self._with_overrides(overrides)
+        prompt_ids = self._encode(prompts, attention_mask)
+        context = forward_context or self.forward_context or contextlib.nullcontext
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                x, attn, resp_pos, history = self._denoise(
+                    prompt_ids, config, seeds, return_history, context)
+        finally:
+            self.model.train(was_training)
+        return self._package(x, prompt_ids, resp_pos, history, config)
+
+    # -- pieces of generate ------------------------------------------------
+
+    def _with_overrides(self, overrides: dict) -> SamplerConfig:
+        valid = {f.name for f in dataclasses.fields(SamplerConfig)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise TypeError(f"unknown sampler options {unknown}; valid: {sorted(valid)}")
+        return dataclasses.replace(self.config, **overrides) if overrides else self.config
+
+    def _encode(self, prompts, attention_mask) -> list[list[int]]:
+        if isinstance(prompts, torch.Tensor):
+            keep = torch.ones_like(prompts, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            return [row[m].tolist() for row, m in zip(prompts, keep)]
+        prompts = list(prompts)
+        if prompts and isinstance(prompts[0], str):
+            return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        return [list(map(int, p)) for p in prompts]
+
+    def _canvas(self, prompt_ids: list[list[int]], n_new: int, device):
+        """Right-padded ``[prompt][N masks][pad]``: ids, attention mask ``[b, L]``, slots ``[b, N]``."""
+        lengths = torch.tensor([len(p) for p in prompt_ids], device=device)  # [b]
+        width = int(lengths.max()) + n_new
+        x = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long, device=device)
+        for i, p in enumerate(prompt_ids):  # host-side layout, once per call
+            x[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        resp_pos = lengths[:, None] + torch.arange(n_new, device=device)  # [b, N]
+        x.scatter_(1, resp_pos, self.mask_id)
+        attn = torch.arange(width, device=device)[None, :] < (lengths + n_new)[:, None]  # [b, L]
+        return x, attn.long(), resp_pos
+
+    def _denoise(self, prompt_ids, config: SamplerConfig, seeds, return_history, context):
+        device = _model_device(self.model)
+        x, attn, resp_pos = self._canvas(prompt_ids, config.max_new_tokens, device)
+        draws = _Draws.create(config.seed, seeds, len(prompt_ids), device)
+        history: list[SamplerStep] | None = [] if return_history else None
+        for block in config.plan():
+            block_pos = resp_pos[:, block.start: block.end]  # [b, B]
+            query = torch.zeros_like(x, dtype=torch.bool).scatter_(1, block_pos, True)  # [b, L]
+            for k in block.counts.tolist():
+                before = x
+                x = self._step(x, attn, resp_pos, block_pos, query, k, config, draws, context)
+                if history is not None:
+                    history.append(SamplerStep(before, (before == self.mask_id) & (x != self.mask_id)))
+        if (x.gather(1, resp_pos) == self.mask_id).any():
+            raise AssertionError("sampler finished with masked response slots")
+        return x, attn, resp_pos, history
+
+    def _step(self, x, attn, resp_pos, block_pos, query, k, config, draws, context):
+        """One denoising step over the current block; returns the new state ``[b, L]``."""
+        block = x.gather(1, block_pos)  # [b, B]
+        candidates = block == self.mask_id  # [b, B]
+        # A sample with no mask left in this block has none left anywhere (blocks
+        # complete exactly on their last step; EOS fills reach the end), so skipping
+        # the forward when the whole batch is done cannot desync per-sample streams.
+        if not bool(candidates.any()):
+            return x
+        b, blk = block.shape
+        with context():
+            logits = forward_logits(self.model, x, attn, positions=query)  # [b*B, V]
+        logits = logits.view(b, blk, -1).float()
+        logits[..., self.forbidden] = float("-inf")
+        # 1. propose, 2. score, 3. commit the top-k masked slots of the block
+        tokens, confidence = propose_tokens(logits, config.temperature, draws)
+        scores = REMASKING[config.remasking](confidence, draws)  # [b, B]
+        commit = select_commits(scores, candidates, k)  # [b, B]
+        x = x.scatter(1, block_pos, torch.where(commit, tokens, block))
+        if config.stop_at_eos:
+            x = x.scatter(1, resp_pos, fill_after_eos(x.gather(1, resp_pos), self.eos_id))
+        return x
+
+    def _package(self, x, prompt_ids, resp_pos, history, config) -> SamplerOutput:
+        responses = x.gather(1, resp_pos).tolist()
+        if config.stop_at_eos:
+            responses = [cut_at_eos(r, self.eos_id) for r in responses]
+        texts = [self.tokenizer.decode(r, skip_special_tokens=False) for r in responses]
+        lengths = torch.tensor([len(p) for p in prompt_ids], device=x.device)
+        return SamplerOutput(x, lengths, resp_pos, responses, texts, history)
+
+
+def _model_device(model) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

@@ -1,0 +1,120 @@
+"""Scorers for the generated tasks, as RULER and BABILong define them.
+
+``Task.metric`` names one of :data:`METRICS`; :func:`score_samples` dispatches on it.
+All scores are on a 0-100 scale (RULER additionally rounds its reports to 2 decimals;
+we return the unrounded mean).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def postprocess_prediction(prediction: str) -> str:
+    """RULER's clean-up: strip, turn every control character (U+0000-U+001F, which
+    includes newline and tab) into a newline, strip again."""
+    return _CONTROL.sub("\n", prediction.strip()).strip()
+
+
+def _check(predictions: Sequence[str], references_list: Sequence[Sequence[str]]) -> None:
+    if len(predictions) != len(references_list):
+        raise ValueError(f"{len(predictions)} predictions but {len(references_list)} "
+                         "reference lists")
+    if not predictions:
+        raise ValueError("nothing to score: no predictions")
+    if any(len(refs) == 0 for refs in references_list):
+        raise ValueError("every sample needs at least one reference")
+
+
+def _hits(prediction: str, references: Iterable[str]) -> list[bool]:
+    text = postprocess_prediction(prediction).lower()
+    return [ref.lower() in text for ref in references]
+
+
+def string_match_all(predictions: Sequence[str], references_list: Sequence[Sequence[str]]) -> float:
+    """RULER's ``string_match_all`` (NIAH, MV, VT, CWE): for each sample, the fraction of its
+    references that occur as substrings of the (post-processed) prediction, both
+    lower-cased; the mean over samples, times 100. Partial credit: 3 of 4 values = 75."""
+    _check(predictions, references_list)
+    per_sample = [sum(h) / len(h) for h in map(_hits, predictions, references_list)]
+    return 100.0 * sum(per_sample) / len(per_sample)
+
+
+def string_match_part(predictions: Sequence[str], references_list: Sequence[Sequence[str]]) -> float:
+    """RULER's ``string_match_part`` (QA): 1 for a sample if any of its references occurs
+    (case-insensitive substring of the post-processed prediction), else 0; mean x 100."""
+    _check(predictions, references_list)
+    per_sample = [float(any(h)) for h in map(_hits, predictions, references_list)]
+    return 100.0 * sum(per_sample) / len(per_sample)
+
+
+def _babilong_cut(prediction: str) -> str:
+    text = prediction.lower().split(".")[0]
+    for marker in ("<context>", "<example>", "question"):
+        text = text.split(marker)[0]
+    return text
+
+
+def _labels_in(text: str, labels: Iterable[str], match: str) -> set[str]:
+    if match == "substring":
+        return {label for label in labels if label in text}
+    return {label for label in labels if re.search(rf"\b{re.escape(label)}\b", text)}
+
+
+def babilong_score(prediction: str, target: str, question: str, labels: Iterable[str],
+                   match: str = "word") -> bool:
+    """BABILong's answer check (booydar/babilong ``compare_answers``).
+
+    1. Lower-case the prediction and keep the text before its first ".";
+    2. cut it at the first "<context>", "<example>" and "question";
+    3. find the task's labels (lower-cased) in it and in the lower-cased question;
+    4. correct iff (labels in the prediction) minus (labels in the question) == {target}.
+
+    Two deliberate differences from the upstream code: upstream cuts at "Question" *after*
+    lower-casing, which never matches, so we cut at "question" as the rule intends; and
+    with ``match="word"`` (default) labels are matched as whole words, because our qa5
+    labels include every first name and substring matching would find "lena" inside
+    "elena" or "ken" inside "taken". ``match="substring"`` gives upstream's matching.
+    """
+    if match not in ("word", "substring"):
+        raise ValueError(f"match must be 'word' or 'substring', not {match!r}")
+    labels = {label.lower() for label in labels}
+    found = _labels_in(_babilong_cut(prediction), labels, match)
+    found -= _labels_in(question.lower(), labels, match)
+    return found == {target.lower()}
+
+
+METRICS = ("string_match_all", "string_match_part", "babilong")
+
+
+def _fields(sample) -> tuple[tuple[str, ...], dict]:
+    """(answers, meta) of a :class:`~memdlm.tasks.base.Sample` or of its ``to_row()`` dict."""
+    if isinstance(sample, dict):
+        return tuple(sample["answers"]), sample.get("meta") or {}
+    return tuple(sample.answers), sample.meta
+
+
+def score_samples(task_name: str, predictions: Sequence[str], samples: Sequence) -> float:
+    """Score predictions for generated samples (``Sample`` objects or their row dicts) with
+    the task's metric; 0-100. ``babilong`` reads the question from ``meta["question"]``
+    and the label set from the task's ``labels``."""
+    from memdlm.tasks.base import get_task
+
+    task = get_task(task_name)
+    if len(predictions) != len(samples):
+        raise ValueError(f"{len(predictions)} predictions but {len(samples)} samples")
+    fields = [_fields(s) for s in samples]
+    if task.metric == "string_match_all":
+        return string_match_all(predictions, [answers for answers, _ in fields])
+    if task.metric == "string_match_part":
+        return string_match_part(predictions, [answers for answers, _ in fields])
+    if task.metric == "babilong":
+        if not predictions:
+            raise ValueError("nothing to score: no predictions")
+        hits = [babilong_score(p, answers[0], meta["question"], task.labels)
+                for p, (answers, meta) in zip(predictions, fields)]
+        return 100.0 * sum(hits) / len(hits)
+    raise ValueError(f"task {task_name!r} has unknown metric {task.metric!r}; known: {METRICS}")

@@ -1,0 +1,1 @@
+"""Trainers: Standard MDLM and MemDLM, on top of ``transformers.Trainer``."""

@@ -1,0 +1,45 @@
+"""Training arguments: ``transformers.TrainingArguments`` plus our method switch.
+
+Defaults are chosen for the tiny model trained from scratch on a CPU; the paper's
+fine-tuning settings (outer LoRA r=32/alpha=64, AdamW lr 2e-5, cosine, warmup 0.1)
+are one flag set away: ``--use_lora --learning_rate 2e-5 --warmup_steps 0.1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class TrainConfig(TrainingArguments):
+    method: Literal["mdlm", "memdlm"] = field(default="mdlm", metadata={
+        "help": "mdlm: Standard masked diffusion training. memdlm: bi-level training with parametric "
+                "memory (the inner loop's settings are the --inner_* / memory flags)."})
+    max_train_minutes: float | None = field(default=None, metadata={
+        "help": "Stop training after this many minutes of training (a compute-matched budget)."})
+    threads: int | None = field(default=None, metadata={
+        "help": "CPU threads (torch.set_num_threads). Default: 1 on machines with <= 4 cores."})
+
+    # Defaults for the tiny from-scratch model (TrainingArguments' own defaults suit fine-tuning).
+    output_dir: str | None = field(default=None, metadata={"help": "Run directory (model, logs, config)."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Eval batch size per device."})
+    max_steps: int = field(default=1500, metadata={"help": "Optimiser steps."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(default=0.05, metadata={
+        "help": "Warmup: steps, or a fraction of max_steps when below 1."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to compute the held-out loss."})
+    eval_steps: float | None = field(default=250, metadata={"help": "Held-out loss every N steps."})
+    save_strategy: str = field(default="steps", metadata={"help": "When to checkpoint."})
+    save_steps: float = field(default=500, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our extra batch columns."})
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Do not gather logits in eval."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader workers."})
+    seed: int = field(default=0, metadata={"help": "Seed for init, data order and masking."})

@@ -1,0 +1,24 @@
+"""Trainer callbacks: a wall-clock budget (for compute-matched baselines)."""
+
+from __future__ import annotations
+
+import time
+
+from transformers import TrainerCallback
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stops training once ``minutes`` of training wall time have passed."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60.0
+        self.start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is not None and time.perf_counter() - self.start >= self.seconds:
+            control.should_training_stop = True
+            control.should_save = True
+        return control

@@ -1,0 +1,87 @@
+"""Standard MDLM training as a ``transformers.Trainer`` subclass.
+
+``compute_loss`` reads as the method does: (1) noise the batch, (2) take the
+MDLM loss at the noised state. ``MemDLMTrainer`` overrides one hook, ``loss_on``,
+to write the memory for the batch first. Masks are drawn from a generator seeded
+by (seed, process, global step, micro-step), so a resumed run draws the same masks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from memdlm.diffusion import NoisedBatch, mdlm_loss, noise_batch
+from memdlm.masking import seeded_generator
+from memdlm.schedules import get_schedule
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class MDLMTrainer(Trainer):
+    # Our loss is a per-micro-batch mean: let Trainer divide it by the accumulation steps.
+    # (Left as None, Trainer would assume the model scaled it -- REFERENCE.md's GA trap.)
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, diffusion_args, mask_token_id: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.diffusion_args = diffusion_args
+        self.schedule = get_schedule(diffusion_args.schedule)
+        self.mask_token_id = mask_token_id
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._micro_step = 0
+        self._last_step = -1
+        self._eval_batches = 0
+
+    # --- randomness -------------------------------------------------------------------
+    def _generator(self, training: bool) -> torch.Generator:
+        if training:
+            if self.state.global_step != self._last_step:
+                self._last_step, self._micro_step = self.state.global_step, 0
+            seeds = (self.args.seed, self.args.process_index, self.state.global_step, self._micro_step)
+            self._micro_step += 1
+        else:  # the same eval masks at every evaluation
+            seeds = (self.args.seed, self.args.process_index, -1, self._eval_batches)
+            self._eval_batches += 1
+        return seeded_generator(*seeds, device=self.args.device)
+
+    # --- the objective ----------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        training = model.training
+        batch = noise_batch(  # (1) x0 -> x_t
+            inputs, schedule=self.schedule, weighting=self.diffusion_args.weighting,
+            eps=self.diffusion_args.time_eps, mask_token_id=self.mask_token_id,
+            generator=self._generator(training),
+        )
+        loss = self.loss_on(model, batch, training)  # (2) loss at x_t
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss {loss.item()} at step {self.state.global_step}; "
+                "lower the learning rate or check the data (the last checkpoint is intact)")
+        mode = "train" if training else "eval"
+        self._metrics[mode]["masked_fraction"].append(
+            (batch.masked.sum() / batch.maskable.sum().clamp_min(1)).item())
+        return (loss, {}) if return_outputs else loss
+
+    def loss_on(self, model, batch: NoisedBatch, training: bool) -> torch.Tensor:
+        """The loss for one noised batch; subclasses add the memory step here."""
+        return mdlm_loss(model, batch, self.diffusion_args.normalization)
+
+    # --- logging (TRL style: merge our metrics into Trainer's logs) ------------------
+    def log_metric(self, name: str, value: float, training: bool = True) -> None:
+        self._metrics["train" if training else "eval"][name].append(float(value))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._metrics[mode].items():
+            if values:
+                logs[prefix + name] = sum(values) / len(values)
+        self._metrics[mode].clear()
+        if mode == "eval":
+            self._eval_batches = 0
+        super().log(logs, start_time)

@@ -1,0 +1,103 @@
+"""MemDLM bi-level training: the MDLM trainer plus one step, "write the memory".
+
+    (1) noise the batch -> anchor x_t                       (MDLMTrainer)
+    (2) inner loop: phi = write_memory(x_t's trajectory)    (memdlm.memory.inner_loop)
+    (3) outer loss: MDLM loss at x_t with phi active, phi a constant (first-order)
+
+Fast weights are created per batch and dropped after the step: never in
+``model.parameters()``, the optimiser or a checkpoint. Evaluation loss is taken
+with memory off (adapting on an eval example's own labels would leak them); the
+loss with memory adapted on the prompt alone is logged beside it as
+``eval_loss_prompt_memory``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from memdlm.diffusion import NoisedBatch, mdlm_loss
+from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, step_seed_of
+from memdlm.memory.targets import find_targets
+from memdlm.modeling import strip_ddp, unwrap
+from memdlm.training.mdlm_trainer import MDLMTrainer
+
+logger = logging.getLogger("memdlm")
+
+
+class MemDLMTrainer(MDLMTrainer):
+    def __init__(self, *args, memory_args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.memory_args = memory_args
+        self._loops: dict[bool, InnerLoop] = {}
+
+    def inner_loop(self, model, per_sample: bool, weighting: str) -> InnerLoop:
+        """Built once per mode; targets are found on the DDP-free (PEFT-kept) model."""
+        if per_sample not in self._loops:
+            inner = strip_ddp(model)
+            a = self.memory_args
+            targets = find_targets(inner, a.memory_scope, a.memory_layer_fraction, a.memory_target_modules)
+            self._loops[per_sample] = InnerLoop(
+                inner, targets, a, hidden_size=unwrap(model).config.hidden_size,
+                mask_token_id=self.mask_token_id, schedule=self.schedule, per_sample=per_sample,
+                weighting=weighting, normalization=self.diffusion_args.normalization)
+        return self._loops[per_sample]
+
+    def _step_seed(self) -> int:
+        return step_seed_of(self.args.seed, self.args.process_index, self.state.global_step, self._micro_step)
+
+    def _logging_step(self) -> bool:
+        every = int(self.args.logging_steps) if self.args.logging_steps >= 1 else 1
+        return self.state.global_step % every == 0
+
+    def loss_on(self, model, batch: NoisedBatch, training: bool) -> torch.Tensor:
+        if not training:
+            return self.eval_loss(model, batch)
+        loop = self.inner_loop(model, self.memory_args.memory_mode == "per_sample",
+                               self.memory_args.inner_weighting)
+        seeds = batch.sample_seed if batch.sample_seed is not None else \
+            torch.arange(batch.clean_ids.shape[0], device=batch.clean_ids.device)
+        memory, stats = loop.run(InnerLoopInputs(  # (2) write the memory
+            batch.clean_ids, batch.attention_mask, batch.maskable, batch.masked, seeds, self._step_seed()))
+        measure = self._logging_step()
+        with memory.active(measure=measure):  # (3) outer loss with phi constant
+            loss = mdlm_loss(model, batch, self.diffusion_args.normalization)
+        self._record(stats, memory, loss, model, batch, measure)
+        return loss
+
+    def eval_loss(self, model, batch: NoisedBatch) -> torch.Tensor:
+        loss = mdlm_loss(model, batch, self.diffusion_args.normalization)  # memory off
+        prompt = batch.attention_mask.bool() & ~batch.maskable
+        if prompt.any(1).all():
+            from memdlm.memory.adapt import adapt_on_prompts
+
+            with torch.enable_grad():
+                memory = adapt_on_prompts(self.inner_loop(model, True, "uniform"), batch.clean_ids,
+                                          batch.attention_mask, prompt, self.memory_args.adapt_mask_ratio,
+                                          seeds=torch.arange(len(prompt)))
+            with memory.active():
+                adapted = mdlm_loss(model, batch, self.diffusion_args.normalization)
+            self.log_metric("loss_prompt_memory", adapted.item(), training=False)
+        return loss
+
+    def _record(self, stats, memory, loss, model, batch, measure: bool) -> None:
+        for name, value in stats.stage_losses.items():
+            self.log_metric(f"inner_loss/{name}", value)
+        self.log_metric("inner/clip_fraction", stats.clip_fired / max(1, stats.clip_checked))
+        self.log_metric("inner/skipped_nonfinite", stats.skipped_nonfinite)
+        if not measure:
+            return
+        self.log_metric("memory/norm", memory.norm().item())
+        changes = memory.stats.get("relative_change", [])
+        if changes:
+            self.log_metric("memory/relative_change", sum(changes) / len(changes))
+        with torch.no_grad():  # the absorption diagnostic: anchor loss with / without memory
+            off = mdlm_loss(model, batch, self.diffusion_args.normalization)
+        ratio = (loss.detach() / off.clamp_min(1e-12)).item()
+        self.log_metric("memory/absorption_ratio", ratio)
+        if ratio < self.memory_args.absorption_warn:
+            logger.warning(
+                "step %d: anchor loss with memory is %.3f of the loss without it -- the memory is "
+                "absorbing the targets (memorisation collapse); lower --memory_rank or --inner_lr, "
+                "or use --memory_mode shared (docs/MEMDLM.md)", self.state.global_step, ratio)
