@@ -27,7 +27,9 @@ class ModelArguments:
     tiny_layers: int | None = field(default=None, metadata={
         "help": "Tiny default only: number of layers (default 4, from the shipped config)."})
     tiny_hidden_size: int | None = field(default=None, metadata={
-        "help": "Tiny default only: hidden size (default 128); the FFN is 4x wider."})
+        "help": "Tiny default only: hidden size (default 128)."})
+    tiny_intermediate_size: int | None = field(default=None, metadata={
+        "help": "Tiny default only: FFN width (default from the shipped config)."})
     use_lora: bool = field(default=False, metadata={
         "help": "Train an outer LoRA adapter through PEFT instead of all weights (the paper's setting)."})
     lora_r: int = field(default=32, metadata={"help": "Outer LoRA rank (paper: 32)."})

@@ -100,24 +100,46 @@ class InnerLoop:
                                  slot_of_sample=slot)
 
     # --- the loop -------------------------------------------------------------------
-    def run(self, x: InnerLoopInputs) -> tuple[FastWeights, InnerLoopStats]:
+    @property
+    def first_layer_index(self) -> int:
+        return min((t.layer for t in self.targets if t.layer >= 0), default=0)
+
+    def run(self, x: InnerLoopInputs, anchor_hidden: torch.Tensor | None = None
+            ) -> tuple[FastWeights, InnerLoopStats]:
+        """The final fast weights (detached) and the loop's statistics.
+
+        ``anchor_hidden``: the anchor's hidden states entering the first adapted layer
+        (from ``split_forward.lower``); the anchor stage then runs only the upper
+        layers on them instead of a full forward (CE loss only).
+        """
         memory, stats = self.fresh_memory(x), InnerLoopStats()
         stages = self.trajectory.stages(TrajectoryInputs(x.anchor, x.maskable, x.sample_seeds, x.step_seed))
         for stage in stages:
-            memory = self.step(memory, stage, x, stats)
+            forward = None
+            if anchor_hidden is not None and stage.name == "anchor" and self.args.inner_loss == "ce":
+                from memdlm.split_forward import upper
+
+                hidden = anchor_hidden.detach()
+                k = self.first_layer_index
+
+                def forward(positions, hidden=hidden, k=k):
+                    return upper(self.model, hidden, x.attention_mask, k, positions)
+            memory = self.step(memory, stage, x, stats, forward)
         return memory.detached(), stats
 
     def stage_weights(self, stage, x: InnerLoopInputs) -> torch.Tensor:
         t = masked_fraction(stage.masked, x.maskable).clamp_min(1e-3)  # realised fraction, [b]
         return loss_weights(t, self.weighting, self.schedule)
 
-    def step(self, memory: FastWeights, stage, x: InnerLoopInputs, stats: InnerLoopStats) -> FastWeights:
+    def step(self, memory: FastWeights, stage, x: InnerLoopInputs, stats: InnerLoopStats,
+             forward=None) -> FastWeights:
         args = (self.model, x.clean_ids, x.attention_mask, stage, self.mask_token_id)
         with torch.no_grad(), memory.active():
             teacher_out = self.loss_fn.teacher(*args)
         live = memory.requires_grad_()
-        with live.active(), autograd_from(self.first_layer):
-            dense = self.loss_fn.student(*args, teacher_out)  # [b, l]
+        lower_without_autograd = autograd_from(self.first_layer) if forward is None else contextlib.nullcontext()
+        with live.active(), lower_without_autograd:
+            dense = self.loss_fn.student(*args, teacher_out, **({"forward": forward} if forward else {}))
             weight = self.stage_weights(stage, x)
             if self.per_sample:
                 losses = per_sample_loss(dense, weight, x.maskable)  # [b]

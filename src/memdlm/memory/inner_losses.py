@@ -56,9 +56,13 @@ class CrossEntropy(InnerLoss):
     def teacher(self, *args):
         return None  # the clean tokens are the target
 
-    def student(self, model, clean_ids, attention_mask, stage, mask_token_id, teacher_out):
-        student_ids = apply_mask(clean_ids, stage.masked, mask_token_id)
-        logits = forward_logits(model, student_ids, attention_mask, positions=stage.loss_positions)
+    def student(self, model, clean_ids, attention_mask, stage, mask_token_id, teacher_out, forward=None):
+        """``forward(positions) -> logits`` may replace the full forward (split-forward reuse)."""
+        if forward is not None:
+            logits = forward(stage.loss_positions)
+        else:
+            student_ids = apply_mask(clean_ids, stage.masked, mask_token_id)
+            logits = forward_logits(model, student_ids, attention_mask, positions=stage.loss_positions)
         nll = F.cross_entropy(logits.float(), clean_ids[stage.loss_positions], reduction="none")
         return _dense(nll, stage.loss_positions)
 

@@ -55,30 +55,55 @@ def fit_filler(
     build: Callable[[int], Sample], target_tokens: int, count: TokenCounter,
     max_filler: int = 1 << 16,
 ) -> Sample:
-    """The sample with the most filler sentences whose prompt + response fit.
+    """The sample with the most filler units (sentences, words, list entries) that fits.
 
-    ``build(n)`` must return the sample with ``n`` filler sentences (deterministic
-    in n). Binary search on n; the result is within one filler sentence of the
-    target, which for targets of a few hundred tokens and more is within 5%.
+    ``build(n)`` must return the sample with ``n`` filler units (deterministic in n),
+    and its length (prompt + response tokens) should not shrink as n grows. Returns
+    ``build(n)`` for the largest n <= ``max_filler`` whose length is <= the target, so
+    the result falls short of the target by less than one unit. Search: jump by the
+    estimated number of units left, then interpolate inside the bracket (bisecting
+    when interpolation stalls) -- about 5 builds instead of binary search's 2 log2 n.
     """
-    def length(n: int) -> int:
-        s = build(n)
-        return count(s.prompt) + count(s.response)
+    samples: dict[int, tuple[Sample, int]] = {}
 
-    if length(0) > target_tokens:
+    def length(n: int) -> int:
+        if n not in samples:
+            s = build(n)
+            samples[n] = (s, count(s.prompt) + count(s.response))
+        return samples[n][1]
+
+    base = length(0)
+    if base > target_tokens:
         raise ValueError(
             f"target length {target_tokens} tokens is shorter than the sample without filler "
-            f"({length(0)} tokens); ask for a longer context or fewer needles")
-    lo, hi = 0, 1
-    while hi < max_filler and length(hi) <= target_tokens:
-        lo, hi = hi, hi * 2
+            f"({base} tokens); ask for a longer context or fewer needles")
+    # 1. bracket: length(lo) <= target < length(hi)
+    lo, hi, n = 0, None, 1
+    while hi is None:
+        n = min(n, max_filler)
+        if length(n) > target_tokens:
+            hi = n
+        elif n == max_filler:
+            return samples[n][0]
+        else:
+            lo = n
+            per_unit = max(length(n) - base, 1) / n
+            n += max(1, int((target_tokens - length(n)) / per_unit) + 1)
+    # 2. shrink the bracket to adjacent n
+    bisect_next = False
     while hi - lo > 1:
-        mid = (lo + hi) // 2
+        if bisect_next:
+            mid = (lo + hi) // 2
+        else:
+            frac = (target_tokens - length(lo)) / max(length(hi) - length(lo), 1)
+            mid = min(hi - 1, max(lo + 1, lo + int(frac * (hi - lo))))
+        width = hi - lo
         if length(mid) <= target_tokens:
             lo = mid
         else:
             hi = mid
-    return build(lo)
+        bisect_next = (hi - lo) > width // 2
+    return samples[lo][0]
 
 
 def insert_at_random(
@@ -106,17 +131,17 @@ def fit_haystack(
 
     ``render(context)`` turns the context text (filler sentences and needles joined by
     spaces) into the sample. The filler is measured in words (see
-    :func:`memdlm.tasks.haystack.filler_sentences`), so the result falls short of the
+    :class:`memdlm.tasks.haystack.FillerStream`), so the result falls short of the
     target by at most about one word's tokens. Needles go at uniformly random sentence
     boundaries (:func:`insert_at_random`), in the given order when ``keep_order``.
     """
-    from memdlm.tasks.haystack import filler_sentences
+    from memdlm.tasks.haystack import FillerStream
 
-    filler_seed, depth_seed = rng.random(), rng.random()
+    filler, depth_seed = FillerStream(haystack, rng.random()), rng.random()
 
     def build(n_words: int) -> Sample:
-        filler = filler_sentences(haystack, random.Random(filler_seed), n_words)
-        body = insert_at_random(random.Random(depth_seed), filler, needles, keep_order)
+        body = insert_at_random(random.Random(depth_seed), filler.take(n_words), needles,
+                                keep_order)
         return render(" ".join(body))
 
     return fit_filler(build, target_tokens, count)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 import re
+from bisect import bisect_left
+from itertools import accumulate
 from pathlib import Path
 
 from memdlm.data import words
@@ -59,35 +61,43 @@ class FileHaystack(Haystack):
         return [self._sentences[(start + i) % len(self._sentences)] for i in range(n)]
 
 
-def filler_sentences(haystack: Haystack, rng: random.Random, n_words: int) -> list[str]:
-    """The first ``n_words`` words of the haystack's sentence stream, as sentences.
+class FillerStream:
+    """One seed's filler, cut to any number of words (for length fitting).
 
-    The last sentence is cut after the word that reaches ``n_words`` and closed with
-    a period, so length fitting can add filler a word (1-3 tokens) at a time rather
-    than a sentence (about 10 tokens) at a time. The stream is drawn from ``rng`` as
-    it stands on entry; the built-in haystacks give streams whose first sentences do
-    not depend on how many are asked for, so more words never change earlier text.
+    ``take(n)`` gives the first ``n`` words of the haystack's sentence stream as
+    sentences, the last one cut short and closed with a period, so fitting can add
+    filler a word (1-3 tokens) at a time rather than a sentence (about 10 tokens) at a
+    time. Sentences are generated once (regenerated from the seed with a doubled count
+    when more are needed); the built-in haystacks' streams do not depend on how many
+    sentences are asked for, so more words never change the earlier text.
     """
-    if n_words <= 0:
-        return []
-    state, asked = rng.getstate(), max(1, n_words // 4)
-    while True:
-        rng.setstate(state)
-        sentences = haystack.sentences(rng, asked)
-        if sum(len(s.split()) for s in sentences) >= n_words or asked >= n_words:
-            break
-        asked *= 2
-    out, left = [], n_words
-    for sentence in sentences:
-        tokens = sentence.split()
-        if len(tokens) >= left:
-            if len(tokens) > left:
-                sentence = " ".join(tokens[:left]).rstrip(",;:.!?") + "."
-            out.append(sentence)
-            break
-        out.append(sentence)
-        left -= len(tokens)
-    return out
+
+    def __init__(self, haystack: Haystack, seed: float):
+        self.haystack, self.seed = haystack, seed
+        self._sentences: list[str] = []
+        self._ends: list[int] = []  # cumulative word count at the end of each sentence
+
+    def _grow(self, n_words: int) -> None:
+        asked = max(16, 2 * len(self._sentences))
+        while not self._ends or self._ends[-1] < n_words:
+            self._sentences = self.haystack.sentences(random.Random(self.seed), asked)
+            self._ends = list(accumulate(len(x.split()) for x in self._sentences))
+            if asked >= n_words:  # each sentence has a word: the stream has run dry
+                break
+            asked *= 2
+
+    def take(self, n_words: int) -> list[str]:
+        if n_words <= 0:
+            return []
+        self._grow(n_words)
+        i = bisect_left(self._ends, n_words)
+        if i == len(self._ends):
+            return list(self._sentences)
+        out = self._sentences[: i + 1]
+        if self._ends[i] > n_words:
+            keep = n_words - (self._ends[i - 1] if i else 0)
+            out[-1] = " ".join(out[-1].split()[:keep]).rstrip(",;:.!?") + "."
+        return out
 
 
 def default_haystack() -> Haystack:

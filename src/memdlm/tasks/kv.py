@@ -1,23 +1,16 @@
 """Key-value retrieval in a haystack with distractor keys (the tiny default's task).
 
 Prompt: facts "The value of {key} is {value}." for the queried key and
-``distractors`` other keys, scattered through filler, then the question. The
-response is the value. Keys are adjective-noun pairs, values ``digits``-digit
-numbers; both come from disjoint train / eval pools.
+``distractors`` other keys, scattered through filler, then the question
+"Question: what is the value of {key}? Answer:". The response is the value.
+Keys are adjective-noun pairs, values ``digits``-digit numbers; both come from
+disjoint train / eval pools.
 """
 
 from __future__ import annotations
 
 from memdlm.data import words
-from memdlm.tasks.base import (
-    Sample,
-    Task,
-    fit_filler,
-    insert_at_random,
-    random_number,
-    register_task,
-    split_pool,
-)
+from memdlm.tasks.base import Sample, Task, fit_haystack, random_number, register_task, split_pool
 
 
 class KeyValueTask(Task):
@@ -43,20 +36,14 @@ class KeyValueTask(Task):
         values = [random_number(rng, self.digits, split) for _ in keys]
         needles = [f"The value of {k} is {v}." for k, v in zip(keys, values)]
         query = rng.randrange(len(keys))
-        filler_rng_state = rng.getstate()
-        order_seed = rng.random()
+        rng.shuffle(needles)
+        meta = {"key": keys[query], "keys": keys, "values": values}
 
-        def make(n: int) -> Sample:
-            rng.setstate(filler_rng_state)
-            filler = haystack.sentences(rng, n)
-            import random as _random
+        def render(context: str) -> Sample:
+            prompt = f"{context} Question: what is the value of {keys[query]}? Answer:"
+            return Sample(self.name, prompt, " " + values[query], (values[query],), meta)
 
-            body = insert_at_random(_random.Random(order_seed), filler, needles, keep_order=False)
-            prompt = " ".join(body) + f" Question: what is the value of {keys[query]}? Answer:"
-            return Sample(self.name, prompt, " " + values[query], (values[query],),
-                          {"key": keys[query], "keys": keys, "values": values})
-
-        return fit_filler(make, length, count)
+        return fit_haystack(rng, haystack, needles, render, length, count)
 
 
 register_task(KeyValueTask())

@@ -13,7 +13,8 @@ Response: " v1, v2, ..., vn", where n is the smallest number of facts whose resp
 has at least ``min_response_tokens`` tokens (counted with the model's tokenizer). The
 ``length`` argument is the total length (prompt + response); filler makes up the rest.
 Keys ("adjective-noun") and values (``digits``-digit numbers) come from split-disjoint
-pools. Metric: ``string_match_all`` over the values.
+pools. Metric: ``string_match_all`` over the values. With the shipped tokenizer (one token
+per digit) the default needs 8 values (71 response tokens) and at least ~245 tokens in all.
 """
 
 from __future__ import annotations

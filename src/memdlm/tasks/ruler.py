@@ -2,25 +2,33 @@
 your long-context language models?"), rebuilt offline and scaled to short contexts.
 
 Every template follows RULER's shape -- an instruction to memorise, the context, then the
-question -- shortened for models that work at 128-1,024 tokens. The prompt ends with
-"Answer:" and the response (the training target) is the answers joined by ", " after one
-space. All four tasks are scored with ``string_match_all``.
+question -- shortened for models that work at 128-1,024 tokens. The response (the
+training target) is the answers joined by ", " after one space, e.g. " 1234567, 2345678".
+All four tasks are scored with ``string_match_all``.
 
-``niah``  single needle "One of the special magic numbers for {key} is: {value}." in the
-          haystack; key = "adjective-noun", value = a 7-digit number.
-          Question: "What is the special magic number for {key} mentioned in the provided text?"
-``mv``    multi-value NIAH: one key, ``values`` (4) needles with different values at
-          random depths; the response lists the values in the order they appear.
-          Question: "What are all the special magic numbers for {key} mentioned in the provided text?"
-``vt``    variable tracking: "VAR ABCDE = 12345." then ``hops`` (4) needles
-          "VAR FGHIJ = VAR ABCDE." in chain order at random depths; names are 5 capital
-          letters, the value 5 digits. Default haystack: RULER's noise sentences.
-          Question: "Which variables are assigned the value 12345 in the text above?"
-          Answer: the 5 names in chain order.
+``niah``  one needle "One of the special magic numbers for {key} is: {value}." in the
+          haystack; key = "adjective-noun", value = a 7-digit number. Prompt::
+
+            Some special magic numbers are hidden in the following text. Memorize them; I will ask you about them afterwards.
+            {context}
+            Question: What is the special magic number for {key} mentioned in the provided text? Answer:
+
+``mv``    multi-value NIAH: one key, 4 needles with different values at random depths
+          (response: the values in the order they appear); same prompt, with
+          "What are all the special magic numbers for {key} mentioned in the provided text?"
+``vt``    variable tracking: "VAR ABCDE = 12345." then 4 hops "VAR FGHIJ = VAR ABCDE." in
+          chain order at random depths; names are 5 capital letters, the value 5 digits;
+          default haystack: RULER's noise sentences. Answer: the 5 names in chain order::
+
+            Memorize the chain of variable assignments in the text.
+            {context}
+            Question: Which variables are assigned the value 12345? Answer:
+
 ``cwe``   common-words extraction; see :class:`CommonWordsTask` for the scaled-down rule.
 
-Train and eval splits share no key, value, variable name or word (``split_pool`` /
-``random_number`` / ``split_of``).
+Shortest lengths with the shipped tokenizer (prompt + response, no filler): niah ~85,
+vt ~140, mv ~180, cwe ~100 tokens. Train and eval splits share no key, value, variable
+name or word (``split_pool`` / ``random_number`` / ``split_of``).
 """
 
 from __future__ import annotations
@@ -155,15 +163,19 @@ class CommonWordsTask(Task):
       do not fit in fewer than about 200 tokens with the shipped tokenizer);
     - each common word appears ``k = max(min(30, max(2, L // 128)), 2 * r)`` times,
       where ``r`` is the most times any other word appears;
-    - the other ("uncommon") words are distinct words of the split's pool, each once;
-      the length is filled by adding uncommon words. Only when the list needs more
-      uncommon words than the pool holds (beyond ~2K tokens for the eval split) does
-      the pool cycle, so ``r = ceil(uncommon entries / (pool size - c))``; the rule for
-      ``k`` keeps every common word at least twice as frequent as any other word;
-    - the list is shuffled and written "1. word 2. word ..." on one line; the last gap to
-      the requested length is closed by choosing, among the next 32 pool words, the
-      uncommon word whose entry fits best; no few-shot
-      example (it would not fit); the haystack argument is ignored.
+    - the other ("uncommon") words are distinct words of the split's pool (the built-in
+      adjectives, nouns and verbs: 247 eval / 766 train words), each once; the length is
+      filled by adding uncommon words. Only when the list needs more uncommon words than
+      the pool holds (from about 3.5K tokens for the eval split with the shipped
+      tokenizer) does the pool cycle, so ``r = ceil(uncommon entries / (pool size - c))``;
+      the rule for ``k`` keeps every common word at least twice as frequent as any other;
+    - the list is shuffled and written "1. word 2. word ..." on one line. When it falls
+      short of L by more than 2%, the next 32 pool words are tried as the last uncommon
+      entry and the longest list that fits is kept. No few-shot example (it would not
+      fit); the haystack argument is ignored.
+
+    Template: "Below is a numbered list of words. Memorize the ones that appear most
+    often.\n{list}\nQuestion: What are the {c} most common words in the list? Answer:"
 
     Answer: the ``c`` common words, in order of first appearance in the list.
     """
@@ -205,21 +217,19 @@ class CommonWordsTask(Task):
 
     @staticmethod
     def _tighten(sample, build_list, uncommon, length, count, tries: int = 32):
-        """Close the last gap (up to one list entry, 4-8 tokens) by trying up to ``tries``
-        other words as the next uncommon entry and keeping the longest sample that fits."""
-        n = sample.meta["uncommon"]
-        if n + 1 > len(uncommon):
-            return sample
+        """Close a gap of over 2% of the length (one list entry is 4-8 tokens) by trying
+        up to ``tries`` other words as the next uncommon entry; keep the longest fit."""
+        n, slack = sample.meta["uncommon"], max(1, length // 50)
         best, best_len = sample, count(sample.prompt) + count(sample.response)
         for j in range(n + 1, min(len(uncommon), n + 1 + tries)):
+            if length - best_len <= slack:
+                break
             uncommon[n], uncommon[j] = uncommon[j], uncommon[n]
             candidate = build_list(n + 1)
             size = count(candidate.prompt) + count(candidate.response)
             if best_len < size <= length:
                 best, best_len = candidate, size
             uncommon[n], uncommon[j] = uncommon[j], uncommon[n]
-            if best_len == length:
-                break
         return best
 
 

@@ -18,9 +18,11 @@ import logging
 import torch
 
 from memdlm.diffusion import NoisedBatch, mdlm_loss
+from memdlm.loss import reduce_loss, scatter_token_nll
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, step_seed_of
 from memdlm.memory.targets import find_targets
 from memdlm.modeling import strip_ddp, unwrap
+from memdlm.split_forward import lower, supports_split, upper
 from memdlm.training.mdlm_trainer import MDLMTrainer
 
 logger = logging.getLogger("memdlm")
@@ -58,11 +60,23 @@ class MemDLMTrainer(MDLMTrainer):
                                self.memory_args.inner_weighting)
         seeds = batch.sample_seed if batch.sample_seed is not None else \
             torch.arange(batch.clean_ids.shape[0], device=batch.clean_ids.device)
-        memory, stats = loop.run(InnerLoopInputs(  # (2) write the memory
-            batch.clean_ids, batch.attention_mask, batch.maskable, batch.masked, seeds, self._step_seed()))
+        x = InnerLoopInputs(batch.clean_ids, batch.attention_mask, batch.maskable, batch.masked, seeds,
+                            self._step_seed())
         measure = self._logging_step()
-        with memory.active(measure=measure):  # (3) outer loss with phi constant
-            loss = mdlm_loss(model, batch, self.diffusion_args.normalization)
+        if supports_split(model):
+            # The anchor stage and the outer loss share x_t: run the layers below the
+            # first adapted layer once, with autograd (the outer loss needs it).
+            k = loop.first_layer_index
+            hidden = lower(model, batch.noisy_ids, batch.attention_mask, k)
+            memory, stats = loop.run(x, anchor_hidden=hidden)  # (2) write the memory
+            with memory.active(measure=measure):  # (3) outer loss with phi constant
+                logits = upper(model, hidden, batch.attention_mask, k, batch.masked)
+            nll = scatter_token_nll(logits, batch.clean_ids, batch.masked)
+            loss = reduce_loss(nll, batch.weight, batch.maskable, self.diffusion_args.normalization)
+        else:
+            memory, stats = loop.run(x)  # (2) write the memory
+            with memory.active(measure=measure):  # (3) outer loss with phi constant
+                loss = mdlm_loss(model, batch, self.diffusion_args.normalization)
         self._record(stats, memory, loss, model, batch, measure)
         return loss
 

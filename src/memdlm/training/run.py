@@ -32,8 +32,9 @@ def build_model_and_tokenizer(model_args, seed: int):
         if model_args.tiny_layers:
             overrides["num_hidden_layers"] = model_args.tiny_layers
         if model_args.tiny_hidden_size:
-            h = model_args.tiny_hidden_size
-            overrides.update(hidden_size=h, intermediate_size=4 * h)
+            overrides["hidden_size"] = model_args.tiny_hidden_size
+        if model_args.tiny_intermediate_size:
+            overrides["intermediate_size"] = model_args.tiny_intermediate_size
         model = build_tiny_model(tokenizer, seed=seed, **overrides)
     else:
         model = load_model(model_args.model, model_args.trust_remote_code)
@@ -74,6 +75,8 @@ def make_trainer(cfg, model, tokenizer, train, evals):
     from memdlm.training.callbacks import TimeBudgetCallback
     from memdlm.training.mdlm_trainer import MDLMTrainer
 
+    if evals is None and cfg.train.eval_strategy != "no":
+        cfg.train.eval_strategy = "no"  # nothing held out (user data without an eval file)
     collator = DiffusionCollator(tokenizer.pad_token_id, tokenizer.eos_token_id,
                                  pad_with_eos=cfg.data.pad_with_eos)
     kwargs = dict(model=model, args=cfg.train, train_dataset=train, eval_dataset=evals,

@@ -1,0 +1,106 @@
+"""``memdlm eval``: long-context evaluation of one or more runs over tasks and lengths.
+
+Every run answers the same held-out items (the tasks' eval split, generated once per
+task and length), so differences between runs are paired; the report gives each
+run's task score (0-100, the task's official metric), exact match, and paired
+bootstrap intervals against the first run.
+
+Examples:
+
+    # the 2 x 2 of {Standard, MemDLM training} x {no adaptation, adaptation at inference}
+    memdlm eval --standard runs/std --memdlm runs/mem --tasks kv niah --lengths 128 256 512 \\
+        --items 50 --output-dir eval_out
+
+    # any runs, by hand; ":memory" adapts on each prompt before answering
+    memdlm eval --run "Standard=runs/std" --run "MemDLM T&I=runs/mem:memory" \\
+        --tasks mv vt --lengths 256 512 --output-dir eval_out
+
+Writes OUT/suite.json (per-item results), OUT/suite.md (the table) and OUT/suite.png
+(score vs length, a panel per task). A (task, length) too short for the task's
+needles (e.g. mv below ~180 tokens, vt below ~136, longresp below ~244) is skipped
+and listed in the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from memdlm.errors import ConfigError
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs = p.add_argument_group("runs (a column each)")
+    runs.add_argument("--run", action="append", default=[], metavar="NAME=DIR[:memory]",
+                      help="A run to evaluate (repeatable): a name, its model directory, and "
+                           "':memory' for inference-time adaptation.")
+    runs.add_argument("--standard", metavar="DIR",
+                      help="A Standard-MDLM model: adds 'Standard' and 'Standard + adaptation'.")
+    runs.add_argument("--memdlm", metavar="DIR",
+                      help="A MemDLM-trained model: adds 'MemDLM Train-Only' and "
+                           "'MemDLM Train & Inference'.")
+    p.add_argument("--tasks", nargs="+", default=["kv", "niah"], metavar="TASK",
+                   help="Tasks (default: kv niah). Known: kv niah mv vt cwe qa1..qa5 longresp.")
+    p.add_argument("--lengths", nargs="+", type=int, default=[128, 256, 512], metavar="TOKENS",
+                   help="Context lengths in tokens, prompt plus answer (default: 128 256 512).")
+    p.add_argument("--items", type=int, default=50, help="Held-out items per (task, length) (default 50).")
+    p.add_argument("--batch-size", type=int, default=8, help="Prompts per generation batch (default 8).")
+    p.add_argument("--seed", type=int, default=None,
+                   help="Seed of the held-out items (default: memdlm.eval.heldout.HELDOUT_SEED).")
+    p.add_argument("--output-dir", required=True, metavar="OUT", help="Where the report goes.")
+    p.add_argument("--adapt-mask-ratio", type=float, default=0.2,
+                   help="Inference-time adaptation: fraction of the prompt masked as the anchor "
+                        "(paper: 0.2).")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: OMP_NUM_THREADS, else 1 on small CPUs).")
+    p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from the run directories.")
+    p.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    return p
+
+
+def resolve_runs(args) -> list:
+    from memdlm.eval.suite import default_runs, parse_run_spec
+
+    runs = []
+    if args.standard or args.memdlm:
+        runs += default_runs(args.standard, args.memdlm)
+    try:
+        runs += [parse_run_spec(text) for text in args.run]
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if not runs:
+        raise ConfigError("give --standard DIR and/or --memdlm DIR, or at least one --run NAME=DIR[:memory]")
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"run names must be unique, got {names}")
+    return runs
+
+
+def run(argv: list[str], prog: str = "memdlm eval") -> int:
+    args = build_parser(prog).parse_args(argv)
+    runs = resolve_runs(args)
+    if args.items < 1 or args.batch_size < 1:
+        raise ConfigError("--items and --batch-size must be >= 1")
+    if any(length < 1 for length in args.lengths):
+        raise ConfigError(f"--lengths must be positive, got {args.lengths}")
+    import torch
+
+    from memdlm.config import default_threads
+    from memdlm.eval.suite import evaluate_suite, save_suite, to_markdown
+    from memdlm.memory.config import MemoryArguments
+    from memdlm.tasks import task_names
+
+    unknown = sorted(set(args.tasks) - set(task_names()))
+    if unknown:
+        raise ConfigError(f"unknown tasks {unknown}; choose from {task_names()}")
+    torch.set_num_threads(args.threads or default_threads())
+    memory_args = MemoryArguments(adapt_mask_ratio=args.adapt_mask_ratio)
+    result = evaluate_suite(runs, args.tasks, args.lengths, args.items, seed=args.seed,
+                            batch_size=args.batch_size, memory_args=memory_args,
+                            progress=not args.no_progress, trust_remote_code=args.trust_remote_code)
+    result["threads"] = torch.get_num_threads()
+    paths = save_suite(result, args.output_dir)
+    print(to_markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,80 @@
+"""``memdlm generate``: answer prompts by iterative denoising.
+
+Examples:
+
+    memdlm generate --model runs/tiny --prompt "The value of red fox is 1234. Question: what is the value of red fox? Answer:"
+    memdlm generate --model runs/tiny-mem --prompt-file prompts.txt --memory   # adapt on each prompt first
+    memdlm generate --model DIR --prompt "..." --max-new-tokens 64 --steps 32 --block-length 16 --temperature 0.7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from memdlm.errors import ConfigError
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    from memdlm.sampling import SamplerConfig
+
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="Run or model directory (with its tokenizer).")
+    p.add_argument("--prompt", action="append", default=[], help="A prompt (repeatable).")
+    p.add_argument("--prompt-file", help="A text file with one prompt per line.")
+    p.add_argument("--chat", action="store_true", help="Wrap each prompt in the tokenizer's chat template.")
+    p.add_argument("--memory", action="store_true",
+                   help="Inference-time adaptation: write a per-prompt memory from the prompt, then sample.")
+    p.add_argument("--adapt-mask-ratio", type=float, default=0.2, help="Prompt fraction masked for adaptation.")
+    p.add_argument("--batch-size", type=int, default=16, help="Prompts per batch.")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads.")
+    p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from --model.")
+    p.add_argument("--json", action="store_true", help="Print a JSON list instead of plain text.")
+    defaults = SamplerConfig()
+    for f in fields(SamplerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(getattr(defaults, f.name)) if getattr(defaults, f.name) is not None else int
+        if kind is bool:
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=getattr(defaults, f.name),
+                           help=f.metadata.get("help", ""))
+        else:
+            p.add_argument(flag, type=kind, default=getattr(defaults, f.name), help=f.metadata.get("help", ""))
+    return p
+
+
+def run(argv: list[str], prog: str = "memdlm generate") -> int:
+    args = build_parser(prog).parse_args(argv)
+    import torch
+
+    from memdlm.config import default_threads
+    from memdlm.generation import generate
+    from memdlm.memory.config import MemoryArguments
+    from memdlm.modeling import load_model
+    from memdlm.sampling import SamplerConfig
+    from memdlm.tokenizer import load_tokenizer
+
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        prompts += [line for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError("give at least one --prompt or a --prompt-file")
+    torch.set_num_threads(args.threads or default_threads())
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    model = load_model(args.model, args.trust_remote_code)
+    model.eval()
+    if args.chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+    config = SamplerConfig(**{f.name: getattr(args, f.name) for f in fields(SamplerConfig)})
+    memory = MemoryArguments(adapt_mask_ratio=args.adapt_mask_ratio) if args.memory else None
+    texts = generate(model, tokenizer, prompts, config, memory_args=memory, batch_size=args.batch_size,
+                     progress=len(prompts) > args.batch_size)
+    if args.json:
+        print(json.dumps([{"prompt": p, "response": t} for p, t in zip(prompts, texts)], indent=2))
+    else:
+        for t in texts:
+            print(t)
+    return 0

@@ -1,0 +1,63 @@
+"""Held-out accuracy of a trained run on its own task mix, at its training length.
+
+Items come from the tasks' *eval* split (keys, values and names never seen in
+training) with seeds disjoint from the evaluation-loss set. The model answers by
+iterative denoising with one token committed per step (steps = new tokens) and
+must end its answer with EOS; exact match compares the stripped answer text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+logger = logging.getLogger("memdlm")
+HELDOUT_SEED = 50_000
+
+
+def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int = HELDOUT_SEED):
+    from memdlm.data.sources import SyntheticTaskDataset
+
+    ds = SyntheticTaskDataset(tokenizer, tasks, [length], "eval", n, seed=seed)
+    return [ds.sample(i) for i in range(n)]
+
+
+def evaluate_samples(model, tokenizer, samples, memory_args=None, batch_size: int = 16,
+                     progress: bool = True) -> dict:
+    from memdlm.generation import generate
+    from memdlm.sampling import SamplerConfig
+    from memdlm.tasks.scoring import score_samples
+
+    longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
+    new_tokens = longest + 2  # room for EOS: the model decides where the answer stops
+    config = SamplerConfig(max_new_tokens=new_tokens, steps=new_tokens, temperature=0.0)
+    start = time.perf_counter()
+    texts = generate(model, tokenizer, [s.prompt for s in samples], config, memory_args=memory_args,
+                     seeds=list(range(len(samples))), batch_size=batch_size, progress=progress)
+    exact = [t.strip() == s.response.strip() for t, s in zip(texts, samples)]
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.task, []).append(i)
+    return {
+        "items": len(samples), "exact_match": sum(exact) / len(exact),
+        "exact_match_by_task": {k: sum(exact[i] for i in ix) / len(ix) for k, ix in groups.items()},
+        "score_by_task": {k: score_samples(k, [texts[i] for i in ix], [samples[i] for i in ix])
+                          for k, ix in groups.items()},
+        "seconds": round(time.perf_counter() - start, 1),
+        "examples": [{"prompt_tail": s.prompt[-80:], "answer": s.response.strip(), "prediction": t}
+                     for s, t in list(zip(samples, texts))[:8]],
+    }
+
+
+def evaluate_heldout(model, tokenizer, data_args, out_dir: Path, memory_args=None) -> dict:
+    length = max(data_args.train_lengths)
+    samples = heldout_samples(tokenizer, data_args.tasks, length, data_args.heldout_items)
+    model.eval()
+    result = evaluate_samples(model, tokenizer, samples, memory_args)
+    result["length"] = length
+    (Path(out_dir) / "heldout_eval.json").write_text(json.dumps(result, indent=2))
+    logger.info("held-out exact match at %d tokens: %.1f%% of %d items (%.0fs)", length,
+                100 * result["exact_match"], result["items"], result["seconds"])
+    return {k: v for k, v in result.items() if k != "examples"}

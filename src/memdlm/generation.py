@@ -1,0 +1,67 @@
+"""Generation with optional inference-time memory, in batches.
+
+    outputs = generate(model, tokenizer, prompts, SamplerConfig(...), memory_args=None)
+
+With ``memory_args`` each prompt gets its own memory, adapted on the prompt alone
+(``memdlm.memory.adapt``) with the request's seed, and kept active while its
+response is sampled; the next batch starts from fresh memory.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from memdlm.sampling import Sampler, SamplerConfig
+
+
+def _prompt_batch(tokenizer, prompt_ids: list[list[int]], device):
+    """Right-padded prompts and their positions."""
+    length = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), length), tokenizer.pad_token_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, p in enumerate(prompt_ids):
+        ids[i, :len(p)] = torch.tensor(p)
+        attn[i, :len(p)] = 1
+    return ids.to(device), attn.to(device)
+
+
+def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: SamplerConfig,
+             memory_args=None, seeds: list[int] | None = None, batch_size: int = 16,
+             progress: bool = False) -> list[str]:
+    """Texts of the responses, in prompt order."""
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
+                  for p in prompts]
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError(f"prompt {next(i for i, p in enumerate(prompt_ids) if not p)} is empty")
+    seeds = list(seeds) if seeds is not None else list(range(len(prompt_ids)))
+    sampler = Sampler(model, tokenizer, config)
+    loop = None
+    if memory_args is not None:
+        from memdlm.memory.adapt import build_adaptation_loop
+
+        loop = build_adaptation_loop(model, memory_args, tokenizer.mask_token_id)
+    device = next(model.parameters()).device
+    texts: list[str] = []
+    starts = range(0, len(prompt_ids), batch_size)
+    for start in tqdm(starts, desc="generate", disable=not progress):
+        chunk = prompt_ids[start:start + batch_size]
+        chunk_seeds = seeds[start:start + batch_size]
+        context = None
+        if loop is not None:
+            context = _adapted_context(loop, tokenizer, chunk, chunk_seeds, memory_args, device)
+        out = sampler.generate(chunk, seeds=chunk_seeds, forward_context=context)
+        texts += out.texts
+    return texts
+
+
+def _adapted_context(loop, tokenizer, chunk, chunk_seeds, memory_args, device):
+    from memdlm.memory.adapt import adapt_on_prompts
+
+    ids, attn = _prompt_batch(tokenizer, chunk, device)
+    was_training = loop.model.training
+    loop.model.eval()
+    memory = adapt_on_prompts(loop, ids, attn, attn.bool(), memory_args.adapt_mask_ratio,
+                              torch.tensor(chunk_seeds))
+    loop.model.train(was_training)
+    return memory.active

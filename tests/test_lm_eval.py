@@ -1,0 +1,205 @@
+"""lm-eval integration: light imports, the Monte-Carlo log-likelihood, generate_until, the CLI path."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from memdlm.eval.lm_eval_model import MemdlmLM, cut_at_stop, mask_draws, request_seed  # noqa: E402
+from memdlm.modeling import forward_logits  # noqa: E402
+
+OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+CONTEXT = "The value of red fox is 1234. The value of blue owl is 5678. Question: what is the value of red fox?"
+
+
+def _request(kind: str, *args) -> Instance:
+    return Instance(request_type=kind, doc={}, arguments=args, idx=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(make_tiny_model):
+    return make_tiny_model(seed=0, num_hidden_layers=2).eval()
+
+
+@pytest.fixture(scope="module")
+def lm(tiny, tok):
+    return MemdlmLM(tiny, tokenizer=tok, mc_samples=6, batch_size=4, device="cpu")
+
+
+def _exact_one_token(model, tok, ctx: list[int], token: int, memory=None) -> float:
+    """log softmax(logits at the masked last position)[token], one direct forward pass."""
+    ids = torch.tensor([ctx + [tok.mask_token_id]])
+    with torch.no_grad(), (memory.active() if memory is not None else contextlib.nullcontext()):
+        logits = forward_logits(model, ids, torch.ones_like(ids))
+    return logits[0, -1].float().log_softmax(-1)[token].item()
+
+
+def _one_token_pairs(lm):
+    candidates = [(CONTEXT + " Answer:", " 1"), ("The value of red fox is 12", "3"),
+                  ("Mary went to the garden. Where is", " the"), ("Hello", "!")]
+    pairs = [(c, y) for c, y in candidates if len(lm._pair(c, y)[1]) == 1]
+    assert len(pairs) >= 3, "the tokenizer changed: pick other one-token continuations"
+    return pairs
+
+
+def test_import_memdlm_does_not_import_lm_eval():
+    code = "import memdlm, memdlm.cli, sys; assert 'lm_eval' not in sys.modules, 'lm_eval imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, **OFFLINE})
+
+
+def test_command_without_lm_eval_says_how_to_install():
+    code = ("import sys; sys.modules['lm_eval'] = None\n"
+            "from memdlm.commands.lm_eval import run\n"
+            "sys.exit(run(['--model-args', 'pretrained=x', '--tasks', 'memdlm_kv_128']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, **OFFLINE})
+    assert out.returncode == 2
+    assert "pip install 'memdlm[lmeval]'" in out.stderr
+
+
+def test_mask_draws_are_stratified_over_levels():
+    length, per_level = 5, 3
+    masked, weight = mask_draws(length, length * per_level, torch.Generator().manual_seed(0))
+    counts = masked.sum(1)
+    # n a multiple of L: every level l = 1..L drawn exactly n / L times, weight L / l
+    assert sorted(counts.tolist()) == sorted(list(range(1, length + 1)) * per_level)
+    torch.testing.assert_close(weight, length / counts.float())
+
+
+def test_one_token_estimate_is_exact(lm, tiny, tok):
+    pairs = _one_token_pairs(lm)
+    results = lm.loglikelihood([_request("loglikelihood", c, y) for c, y in pairs])
+    for (c, y), (value, is_greedy) in zip(pairs, results):
+        ctx, cont = lm._pair(c, y)
+        assert value == pytest.approx(_exact_one_token(tiny, tok, ctx, cont[0]), abs=1e-4)
+        assert isinstance(is_greedy, bool)
+
+
+def test_one_token_estimate_is_exact_with_memory(tiny, tok):
+    lm_mem = MemdlmLM(tiny, tokenizer=tok, memory=True, mc_samples=2, batch_size=4, device="cpu")
+    pairs = _one_token_pairs(lm_mem)[:2]
+    together = lm_mem.loglikelihood([_request("loglikelihood", c, y) for c, y in pairs])
+    for (c, y), (value, _) in zip(pairs, together):
+        ctx, cont = lm_mem._pair(c, y)
+        memory = lm_mem._adapt([ctx], [request_seed(lm_mem.seed, c, y)])
+        assert value == pytest.approx(_exact_one_token(tiny, tok, ctx, cont[0], memory), abs=1e-4)
+        assert value != pytest.approx(_exact_one_token(tiny, tok, ctx, cont[0]), abs=1e-7)
+
+
+def test_greedy_flag_matches_the_sampler(lm, tiny, tok):
+    from memdlm.sampling import Sampler, SamplerConfig
+
+    ctx = lm._encode(CONTEXT)
+    config = SamplerConfig(max_new_tokens=2, steps=2, stop_at_eos=False)
+    greedy = Sampler(tiny, tok, config).generate([ctx]).responses[0]
+    other = [t for t in range(3, 40) if t not in greedy][:2]
+    text = tok.decode(greedy)
+    pairs = [(ctx, list(greedy)), (ctx, other)]
+    assert lm._greedy(pairs, None) == [True, False]
+    if lm._pair(CONTEXT, text)[1] == list(greedy):  # the text round-trips to the same tokens
+        assert lm.loglikelihood([_request("loglikelihood", CONTEXT, text)])[0][1] is True
+
+
+def test_estimate_ignores_batch_mates_and_approaches_the_elbo(lm, tiny, tok):
+    a, b = (CONTEXT, " 1234"), ("Where is Mary?", " in the garden")
+    both = lm.loglikelihood([_request("loglikelihood", *a), _request("loglikelihood", *b)])
+    alone = lm.loglikelihood([_request("loglikelihood", *b)])
+    assert both[1][0] == pytest.approx(alone[0][0], abs=1e-4)
+    # exact ELBO of a 3-token continuation by enumerating every masked subset
+    ctx, cont = lm._pair(*b)
+    cont = cont[:3]
+    length, elbo = len(cont), 0.0
+    for level in range(1, length + 1):
+        subsets = list(itertools.combinations(range(length), level))
+        for subset in subsets:
+            ids = torch.tensor([ctx + cont])
+            where = torch.zeros_like(ids, dtype=torch.bool)
+            where[0, [len(ctx) + i for i in subset]] = True
+            with torch.no_grad():
+                logits = forward_logits(tiny, ids.masked_fill(where, tok.mask_token_id), torch.ones_like(ids))
+            logp = logits[where].float().log_softmax(-1).gather(-1, ids[where][:, None]).sum().item()
+            elbo += (length / level) * logp / (length * len(subsets))
+    many = MemdlmLM(tiny, tokenizer=tok, mc_samples=60, batch_size=64, device="cpu", greedy_check="none")
+    estimate = many._mc_loglik([(ctx, cont)], [1], None)[0]
+    assert torch.isfinite(torch.tensor(estimate))
+    assert estimate == pytest.approx(elbo, abs=0.05)  # 60 draws: MC error ~0.01 nats here
+
+
+def test_rolling_is_finite_and_windows_cover_the_text(lm, tok):
+    text = "The harbour greeted the slow stream without a word. " * 3
+    (value,) = lm.loglikelihood_rolling([_request("loglikelihood_rolling", text)])
+    assert value < 0 and torch.isfinite(torch.tensor(value))
+    short = MemdlmLM(lm.model, tokenizer=tok, max_length=16, mc_samples=1, device="cpu")
+    tokens = short._encode(text)
+    windows = short._windows(tokens)
+    assert sum((piece for _, piece in windows), []) == tokens
+    assert all(len(c) + len(p) <= 16 for c, p in windows)
+
+
+def test_memory_settings_come_from_the_run(tmp_path):
+    from memdlm.eval.lm_eval_model import memory_arguments
+
+    (tmp_path / "run_config.json").write_text(json.dumps(
+        {"memory": {"inner_lr": 0.3, "memory_rank": 4, "not_a_field": 1}, "train": {}}))
+    args = memory_arguments(str(tmp_path), adapt_mask_ratio=0.5)
+    assert (args.inner_lr, args.memory_rank, args.adapt_mask_ratio) == (0.3, 4, 0.5)
+    assert memory_arguments(None, None).inner_lr == 0.1
+
+
+def test_cut_at_stop():
+    assert cut_at_stop("abc\ndef", ["\n"]) == "abc"
+    assert cut_at_stop("abcdef", ["e", "c"]) == "ab"
+    assert cut_at_stop("abc", ["x", ""]) == "abc"
+
+
+def test_generate_until_respects_until(lm):
+    kwargs = {"until": [], "max_gen_toks": 12}
+    (full,) = lm.generate_until([_request("generate_until", CONTEXT, kwargs)])
+    assert len(full) >= 4
+    stop = full[2:4]
+    (cut,) = lm.generate_until([_request("generate_until", CONTEXT, {**kwargs, "until": [stop]})])
+    assert cut == full[:full.find(stop)]
+    assert stop not in cut
+
+
+def test_export_tasks_and_process_results(tok, tmp_path):
+    from memdlm.eval.lm_eval_tasks import export_tasks, parse_task_name, process_results
+
+    names = export_tasks(["kv"], [128], 3, tmp_path, tok)
+    assert names == ["memdlm_kv_128"] and parse_task_name("memdlm_kv_128") == ("kv", 128)
+    rows = [json.loads(line) for line in (tmp_path / "memdlm_kv_128.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    yaml_text = (tmp_path / "memdlm_kv_128.yaml").read_text()
+    assert str(tmp_path / "memdlm_kv_128.jsonl") in yaml_text and "generate_until" in yaml_text
+    row = rows[0]
+    assert process_results(row, [f" {row['answers'][0]}\n"]) == {"string_match_all": 100.0}
+    assert process_results(row, ["nothing"]) == {"string_match_all": 0.0}
+
+
+@pytest.mark.slow
+def test_cli_runs_an_exported_task_offline(tiny, tok, tmp_path, monkeypatch):
+    from memdlm.commands.lm_eval import run
+
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    model_dir = tmp_path / "model"
+    tiny.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "results.json"
+    rc = run(["--model-args", f"pretrained={model_dir},batch_size=4", "--tasks", "memdlm_kv_128",
+              "--limit", "4", "--output-path", str(out), "--export-dir", str(tmp_path / "tasks")])
+    assert rc == 0
+    result = json.loads(out.read_text())["results"]["memdlm_kv_128"]
+    assert result["sample_len"] == 4
+    assert 0.0 <= result["string_match_all,none"] <= 100.0

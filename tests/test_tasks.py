@@ -1,0 +1,291 @@
+"""The generated tasks: answers follow from the prompt, lengths fit, splits stay disjoint."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from memdlm.data import words
+from memdlm.tasks import get_task, task_names
+from memdlm.tasks.base import Sample, fit_filler, split_of
+from memdlm.tasks.haystack import FillerStream, NoiseHaystack, ProseHaystack
+from memdlm.tasks.longresponse import LongResponseTask
+from memdlm.tasks.ruler import CommonWordsTask
+from memdlm.tokenizer import count_tokens_fn
+
+TASKS = task_names()
+BABI = ["qa1", "qa2", "qa3", "qa4", "qa5"]
+
+
+@pytest.fixture(scope="module")
+def count(tok):
+    """Token counts with the shipped tokenizer (``tok`` comes from conftest.py)."""
+    return count_tokens_fn(tok)
+
+
+def test_registry_has_every_task():
+    for name in ["kv", "niah", "mv", "vt", "cwe", "longresp", *BABI]:
+        assert name in TASKS
+
+
+# ---------------------------------------------------------------- answers from the prompt
+
+
+def magic_numbers(prompt: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in re.findall(r"One of the special magic numbers for (\S+) is: (\d+)\.", prompt):
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def vt_answer(prompt: str, value: str) -> list[str]:
+    """Resolve every "VAR X = ..." in the prompt; the variables holding ``value``, in order."""
+    resolved: dict[str, str] = {}
+    for name, rhs in re.findall(r"VAR ([A-Z]{5}) = (\d+|VAR [A-Z]{5})\.", prompt):
+        resolved[name] = resolved.get(rhs[4:], "?") if rhs.startswith("VAR ") else rhs
+    return [n for n, v in resolved.items() if v == value]
+
+
+def cwe_entries(prompt: str) -> list[str]:
+    listing = prompt.split("\n")[1]
+    pairs = re.findall(r"(\d+)\. (\S+)", listing)
+    assert [int(i) for i, _ in pairs] == list(range(1, len(pairs) + 1))
+    return [w for _, w in pairs]
+
+
+NAME = r"([A-Z][a-z]+)"
+MOVE = re.compile(NAME + r" (?:moved|went|journeyed|travelled|went back) to the (\w+)\.")
+PICK = re.compile(NAME + r" (?:picked up|got|grabbed|took) the (\w+)(?: there)?\.")
+DROP = re.compile(NAME + r" (?:dropped|discarded|put down|left) the (\w+)(?: there)?\.")
+GIVE = re.compile(NAME + r" (?:gave|handed|passed) the (\w+) to " + NAME + r"\.")
+RELATION = re.compile(r"The (\w+) is (north|south|east|west) of the (\w+)\.")
+
+
+def babi_answer(prompt: str, question: str) -> set[str]:
+    """Replay the facts in the prompt's context; every answer the question admits."""
+    context = prompt.split("<context>\n")[1].split("\n</context>")[0]
+    room: dict[str, str] = {}
+    holder: dict[str, str | None] = {}
+    dropped: dict[str, str] = {}
+    trail: dict[str, list[str]] = {}
+    gives, relations = [], []
+
+    def where(obj):
+        return room.get(holder[obj]) if holder.get(obj) else dropped.get(obj)
+
+    def visit(obj):
+        if where(obj) and trail.setdefault(obj, [])[-1:] != [where(obj)]:
+            trail[obj].append(where(obj))
+
+    for sentence in re.split(r"(?<=\.) ", context):
+        if m := MOVE.fullmatch(sentence):
+            room[m[1]] = m[2]
+            for obj in [o for o, h in holder.items() if h == m[1]]:
+                visit(obj)
+        elif m := PICK.fullmatch(sentence):
+            holder[m[2]] = m[1]
+            visit(m[2])
+        elif m := DROP.fullmatch(sentence):
+            holder[m[2]], dropped[m[2]] = None, room[m[1]]
+        elif m := GIVE.fullmatch(sentence):
+            assert room[m[1]] == room[m[3]], "a give needs both people in one room"
+            holder[m[2]] = m[3]
+            gives.append((m[1], m[2], m[3]))
+        elif m := RELATION.fullmatch(sentence):
+            opposite = {"north": "south", "south": "north", "east": "west", "west": "east"}
+            relations += [(m[1], m[2], m[3]), (m[3], opposite[m[2]], m[1])]
+    q = question
+    if m := re.fullmatch(r"Where is the (\w+)\?", q):
+        return {where(m[1])}
+    if m := re.fullmatch(r"Where is (\w+)\?", q):
+        return {room[m[1]]}
+    if m := re.fullmatch(r"Where was the (\w+) before the (\w+)\?", q):
+        seen = trail[m[1]]
+        return {seen[i - 1] for i in range(1, len(seen)) if seen[i] == m[2]}
+    if m := re.fullmatch(r"What is the (\w+) (\w+) of\?", q):
+        return {y for x, d, y in relations if x == m[1] and d == m[2]}
+    if m := re.fullmatch(r"What is (\w+) of the (\w+)\?", q):
+        return {x for x, d, y in relations if d == m[1] and y == m[2]}
+    if m := re.fullmatch(r"What did (\w+) give to (\w+)\?", q):
+        return {o for a, o, b in gives if a == m[1] and b == m[2]}
+    if m := re.fullmatch(r"Who gave the (\w+) to (\w+)\?", q):
+        return {a for a, o, b in gives if o == m[1] and b == m[2]}
+    if m := re.fullmatch(r"Who gave the (\w+)\?", q):
+        return {a for a, o, b in gives if o == m[1]}
+    if m := re.fullmatch(r"Who received the (\w+)\?", q):
+        return {b for a, o, b in gives if o == m[1]}
+    if m := re.fullmatch(r"Who did (\w+) give the (\w+) to\?", q):
+        return {b for a, o, b in gives if a == m[1] and o == m[2]}
+    raise AssertionError(f"unknown question form {q!r}")
+
+
+def check_answers(s: Sample, count) -> None:
+    """The answers follow from the prompt (recomputed from its text)."""
+    assert s.prompt.endswith("Answer:")
+    assert s.response == " " + ", ".join(s.answers)
+    if s.task in ("niah", "mv"):
+        assert magic_numbers(s.prompt) == {s.meta["key"]: list(s.answers)}
+        assert s.meta["question"] in s.prompt
+    elif s.task == "vt":
+        assert f"assigned the value {s.meta['value']}?" in s.prompt
+        assert vt_answer(s.prompt, s.meta["value"]) == list(s.answers)
+        assert len(s.answers) == 5
+    elif s.task == "cwe":
+        entries = cwe_entries(s.prompt)
+        counts = Counter(entries)
+        top = max(counts.values())
+        assert list(s.answers) == sorted(s.answers, key=entries.index)  # first appearance
+        assert {w for w, c in counts.items() if c == top} == set(s.answers)
+        assert all(c * 2 <= top for w, c in counts.items() if w not in s.answers)
+        assert f"the {len(s.answers)} most common words" in s.prompt
+    elif s.task == "longresp":
+        assert re.findall(r"The value of \S+ is (\d+)\.", s.prompt) == list(s.answers)
+        assert count(s.response) >= 64
+    elif s.task == "kv":
+        assert f"The value of {s.meta['key']} is {s.answers[0]}." in s.prompt
+    elif s.task in BABI:
+        assert f"\nQuestion: {s.meta['question']}\nAnswer:" in s.prompt
+        assert babi_answer(s.prompt, s.meta["question"]) == {s.answers[0]}
+        assert s.answers[0].lower() in {label.lower() for label in get_task(s.task).labels}
+    else:  # a task added later: its answers must at least be in the prompt
+        assert all(a in s.prompt for a in s.answers)
+
+
+@pytest.mark.parametrize("name", TASKS)
+@pytest.mark.parametrize("length", [256, 1024])
+def test_answers_follow_and_length_fits(name, length, count):
+    for seed in range(2):
+        for split in ("train", "eval"):
+            s = get_task(name).sample(seed, split, length, count)
+            size = count(s.prompt) + count(s.response)
+            assert 0.95 * length <= size <= length, (name, length, size)
+            check_answers(s, count)
+
+
+@pytest.mark.parametrize("name", [n for n in TASKS if n != "mv"])  # mv needs ~190 tokens
+def test_short_context_128(name, count):
+    if name in ("vt", "longresp"):  # vt needs ~140 tokens, longresp ~230
+        with pytest.raises(ValueError, match="shorter than the sample without filler"):
+            get_task(name).sample(0, "eval", 128, count)
+        return
+    s = get_task(name).sample(0, "eval", 128, count)
+    size = count(s.prompt) + count(s.response)
+    assert (0.95 * 128 if name != "kv" else 0) <= size <= 128
+    check_answers(s, count)
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_same_seed_same_sample_other_seed_other_sample(name, count):
+    task = get_task(name)
+    a, b = task.sample(7, "eval", 256, count), task.sample(7, "eval", 256, count)
+    assert a == b
+    assert task.sample(8, "eval", 256, count).prompt != a.prompt
+    assert task.sample(7, "train", 256, count).prompt != a.prompt
+
+
+# ---------------------------------------------------------------- train / eval disjoint
+
+
+def items(s: Sample) -> set[str]:
+    """The keys, values, variable names, list words and people's names of a sample."""
+    found = set(s.answers) - set(words.PLACES) - set(words.OBJECTS)
+    for key in [s.meta.get("key"), *s.meta.get("keys", [])]:
+        if key:
+            found |= {key, *re.split(r"[- ]", key)}
+    if s.task == "vt":
+        found |= set(re.findall(r"VAR ([A-Z]{5})", s.prompt)) | {s.meta["value"]}
+    if s.task == "cwe":
+        found |= set(cwe_entries(s.prompt))
+    if s.task in BABI:
+        found |= {w.strip(".?") for w in s.prompt.split() if w.strip(".?") in words.FIRST_NAMES}
+    if s.task == "longresp":
+        found |= set(re.findall(r"The value of \S+ is (\d+)\.", s.prompt))
+    return found
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_train_and_eval_share_no_items(name):
+    # character counts stand in for tokens: 50 samples a split stay fast; the split rule
+    # does not depend on the tokenizer
+    task, length = get_task(name), 1600
+    seen = {split: set().union(*(items(task.sample(seed, split, length, len))
+                                 for seed in range(50))) for split in ("train", "eval")}
+    if name == "qa4":  # only rooms, a fixed label set shared by both splits
+        assert not seen["train"] and not seen["eval"]
+        return
+    assert seen["train"] and seen["eval"]
+    assert not seen["train"] & seen["eval"]
+    for split, found in seen.items():
+        assert all(split_of(x) == split for x in found if "-" not in x and " " not in x)
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def test_fit_filler_finds_the_largest_fitting_n():
+    sizes = [3 * n + (n // 7) for n in range(500)]  # a monotone, uneven length curve
+
+    def build(n):
+        return Sample("t", "x" * sizes[n], "", ())
+
+    for target in (3, 50, 333, 1000, 1500):
+        best = max(n for n in range(500) if sizes[n] <= target)
+        assert len(fit_filler(build, target, len, max_filler=499).prompt) == sizes[best]
+    with pytest.raises(ValueError):
+        fit_filler(lambda n: Sample("t", "x" * (10 + n), "", ()), 5, len)
+
+
+def test_filler_stream_cuts_words_and_keeps_prefixes():
+    stream = FillerStream(ProseHaystack(), 0.25)
+    long = stream.take(200)
+    assert sum(len(x.split()) for x in long) == 200
+    for n in (1, 9, 37, 150):
+        short = stream.take(n)
+        assert sum(len(x.split()) for x in short) == n
+        assert all(x.endswith(".") for x in short)
+        assert short[:-1] == long[: len(short) - 1]
+    assert FillerStream(NoiseHaystack(), 0.5).take(4) == ["The grass is green."]
+
+
+def test_vt_defaults_to_the_noise_haystack(count):
+    s = get_task("vt").sample(0, "eval", 256, count)
+    assert "The grass is green." in s.prompt
+    assert "The grass is green." not in get_task("vt").sample(0, "eval", 256, count,
+                                                               ProseHaystack()).prompt
+
+
+def test_cwe_rule():
+    assert [CommonWordsTask.num_common(n) for n in (128, 255, 256, 4096)] == [4, 4, 10, 10]
+    assert [CommonWordsTask.base_repeats(n) for n in (128, 256, 1024, 8192)] == [2, 2, 8, 30]
+
+
+def test_cwe_cycles_the_pool_but_keeps_common_words_twice_as_frequent():
+    # a character count makes a long list cheap: more entries than the eval pool holds
+    s = get_task("cwe").sample(0, "eval", 40000, len)
+    counts = Counter(cwe_entries(s.prompt))
+    assert max(c for w, c in counts.items() if w not in s.answers) >= 2  # the pool cycled
+    check_answers(s, len)
+
+
+def test_longresp_min_response_tokens(count):
+    s = LongResponseTask(min_response_tokens=100).sample(0, "eval", 512, count)
+    assert count(s.response) >= 100
+    assert count(s.response[: s.response.rindex(",")]) < 100  # the fewest values that reach it
+    check_answers(s, count)
+
+
+def test_babi_question_forms_cover_upstream():
+    slots = [*words.FIRST_NAMES, *words.PLACES, *words.OBJECTS, "north", "south", "east", "west"]
+    slot = re.compile(r"\b(?:" + "|".join(slots) + r")\b")
+    forms = {name: set() for name in BABI}
+    for name in BABI:
+        for seed in range(40):
+            q = get_task(name).sample(seed, "train", 1000, len).meta["question"]
+            forms[name].add(slot.sub("X", q))
+    assert forms["qa1"] == {"Where is X?"}
+    assert forms["qa2"] == {"Where is the X?"}
+    assert forms["qa3"] == {"Where was the X before the X?"}
+    assert forms["qa4"] == {"What is the X X of?", "What is X of the X?"}
+    assert {"What did X give to X?", "Who gave the X?", "Who received the X?"} <= forms["qa5"]
