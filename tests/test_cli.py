@@ -135,10 +135,6 @@ def test_invalid_choice_exits_2(tmp_path, capsys):
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "commands/train.py parse(): HfArgumentParser.parse_args_into_dataclasses raises a ValueError "
-    "'Some specified arguments are not used by the HfArgumentParser' for an unknown flag; "
-    "errors.is_user_error does not recognise it, so the CLI prints a traceback and exits 1"))
 def test_unknown_flag_exits_2_naming_it(tmp_path, capsys):
     try:
         rc = main(["train", "--output-dir", str(tmp_path), "--bogus-flag", "3"])
@@ -170,10 +166,6 @@ def test_model_dir_without_mask_token_exits_2(tmp_path, capsys, make_tiny_model,
     assert_one_line_error(capsys, rc, "mask token", str(model_dir))
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "training/run.py build_model_and_tokenizer loads the tokenizer before load_model's "
-    "existence check; AutoTokenizer.from_pretrained on a missing path raises OSError ('Repo id "
-    "must be in the form ...'), which cli.main does not catch: traceback, exit 1"))
 def test_missing_model_dir_exits_2(tmp_path, capsys):
     missing = tmp_path / "no_such_model"
     rc = main(["train", "--model", str(missing), "--output-dir", str(tmp_path / "run")])

@@ -51,10 +51,6 @@ def test_cosine_scheduler_weight():
                                torch.tensor([math.pi / 2]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "schedules.py Schedule.elbo_weight computes 1 - alpha(t) = 1 - cos(pi t/2) by float32 "
-    "subtraction: at t = eps = 1e-3 the cosine weight is 1.4% too low (0.25% at 2e-3); "
-    "2 sin^2(pi t/4) is exact"))
 def test_cosine_scheduler_weight_accurate_near_eps():
     t = torch.tensor([1e-3, 2e-3, 1e-2])
     expected = torch.tensor([cosine_weight(x) for x in t.tolist()])

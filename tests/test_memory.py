@@ -16,8 +16,8 @@ from memdlm.diffusion import NoisedBatch, mdlm_loss
 from memdlm.loss import loss_weights, per_sample_loss
 from memdlm.masking import apply_mask, mask_with_probability
 from memdlm.memory.config import MemoryArguments
-from memdlm.memory.fast_weights import FastWeights, clip_global, clip_per_param
-from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs
+from memdlm.memory.fast_weights import clip_global, clip_per_param
+from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, InnerLoopStats
 from memdlm.memory.targets import find_targets, first_adapted_layer
 from memdlm.memory.trajectories import Stage, TrajectoryInputs, get_trajectory
 from memdlm.modeling import build_tiny_model
@@ -138,7 +138,8 @@ def test_one_inner_step_equals_hand_computed_clipped_sgd(clip):
     # Give B a non-zero start so both A and B have gradients.
     memory = memory.replace([p if i % 2 == 0 else torch.randn_like(p) * 0.1 for i, p in enumerate(memory.params())])
     stage = Stage("anchor", anchor, anchor, torch.zeros_like(anchor))
-    new = loop.step(memory, stage, x, loop_stats := __import__("memdlm.memory.inner_loop", fromlist=["x"]).InnerLoopStats())
+    loop_stats = InnerLoopStats()
+    new = loop.step(memory, stage, x, loop_stats)
 
     # By hand: full forward (autograd everywhere), CE at the anchor, w = 1/r per sample,
     # each sample's sum over its own maskable count, summed over samples.

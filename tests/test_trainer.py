@@ -156,12 +156,6 @@ def test_training_step_divides_by_accumulation_steps(trainer_parts):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "a --train-lengths shorter than the task's smallest sample (kv: 65 tokens without filler) "
-    "raises tasks/base.py fit_filler's ValueError ('target length 32 tokens is shorter than the "
-    "sample without filler') from inside the DataLoader at the first batch, after the model and "
-    "Trainer are built; errors.is_user_error does not match it, so the CLI shows a traceback "
-    "and exits 1 instead of a one-line error with exit 2"))
 def test_too_short_train_length_is_a_user_error(tmp_path, capsys):
     rc = main(["train", "--output-dir", str(tmp_path), "--max-steps", "1", "--heldout-items", "0",
                "--num-eval-samples", "0", "--tiny-layers", "1", "--per-device-train-batch-size",

@@ -65,6 +65,14 @@ class CosineSchedule(Schedule):
     def alpha_derivative(self, t):
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
 
+    def mask_probability(self, t):
+        # 1 - cos(x) = 2 sin^2(x / 2), without float32 cancellation near t = 0
+        return 2.0 * torch.sin(0.25 * math.pi * self._check(t)) ** 2
+
+    def elbo_weight(self, t):
+        t = self._check(t)
+        return -self.alpha_derivative(t) / self.mask_probability(t).clamp_min(1e-12)
+
 
 SCHEDULES: dict[str, type[Schedule]] = {cls.name: cls for cls in (LinearSchedule, CosineSchedule)}
 

@@ -58,7 +58,9 @@ def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
     else:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"model directory {path} does not exist (no hub downloads here)")
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     return ensure_special_tokens(tok, source=path or str(ASSET_DIR))
 
 

@@ -83,17 +83,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def memory_args_for(run_dir: str, adapt_mask_ratio: float | None = None):
     """The run's memory settings (``run_config.json``'s ``memory`` part), else the defaults."""
-    from memdlm.memory.config import MemoryArguments
+    from memdlm.memory.config import load_memory_args
 
-    known = {f.name for f in fields(MemoryArguments)}
-    config_file = Path(run_dir) / "run_config.json"
-    saved = {}
-    if config_file.is_file():
-        saved = {k: v for k, v in json.loads(config_file.read_text()).get("memory", {}).items()
-                 if k in known}
-    if adapt_mask_ratio is not None:
-        saved["adapt_mask_ratio"] = adapt_mask_ratio
-    return MemoryArguments(**saved)
+    return load_memory_args(run_dir, adapt_mask_ratio=adapt_mask_ratio)
 
 
 def format_table(results: dict) -> str:

@@ -51,7 +51,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
 
     from memdlm.config import default_threads
     from memdlm.generation import generate
-    from memdlm.memory.config import MemoryArguments
+    from memdlm.memory.config import load_memory_args
     from memdlm.modeling import load_model
     from memdlm.sampling import SamplerConfig
     from memdlm.tokenizer import load_tokenizer
@@ -69,7 +69,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
     config = SamplerConfig(**{f.name: getattr(args, f.name) for f in fields(SamplerConfig)})
-    memory = MemoryArguments(adapt_mask_ratio=args.adapt_mask_ratio) if args.memory else None
+    memory = load_memory_args(args.model, adapt_mask_ratio=args.adapt_mask_ratio) if args.memory else None
     texts = generate(model, tokenizer, prompts, config, memory_args=memory, batch_size=args.batch_size,
                      progress=len(prompts) > args.batch_size)
     if args.json:

@@ -83,7 +83,10 @@ def parse(argv: list[str], prog: str = "memdlm train") -> tuple[TrainingSetup, b
             raise ConfigError(f"{known.config}: unknown option(s) {unknown}")
         parser.set_defaults(**values)
     # Five dataclasses, then a namespace with the two extra flags (--config, --resume).
-    model, data, diffusion, memory, train, extra = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        model, data, diffusion, memory, train, extra = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # unknown flags, invalid values: name them, in one line
+        raise ConfigError(str(err)) from None
     if train.output_dir in (None, "trainer_output"):
         raise ConfigError("--output-dir is required (the run directory)")
     threads = train.threads or default_threads()

@@ -37,9 +37,12 @@ def read_rows(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
+    whole = _parse_whole(text) if path.suffix == ".json" else None
+    if whole is not None:
+        rows = whole if isinstance(whole, list) else [whole]
+    elif path.suffix == ".json" and text.lstrip().startswith("["):
         try:
-            rows = json.loads(text)
+            json.loads(text)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: not valid JSON ({err})") from None
     else:
@@ -55,6 +58,14 @@ def read_rows(path: str | Path) -> list[dict]:
         if not isinstance(row, dict):
             raise DataError(f"{path}: row {i} is a {type(row).__name__}, expected a JSON object")
     return rows
+
+
+def _parse_whole(text: str):
+    """The file as one JSON document (a list of rows or one object), or None."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 def detect_format(row: dict) -> str:
@@ -104,7 +115,8 @@ def row_to_example(row: dict, index: int, tokenizer, source: str = "data") -> Pr
                               _require_str(row, "response", where))
     if kind == "alpaca":
         user = _require_str(row, "instruction", where)
-        extra = row.get("input") or ""
+        extra = row.get("input")
+        extra = "" if extra is None else extra
         if not isinstance(extra, str):
             raise DataError(f"{where}: field 'input' is a {type(extra).__name__}, expected a string")
         if extra.strip():

@@ -62,6 +62,18 @@ class SyntheticTaskDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.haystack = haystack
         self.count = count_tokens_fn(tokenizer)
+        self._check_lengths()
+
+    def _check_lengths(self) -> None:
+        """Fail before training starts if a (task, length) pair cannot be generated."""
+        from memdlm.errors import ConfigError
+
+        for task in self.tasks:
+            for length in self.lengths:
+                try:
+                    task.sample(self.seed, self.split, length, self.count, self.haystack)
+                except ValueError as err:
+                    raise ConfigError(f"task {task.name!r} at {length} tokens: {err}") from None
 
     def __len__(self) -> int:
         return self.num_samples
