@@ -59,6 +59,9 @@ class DataArguments:
         "help": "Block length for packed plain text (default: max_length)."})
     pad_with_eos: bool = field(default=False, metadata={
         "help": "LLaDA SFT convention: pad responses with EOS tokens that are maskable targets."})
+    mask_prompt: bool = field(default=False, metadata={
+        "help": "Generated tasks only: make prompt tokens maskable and scored too (pre-training on the "
+                "task text as plain text, every token a target) instead of asymmetric masking."})
     heldout_items: int = field(default=200, metadata={
         "help": "After training, answer this many held-out generated prompts and report exact match (0 skips)."})
     data_seed_offset: int = field(default=0, metadata={

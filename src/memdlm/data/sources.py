@@ -51,7 +51,7 @@ class SyntheticTaskDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, tokenizer, tasks: list[str], lengths: list[int], split: str,
-                 num_samples: int, seed: int = 0, haystack=None):
+                 num_samples: int, seed: int = 0, haystack=None, mask_prompt: bool = False):
         if not tasks or not lengths:
             raise ValueError("need at least one task and one length")
         self.tokenizer = tokenizer
@@ -62,6 +62,7 @@ class SyntheticTaskDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.haystack = haystack
         self.count = count_tokens_fn(tokenizer)
+        self.mask_prompt = mask_prompt
         self._check_lengths()
 
     def _check_lengths(self) -> None:
@@ -86,6 +87,8 @@ class SyntheticTaskDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         s = self.sample(i)
         ex = encode_pair(self.tokenizer, s.prompt, s.response)
+        if self.mask_prompt:  # plain-text view: every token is a target
+            ex["labels"] = list(ex["input_ids"])
         ex["sample_seed"] = self.seed * 1_000_003 + i
         return ex
 

@@ -58,7 +58,8 @@ def build_datasets(data_args, tokenizer, seed: int):
     """(train, eval, report): generated tasks by default, else the user's file."""
     if data_args.data is None:
         train = SyntheticTaskDataset(tokenizer, data_args.tasks, data_args.train_lengths, "train",
-                                     data_args.num_train_samples, seed=seed + data_args.data_seed_offset)
+                                     data_args.num_train_samples, seed=seed + data_args.data_seed_offset,
+                                     mask_prompt=data_args.mask_prompt)
         evals = None
         if data_args.num_eval_samples:
             evals = SyntheticTaskDataset(tokenizer, data_args.tasks, data_args.train_lengths, "eval",
