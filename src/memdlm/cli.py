@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(commands[argv[0]][0])
     try:
         return module.run(argv[1:], prog=f"memdlm {argv[0]}") or 0
+    except RuntimeError as err:
+        from memdlm.training.mdlm_trainer import NonFiniteLossError
+
+        if not isinstance(err, NonFiniteLossError):
+            raise
+        print(f"memdlm {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, KeyError) as err:
         # Expected user errors (bad data rows, missing mask token, bad flags): one clear line.
         from memdlm.errors import is_user_error

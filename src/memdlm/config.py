@@ -30,6 +30,9 @@ class ModelArguments:
         "help": "Tiny default only: hidden size (default 128)."})
     tiny_intermediate_size: int | None = field(default=None, metadata={
         "help": "Tiny default only: FFN width (default from the shipped config)."})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "Load --model with 4-bit (NF4) weights through bitsandbytes (QLoRA; needs a CUDA GPU, "
+                "bitsandbytes and --use-lora). Fast weights stay float32 (compute dtype bfloat16)."})
     use_lora: bool = field(default=False, metadata={
         "help": "Train an outer LoRA adapter through PEFT instead of all weights (the paper's setting)."})
     lora_r: int = field(default=32, metadata={"help": "Outer LoRA rank (paper: 32)."})

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 
 import torch
 
+logger = logging.getLogger("memdlm")
 TINY_CONFIG = Path(__file__).parent / "assets" / "tiny" / "config.json"
 
 
@@ -44,8 +46,14 @@ def build_tiny_model(tokenizer, seed: int | None = None, **overrides):
     return Gemma3ForCausalLM(config)
 
 
-def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None):
-    """Load a local model directory (no hub downloads: ``local_files_only``)."""
+def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None,
+               quantization_config=None):
+    """Load a local model directory (no hub downloads: ``local_files_only``).
+
+    ``*ForMaskedLM`` architectures (ModernBERT) load as masked LMs, everything else
+    as a causal-LM class made bidirectional (:func:`make_bidirectional`).
+    ``quantization_config`` (e.g. bitsandbytes 4-bit) is passed to ``from_pretrained``.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     if not Path(path).is_dir():
@@ -54,6 +62,8 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True)
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"{path}: encoder-decoder models are not supported")
     architectures = getattr(config, "architectures", None) or []
@@ -77,6 +87,27 @@ def make_bidirectional(model) -> None:
             "use_bidirectional_attention=True (it cannot be switched after loading)")
     if hasattr(config, "is_causal") or config.model_type in {"llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "mixtral"}:
         config.is_causal = False
+    local = [i for i, kind in enumerate(getattr(config, "layer_types", None) or []) if kind == "sliding_attention"]
+    if local:  # Gemma3 / ModernBERT: a position sees only a window of the sequence in these layers
+        logger.warning("%s: layers %s use local (sliding-window) attention; for long contexts build the "
+                       "model with layer_types=['full_attention'] * num_layers (docs/BACKBONES.md)",
+                       type(model).__name__, local)
+
+
+def logits_shift(model) -> bool:
+    """Whether position i's logits predict token i+1 (Dream's convention, from its AR init).
+
+    ``config.logits_shift`` decides when set (any checkpoint can opt in or out);
+    otherwise it is on for ``model_type == "Dream"``. With it on, everything that
+    reads logits through :func:`logits_only_at` (loss, inner loop, sampler,
+    evaluation) gets, for position i, the logits the model computed at i - 1
+    (position 0 keeps its own, as Dream's sampler does; it is never masked there).
+    """
+    config = getattr(unwrap(model), "config", None)  # test doubles may have none
+    flag = getattr(config, "logits_shift", None)
+    if flag is not None:
+        return bool(flag)
+    return str(getattr(config, "model_type", "")).lower() == "dream"
 
 
 def count_parameters(model) -> int:
@@ -93,7 +124,8 @@ def logits_only_at(model, positions: torch.Tensor | None):
     model's own ``forward`` (and so through DDP/FSDP wrappers). With a large
     vocabulary this is the difference between ``b*l*V`` and ``n*V`` floats.
     """
-    if positions is None:
+    shift = logits_shift(model)
+    if positions is None and not shift:
         yield
         return
     head = unwrap(model).get_output_embeddings()
@@ -102,7 +134,11 @@ def logits_only_at(model, positions: torch.Tensor | None):
 
     def gather(_module, args):
         hidden = args[0]
-        return (hidden[positions],) + tuple(args[1:])
+        if shift:  # right-shifted logits (Dream): token i is read from position i - 1
+            hidden = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
+        if positions is not None:
+            hidden = hidden[positions]
+        return (hidden,) + tuple(args[1:])
 
     handle = head.register_forward_pre_hook(gather)
     try:

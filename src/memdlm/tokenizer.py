@@ -60,6 +60,11 @@ def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
 
         if not Path(path).is_dir():
             raise FileNotFoundError(f"model directory {path} does not exist (no hub downloads here)")
+        if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            unfinished = (Path(path) / "run_config.json").is_file() and not (Path(path) / "run_complete.json").is_file()
+            raise FileNotFoundError(
+                f"{path} has no tokenizer files" + (" (an unfinished run: no run_complete.json; "
+                "resume it with memdlm train --resume --output-dir ...)" if unfinished else ""))
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     return ensure_special_tokens(tok, source=path or str(ASSET_DIR))
 

@@ -10,6 +10,8 @@ slot for the whole batch. While ``active()``, each target's output gets
     y_b += x_b D_s^T                       (dense)
 
 computed for all samples at once with batched matmuls (no loop over samples).
+Fused MoE experts (3-D parameters, not ``nn.Linear``) get one delta per expert and
+slot, applied inside the experts computation (:mod:`memdlm.memory.experts`).
 A starts Kaiming-uniform from a per-slot seed and B at zero (as the reference and
 LoRA do): the initial delta is zero, yet the first SGD step can move B.
 """
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from memdlm.masking import seeded_generator
+from memdlm.memory.experts import install_expert_hooks
 from memdlm.memory.targets import Target
 
 
@@ -114,6 +117,9 @@ class FastWeights:
         handles = []
         changes = self.stats.setdefault("relative_change", []) if measure else None
         for target, group in zip(self.targets, self.tensors):
+            if target.kind != "linear":  # fused MoE experts: one hook per experts module, below
+                continue
+
             def hook(_module, args, output, group=group):
                 delta = self._delta(group, args[0]).to(output.dtype)
                 if changes is not None:
@@ -121,6 +127,7 @@ class FastWeights:
                 return output + delta
 
             handles.append(target.module.register_forward_hook(hook))
+        handles += install_expert_hooks(self, changes)
         try:
             yield self
         finally:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from memdlm.memory.experts import expert_targets, fused_expert_params
+
 # Module-name suffixes of FFN / attention projections, by family.
 FFN_NAMES = ("gate_proj", "up_proj", "down_proj",  # Llama, Qwen, Gemma, Mistral
              "w1", "w2", "w3",  # Mixtral experts (legacy), LLaDA
@@ -29,6 +31,12 @@ class Target:
     layer: int
     in_features: int
     out_features: int
+    # "linear": an nn.Linear (or its PEFT wrapper), hooked on its output. "expert": one
+    # projection (``param``) of one expert (``expert``) of a fused MoE experts module
+    # (memdlm.memory.experts), applied inside the experts computation.
+    kind: str = "linear"
+    param: str | None = None
+    expert: int | None = None
 
 
 def linear_of(module: nn.Module) -> nn.Linear | None:
@@ -59,9 +67,22 @@ def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
     n_layers = num_layers(model)
     first = first_adapted_layer(n_layers, fraction)
     suffixes = FFN_NAMES + (ATTN_NAMES if scope == "ffn_attn" else ())
-    regex = re.compile(pattern) if pattern else None
+    try:
+        regex = re.compile(pattern) if pattern else None
+    except re.error as err:
+        raise ValueError(f"--memory_target_modules {pattern!r} is not a valid regex: {err}") from None
     targets = []
     for name, module in model.named_modules():
+        if fused_expert_params(module) is not None:  # MoE experts: fused 3-D parameters
+            m = LAYER_PATTERN.search(name + ".")
+            layer = int(m.group(1)) if m else -1
+            if regex is not None:
+                wanted = regex.search(name) or any(regex.search(f"{name}.{p}") for p, _, _ in fused_expert_params(module))
+            else:
+                wanted = m is not None and layer >= first
+            if wanted:
+                targets.extend(expert_targets(name, module, layer))
+            continue
         linear = linear_of(module)
         if linear is None or name.endswith(".base_layer") or ".lora_" in name:
             continue

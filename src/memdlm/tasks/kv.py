@@ -3,8 +3,8 @@
 Prompt: facts "The value of {key} is {value}." for the queried key and
 ``distractors`` other keys, scattered through filler, then the question
 "Question: what is the value of {key}? Answer:". The response is the value.
-Keys are adjective-noun pairs, values ``digits``-digit numbers; both come from
-disjoint train / eval pools.
+Keys are adjective-noun pairs (``kv``) or single nouns (``kv1``), values
+``digits``-digit numbers; both come from disjoint train / eval pools.
 """
 
 from __future__ import annotations
@@ -17,22 +17,29 @@ class KeyValueTask(Task):
     name = "kv"
     metric = "string_match_all"
 
-    def __init__(self, distractors: int = 3, digits: int = 4):
+    def __init__(self, distractors: int = 3, digits: int = 4, key_words: int = 2, name: str = "kv",
+                 train_min_distractors: int | None = None):
         self.distractors = distractors
+        self.train_min_distractors = train_min_distractors
         self.digits = digits
+        self.key_words = key_words
+        self.name = name
 
     def _keys(self, rng, split, n):
         adjectives = split_pool(words.ADJECTIVES, split)
         nouns = split_pool(words.NOUNS, split)
         keys: list[str] = []
         while len(keys) < n:
-            key = f"{rng.choice(adjectives)} {rng.choice(nouns)}"
+            key = rng.choice(nouns) if self.key_words == 1 else f"{rng.choice(adjectives)} {rng.choice(nouns)}"
             if key not in keys:
                 keys.append(key)
         return keys
 
     def build(self, rng, split, length, count, haystack):
-        keys = self._keys(rng, split, self.distractors + 1)
+        n_distractors = self.distractors
+        if split == "train" and self.train_min_distractors is not None:
+            n_distractors = rng.randint(self.train_min_distractors, self.distractors)
+        keys = self._keys(rng, split, n_distractors + 1)
         values = [random_number(rng, self.digits, split) for _ in keys]
         needles = [f"The value of {k} is {v}." for k, v in zip(keys, values)]
         query = rng.randrange(len(keys))
@@ -47,3 +54,8 @@ class KeyValueTask(Task):
 
 
 register_task(KeyValueTask())
+register_task(KeyValueTask(key_words=1, name="kv1"))  # one-word keys: an easier variant
+# A curriculum for training from scratch: training samples hold 0-3 distractor keys
+# (uniformly), so the model first learns to copy a value, then to pick the right one;
+# evaluation samples always hold 3, exactly like ``kv``.
+register_task(KeyValueTask(name="kv_curriculum", train_min_distractors=0))

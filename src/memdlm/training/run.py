@@ -4,12 +4,17 @@ The run directory holds: the model and tokenizer (``save_pretrained``), the
 resolved config (``run_config.json``), the log history (``log_history.json``),
 the data report, the held-out answers (``heldout_eval.json``) and, written last,
 ``run_complete.json`` -- a directory without it is not a finished run.
+
+Under several processes (torchrun / accelerate) every rank trains, but only the
+main process (global rank 0) writes the run directory's files and runs the
+held-out evaluation; the other ranks return after training.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +31,7 @@ def build_model_and_tokenizer(model_args, seed: int):
     from memdlm.modeling import build_tiny_model, load_model
     from memdlm.tokenizer import load_tokenizer
 
+    quantization = quantization_config(model_args)  # --load-in-4bit: fails fast, before any loading
     tokenizer = load_tokenizer(model_args.model, model_args.trust_remote_code)
     if model_args.model is None:
         overrides = {}
@@ -37,10 +43,53 @@ def build_model_and_tokenizer(model_args, seed: int):
             overrides["intermediate_size"] = model_args.tiny_intermediate_size
         model = build_tiny_model(tokenizer, seed=seed, **overrides)
     else:
-        model = load_model(model_args.model, model_args.trust_remote_code)
+        model = load_model(model_args.model, model_args.trust_remote_code, quantization_config=quantization)
     if model_args.use_lora:
         model = wrap_lora(model, model_args)
     return model, tokenizer
+
+
+def make_output_dir(out: Path) -> None:
+    """Create the run directory, or fail in one line naming it (a parent that is a file,
+    no permission, a read-only file system)."""
+    from memdlm.errors import ConfigError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".memdlm_write_test.{os.getpid()}"  # one per process (DDP ranks)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"cannot write the output directory {out}: {err.strerror or err}") from None
+
+
+def quantization_config(model_args):
+    """bitsandbytes 4-bit settings for ``--load-in-4bit`` (None without the flag).
+
+    Checked in this order, each a one-line error: a CUDA device (bitsandbytes' 4-bit
+    kernels need one), ``--model`` (the tiny default is built, not loaded), ``--use-lora``
+    (4-bit base weights are frozen), the bitsandbytes package.
+    """
+    if not getattr(model_args, "load_in_4bit", False):
+        return None
+    from memdlm.errors import ConfigError
+
+    if not torch.cuda.is_available():
+        raise ConfigError("--load-in-4bit needs a CUDA GPU (bitsandbytes 4-bit kernels) and none is "
+                          "available; drop the flag to train in full precision here")
+    if model_args.model is None:
+        raise ConfigError("--load-in-4bit quantises a checkpoint given with --model; the tiny default "
+                          "is built in float32")
+    if not model_args.use_lora:
+        raise ConfigError("--load-in-4bit freezes the 4-bit base weights: add --use-lora to train an adapter")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("--load-in-4bit needs the bitsandbytes package (pip install bitsandbytes)") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 def wrap_lora(model, model_args):
@@ -96,16 +145,20 @@ def make_trainer(cfg, model, tokenizer, train, evals):
 
 def train(cfg, resume: bool = False) -> dict:
     """Train according to ``cfg`` (a TrainingSetup); returns the run summary."""
+    cfg.train = multi_process_on_cpu(cfg.train)
     out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run_complete.json").unlink(missing_ok=True)
+    make_output_dir(out)
+    main = is_main_process(cfg.train)
+    if main:
+        (out / "run_complete.json").unlink(missing_ok=True)
     torch.set_num_threads(cfg.threads)
     model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
-    (out / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    logger.info(report.summary())
-    dump_config(out / "run_config.json", model=cfg.model, data=cfg.data, diffusion=cfg.diffusion,
-                memory=cfg.memory, train=cfg.train)
+    if main:
+        write_json_atomic(out / "data_report.json", report.to_dict())
+        logger.info(report.summary())
+        dump_config(out / "run_config.json", model=cfg.model, data=cfg.data, diffusion=cfg.diffusion,
+                    memory=cfg.memory, train=cfg.train)
     trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_checkpoint(out) if resume else None)
@@ -114,26 +167,71 @@ def train(cfg, resume: bool = False) -> dict:
     summary = {"train_seconds": round(train_seconds, 1), "global_step": trainer.state.global_step,
                "parameters": sum(p.numel() for p in model.parameters()), "method": cfg.train.method,
                "threads": cfg.threads}
+    if not trainer.is_world_process_zero():
+        return summary  # rank 0 evaluates and writes the run directory
     if cfg.data.data is None and cfg.data.heldout_items:
         from memdlm.eval.heldout import evaluate_heldout
 
         summary["heldout"] = evaluate_heldout(trainer.model, tokenizer, cfg.data, out)
-    (out / "run_complete.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "run_complete.json", summary)  # last: marks the run finished
     return summary
 
 
+def multi_process_on_cpu(args):
+    """``args`` with ``use_cpu`` set when a launcher started several processes without CUDA.
+
+    Trainer sets up gloo DDP on a CPU only with ``use_cpu``; without it, each process
+    of ``torchrun --nproc_per_node 2`` trains alone as a single-process run and all of
+    them write the same run directory.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched and args.world_size == 1 and not args.use_cpu and not torch.cuda.is_available():
+        import dataclasses
+
+        logger.info("%s processes launched without CUDA: training with DDP over gloo (--use_cpu)",
+                    os.environ["WORLD_SIZE"])
+        return dataclasses.replace(args, use_cpu=True)
+    return args
+
+
+def is_main_process(args) -> bool:
+    """Global rank 0 (also True without distributed training)."""
+    _ = args.device  # sets up the distributed state, so process_index is the real rank
+    return args.process_index == 0
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temporary file, then rename it: a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
 def resume_checkpoint(out: Path) -> str | None:
-    """The newest complete checkpoint in ``out`` (Trainer writes ``trainer_state.json`` last)."""
-    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    complete = [c for c in ckpts if (c / "trainer_state.json").is_file()]
-    if not complete:
-        logger.warning("--resume: no complete checkpoint in %s; starting from scratch", out)
-        return None
-    return str(complete[-1])
+    """The newest complete checkpoint in ``out``.
+
+    Trainer (transformers 5.24, ``_save_checkpoint``) writes the model, optimizer,
+    scheduler and RNG state first and ``trainer_state.json`` last, so a checkpoint
+    counts as complete only when its ``trainer_state.json`` exists, parses and names
+    the directory's own step; one killed mid-save is skipped.
+    """
+    ckpts = sorted((p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    for ckpt in reversed(ckpts):
+        state = ckpt / "trainer_state.json"
+        try:
+            step = json.loads(state.read_text()).get("global_step")
+        except (OSError, ValueError, AttributeError):
+            step = None
+        if step == int(ckpt.name.split("-")[-1]):
+            return str(ckpt)
+        logger.warning("--resume: %s is incomplete (no valid trainer_state.json); skipping it", ckpt)
+    logger.warning("--resume: no complete checkpoint in %s; starting from scratch", out)
+    return None
 
 
 def save_final(trainer, tokenizer, out: Path) -> None:
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    history = trainer.state.log_history
-    (out / "log_history.json").write_text(json.dumps(history, indent=2))
+    trainer.save_model(str(out))  # writes on the main process only
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out))
+        write_json_atomic(out / "log_history.json", trainer.state.log_history)

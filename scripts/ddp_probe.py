@@ -1,0 +1,163 @@
+"""Probes for multi-process (DDP) training, launched with torchrun on a CPU (gloo).
+
+    # (1) the inner loop under DDP: each rank writes the memory of its own samples
+    torchrun --standalone --nproc_per_node 2 scripts/ddp_probe.py inner --out DIR
+    # (2) a real `memdlm train` run, each rank dumping its weights when training ends
+    torchrun --standalone --nproc_per_node 2 scripts/ddp_probe.py train --out DIR -- \\
+        --method memdlm --output-dir RUN --max-steps 3 ...
+
+(1) builds the tiny model with the same seed on every rank, wraps it in
+DistributedDataParallel, gives each rank different samples, writes the memory
+with the inner loop exactly as ``MemDLMTrainer`` does (on the DDP-stripped model,
+through ``MemDLMTrainer.inner_loop``), then takes one outer SGD step through DDP
+with the memory active. Each rank saves ``inner_rank{r}.pt``: its fast weights
+(per-sample and batch-shared modes) and its base weights after the step. The
+test compares the fast weights with a single-process computation on the same
+samples (``rank_inputs`` + ``write_memory`` below, importable without torchrun)
+and the base weights across ranks.
+
+(2) runs ``memdlm.cli.main`` with a callback added to the trainer that saves
+each rank's final weights to ``weights_rank{r}.pt``: DDP must leave them equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+SEED = 0
+BATCH = 3  # samples per rank
+LENGTH = 96
+
+
+def make_model(tok, layers: int = 2):
+    from memdlm.modeling import build_tiny_model
+
+    return build_tiny_model(tok, seed=SEED, num_hidden_layers=layers)
+
+
+def rank_inputs(tok, rank: int):
+    """Rank ``rank``'s samples as the trainer sees them: (NoisedBatch, InnerLoopInputs)."""
+    from memdlm.data.collate import DiffusionCollator
+    from memdlm.data.sources import SyntheticTaskDataset
+    from memdlm.diffusion import noise_batch
+    from memdlm.masking import seeded_generator
+    from memdlm.memory.inner_loop import InnerLoopInputs, step_seed_of
+    from memdlm.schedules import get_schedule
+
+    data = SyntheticTaskDataset(tok, ["kv"], [LENGTH], "train", 64, seed=SEED)
+    collate = DiffusionCollator(tok.pad_token_id, tok.eos_token_id)
+    inputs = collate([data[rank * BATCH + i] for i in range(BATCH)])
+    # The trainer's seeds: (seed, process index, global step, micro-step).
+    batch = noise_batch(inputs, schedule=get_schedule("linear"), weighting="scheduler", eps=1e-3,
+                        mask_token_id=tok.mask_token_id, generator=seeded_generator(SEED, rank, 0, 0))
+    x = InnerLoopInputs(batch.clean_ids, batch.attention_mask, batch.maskable, batch.masked,
+                        batch.sample_seed, step_seed_of(SEED, rank, 0, 1))
+    return batch, x
+
+
+def trainer_like(tok, mode: str):
+    """The attributes ``MemDLMTrainer.inner_loop`` reads, without building a Trainer."""
+    from memdlm.config import DiffusionArguments
+    from memdlm.memory.config import MemoryArguments
+    from memdlm.schedules import get_schedule
+
+    return SimpleNamespace(memory_args=MemoryArguments(memory_mode=mode), _loops={},
+                           mask_token_id=tok.mask_token_id, schedule=get_schedule("linear"),
+                           diffusion_args=DiffusionArguments())
+
+
+def write_memory(model, tok, x, mode: str):
+    """The memory MemDLMTrainer writes for ``x`` (``model`` may be DDP-wrapped)."""
+    from memdlm.training.memdlm_trainer import MemDLMTrainer
+
+    fake = trainer_like(tok, mode)
+    loop = MemDLMTrainer.inner_loop(fake, model, mode == "per_sample", "scheduler")
+    memory, _ = loop.run(x)
+    return memory
+
+
+def probe_inner(out: Path) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from memdlm.diffusion import mdlm_loss
+    from memdlm.tokenizer import load_tokenizer
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.set_num_threads(1)
+    tok = load_tokenizer()
+    model = make_model(tok)
+    model.train()
+    ddp = DistributedDataParallel(model)
+    batch, x = rank_inputs(tok, rank)
+    result = {"rank": rank, "world_size": dist.get_world_size()}
+    memories = {mode: write_memory(ddp, tok, x, mode) for mode in ("per_sample", "shared")}
+    for mode, memory in memories.items():
+        result[mode] = [p.clone() for p in memory.params()]
+    # One outer step through DDP with the per-sample memory active (first-order).
+    memory = memories["per_sample"]
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    with memory.active():
+        loss = mdlm_loss(ddp, batch)
+    loss.backward()
+    optimizer.step()
+    result["loss"] = loss.item()
+    result["weights"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save(result, out / f"inner_rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def probe_train(out: Path, argv: list[str]) -> int:
+    from transformers import TrainerCallback
+
+    import memdlm.training.run as run
+    from memdlm.cli import main
+
+    rank = int(os.environ.get("RANK", "0"))
+
+    class DumpWeights(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            torch.save({"rank": args.process_index, "world_size": args.world_size,
+                        "global_step": state.global_step, "weights": weights},
+                       out / f"weights_rank{rank}.pt")
+
+    make_trainer = run.make_trainer
+
+    def patched(*a, **kw):
+        trainer = make_trainer(*a, **kw)
+        trainer.add_callback(DumpWeights())
+        return trainer
+
+    run.make_trainer = patched
+    return main(["train", *argv])
+
+
+def main_(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, rest = argv[:i], argv[i + 1:]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["inner", "train"])
+    parser.add_argument("--out", required=True, help="folder for the per-rank dumps")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.mode == "inner":
+        probe_inner(out)
+        return 0
+    return probe_train(out, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main_())
