@@ -201,11 +201,6 @@ def test_mdlm_gradient_checkpointing(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=torch.utils.checkpoint.CheckpointError, reason=(
-    "fast-weight hooks are removed before backward: gradient checkpointing recomputes the "
-    "adapted layers without them (InnerLoop.step takes autograd.grad after leaving "
-    "live.active(); Trainer's backward runs after MemDLMTrainer.loss_on leaves memory.active()). "
-    "See docs/SCALING.md, 'Gradient checkpointing'."))
 def test_memdlm_gradient_checkpointing(tmp_path):
     assert _train(tmp_path, "--method", "memdlm", "--max-steps", "2", "--gradient-checkpointing") == 0
     assert all(math.isfinite(h["loss"]) for h in _history(tmp_path))

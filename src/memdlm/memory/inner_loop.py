@@ -138,20 +138,23 @@ class InnerLoop:
             teacher_out = self.loss_fn.teacher(*args)
         live = memory.requires_grad_()
         lower_without_autograd = autograd_from(self.first_layer) if forward is None else contextlib.nullcontext()
-        with live.active(), lower_without_autograd:
-            dense = self.loss_fn.student(*args, teacher_out, **({"forward": forward} if forward else {}))
-            weight = self.stage_weights(stage, x)
-            if self.per_sample:
-                losses = per_sample_loss(dense, weight, x.maskable)  # [b]
-            else:
-                losses = reduce_loss(dense, weight, x.maskable, self.normalization)[None]  # [1]
-        finite = torch.isfinite(losses)  # [slots]
-        stats.skipped_nonfinite += int((~finite).sum())
-        stats.stage_losses[stage.name] = losses[finite].mean().item() if finite.any() else float("nan")
-        if not losses.requires_grad:  # nothing to learn from (no loss positions anywhere)
-            return memory
-        total = torch.where(finite, losses, torch.zeros_like(losses)).sum()
-        grads = torch.autograd.grad(total, live.params(), allow_unused=True)
+        # The hooks stay on through the backward: gradient checkpointing recomputes the
+        # adapted layers then, and must see the same fast weights.
+        with live.active():
+            with lower_without_autograd:
+                dense = self.loss_fn.student(*args, teacher_out, **({"forward": forward} if forward else {}))
+                weight = self.stage_weights(stage, x)
+                if self.per_sample:
+                    losses = per_sample_loss(dense, weight, x.maskable)  # [b]
+                else:
+                    losses = reduce_loss(dense, weight, x.maskable, self.normalization)[None]  # [1]
+            finite = torch.isfinite(losses)  # [slots]
+            stats.skipped_nonfinite += int((~finite).sum())
+            stats.stage_losses[stage.name] = losses[finite].mean().item() if finite.any() else float("nan")
+            if not losses.requires_grad:  # nothing to learn from (no loss positions anywhere)
+                return memory
+            total = torch.where(finite, losses, torch.zeros_like(losses)).sum()
+            grads = torch.autograd.grad(total, live.params(), allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, live.params())]
         grads = [_zero_bad_slots(g, finite) for g in grads]
         grads, fired = self.clip(grads, self.args.inner_clip_norm)

@@ -36,9 +36,18 @@ class KeyValueTask(Task):
         return keys
 
     def build(self, rng, split, length, count, haystack):
-        n_distractors = self.distractors
         if split == "train" and self.train_min_distractors is not None:
-            n_distractors = rng.randint(self.train_min_distractors, self.distractors)
+            n = rng.randint(self.train_min_distractors, self.distractors)
+            while True:  # a short context holds fewer distractors: drop some until it fits
+                try:
+                    return self._build(rng, split, length, count, haystack, n)
+                except ValueError:
+                    if n == self.train_min_distractors:
+                        raise
+                    n -= 1
+        return self._build(rng, split, length, count, haystack, self.distractors)
+
+    def _build(self, rng, split, length, count, haystack, n_distractors):
         keys = self._keys(rng, split, n_distractors + 1)
         values = [random_number(rng, self.digits, split) for _ in keys]
         needles = [f"The value of {k} is {v}." for k, v in zip(keys, values)]

@@ -43,3 +43,12 @@ class TrainConfig(TrainingArguments):
     prediction_loss_only: bool = field(default=True, metadata={"help": "Do not gather logits in eval."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader workers."})
     seed: int = field(default=0, metadata={"help": "Seed for init, data order and masking."})
+
+    def __post_init__(self):
+        # Without CUDA, Trainer sets up gloo DDP under torchrun and accepts --bf16 only with
+        # use_cpu; a CPU-only machine has no other choice, so say it for the user.
+        import torch
+
+        if not self.use_cpu and not torch.cuda.is_available() and not torch.backends.mps.is_available():
+            self.use_cpu = True
+        super().__post_init__()

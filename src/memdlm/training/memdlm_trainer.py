@@ -13,6 +13,7 @@ loss with memory adapted on the prompt alone is logged beside it as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -53,6 +54,26 @@ class MemDLMTrainer(MDLMTrainer):
         every = int(self.args.logging_steps) if self.args.logging_steps >= 1 else 1
         return self.state.global_step % every == 0
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # The outer memory's hooks stay registered until Trainer's backward has run:
+        # gradient checkpointing recomputes the adapted layers during backward, and the
+        # recomputation must see the same fast weights as the forward did.
+        with contextlib.ExitStack() as stack:
+            self._outer_memory = stack
+            try:
+                return super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                self._outer_memory = None
+
+    def _activate(self, memory, measure: bool):
+        """Enter ``memory`` until the end of the training step (or of a plain call)."""
+        ctx = memory.active(measure=measure)
+        stack = getattr(self, "_outer_memory", None)
+        if stack is None:  # called outside training_step (tests, evaluation helpers)
+            return ctx
+        stack.enter_context(ctx)
+        return contextlib.nullcontext()
+
     def loss_on(self, model, batch: NoisedBatch, training: bool) -> torch.Tensor:
         if not training:
             return self.eval_loss(model, batch)
@@ -63,21 +84,26 @@ class MemDLMTrainer(MDLMTrainer):
         x = InnerLoopInputs(batch.clean_ids, batch.attention_mask, batch.maskable, batch.masked, seeds,
                             self._step_seed())
         measure = self._logging_step()
-        if supports_split(model):
+        loss_off = None
+        if measure:  # the absorption diagnostic's denominator: the same anchor, memory off
+            with torch.no_grad():
+                loss_off = mdlm_loss(model, batch, self.diffusion_args.normalization)
+        # FSDP2 leaves no wrapper for supports_split to see; its sharded modules get whole forwards.
+        if supports_split(model) and not getattr(self, "is_fsdp_enabled", False):
             # The anchor stage and the outer loss share x_t: run the layers below the
             # first adapted layer once, with autograd (the outer loss needs it).
             k = loop.first_layer_index
             hidden = lower(model, batch.noisy_ids, batch.attention_mask, k)
             memory, stats = loop.run(x, anchor_hidden=hidden)  # (2) write the memory
-            with memory.active(measure=measure):  # (3) outer loss with phi constant
+            with self._activate(memory, measure):  # (3) outer loss with phi constant
                 logits = upper(model, hidden, batch.attention_mask, k, batch.masked)
             nll = scatter_token_nll(logits, batch.clean_ids, batch.masked)
             loss = reduce_loss(nll, batch.weight, batch.maskable, self.diffusion_args.normalization)
         else:
             memory, stats = loop.run(x)  # (2) write the memory
-            with memory.active(measure=measure):  # (3) outer loss with phi constant
+            with self._activate(memory, measure):  # (3) outer loss with phi constant
                 loss = mdlm_loss(model, batch, self.diffusion_args.normalization)
-        self._record(stats, memory, loss, model, batch, measure)
+        self._record(stats, memory, loss, loss_off)
         return loss
 
     def eval_loss(self, model, batch: NoisedBatch) -> torch.Tensor:
@@ -95,20 +121,18 @@ class MemDLMTrainer(MDLMTrainer):
             self.log_metric("loss_prompt_memory", adapted.item(), training=False)
         return loss
 
-    def _record(self, stats, memory, loss, model, batch, measure: bool) -> None:
+    def _record(self, stats, memory, loss, loss_off) -> None:
         for name, value in stats.stage_losses.items():
             self.log_metric(f"inner_loss/{name}", value)
         self.log_metric("inner/clip_fraction", stats.clip_fired / max(1, stats.clip_checked))
         self.log_metric("inner/skipped_nonfinite", stats.skipped_nonfinite)
-        if not measure:
+        if loss_off is None:
             return
         self.log_metric("memory/norm", memory.norm().item())
         changes = memory.stats.get("relative_change", [])
         if changes:
             self.log_metric("memory/relative_change", sum(changes) / len(changes))
-        with torch.no_grad():  # the absorption diagnostic: anchor loss with / without memory
-            off = mdlm_loss(model, batch, self.diffusion_args.normalization)
-        ratio = (loss.detach() / off.clamp_min(1e-12)).item()
+        ratio = (loss.detach() / loss_off.clamp_min(1e-12)).item()
         self.log_metric("memory/absorption_ratio", ratio)
         if ratio < self.memory_args.absorption_warn:
             logger.warning(

@@ -111,7 +111,8 @@ def build_datasets(data_args, tokenizer, seed: int):
                                      mask_prompt=data_args.mask_prompt)
         evals = None
         if data_args.num_eval_samples:
-            evals = SyntheticTaskDataset(tokenizer, data_args.tasks, data_args.train_lengths, "eval",
+            # held out at the longest training length (short lengths may be a curriculum only)
+            evals = SyntheticTaskDataset(tokenizer, data_args.tasks, [max(data_args.train_lengths)], "eval",
                                          data_args.num_eval_samples, seed=10_000 + seed)
         report = DataReport(source=f"generated tasks {data_args.tasks} at {data_args.train_lengths} tokens",
                             rows_read=len(train), examples_kept=len(train))
