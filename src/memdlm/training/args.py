@@ -21,7 +21,7 @@ class TrainConfig(TrainingArguments):
     max_train_minutes: float | None = field(default=None, metadata={
         "help": "Stop training after this many minutes of training (a compute-matched budget)."})
     threads: int | None = field(default=None, metadata={
-        "help": "CPU threads (torch.set_num_threads). Default: 1 on machines with <= 4 cores."})
+        "help": "CPU threads (torch.set_num_threads). Default: OMP_NUM_THREADS if set, else every core up to 8."})
 
     # Defaults for the tiny from-scratch model (TrainingArguments' own defaults suit fine-tuning).
     output_dir: str | None = field(default=None, metadata={"help": "Run directory (model, logs, config)."})
