@@ -124,3 +124,46 @@ def test_memdlm_trains_and_saves_no_fast_weights(tmp_path, extra):
     optim = torch.load(out / "checkpoint-2" / "optimizer.pt", weights_only=False)
     n_optim = sum(len(g["params"]) for g in optim["param_groups"])
     assert n_optim == len([p for p in fresh.parameters() if p.requires_grad])
+
+
+def test_reused_attention_masks_change_nothing(tok, tmp_path, monkeypatch):
+    """The step's attention masks, built once and reused, give the same loss and gradients."""
+    import contextlib
+
+    model = build_tiny_model(tok, seed=0, num_hidden_layers=3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = noised(tok)  # row 2 is padded
+    reused = make_trainer(tok, tmp_path, model, memory_mode="per_sample")
+    loss_a = reused.loss_on(model, batch, training=True)
+    g_a = torch.autograd.grad(loss_a, params)
+    monkeypatch.setattr(memdlm_trainer, "reuse_attention_masks", lambda *_: contextlib.nullcontext())
+    plain = make_trainer(tok, tmp_path, model, memory_mode="per_sample")
+    loss_b = plain.loss_on(model, batch, training=True)
+    g_b = torch.autograd.grad(loss_b, params)
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(g_a, g_b))
+
+
+def test_reuse_attention_masks_substitutes_the_prepared_masks(tok):
+    from memdlm.modeling import reuse_attention_masks
+
+    model = build_tiny_model(tok, seed=0, num_hidden_layers=2)
+    batch = noised(tok)
+    seen = []
+    model.model.layers[0].register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(type(kw["attention_mask"])), with_kwargs=True)
+    bare = model(input_ids=batch.noisy_ids, attention_mask=batch.attention_mask).logits
+    with reuse_attention_masks(model, batch.attention_mask):
+        first = model(input_ids=batch.noisy_ids, attention_mask=batch.attention_mask).logits
+        second = model(input_ids=batch.clean_ids, attention_mask=batch.attention_mask).logits
+    assert torch.equal(first, bare)
+    assert torch.equal(second, model(input_ids=batch.clean_ids, attention_mask=batch.attention_mask).logits)
+    calls = []
+    with reuse_attention_masks(model, batch.attention_mask):
+        inner = model.model
+        handle = inner.register_forward_pre_hook(
+            lambda _m, _a, kw: calls.append(isinstance(kw.get("attention_mask"), dict)), with_kwargs=True)
+        model(input_ids=batch.noisy_ids, attention_mask=batch.attention_mask)
+        model(input_ids=batch.noisy_ids, attention_mask=batch.attention_mask)
+        handle.remove()
+    assert calls == [False, True]  # the second call received the prepared dict

@@ -183,3 +183,47 @@ def forward_logits(model, input_ids, attention_mask=None, positions=None) -> tor
     with logits_only_at(model, positions):
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return out.logits
+
+
+# Families whose decoder accepts a prepared {layer type: mask} dict as ``attention_mask``.
+MASK_DICT_FAMILIES = {"gemma3_text", "qwen3"}
+
+
+@contextlib.contextmanager
+def reuse_attention_masks(model, attention_mask: torch.Tensor):
+    """Build the decoder's attention masks once for several forwards over the same
+    ``attention_mask`` (``[b, l]``), e.g. the four model calls of a MemDLM step.
+
+    The first forward inside the block records, per layer type, the mask its layers
+    receive; later forwards with the same 2-D mask get that dict instead of rebuilding
+    it (the decoder accepts a prepared dict). Families without that entry point, and
+    calls with another mask, run unchanged.
+    """
+    base = unwrap(model)
+    decoder = getattr(base, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if base.config.model_type not in MASK_DICT_FAMILIES or layers is None:
+        yield
+        return
+    prepared: dict = {}
+    layer_types = list(base.config.layer_types)
+
+    def record(index):
+        def hook(_module, _args, kwargs):
+            prepared.setdefault(layer_types[index], kwargs.get("attention_mask"))
+        return hook
+
+    def substitute(_module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if prepared and isinstance(mask, torch.Tensor) and mask is attention_mask:
+            kwargs["attention_mask"] = dict(prepared)
+            return args, kwargs
+        return None
+
+    handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles.append(decoder.register_forward_pre_hook(substitute, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -22,7 +22,7 @@ from memdlm.diffusion import NoisedBatch, mdlm_loss
 from memdlm.loss import reduce_loss, scatter_token_nll
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, step_seed_of
 from memdlm.memory.targets import find_targets
-from memdlm.modeling import strip_ddp, unwrap
+from memdlm.modeling import reuse_attention_masks, strip_ddp, unwrap
 from memdlm.split_forward import lower, supports_split, upper
 from memdlm.training.mdlm_trainer import MDLMTrainer
 
@@ -77,6 +77,11 @@ class MemDLMTrainer(MDLMTrainer):
     def loss_on(self, model, batch: NoisedBatch, training: bool) -> torch.Tensor:
         if not training:
             return self.eval_loss(model, batch)
+        # Every model call of this step reads the same padding mask: build it once.
+        with reuse_attention_masks(model, batch.attention_mask):
+            return self._bilevel_loss(model, batch)
+
+    def _bilevel_loss(self, model, batch: NoisedBatch) -> torch.Tensor:
         loop = self.inner_loop(model, self.memory_args.memory_mode == "per_sample",
                                self.memory_args.inner_weighting)
         seeds = batch.sample_seed if batch.sample_seed is not None else \
