@@ -146,7 +146,6 @@ def make_trainer(cfg, model, tokenizer, train, evals):
 
 def train(cfg, resume: bool = False) -> dict:
     """Train according to ``cfg`` (a TrainingSetup); returns the run summary."""
-    cfg.train = multi_process_on_cpu(cfg.train)
     out = Path(cfg.train.output_dir)
     make_output_dir(out)
     main = is_main_process(cfg.train)
@@ -176,23 +175,6 @@ def train(cfg, resume: bool = False) -> dict:
         summary["heldout"] = evaluate_heldout(trainer.model, tokenizer, cfg.data, out)
     write_json_atomic(out / "run_complete.json", summary)  # last: marks the run finished
     return summary
-
-
-def multi_process_on_cpu(args):
-    """``args`` with ``use_cpu`` set when a launcher started several processes without CUDA.
-
-    Trainer sets up gloo DDP on a CPU only with ``use_cpu``; without it, each process
-    of ``torchrun --nproc_per_node 2`` trains alone as a single-process run and all of
-    them write the same run directory.
-    """
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if launched and args.world_size == 1 and not args.use_cpu and not torch.cuda.is_available():
-        import dataclasses
-
-        logger.info("%s processes launched without CUDA: training with DDP over gloo (--use_cpu)",
-                    os.environ["WORLD_SIZE"])
-        return dataclasses.replace(args, use_cpu=True)
-    return args
 
 
 def is_main_process(args) -> bool:
