@@ -24,15 +24,22 @@ def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int 
     return [ds.sample(i) for i in range(n)]
 
 
+def answer_sampler_config(tokenizer, samples):
+    """Greedy, one token per step, room for the longest answer plus 2 tokens: the model,
+    not the slot count, decides where its answer stops (it must commit EOS)."""
+    from memdlm.sampling import SamplerConfig
+
+    longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
+    new_tokens = longest + 2
+    return SamplerConfig(max_new_tokens=new_tokens, steps=new_tokens, temperature=0.0)
+
+
 def evaluate_samples(model, tokenizer, samples, memory_args=None, batch_size: int = 16,
                      progress: bool = True) -> dict:
     from memdlm.generation import generate
-    from memdlm.sampling import SamplerConfig
     from memdlm.tasks.scoring import score_samples
 
-    longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
-    new_tokens = longest + 2  # room for EOS: the model decides where the answer stops
-    config = SamplerConfig(max_new_tokens=new_tokens, steps=new_tokens, temperature=0.0)
+    config = answer_sampler_config(tokenizer, samples)
     start = time.perf_counter()
     texts = generate(model, tokenizer, [s.prompt for s in samples], config, memory_args=memory_args,
                      seeds=list(range(len(samples))), batch_size=batch_size, progress=progress)

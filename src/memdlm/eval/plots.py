@@ -35,6 +35,17 @@ def _nan(values: Sequence[float | None]) -> list[float]:
     return [math.nan if v is None else float(v) for v in values]
 
 
+def _finish(ax, xlabel: str, ylabel: str, title: str | None, legend: bool) -> None:
+    """Labels, optional title and legend, and a light grid: the same on every plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+
+
 def plot_curves(xs: Sequence[float], series: Mapping[str, Sequence[float | None]], path,
                 xlabel: str, ylabel: str, title: str | None = None,
                 styles: Mapping[str, dict] | None = None, hline: float | None = None) -> Path:
@@ -50,13 +61,7 @@ def plot_curves(xs: Sequence[float], series: Mapping[str, Sequence[float | None]
         ax.plot(list(xs), _nan(ys), marker=".", label=name, **dict((styles or {}).get(name, {})))
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    if series:
-        ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel, ylabel, title, legend=bool(series))
     return _save(fig, path)
 
 
@@ -124,11 +129,5 @@ def plot_score_vs_length(table, path, ylabel: str = "score", title: str | None =
         ax.set_xticks(lengths, [f"{int(n)}" for n in lengths])
     if trained_length is not None:
         ax.axvline(trained_length, color="grey", linestyle=":", linewidth=1, label="trained length")
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    if runs:
-        ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+    _finish(ax, "context length (tokens)", ylabel, title, legend=bool(runs))
     return _save(fig, path)

@@ -182,13 +182,11 @@ def _suite_items(tokenizer, tasks, lengths, n, seed):
 
 def _answer_cell(model, tokenizer, samples, memory_args, batch_size, progress) -> dict:
     """Generate and score one run on one cell's items."""
+    from memdlm.eval.heldout import answer_sampler_config
     from memdlm.generation import generate
-    from memdlm.sampling import SamplerConfig
     from memdlm.tasks.scoring import score_samples
 
-    longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
-    new_tokens = longest + 2  # room for EOS, as evaluate_samples
-    config = SamplerConfig(max_new_tokens=new_tokens, steps=new_tokens, temperature=0.0)
+    config = answer_sampler_config(tokenizer, samples)  # the same decoding as held-out accuracy
     start = time.perf_counter()
     texts = generate(model, tokenizer, [s.prompt for s in samples], config, memory_args=memory_args,
                      seeds=list(range(len(samples))), batch_size=batch_size, progress=progress)
