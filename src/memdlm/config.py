@@ -65,6 +65,9 @@ class DataArguments:
     mask_prompt: bool = field(default=False, metadata={
         "help": "Generated tasks only: make prompt tokens maskable and scored too (pre-training on the "
                 "task text as plain text, every token a target) instead of asymmetric masking."})
+    haystack: str = field(default="prose", metadata={
+        "help": "Filler of generated tasks (training and held-out items): prose (varied sentences), noise "
+                "(RULER's repeated paragraph) or a text file's sentences."})
     heldout_items: int = field(default=200, metadata={
         "help": "After training, answer this many held-out generated prompts and report exact match (0 skips)."})
     data_seed_offset: int = field(default=0, metadata={

@@ -26,14 +26,27 @@ def _prompt_batch(tokenizer, prompt_ids: list[list[int]], device):
     return ids.to(device), attn.to(device)
 
 
+def _encode_prompts(tokenizer, prompts, what: str = "prompt") -> list[list[int]]:
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
+           for p in prompts]
+    if any(len(p) == 0 for p in ids):
+        raise ValueError(f"{what} {next(i for i, p in enumerate(ids) if not p)} is empty")
+    return ids
+
+
 def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: SamplerConfig,
              memory_args=None, seeds: list[int] | None = None, batch_size: int = 16,
-             progress: bool = False) -> list[str]:
-    """Texts of the responses, in prompt order."""
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
-                  for p in prompts]
-    if any(len(p) == 0 for p in prompt_ids):
-        raise ValueError(f"prompt {next(i for i, p in enumerate(prompt_ids) if not p)} is empty")
+             progress: bool = False, adapt_on: list[str] | list[list[int]] | None = None) -> list[str]:
+    """Texts of the responses, in prompt order.
+
+    ``adapt_on`` (with ``memory_args``): the texts each prompt's memory is adapted on,
+    one per prompt, instead of the prompt itself -- the in-weight retrieval probe
+    adapts on a full context and answers from a context with the needle removed.
+    """
+    prompt_ids = _encode_prompts(tokenizer, prompts)
+    adapt_ids = prompt_ids if adapt_on is None else _encode_prompts(tokenizer, adapt_on, "adaptation text")
+    if len(adapt_ids) != len(prompt_ids):
+        raise ValueError(f"adapt_on has {len(adapt_ids)} texts for {len(prompt_ids)} prompts")
     seeds = list(seeds) if seeds is not None else list(range(len(prompt_ids)))
     sampler = Sampler(model, tokenizer, config)
     loop = None
@@ -49,7 +62,8 @@ def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: Sam
         chunk_seeds = seeds[start:start + batch_size]
         context = None
         if loop is not None:
-            context = _adapted_context(loop, tokenizer, chunk, chunk_seeds, memory_args, device)
+            context = _adapted_context(loop, tokenizer, adapt_ids[start:start + batch_size], chunk_seeds,
+                                       memory_args, device)
         out = sampler.generate(chunk, seeds=chunk_seeds, forward_context=context)
         texts += out.texts
     return texts

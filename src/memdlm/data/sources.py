@@ -87,7 +87,8 @@ class SyntheticTaskDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         s = self.sample(i)
         ex = encode_pair(self.tokenizer, s.prompt, s.response)
-        if self.mask_prompt:  # plain-text view: every token is a target
+        if self.mask_prompt or getattr(self.tasks[i % len(self.tasks)], "plain_text", False):
+            # plain-text view: every token is a target
             ex["labels"] = list(ex["input_ids"])
         ex["sample_seed"] = self.seed * 1_000_003 + i
         return ex

@@ -17,10 +17,12 @@ logger = logging.getLogger("memdlm")
 HELDOUT_SEED = 50_000
 
 
-def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int = HELDOUT_SEED):
+def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int = HELDOUT_SEED,
+                    haystack: str = "prose"):
     from memdlm.data.sources import SyntheticTaskDataset
+    from memdlm.tasks.haystack import get_haystack
 
-    ds = SyntheticTaskDataset(tokenizer, tasks, [length], "eval", n, seed=seed)
+    ds = SyntheticTaskDataset(tokenizer, tasks, [length], "eval", n, seed=seed, haystack=get_haystack(haystack))
     return [ds.sample(i) for i in range(n)]
 
 
@@ -60,7 +62,8 @@ def evaluate_samples(model, tokenizer, samples, memory_args=None, batch_size: in
 
 def evaluate_heldout(model, tokenizer, data_args, out_dir: Path, memory_args=None) -> dict:
     length = max(data_args.train_lengths)
-    samples = heldout_samples(tokenizer, data_args.tasks, length, data_args.heldout_items)
+    samples = heldout_samples(tokenizer, data_args.tasks, length, data_args.heldout_items,
+                              haystack=data_args.haystack)
     model.eval()
     result = evaluate_samples(model, tokenizer, samples, memory_args)
     result["length"] = length

@@ -240,8 +240,9 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         raise ValueError(f"need at least one item per cell, got n={n}")
     from memdlm.tasks import get_task
 
-    for task in tasks:
-        get_task(task)  # unknown names fail before any model is loaded
+    for task in tasks:  # unknown or unscorable tasks fail before any model is loaded
+        if getattr(get_task(task), "plain_text", False):
+            raise ValueError(f"task {task!r} is plain text for pre-training: it has no answers to score")
     seed = HELDOUT_SEED if seed is None else seed
     memory_args = memory_args or MemoryArguments()
     loader = loader or (lambda d: _load(d, trust_remote_code))

@@ -106,14 +106,17 @@ def wrap_lora(model, model_args):
 def build_datasets(data_args, tokenizer, seed: int):
     """(train, eval, report): generated tasks by default, else the user's file."""
     if data_args.data is None:
+        from memdlm.tasks.haystack import get_haystack
+
+        haystack = get_haystack(data_args.haystack)
         train = SyntheticTaskDataset(tokenizer, data_args.tasks, data_args.train_lengths, "train",
                                      data_args.num_train_samples, seed=seed + data_args.data_seed_offset,
-                                     mask_prompt=data_args.mask_prompt)
+                                     haystack=haystack, mask_prompt=data_args.mask_prompt)
         evals = None
         if data_args.num_eval_samples:
             # held out at the longest training length (short lengths may be a curriculum only)
             evals = SyntheticTaskDataset(tokenizer, data_args.tasks, [max(data_args.train_lengths)], "eval",
-                                         data_args.num_eval_samples, seed=10_000 + seed)
+                                         data_args.num_eval_samples, seed=10_000 + seed, haystack=haystack)
         report = DataReport(source=f"generated tasks {data_args.tasks} at {data_args.train_lengths} tokens",
                             rows_read=len(train), examples_kept=len(train))
         return train, evals, report

@@ -1,0 +1,89 @@
+"""Cached, resumable cells: each piece of the reproduction runs once and is reused.
+
+A cell is a directory (training) or a JSON file (evaluation) under the output
+directory. Beside it, ``<cell>.settings.json`` records the settings it was made
+with; a finished cell whose settings differ from the current ones is an error that
+names the cell, never a silent reuse. A training cell killed midway resumes from
+its newest complete checkpoint (``memdlm train --resume``); an evaluation cell is
+written atomically, so a kill leaves either nothing or the whole result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from memdlm.errors import ConfigError
+from memdlm.training.run import write_json_atomic
+
+logger = logging.getLogger("memdlm")
+
+
+def _settings_file(cell: Path) -> Path:
+    return cell.with_name(cell.name + ".settings.json")
+
+
+def check_settings(cell: Path, settings: dict) -> None:
+    """Record ``settings`` for ``cell``, or fail if the cell was made with others."""
+    path = _settings_file(cell)
+    canonical = json.loads(json.dumps(settings, sort_keys=True))
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded != canonical:
+            changed = sorted(k for k in set(recorded) | set(canonical) if recorded.get(k) != canonical.get(k))
+            raise ConfigError(
+                f"cached cell {cell} was made with different settings ({', '.join(changed)}); "
+                "delete it (and what depends on it) or use another --output-dir")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, canonical)
+
+
+def to_argv(options: dict) -> list[str]:
+    """``memdlm train`` flags from option names and values (lists become several values)."""
+    argv: list[str] = []
+    for name, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def train_cell(cell: Path, options: dict, runtime: dict | None = None, progress: bool = True) -> dict:
+    """Train (or reuse) the run in ``cell``; returns its ``run_complete.json`` summary.
+
+    ``runtime`` options (threads) change how fast, not what, and are not recorded.
+    """
+    from memdlm.commands.train import parse
+    from memdlm.training.run import train
+
+    check_settings(cell, options)
+    done = cell / "run_complete.json"
+    if done.is_file():
+        logger.info("reusing %s", cell)
+        return json.loads(done.read_text())
+    resume = any(cell.glob("checkpoint-*"))
+    argv = to_argv({**options, **(runtime or {}), "output_dir": str(cell), "disable_tqdm": not progress})
+    setup, _ = parse(argv)
+    logger.info("training %s%s", cell, " (resuming)" if resume else "")
+    return train(setup, resume=resume)
+
+
+def json_cell(path: Path, settings: dict, compute: Callable[[], dict]) -> dict:
+    """The JSON result at ``path``, computed (and written atomically) if missing."""
+    check_settings(path, settings)
+    if path.is_file():
+        logger.info("reusing %s", path)
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    result = compute()
+    result.setdefault("seconds", round(time.perf_counter() - start, 1))
+    write_json_atomic(path, result)
+    return result

@@ -1,0 +1,259 @@
+"""The mini reproduction, stage by stage; every stage is a cached cell under ``out``.
+
+    base/                       Standard MDLM from scratch on plain text + the task mix
+    calibrate/r{R}_lr{LR}/      short MemDLM fine-tunes: absorption ratio, relative change
+    seed{S}/standard/           fine-tuned from base/ with Standard MDLM
+    seed{S}/memdlm/             ... with MemDLM (per-sample memory, calibrated rank / lr)
+    seed{S}/memdlm_shared/      ... batch-shared memory (first seed only, for parity)
+    seed{S}/standard_matched/   Standard with as many steps as fit in MemDLM's wall time
+    seed{S}/ablation_{name}/    MemDLM with one inner-loop knob changed (full preset)
+    control_lr0/{standard,memdlm_lr0}/   inner lr 0 against Standard, step by step
+    dev.json                    Standard and MemDLM on the dev items (operating-point check)
+    seed{S}/eval.json           the 2 x 2 (and extra arms) on the test items, over lengths
+    seed{S}/exposure_bias.json  R_EB and its control, three modes
+    seed{S}/probe.json          the in-weight retrieval probe
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from memdlm.reproduce.cells import json_cell, train_cell
+from memdlm.reproduce.presets import Preset
+
+logger = logging.getLogger("memdlm")
+DEV_SEED = 60_000  # dev items: the eval split, seeds disjoint from the test items (50_000)
+
+
+@dataclass
+class Reproduction:
+    preset: Preset
+    out: Path
+    threads: int | None = None
+    progress: bool = True
+
+    # ------------------------------------------------------------------ training
+    def _train(self, cell: Path, options: dict) -> dict:
+        runtime = {"threads": self.threads} if self.threads else {}
+        return train_cell(cell, options, runtime, progress=self.progress)
+
+    def base(self) -> Path:
+        cell = self.out / "base"
+        options = {"method": "mdlm", "seed": 0, **self.preset.base.options(),
+                   "tiny_layers": self.preset.tiny_layers,
+                   "tiny_intermediate_size": self.preset.tiny_intermediate_size}
+        self._train(cell, options)
+        return cell
+
+    def finetune_options(self, seed: int, method: str, **extra) -> dict:
+        return {"model": str(self.out / "base"), "method": method, "seed": seed,
+                **self.preset.finetune.options(), **extra}
+
+    def memory_options(self, rank: int, inner_lr: float, mode: str = "per_sample") -> dict:
+        return {"memory_mode": mode, "memory_rank": rank, "inner_lr": inner_lr}
+
+    def calibrate(self) -> dict:
+        """Short MemDLM runs from the base, one per (rank, inner lr) candidate.
+
+        Rule, fixed in advance: among candidates whose mean absorption ratio stays at or
+        above ``absorption_floor`` (the memory removes at most that share of the anchor
+        loss it was written from), take the one whose fast weights change the adapted
+        layers' outputs most (largest relative change); if none qualifies, the one with
+        the highest absorption ratio.
+        """
+        rows = []
+        for rank, lr in self.preset.inner_candidates:
+            cell = self.out / "calibrate" / f"r{rank}_lr{lr:g}"
+            options = self.finetune_options(0, "memdlm", **self.memory_options(rank, lr))
+            options.update(max_steps=self.preset.calibration_steps, logging_steps=1, eval_strategy="no",
+                           save_strategy="no", warmup_steps=0.0)
+            self._train(cell, options)
+            logs = json.loads((cell / "log_history.json").read_text())
+            absorption = _mean(logs, "memory/absorption_ratio")
+            change = _mean(logs, "memory/relative_change")
+            rows.append({"rank": rank, "inner_lr": lr, "absorption_ratio": absorption,
+                         "relative_change": change})
+        ok = [r for r in rows if r["absorption_ratio"] >= self.preset.absorption_floor]
+        chosen = max(ok, key=lambda r: r["relative_change"]) if ok else \
+            max(rows, key=lambda r: r["absorption_ratio"])
+        return {"candidates": rows, "chosen": chosen, "floor": self.preset.absorption_floor,
+                "qualified": bool(ok)}
+
+    def arms(self, seed: int, chosen: dict, first: bool) -> dict[str, Path]:
+        """Fine-tune every arm of one seed; returns arm name -> run directory."""
+        root = self.out / f"seed{seed}"
+        memory = self.memory_options(chosen["rank"], chosen["inner_lr"])
+        runs = {"standard": self.finetune_options(seed, "mdlm"),
+                "memdlm": self.finetune_options(seed, "memdlm", **memory)}
+        if first and self.preset.shared_memory_arm:
+            runs["memdlm_shared"] = self.finetune_options(
+                seed, "memdlm", **self.memory_options(chosen["rank"], chosen["inner_lr"], "shared"))
+        for name, overrides in self.preset.ablations.items():
+            runs[f"ablation_{name}"] = self.finetune_options(seed, "memdlm", **memory, **overrides)
+        summaries = {name: self._train(root / name, options) for name, options in runs.items()}
+        dirs = {name: root / name for name in runs}
+        if self.preset.compute_matched:
+            steps = matched_steps(summaries["standard"], summaries["memdlm"])
+            options = self.finetune_options(seed, "mdlm")
+            options.update(max_steps=steps)
+            self._train(root / "standard_matched", options)
+            dirs["standard_matched"] = root / "standard_matched"
+        return dirs
+
+    def lr0_control(self) -> dict:
+        """Inner lr 0 against Standard: same seed, same data, every step logged."""
+        root = self.out / "control_lr0"
+        steps = self.preset.lr0_control_steps
+        common = dict(max_steps=steps, logging_steps=1, eval_strategy="no", save_strategy="no")
+        std = self.finetune_options(0, "mdlm", **common)
+        mem = self.finetune_options(0, "memdlm", **self.memory_options(2, 0.0), **common)
+        self._train(root / "standard", std)
+        self._train(root / "memdlm_lr0", mem)
+        a = [r["loss"] for r in json.loads((root / "standard" / "log_history.json").read_text()) if "loss" in r]
+        b = [r["loss"] for r in json.loads((root / "memdlm_lr0" / "log_history.json").read_text()) if "loss" in r]
+        diff = max((abs(x - y) for x, y in zip(a, b)), default=float("nan"))
+        return {"steps": steps, "standard_loss": a, "memdlm_lr0_loss": b, "max_abs_difference": diff}
+
+    # ---------------------------------------------------------------- evaluation
+    def memory_args(self, chosen: dict):
+        from memdlm.memory.config import MemoryArguments
+
+        return MemoryArguments(memory_mode="per_sample", memory_rank=chosen["rank"], inner_lr=chosen["inner_lr"])
+
+    def evaluate(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
+        from memdlm.eval.suite import (
+            STANDARD,
+            STANDARD_ADAPT,
+            TRAIN_AND_INFERENCE,
+            TRAIN_ONLY,
+            RunSpec,
+            evaluate_suite,
+        )
+
+        p = self.preset
+        runs = [RunSpec(STANDARD, str(dirs["standard"])), RunSpec(STANDARD_ADAPT, str(dirs["standard"]), True),
+                RunSpec(TRAIN_ONLY, str(dirs["memdlm"])), RunSpec(TRAIN_AND_INFERENCE, str(dirs["memdlm"]), True)]
+        extra = {"standard_matched": "Standard, compute-matched", "memdlm_shared": "MemDLM shared, Train-Only"}
+        extra.update({k: f"MemDLM {k.removeprefix('ablation_')}, Train-Only" for k in dirs if k.startswith("ablation_")})
+        runs += [RunSpec(label, str(dirs[k])) for k, label in extra.items() if k in dirs]
+        settings = {"runs": [asdict(r) for r in runs], "tasks": list(p.eval_tasks),
+                    "lengths": list(p.eval_lengths), "n": p.eval_items, "memory": chosen}
+        return json_cell(self.out / f"seed{seed}" / "eval.json", settings, lambda: evaluate_suite(
+            runs, list(p.eval_tasks), list(p.eval_lengths), p.eval_items, memory_args=self.memory_args(chosen),
+            progress=self.progress))
+
+    def dev(self, dirs: dict[str, Path], chosen: dict) -> dict:
+        """Standard and MemDLM on dev items at the trained length: the operating-point check."""
+        from memdlm.eval.suite import STANDARD, TRAIN_ONLY, RunSpec, evaluate_suite
+
+        p = self.preset
+        runs = [RunSpec(STANDARD, str(dirs["standard"])), RunSpec(TRAIN_ONLY, str(dirs["memdlm"]))]
+        length = max(p.finetune.lengths)
+        settings = {"runs": [asdict(r) for r in runs], "tasks": list(p.eval_tasks), "length": length,
+                    "n": p.dev_items, "seed": DEV_SEED}
+        return json_cell(self.out / "dev.json", settings, lambda: evaluate_suite(
+            runs, list(p.eval_tasks), [length], p.dev_items, seed=DEV_SEED,
+            memory_args=self.memory_args(chosen), progress=self.progress))
+
+    def exposure_bias(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
+        p = self.preset
+        settings = {"items": p.eb_items, "steps": p.eb_steps, "length": p.eb_length, "task": p.eb_task,
+                    "memory": chosen}
+
+        def compute():
+            from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
+            from memdlm.modeling import load_model
+            from memdlm.tokenizer import load_tokenizer
+
+            config = ExposureBiasConfig(steps=p.eb_steps)
+            out = {}
+            for label, arm, memory in (("Standard", "standard", None),
+                                       ("MemDLM Train-Only", "memdlm", None),
+                                       ("MemDLM Train & Inference", "memdlm", self.memory_args(chosen))):
+                tokenizer = load_tokenizer(str(dirs[arm]))
+                model = load_model(str(dirs[arm]))
+                pairs = [(s.prompt, s.response) for s in heldout_pairs(tokenizer, p.eb_items, p.eb_length, p.eb_task)]
+                out[label] = exposure_bias(model, tokenizer, pairs, config, memory_args=memory,
+                                           progress=self.progress).to_dict()
+            return {"results": out}
+
+        return json_cell(self.out / f"seed{seed}" / "exposure_bias.json", settings, compute)
+
+    def probe(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
+        p = self.preset
+        settings = {"items": p.probe_items, "length": p.probe_length, "task": p.probe_task, "memory": chosen}
+
+        def compute():
+            from memdlm.modeling import load_model
+            from memdlm.reproduce.probe import probe_items, run_probe
+            from memdlm.tokenizer import load_tokenizer
+
+            out = {}
+            for label, arm in (("Standard", "standard"), ("MemDLM", "memdlm")):
+                tokenizer = load_tokenizer(str(dirs[arm]))
+                model = load_model(str(dirs[arm])).eval()
+                samples = probe_items(tokenizer, p.probe_items, p.probe_length, p.probe_task)
+                out[label] = run_probe(model, tokenizer, samples, self.memory_args(chosen),
+                                       progress=self.progress)
+            return {"results": out}
+
+        return json_cell(self.out / f"seed{seed}" / "probe.json", settings, compute)
+
+    def cost(self, chosen: dict) -> dict | None:
+        """MemDLM's step time and peak memory against Standard's, measured side by side by
+        ``benchmarks/train_step.py`` (the tiny model's depth, the chosen rank)."""
+        if not self.preset.benchmark_rounds:
+            return None
+        script = Path(__file__).resolve().parents[3] / "benchmarks" / "train_step.py"
+        settings = {"rounds": self.preset.benchmark_rounds, "rank": chosen["rank"], "layers": 4}
+
+        def compute():
+            import subprocess
+            import sys
+
+            if not script.is_file():
+                return {"error": f"{script} not found (benchmarks/ ships with the source checkout)"}
+            cmd = [sys.executable, str(script), "--layers", "4", "--rank", str(chosen["rank"]),
+                   "--rounds", str(self.preset.benchmark_rounds), "--threads", str(self.threads or 1)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            return {"command": " ".join(cmd[1:]), "result": json.loads(done.stdout.strip().splitlines()[-1])}
+
+        return json_cell(self.out / "cost.json", settings, compute)
+
+    # ----------------------------------------------------------------- the whole
+    def run(self) -> dict:
+        start = time.perf_counter()
+        self.base()
+        calibration = json_cell(self.out / "calibration.json", {"candidates": list(self.preset.inner_candidates),
+                                                                 "floor": self.preset.absorption_floor},
+                                self.calibrate)
+        chosen = calibration["chosen"]
+        control = json_cell(self.out / "control_lr0.json", {"steps": self.preset.lr0_control_steps},
+                            self.lr0_control)
+        seeds = {}
+        for i, seed in enumerate(self.preset.seeds):
+            dirs = self.arms(seed, chosen, first=i == 0)
+            if i == 0:
+                dev = self.dev(dirs, chosen)
+            seeds[seed] = {"dirs": {k: str(v) for k, v in dirs.items()},
+                           "eval": self.evaluate(seed, dirs, chosen),
+                           "exposure_bias": self.exposure_bias(seed, dirs, chosen),
+                           "probe": self.probe(seed, dirs, chosen)}
+        return {"preset": self.preset.to_dict(), "calibration": calibration, "control_lr0": control,
+                "dev": dev, "cost": self.cost(chosen), "seeds": seeds, "seconds_this_invocation": round(time.perf_counter() - start, 1)}
+
+
+def matched_steps(standard: dict, memdlm: dict) -> int:
+    """Standard steps that take as long as MemDLM's run did (measured seconds per step)."""
+    per_std = standard["train_seconds"] / max(standard["global_step"], 1)
+    per_mem = memdlm["train_seconds"] / max(memdlm["global_step"], 1)
+    return max(1, round(memdlm["global_step"] * per_mem / per_std))
+
+
+def _mean(logs: list[dict], key: str) -> float:
+    values = [r[key] for r in logs if key in r]
+    return sum(values) / len(values) if values else float("nan")
