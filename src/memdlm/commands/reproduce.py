@@ -113,8 +113,8 @@ def run(argv: list[str], prog: str = "memdlm reproduce") -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    commit, dirty = git_state()  # the code this invocation runs (cells reused from earlier ones may predate it)
     result = Reproduction(preset, out, threads=threads, progress=not args.no_progress).run()
-    commit, dirty = git_state()
     provenance = {
         "command": "memdlm reproduce " + " ".join(shlex.quote(a) for a in argv),
         "commit": commit, "dirty": dirty, "preset": preset.name, "config_hash": preset.config_hash(),

@@ -92,10 +92,20 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
     parts += ["## Operating point (fixed before the test items were evaluated)", "",
               "Memory rank and inner lr come from short MemDLM runs on training batches: the candidate "
               f"whose fast weights change the adapted layers' outputs most while the absorption ratio "
-              f"(anchor loss with memory / without) stays at or above {cal['floor']}.", "",
+              f"(anchor loss with memory / without, second half of the run) stays at or above "
+              f"{cal['floor']}.", "",
               _table(["rank", "inner lr", "absorption ratio", "relative change"], rows), "",
               f"Chosen: rank {ch['rank']}, inner lr {ch['inner_lr']}"
               + ("" if cal["qualified"] else " (no candidate met the floor: the least-absorbing one)") + ".", ""]
+    traj = summary.get("memory_trajectory", [])
+    if traj:
+        parts += ["During fine-tuning (means over the first and last fifth of the logged steps; an "
+                  "absorption ratio near 0 is memorisation collapse -- the memory stores the targets and "
+                  "the model stops learning them):", "",
+                  _table(["seed", "arm", "absorption early", "absorption late", "relative change early",
+                          "relative change late"],
+                         [[r["seed"], r["arm"], _f(r["absorption_early"], 3), _f(r["absorption_late"], 3),
+                           _f(r["change_early"], 3), _f(r["change_late"], 3)] for r in traj]), ""]
     dev_rows = []
     for cell in dev["cells"]:
         if cell["skipped"] is None:

@@ -165,6 +165,25 @@ def overhead(out: Path, seeds: dict) -> list[dict]:
     return rows
 
 
+def memory_trajectory(seeds: dict) -> list[dict]:
+    """Absorption ratio and relative change of each MemDLM arm early and late in fine-tuning
+    (means over the first and the last fifth of the logged steps): collapse shows here."""
+    rows = []
+    for seed, s in seeds.items():
+        for arm, path in s["dirs"].items():
+            logs = [r for r in json.loads((Path(path) / "log_history.json").read_text())
+                    if "memory/absorption_ratio" in r]
+            if not logs:
+                continue
+            k = max(1, len(logs) // 5)
+            row = {"seed": seed, "arm": arm}
+            for part, chunk in (("early", logs[:k]), ("late", logs[-k:])):
+                row[f"absorption_{part}"] = _nanmean([r["memory/absorption_ratio"] for r in chunk])
+                row[f"change_{part}"] = _nanmean([r.get("memory/relative_change", math.nan) for r in chunk])
+            rows.append(row)
+    return rows
+
+
 def final_losses(seeds: dict) -> list[dict]:
     rows = []
     for seed, s in seeds.items():
@@ -245,6 +264,7 @@ def summarize(out: Path, result: dict) -> dict:
                   for model in ("Standard", "MemDLM")},
         "overhead": overhead(out, seeds),
         "final_losses": final_losses(seeds),
+        "memory_trajectory": memory_trajectory(seeds),
     }
 
 
