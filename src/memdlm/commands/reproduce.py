@@ -87,14 +87,13 @@ def machine(threads: int) -> str:
 
 
 def cell_seconds(out: Path) -> float:
-    """Training and evaluation seconds recorded by every cell in ``out``."""
-    total = 0.0
-    for done in out.rglob("run_complete.json"):
-        total += json.loads(done.read_text()).get("train_seconds", 0.0)
-    for path in out.rglob("*.json"):
-        if path.name in ("calibration.json", "control_lr0.json", "dev.json", "eval.json",
-                         "exposure_bias.json", "probe.json"):
-            total += json.loads(path.read_text()).get("seconds", 0.0)
+    """Training and evaluation seconds recorded by the cells in ``out``, each counted once
+    (calibration.json and control_lr0.json time the training runs they hold: left out)."""
+    from memdlm.reproduce.pipeline import MEASUREMENT_CELLS
+
+    total = sum(json.loads(p.read_text()).get("train_seconds", 0.0) for p in out.rglob("run_complete.json"))
+    total += sum(json.loads(p.read_text()).get("seconds", 0.0) for name in MEASUREMENT_CELLS
+                 for p in out.rglob(name))
     return total
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from memdlm.reproduce.stats import score_verdict
+
 
 def _f(x, digits: int = 1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -53,8 +55,6 @@ def _comparisons(summary: dict) -> str:
         for where in ("within", "beyond"):
             d = c.get(where)
             if d:
-                from memdlm.reproduce.report import score_verdict
-
                 rows.append([run, {"within": "<= trained", "beyond": "> trained"}[where], _f(d["run_mean"]), _f(d["base_mean"]), f"{d['estimate']:+.1f}",
                              f"[{d['low']:+.1f}, {d['high']:+.1f}]", d["seeds"], d["items"], score_verdict(d)])
     return _table(["run", "lengths", "run score", "Standard score", "difference", "95% interval", "seeds",

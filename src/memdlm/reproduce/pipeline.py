@@ -9,6 +9,7 @@
     seed{S}/ablation_{name}/    MemDLM with one inner-loop knob changed (full preset)
     control_lr0/{standard,memdlm_lr0}/   inner lr 0 against Standard, step by step
     dev.json                    Standard and MemDLM on the dev items (operating-point check)
+    cost.json                   step time and peak memory side by side (full preset)
     seed{S}/eval.json           the 2 x 2 (and extra arms) on the test items, over lengths
     seed{S}/exposure_bias.json  R_EB and its control, three modes
     seed{S}/probe.json          the in-weight retrieval probe
@@ -26,6 +27,9 @@ from memdlm.reproduce.cells import json_cell, train_cell
 from memdlm.reproduce.presets import Preset
 
 logger = logging.getLogger("memdlm")
+# JSON cells that measure (evaluate or benchmark) rather than aggregate training cells:
+# their "seconds" add to the report's compute time without counting a run twice.
+MEASUREMENT_CELLS = ("dev.json", "eval.json", "exposure_bias.json", "probe.json", "cost.json")
 DEV_SEED = 60_000  # dev items: the eval split, seeds disjoint from the test items (50_000)
 
 
@@ -75,7 +79,7 @@ class Reproduction:
             options.update(max_steps=self.preset.calibration_steps, logging_steps=1, eval_strategy="no",
                            save_strategy="no", warmup_steps=0.0)
             self._train(cell, options)
-            logs = json.loads((cell / "log_history.json").read_text())
+            logs = log_history(cell)
             late = [r for r in logs if r.get("step", 0) > self.preset.calibration_steps // 2]
             absorption = _mean(late, "memory/absorption_ratio")
             change = _mean(late, "memory/relative_change")
@@ -117,8 +121,8 @@ class Reproduction:
         mem = self.finetune_options(0, "memdlm", **self.memory_options(2, 0.0), **common)
         self._train(root / "standard", std)
         self._train(root / "memdlm_lr0", mem)
-        a = [r["loss"] for r in json.loads((root / "standard" / "log_history.json").read_text()) if "loss" in r]
-        b = [r["loss"] for r in json.loads((root / "memdlm_lr0" / "log_history.json").read_text()) if "loss" in r]
+        a = [r["loss"] for r in log_history(root / "standard") if "loss" in r]
+        b = [r["loss"] for r in log_history(root / "memdlm_lr0") if "loss" in r]
         diff = max((abs(x - y) for x, y in zip(a, b)), default=float("nan"))
         return {"steps": steps, "standard_loss": a, "memdlm_lr0_loss": b, "max_abs_difference": diff}
 
@@ -175,14 +179,15 @@ class Reproduction:
 
             config = ExposureBiasConfig(steps=p.eb_steps)
             out = {}
-            for label, arm, memory in (("Standard", "standard", None),
-                                       ("MemDLM Train-Only", "memdlm", None),
-                                       ("MemDLM Train & Inference", "memdlm", self.memory_args(chosen))):
+            for arm, modes in (("standard", (("Standard", None),)),
+                               ("memdlm", (("MemDLM Train-Only", None),
+                                           ("MemDLM Train & Inference", self.memory_args(chosen))))):
                 tokenizer = load_tokenizer(str(dirs[arm]))
                 model = load_model(str(dirs[arm]))
                 pairs = [(s.prompt, s.response) for s in heldout_pairs(tokenizer, p.eb_items, p.eb_length, p.eb_task)]
-                out[label] = exposure_bias(model, tokenizer, pairs, config, memory_args=memory,
-                                           progress=self.progress).to_dict()
+                for label, memory in modes:
+                    out[label] = exposure_bias(model, tokenizer, pairs, config, memory_args=memory,
+                                               progress=self.progress).to_dict()
             return {"results": out}
 
         return json_cell(self.out / f"seed{seed}" / "exposure_bias.json", settings, compute)
@@ -251,11 +256,19 @@ class Reproduction:
                 "dev": dev, "cost": self.cost(chosen), "seeds": seeds, "seconds_this_invocation": round(time.perf_counter() - start, 1)}
 
 
+def log_history(run_dir) -> list[dict]:
+    """A training run's logged records (``log_history.json``)."""
+    return json.loads((Path(run_dir) / "log_history.json").read_text())
+
+
+def seconds_per_step(summary: dict) -> float:
+    """Measured training seconds per optimiser step of a run (its ``run_complete.json``)."""
+    return summary["train_seconds"] / max(summary["global_step"], 1)
+
+
 def matched_steps(standard: dict, memdlm: dict) -> int:
     """Standard steps that take as long as MemDLM's run did (measured seconds per step)."""
-    per_std = standard["train_seconds"] / max(standard["global_step"], 1)
-    per_mem = memdlm["train_seconds"] / max(memdlm["global_step"], 1)
-    return max(1, round(memdlm["global_step"] * per_mem / per_std))
+    return max(1, round(memdlm["global_step"] * seconds_per_step(memdlm) / seconds_per_step(standard)))
 
 
 def _mean(logs: list[dict], key: str) -> float:

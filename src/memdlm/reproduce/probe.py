@@ -24,10 +24,12 @@ CONDITIONS = ("needle_present", "removed", "removed_matched", "removed_mismatche
 
 def remove_needle(sample) -> str:
     """The sample's prompt without the sentence stating the queried value."""
-    needle = f"The value of {sample.meta['key']} is {sample.response.strip()}."
-    if needle not in sample.prompt:
-        raise ValueError(f"needle {needle!r} not found in the prompt")
-    return sample.prompt.replace(needle + " ", "").replace(needle, "")
+    from memdlm.tasks.kv import needle
+
+    fact = needle(sample.meta["key"], sample.response.strip())
+    if fact not in sample.prompt:
+        raise ValueError(f"needle {fact!r} not found in the prompt")
+    return sample.prompt.replace(fact + " ", "").replace(fact, "")
 
 
 def digit_accuracy(prediction: str, answer: str) -> float:

@@ -14,10 +14,16 @@ import math
 from pathlib import Path
 
 from memdlm.reproduce.markdown import ci as _ci
-from memdlm.reproduce.stats import seed_item_bootstrap, verdict
+from memdlm.reproduce.pipeline import log_history, seconds_per_step
+from memdlm.reproduce.stats import (
+    NEAR_ZERO,
+    score_verdict,
+    seed_item_bootstrap,
+    seed_then_item_bootstrap,
+    verdict,
+)
 
 STANDARD = "Standard"
-NEAR_ZERO = 2.0  # score points: below this for both runs, a comparison says nothing
 
 
 # --------------------------------------------------------------------------- data
@@ -53,14 +59,6 @@ def score_difference(seeds: dict, run: str, lengths, base: str = STANDARD) -> di
     return {"estimate": est, "low": lo, "high": hi, "seeds": len(diffs), "items": sum(map(len, diffs)),
             "base_mean": base_mean, "run_mean": run_mean,
             "both_near_zero": max(base_mean, run_mean) < NEAR_ZERO}
-
-
-def score_verdict(d: dict | None, better: str = "higher") -> str:
-    if d is None:
-        return "not measured"
-    if d["both_near_zero"]:
-        return f"both near 0 (< {NEAR_ZERO:g} points): nothing to compare"
-    return verdict(d["low"], d["high"], better)
 
 
 def mean_scores(seeds: dict) -> dict[str, dict[tuple[str, int], float]]:
@@ -105,21 +103,15 @@ def eb_flatness_difference(seeds: dict, run: str, key: str = "r_eb", n_boot: int
     The ratio per step is a ratio of item means, so each resample recomputes it from
     the resampled items' losses (both runs share the items).
     """
-    import random
-
     num, den = {"r_eb": ("l_seq", "l_static"), "r_ctrl": ("l_seq", "l_static_same")}[key]
-    groups = []
-    for s in seeds.values():
-        res = s["exposure_bias"]["results"]
-        if run in res:
-            groups.append((res[STANDARD]["per_item"], res[run]["per_item"]))
+    groups = [(s["exposure_bias"]["results"][STANDARD]["per_item"], s["exposure_bias"]["results"][run]["per_item"])
+              for s in seeds.values() if run in s["exposure_bias"]["results"]]
     if not groups:
         return None
 
-    def summary(per_item, idx):
-        steps = len(per_item[num][0])
+    def mean_ratio_over_steps(per_item, idx) -> float:
         ratios = []
-        for k in range(steps):
+        for k in range(len(per_item[num][0])):
             n = [per_item[num][i][k] for i in idx]
             d = [per_item[den][i][k] for i in idx]
             if any(x is None or math.isnan(x) for x in n + d) or sum(d) == 0:
@@ -127,23 +119,10 @@ def eb_flatness_difference(seeds: dict, run: str, key: str = "r_eb", n_boot: int
             ratios.append(sum(n) / sum(d))
         return _nanmean(ratios)
 
-    def diff(g, idx):
-        return summary(g[1], idx) - summary(g[0], idx)
-
-    full = [diff(g, list(range(len(g[0][num])))) for g in groups]
-    estimate = sum(full) / len(full)
-    rng = random.Random(0)
-    stats = []
-    for _ in range(n_boot):
-        drawn = [groups[rng.randrange(len(groups))] for _ in groups]
-        vals = []
-        for g in drawn:
-            items = len(g[0][num])
-            vals.append(diff(g, [rng.randrange(items) for _ in range(items)]))
-        stats.append(_nanmean(vals))
-    stats = sorted(x for x in stats if not math.isnan(x))
-    lo, hi = (stats[int(0.025 * (len(stats) - 1))], stats[int(0.975 * (len(stats) - 1))]) if stats else (math.nan,) * 2
-    return {"estimate": estimate, "low": lo, "high": hi, "seeds": len(groups)}
+    est, (lo, hi) = seed_then_item_bootstrap(
+        groups, lambda g: len(g[0][num]),
+        lambda g, idx: mean_ratio_over_steps(g[1], idx) - mean_ratio_over_steps(g[0], idx), n_boot)
+    return {"estimate": est, "low": lo, "high": hi, "seeds": len(groups)}
 
 
 def probe_difference(seeds: dict, model: str, a: str, b: str, metric: str = "item_digits") -> dict:
@@ -156,10 +135,8 @@ def probe_difference(seeds: dict, model: str, a: str, b: str, metric: str = "ite
 def overhead(out: Path, seeds: dict) -> list[dict]:
     rows = []
     for seed, s in seeds.items():
-        summ = {}
-        for arm in ("standard", "memdlm"):
-            d = json.loads((Path(s["dirs"][arm]) / "run_complete.json").read_text())
-            summ[arm] = d["train_seconds"] / max(d["global_step"], 1)
+        summ = {arm: seconds_per_step(json.loads((Path(s["dirs"][arm]) / "run_complete.json").read_text()))
+                for arm in ("standard", "memdlm")}
         rows.append({"seed": seed, "standard_s_per_step": summ["standard"], "memdlm_s_per_step": summ["memdlm"],
                      "ratio": summ["memdlm"] / summ["standard"]})
     return rows
@@ -171,8 +148,7 @@ def memory_trajectory(seeds: dict) -> list[dict]:
     rows = []
     for seed, s in seeds.items():
         for arm, path in s["dirs"].items():
-            logs = [r for r in json.loads((Path(path) / "log_history.json").read_text())
-                    if "memory/absorption_ratio" in r]
+            logs = [r for r in log_history(path) if "memory/absorption_ratio" in r]
             if not logs:
                 continue
             k = max(1, len(logs) // 5)
@@ -189,7 +165,7 @@ def final_losses(seeds: dict) -> list[dict]:
     for seed, s in seeds.items():
         row = {"seed": seed}
         for arm, path in s["dirs"].items():
-            logs = json.loads((Path(path) / "log_history.json").read_text())
+            logs = log_history(path)
             train = [r["loss"] for r in logs if "loss" in r]
             ev = [r["eval_loss"] for r in logs if "eval_loss" in r]
             row[arm] = {"train_loss_last": train[-1] if train else None,
@@ -209,8 +185,7 @@ def make_plots(out: Path, result: dict, summary: dict) -> dict[str, str]:
 
     files = {}
     first = next(iter(result["seeds"].values()))
-    logs = {arm: json.loads((Path(first["dirs"][arm]) / "log_history.json").read_text())
-            for arm in ("standard", "memdlm")}
+    logs = {arm: log_history(first["dirs"][arm]) for arm in ("standard", "memdlm")}
     for key, fname, ylabel, title in (
             ("loss", "train_loss.png", "training loss",
              "Training loss (MemDLM's: after its inner loop, as in the paper's Fig. 4)"),

@@ -4,33 +4,55 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+NEAR_ZERO = 2.0  # score points: below this for both arms, a comparison says nothing
 
 
-def seed_item_bootstrap(diffs_by_seed: Sequence[Sequence[float]], n_boot: int = 2000, seed: int = 0,
-                        confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
-    """Mean paired difference and its percentile interval, resampling seeds, then items.
+def _nanmean(xs) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else math.nan
 
-    ``diffs_by_seed[s][i]`` is (arm B - arm A) on item i with training seed s. The
-    estimate is the mean over seeds of each seed's mean over items; each resample draws
-    seeds with replacement, then items with replacement within each drawn seed, so the
-    interval carries both the training-seed and the test-item variance. With one seed
-    it is the plain paired bootstrap over items.
+
+def seed_then_item_bootstrap(groups: Sequence, n_items: Callable[[object], int],
+                             statistic: Callable[[object, Sequence[int]], float], n_boot: int = 2000,
+                             seed: int = 0, confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """An estimate over training seeds and its percentile interval, resampling seeds, then items.
+
+    ``groups[s]`` holds seed s's paired per-item data (``n_items(group)`` items) and
+    ``statistic(group, item_indices)`` reduces a selection of its items to a number.
+    The estimate is the mean over seeds of the statistic on all items; each resample
+    draws seeds with replacement, then items with replacement within each drawn seed,
+    so the interval carries both the training-seed and the test-item variance. With
+    one seed it is the plain bootstrap over items. NaN statistics are left out.
     """
-    groups = [list(map(float, g)) for g in diffs_by_seed if len(g)]
     if not groups:
         return math.nan, (math.nan, math.nan)
-    estimate = sum(sum(g) / len(g) for g in groups) / len(groups)
+    estimate = _nanmean([statistic(g, range(n_items(g))) for g in groups])
     rng = random.Random(seed)
     stats = []
     for _ in range(n_boot):
         drawn = [groups[rng.randrange(len(groups))] for _ in groups]
-        means = [sum(g[rng.randrange(len(g))] for _ in g) / len(g) for g in drawn]
-        stats.append(sum(means) / len(means))
-    stats.sort()
-    lo = stats[int((1 - confidence) / 2 * (n_boot - 1))]
-    hi = stats[int((1 + confidence) / 2 * (n_boot - 1))]
+        values = []
+        for g in drawn:
+            n = n_items(g)
+            values.append(statistic(g, [rng.randrange(n) for _ in range(n)]))
+        stats.append(_nanmean(values))
+    stats = sorted(x for x in stats if not math.isnan(x))
+    if not stats:
+        return estimate, (math.nan, math.nan)
+    lo = stats[int((1 - confidence) / 2 * (len(stats) - 1))]
+    hi = stats[int((1 + confidence) / 2 * (len(stats) - 1))]
     return estimate, (lo, hi)
+
+
+def seed_item_bootstrap(diffs_by_seed: Sequence[Sequence[float]], n_boot: int = 2000, seed: int = 0,
+                        confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """Mean paired difference over seeds and items: ``diffs_by_seed[s][i]`` is (arm B -
+    arm A) on item i with training seed s (:func:`seed_then_item_bootstrap` of the mean)."""
+    groups = [list(map(float, g)) for g in diffs_by_seed if len(g)]
+    return seed_then_item_bootstrap(groups, len, lambda g, idx: sum(g[i] for i in idx) / len(idx),
+                                    n_boot, seed, confidence)
 
 
 def verdict(low: float, high: float, better: str = "higher") -> str:
@@ -45,3 +67,12 @@ def verdict(low: float, high: float, better: str = "higher") -> str:
     if hi < 0:
         return "opposite"
     return "unresolved"
+
+
+def score_verdict(d: dict | None, better: str = "higher") -> str:
+    """:func:`verdict` of a score comparison, or "both near 0" when neither arm scores."""
+    if d is None:
+        return "not measured"
+    if d["both_near_zero"]:
+        return f"both near 0 (< {NEAR_ZERO:g} points): nothing to compare"
+    return verdict(d["low"], d["high"], better)

@@ -29,6 +29,11 @@ from memdlm.tasks.base import (
 )
 
 
+def needle(key: str, value: str) -> str:
+    """The sentence that states a key's value (what the retrieval probe removes)."""
+    return f"The value of {key} is {value}."
+
+
 class KeyValueTask(Task):
     name = "kv"
     metric = "string_match_all"
@@ -71,7 +76,7 @@ class KeyValueTask(Task):
     def _build(self, rng, split, length, count, haystack, n_distractors):
         keys = self._keys(rng, split, n_distractors + 1)
         values = [random_number(rng, self.digits, split) for _ in keys]
-        needles = [f"The value of {k} is {v}." for k, v in zip(keys, values)]
+        needles = [needle(k, v) for k, v in zip(keys, values)]
         query = rng.randrange(len(keys))
         rng.shuffle(needles)
         meta = {"key": keys[query], "keys": keys, "values": values}
