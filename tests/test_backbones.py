@@ -592,3 +592,35 @@ def test_train_memdlm_and_generate_from_the_cli(tok, tmp_path, capsys, name):
         out = json.loads(capsys.readouterr().out)
         assert [o["prompt"] for o in out] == ["The value of red fox is", "Hello"]
         assert all(isinstance(o["response"], str) for o in out)
+
+
+def test_tiny_heads_span_the_hidden_size(tok):
+    from memdlm.modeling import build_tiny_model, tiny_head_overrides
+
+    fields = tiny_head_overrides(8)
+    assert fields == {"num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 16,
+                      "query_pre_attn_scalar": 16}
+    model = build_tiny_model(tok, num_hidden_layers=1, **fields)
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj.out_features == 128 and attn.k_proj.out_features == 64
+    with pytest.raises(ValueError, match="--tiny-heads 3"):
+        tiny_head_overrides(3)
+
+
+def test_tiny_overrides_reach_the_model_config(tmp_path):
+    from memdlm.config import ModelArguments
+    from memdlm.training.run import build_model_and_tokenizer
+
+    args = ModelArguments(tiny_layers=1, tiny_heads=8, tiny_overrides='{"query_pre_attn_scalar": 4}')
+    model, _ = build_model_and_tokenizer(args, seed=0)
+    assert model.config.num_attention_heads == 8 and model.config.query_pre_attn_scalar == 4
+
+
+def test_tiny_overrides_that_are_not_a_json_object_are_named():
+    from memdlm.errors import ConfigError
+    from memdlm.training.run import parse_overrides
+
+    with pytest.raises(ConfigError, match="not JSON"):
+        parse_overrides("{query_pre_attn_scalar: 8}")
+    with pytest.raises(ConfigError, match="JSON object"):
+        parse_overrides("[8]")

@@ -191,7 +191,7 @@ def test_same_seed_same_sample_other_seed_other_sample(name, count):
 def items(s: Sample) -> set[str]:
     """The keys, values, variable names, list words and people's names of a sample."""
     found = set(s.answers) - set(words.PLACES) - set(words.OBJECTS)
-    by_pair = s.task in ("kv", "kv_curriculum", "kv_dense", "kv_all", "kv_d1")  # held out as whole keys, not words
+    by_pair = s.task in ("kv", "kv_curriculum", "kv_curriculum1", "kv_dense", "kv_all", "kv_d1")  # held out as whole keys, not words
     for key in [s.meta.get("key"), *s.meta.get("keys", [])]:
         if key:
             found |= {key} if by_pair else {key, *re.split(r"[- ]", key)}
@@ -331,3 +331,9 @@ def test_kv_dense_asks_every_key_in_training_only(count):
         assert sorted(asked) == sorted(s.meta["keys"])
     held = [task.sample(seed, "eval", 128, count) for seed in range(30)]
     assert all("what is the value of" in s.prompt and len(s.meta["keys"]) == 4 for s in held)
+
+
+def test_curriculum1_never_trains_without_a_distractor():
+    task = get_task("kv_curriculum1")
+    counts = {len(task.sample(seed, "train", 400, len).meta["keys"]) for seed in range(40)}
+    assert min(counts) == 2 and max(counts) == 4  # 1-3 distractors besides the queried key

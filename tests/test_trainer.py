@@ -163,3 +163,49 @@ def test_too_short_train_length_is_a_user_error(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "target length 32" in err
+
+
+# ---------------------------------------------------------------- length-grouped batches
+
+
+def test_group_by_length_batches_share_a_length_without_generating(tok, make_tiny_model, tmp_path):
+    data = SyntheticTaskDataset(tok, ["kv_curriculum"], [32, 64, 128], "train", 1200)
+    data.sample = None  # the sampler must read the plan, not generate 1,200 samples
+    args = TrainConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[],
+                       train_sampling_strategy="group_by_length", use_cpu=True, eval_strategy="no")
+    trainer = MDLMTrainer(model=make_tiny_model(), args=args, train_dataset=data,
+                          data_collator=DiffusionCollator(tok.pad_token_id, tok.eos_token_id),
+                          diffusion_args=DiffusionArguments(), mask_token_id=tok.mask_token_id)
+    order = list(trainer._get_train_sampler())
+    assert sorted(order) == list(range(1200))
+    batches = [{data.length_of(i) for i in order[k:k + 4]} for k in range(0, 1200, 4)]
+    # one length per batch, except where a mega-batch of 50 batches crosses from one
+    # length to the next (at most 2 crossings in each of its 6 mega-batches)
+    mixed = sum(len(b) > 1 for b in batches)
+    assert mixed <= 2 * 6 and mixed < len(batches) // 20
+    args.train_sampling_strategy = "random"
+    shuffled = list(trainer._get_train_sampler())
+    assert sum(len({data.length_of(i) for i in shuffled[k:k + 4]}) > 1 for k in range(0, 1200, 4)) > 150
+
+
+def test_nominal_lengths_are_the_generated_lengths(tok):
+    data = SyntheticTaskDataset(tok, ["kv_curriculum", "prose"], [32, 64, 128], "train", 12)
+    # generated samples fill their length up to the trailing EOS token
+    assert [len(data[i]["input_ids"]) - 1 for i in range(12)] == data.nominal_lengths()
+
+
+@pytest.mark.slow
+def test_kv_diagnostics_are_consistent_fractions(tiny_run):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "diagnose_kv.py"
+    done = subprocess.run([sys.executable, str(script), str(tiny_run), "--task", "kv_d1", "--items", "6"],
+                          capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout)
+    shot = out["one_shot"]
+    assert out["items"] == 6 and len(out["digit_accuracy_by_position"]) == 4
+    assert shot["exact"] <= shot["some_value"]
+    assert shot["distractor_value"] == pytest.approx(shot["some_value"] - shot["exact"], abs=1e-3)
+    assert all(0 <= v <= 1 for v in [*out["digit_accuracy_by_position"], *out["first_digit_revealed"].values()])

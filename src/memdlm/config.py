@@ -30,6 +30,11 @@ class ModelArguments:
         "help": "Tiny default only: hidden size (default 128)."})
     tiny_intermediate_size: int | None = field(default=None, metadata={
         "help": "Tiny default only: FFN width (default from the shipped config)."})
+    tiny_heads: int | None = field(default=None, metadata={
+        "help": "Tiny default only: attention heads (default 4); the head width becomes hidden size / heads "
+                "and the key/value heads half the heads (grouped-query attention as shipped)."})
+    tiny_overrides: str | None = field(default=None, metadata={
+        "help": "Tiny default only: other config fields as JSON, e.g. '{\"query_pre_attn_scalar\": 8}'."})
     load_in_4bit: bool = field(default=False, metadata={
         "help": "Load --model with 4-bit (NF4) weights through bitsandbytes (QLoRA; needs a CUDA GPU, "
                 "bitsandbytes and --use-lora). Fast weights stay float32 (compute dtype bfloat16)."})

@@ -24,6 +24,17 @@ def tiny_config_dict(**overrides) -> dict:
     return cfg
 
 
+def tiny_head_overrides(heads: int, hidden_size: int | None = None) -> dict:
+    """Config fields for ``heads`` attention heads that together span the hidden size."""
+    hidden = hidden_size or tiny_config_dict()["hidden_size"]
+    if heads < 2 or hidden % heads:
+        raise ValueError(f"--tiny-heads {heads}: need at least 2 heads that divide the hidden size {hidden}")
+    head_dim = hidden // heads
+    # query_pre_attn_scalar = head_dim keeps the usual 1/sqrt(head_dim) attention scale
+    return {"num_attention_heads": heads, "num_key_value_heads": heads // 2, "head_dim": head_dim,
+            "query_pre_attn_scalar": head_dim}
+
+
 def build_tiny_model(tokenizer, seed: int | None = None, **overrides):
     """A freshly initialised tiny bidirectional Gemma3 sized for ``tokenizer``.
 

@@ -79,9 +79,17 @@ class SyntheticTaskDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def length_of(self, i: int) -> int:
+        """Item i's context length in tokens, known without generating it."""
+        return self.lengths[(i // len(self.tasks)) % len(self.lengths)]
+
+    def nominal_lengths(self) -> list[int]:
+        """Every item's length (for length-grouped batches: ``--train-sampling-strategy group_by_length``)."""
+        return [self.length_of(i) for i in range(self.num_samples)]
+
     def sample(self, i: int):
         task = self.tasks[i % len(self.tasks)]
-        length = self.lengths[(i // len(self.tasks)) % len(self.lengths)]
+        length = self.length_of(i)
         return task.sample(self.seed * 1_000_003 + i, self.split, length, self.count, self.haystack)
 
     def __getitem__(self, i: int) -> dict:

@@ -112,6 +112,8 @@ register_task(KeyValueTask(distractors=1, name="kv_d1"))  # one distractor: the 
 # (uniformly), so the model first learns to copy a value, then to pick the right one;
 # evaluation samples always hold 3, exactly like ``kv``.
 register_task(KeyValueTask(name="kv_curriculum", train_min_distractors=0))
+# The same without zero-distractor samples: every training sample needs the key to answer.
+register_task(KeyValueTask(name="kv_curriculum1", train_min_distractors=1))
 # The tiny default's training task: the curriculum, and half of the training samples ask
 # for every key's value at once; evaluation samples are exactly ``kv``'s.
 register_task(KeyValueTask(name="kv_dense", train_min_distractors=0, train_all_keys=0.5))

@@ -37,6 +37,28 @@ class MDLMTrainer(Trainer):
         self._last_step = -1
         self._eval_batches = 0
 
+    # --- batching -------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return self._length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps) \
+            or super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        return self._length_grouped(eval_dataset, self.args.eval_batch_size) or super()._get_eval_sampler(eval_dataset)
+
+    def _length_grouped(self, dataset, batch_size: int):
+        """``group_by_length`` over generated tasks, with lengths from the dataset's plan.
+
+        Trainer's own grouping measures every item's length by generating all of them
+        first (200,000 training samples); a generated dataset knows them up front. Batches
+        of one length pad nothing, so a mix of short and long contexts trains faster.
+        """
+        if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "nominal_lengths"):
+            return None
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        return LengthGroupedSampler(batch_size, lengths=dataset.nominal_lengths())
+
     # --- randomness -------------------------------------------------------------------
     def _generator(self, training: bool) -> torch.Generator:
         if training:

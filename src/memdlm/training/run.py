@@ -28,7 +28,7 @@ logger = logging.getLogger("memdlm")
 
 
 def build_model_and_tokenizer(model_args, seed: int):
-    from memdlm.modeling import build_tiny_model, load_model
+    from memdlm.modeling import build_tiny_model, load_model, tiny_head_overrides
     from memdlm.tokenizer import load_tokenizer
 
     quantization = quantization_config(model_args)  # --load-in-4bit: fails fast, before any loading
@@ -41,6 +41,10 @@ def build_model_and_tokenizer(model_args, seed: int):
             overrides["hidden_size"] = model_args.tiny_hidden_size
         if model_args.tiny_intermediate_size:
             overrides["intermediate_size"] = model_args.tiny_intermediate_size
+        if model_args.tiny_heads:
+            overrides.update(tiny_head_overrides(model_args.tiny_heads, overrides.get("hidden_size")))
+        if model_args.tiny_overrides:
+            overrides.update(parse_overrides(model_args.tiny_overrides))
         model = build_tiny_model(tokenizer, seed=seed, **overrides)
     else:
         model = load_model(model_args.model, model_args.trust_remote_code, quantization_config=quantization)
@@ -90,6 +94,18 @@ def quantization_config(model_args):
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def parse_overrides(text: str) -> dict:
+    from memdlm.errors import ConfigError
+
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--tiny-overrides {text!r} is not JSON: {err}") from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"--tiny-overrides {text!r}: expected a JSON object of config fields")
+    return fields
 
 
 def wrap_lora(model, model_args):
