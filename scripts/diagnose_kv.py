@@ -17,7 +17,7 @@ import json
 
 import torch
 
-from memdlm.data.collate import encode_pair
+from memdlm.data.collate import IGNORE, encode_pair
 from memdlm.eval.heldout import heldout_samples
 from memdlm.modeling import forward_logits, load_model
 from memdlm.tokenizer import load_tokenizer
@@ -26,7 +26,7 @@ from memdlm.tokenizer import load_tokenizer
 def one_shot(model, tok, sample, reveal: str | None = None) -> str:
     ex = encode_pair(tok, sample.prompt, sample.response)
     ids = torch.tensor([ex["input_ids"]])
-    slots = [i for i, lab in enumerate(ex["labels"]) if lab != -100]  # " ", d1..d4, EOS
+    slots = [i for i, lab in enumerate(ex["labels"]) if lab != IGNORE]  # " ", d1..d4, EOS
     masked = ids.clone()
     masked[0, slots] = tok.mask_token_id
     if reveal is not None:  # the first digit is given
@@ -49,33 +49,32 @@ def main() -> None:
     tok = load_tokenizer(args.run_dir)
     model = load_model(args.run_dir).eval()
     samples = heldout_samples(tok, [args.task], args.length, args.items)
-    stats = {k: 0 for k in ("exact", "some_value", "distractor_value")}
-    per_pos = [0, 0, 0, 0]
-    forced = {"true_first": 0, "distractor_first_copies_it": 0, "distractor_first_gives_true_rest": 0, "n_distr": 0}
+    shots, forced, distractor_first = [], [], []
     for s in samples:
-        true, values = s.meta["values"][s.meta["keys"].index(s.meta["key"])], s.meta["values"]
-        pred = one_shot(model, tok, s)
-        stats["exact"] += pred == true
-        stats["some_value"] += pred in values
-        stats["distractor_value"] += pred in values and pred != true
-        for j in range(4):
-            per_pos[j] += len(pred) > j and pred[j] == true[j]
-        forced["true_first"] += one_shot(model, tok, s, reveal=true[0]) == true
-        others = [v for v in values if v[0] != true[0]]
-        if others:
-            forced["n_distr"] += 1
-            got = one_shot(model, tok, s, reveal=others[0][0])
-            forced["distractor_first_copies_it"] += got == others[0]
-            forced["distractor_first_gives_true_rest"] += got[1:] == true[1:]
-    n = len(samples)
-    out = {"items": n, "task": args.task, "length": args.length,
-           "one_shot": {k: round(v / n, 3) for k, v in stats.items()},
-           "digit_accuracy_by_position": [round(v / n, 3) for v in per_pos],
-           "first_digit_revealed": {"true: exact": round(forced["true_first"] / n, 3),
-                                    "distractor's: copies the distractor": round(
-                                        forced["distractor_first_copies_it"] / max(forced["n_distr"], 1), 3),
-                                    "distractor's: rest still the queried value's": round(
-                                        forced["distractor_first_gives_true_rest"] / max(forced["n_distr"], 1), 3)}}
+        true, values = s.response.strip(), s.meta["values"]
+        shots.append(one_shot(model, tok, s))
+        forced.append(one_shot(model, tok, s, reveal=true[0]) == true)
+        other = next((v for v in values if v[0] != true[0]), None)
+        if other is not None:
+            got = one_shot(model, tok, s, reveal=other[0])
+            distractor_first.append((got == other, got[1:] == true[1:]))
+    truths = [s.response.strip() for s in samples]
+    in_context = [p in s.meta["values"] for p, s in zip(shots, samples)]
+    exact = [p == t for p, t in zip(shots, truths)]
+
+    def share(flags) -> float:
+        flags = list(flags)
+        return round(sum(flags) / max(len(flags), 1), 3)
+
+    out = {"items": len(samples), "task": args.task, "length": args.length,
+           "one_shot": {"exact": share(exact), "some_value": share(in_context),
+                        "distractor_value": share(c and not e for c, e in zip(in_context, exact))},
+           "digit_accuracy_by_position": [share(len(p) > j and p[j] == t[j] for p, t in zip(shots, truths))
+                                          for j in range(4)],
+           "first_digit_revealed": {"true: exact": share(forced),
+                                    "distractor's: copies the distractor": share(c for c, _ in distractor_first),
+                                    "distractor's: rest still the queried value's": share(
+                                        r for _, r in distractor_first)}}
     print(json.dumps(out, indent=2))
 
 

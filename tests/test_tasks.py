@@ -191,7 +191,9 @@ def test_same_seed_same_sample_other_seed_other_sample(name, count):
 def items(s: Sample) -> set[str]:
     """The keys, values, variable names, list words and people's names of a sample."""
     found = set(s.answers) - set(words.PLACES) - set(words.OBJECTS)
-    by_pair = s.task in ("kv", "kv_curriculum", "kv_curriculum1", "kv_dense", "kv_all", "kv_d1")  # held out as whole keys, not words
+    task = get_task(s.task)
+    # two-word keys are held out as whole pairs (split_of(key)); kv1 and kv_strict per word
+    by_pair = getattr(task, "key_words", 0) == 2 and not getattr(task, "split_words", True)
     for key in [s.meta.get("key"), *s.meta.get("keys", [])]:
         if key:
             found |= {key} if by_pair else {key, *re.split(r"[- ]", key)}

@@ -17,6 +17,7 @@ from memdlm.reproduce.markdown import ci as _ci
 from memdlm.reproduce.pipeline import log_history, seconds_per_step
 from memdlm.reproduce.stats import (
     NEAR_ZERO,
+    nanmean,
     score_verdict,
     seed_item_bootstrap,
     seed_then_item_bootstrap,
@@ -73,19 +74,14 @@ def mean_scores(seeds: dict) -> dict[str, dict[tuple[str, int], float]]:
     return {run: {k: sum(v) / len(v) for k, v in cells.items()} for run, cells in acc.items()}
 
 
-def _nanmean(xs) -> float:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    return sum(xs) / len(xs) if xs else math.nan
-
-
 def heldout_loss_difference(seeds: dict) -> dict | None:
     """MemDLM minus Standard held-out loss with memory off, per item: the exposure-bias
     run's static loss (random masks at every step's ratio) averaged over steps."""
     diffs = []
     for s in seeds.values():
         res = s["exposure_bias"]["results"]
-        a = [_nanmean(x) for x in res["Standard"]["per_item"]["l_static"]]
-        b = [_nanmean(x) for x in res["MemDLM Train-Only"]["per_item"]["l_static"]]
+        a = [nanmean(x) for x in res["Standard"]["per_item"]["l_static"]]
+        b = [nanmean(x) for x in res["MemDLM Train-Only"]["per_item"]["l_static"]]
         diffs.append([y - x for x, y in zip(a, b)])
     if not diffs:
         return None
@@ -94,7 +90,7 @@ def heldout_loss_difference(seeds: dict) -> dict | None:
 
 
 def mean_ratio(result: dict, key: str = "r_eb") -> float:
-    return _nanmean(result[key])
+    return nanmean(result[key])
 
 
 def eb_flatness_difference(seeds: dict, run: str, key: str = "r_eb", n_boot: int = 1000) -> dict | None:
@@ -117,7 +113,7 @@ def eb_flatness_difference(seeds: dict, run: str, key: str = "r_eb", n_boot: int
             if any(x is None or math.isnan(x) for x in n + d) or sum(d) == 0:
                 continue
             ratios.append(sum(n) / sum(d))
-        return _nanmean(ratios)
+        return nanmean(ratios)
 
     est, (lo, hi) = seed_then_item_bootstrap(
         groups, lambda g: len(g[0][num]),
@@ -154,8 +150,8 @@ def memory_trajectory(seeds: dict) -> list[dict]:
             k = max(1, len(logs) // 5)
             row = {"seed": seed, "arm": arm}
             for part, chunk in (("early", logs[:k]), ("late", logs[-k:])):
-                row[f"absorption_{part}"] = _nanmean([r["memory/absorption_ratio"] for r in chunk])
-                row[f"change_{part}"] = _nanmean([r.get("memory/relative_change", math.nan) for r in chunk])
+                row[f"absorption_{part}"] = nanmean([r["memory/absorption_ratio"] for r in chunk])
+                row[f"change_{part}"] = nanmean([r.get("memory/relative_change", math.nan) for r in chunk])
             rows.append(row)
     return rows
 
@@ -198,7 +194,7 @@ def make_plots(out: Path, result: dict, summary: dict) -> dict[str, str]:
     plot_exposure_bias(first["exposure_bias"]["results"], out / "exposure_bias.png",
                        title="Exposure-bias ratio (first seed; bands: 95% item bootstrap)")
     files["exposure_bias"] = "exposure_bias.png"
-    table = {run: {length: _nanmean([v for (t, n), v in cells.items() if n == length])
+    table = {run: {length: nanmean([v for (t, n), v in cells.items() if n == length])
                    for length in sorted({n for _, n in cells})}
              for run, cells in summary["mean_scores"].items()}
     plot_score_vs_length(table, out / "score_vs_length.png", ylabel="score (mean over tasks and seeds)",

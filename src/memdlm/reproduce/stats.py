@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 NEAR_ZERO = 2.0  # score points: below this for both arms, a comparison says nothing
 
 
-def _nanmean(xs) -> float:
-    xs = [x for x in xs if not math.isnan(x)]
+def nanmean(xs) -> float:
+    """Mean of the values that are neither None nor NaN (NaN when none are)."""
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
     return sum(xs) / len(xs) if xs else math.nan
 
 
@@ -28,7 +29,7 @@ def seed_then_item_bootstrap(groups: Sequence, n_items: Callable[[object], int],
     """
     if not groups:
         return math.nan, (math.nan, math.nan)
-    estimate = _nanmean([statistic(g, range(n_items(g))) for g in groups])
+    estimate = nanmean([statistic(g, range(n_items(g))) for g in groups])
     rng = random.Random(seed)
     stats = []
     for _ in range(n_boot):
@@ -37,7 +38,7 @@ def seed_then_item_bootstrap(groups: Sequence, n_items: Callable[[object], int],
         for g in drawn:
             n = n_items(g)
             values.append(statistic(g, [rng.randrange(n) for _ in range(n)]))
-        stats.append(_nanmean(values))
+        stats.append(nanmean(values))
     stats = sorted(x for x in stats if not math.isnan(x))
     if not stats:
         return estimate, (math.nan, math.nan)
