@@ -12,6 +12,7 @@ from memdlm.tasks import get_task, task_names
 from memdlm.tasks.base import Sample, fit_filler, split_of
 from memdlm.tasks.haystack import FillerStream, NoiseHaystack, ProseHaystack
 from memdlm.tasks.longresponse import LongResponseTask
+from memdlm.tasks.recall import AssociativeRecallTask, pools, recall_report
 from memdlm.tasks.ruler import CommonWordsTask
 from memdlm.tokenizer import count_tokens_fn
 
@@ -121,8 +122,22 @@ def babi_answer(prompt: str, question: str) -> set[str]:
     raise AssertionError(f"unknown question form {q!r}")
 
 
+def recall_answers(prompt: str) -> list[str]:
+    """The values of the asked keys, read from an associative-recall prompt's words."""
+    context, asked = prompt.rstrip(" =").split(" | ")
+    key_pool, value_pool, _ = pools()
+    found = [w for w in context.split() if w in key_pool or w in value_pool]
+    pairs = dict(zip(found[::2], found[1::2]))
+    assert all(k in key_pool and v in value_pool for k, v in pairs.items())  # keys precede values
+    return [pairs[k] for k in asked.split()]
+
+
 def check_answers(s: Sample, count) -> None:
     """The answers follow from the prompt (recomputed from its text)."""
+    if isinstance(get_task(s.task), AssociativeRecallTask):
+        assert s.prompt.endswith(" =") and s.response == " " + " ".join(s.answers)
+        assert recall_answers(s.prompt) == list(s.answers)
+        return
     assert s.prompt.endswith("Answer:")
     assert s.response == " " + ", ".join(s.answers)
     if s.task in ("niah", "mv"):
@@ -208,7 +223,8 @@ def items(s: Sample) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("name", TASKS)
+# Associative recall holds out fresh random assignments, not words (recall.py says why).
+@pytest.mark.parametrize("name", [t for t in TASKS if not isinstance(get_task(t), AssociativeRecallTask)])
 def test_train_and_eval_share_no_items(name):
     # character counts stand in for tokens: 50 samples a split stay fast; the split rule
     # does not depend on the tokenizer
@@ -339,3 +355,67 @@ def test_curriculum1_never_trains_without_a_distractor():
     task = get_task("kv_curriculum1")
     counts = {len(task.sample(seed, "train", 400, len).meta["keys"]) for seed in range(40)}
     assert min(counts) == 2 and max(counts) == 4  # 1-3 distractors besides the queried key
+
+
+# ---------------------------------------------------------------- associative recall
+
+
+RECALL = [t for t in TASKS if isinstance(get_task(t), AssociativeRecallTask)]
+
+
+def test_recall_pools_are_disjoint_single_tokens(tok):
+    keys, values, filler = pools()
+    assert not set(keys) & set(values) and not (set(keys) | set(values)) & set(filler)
+    assert len(keys) >= 32 and len(values) >= 32
+    for word in keys + values:
+        assert len(tok(" " + word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+@pytest.mark.parametrize("name", RECALL)
+def test_recall_answer_j_sits_q_plus_one_tokens_after_query_j(name, tok, count):
+    task = get_task(name)
+    s = task.sample(3, "eval", task.pairs * 2 + task.queries * 2 + 2, count)  # bare: no filler
+    prompt = tok(s.prompt, add_special_tokens=False)["input_ids"]
+    ids = prompt + tok(s.response, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(prompt) + task.queries  # one token per answer
+    for j in range(task.queries):
+        query, answer = len(prompt) - 1 - task.queries + j, len(prompt) + j
+        assert answer - query == task.queries + 1
+        assert tok.decode([ids[query]]).strip() == s.meta["keys"][s.meta["asked"][j]]
+        assert tok.decode([ids[answer]]).strip() == s.answers[j]
+
+
+@pytest.mark.parametrize("name", RECALL)
+def test_recall_asks_fewer_keys_than_pairs_without_repeats(name, count):
+    task = get_task(name)
+    assert 1 <= task.queries < task.pairs
+    s = task.sample(0, "train", 512, count)
+    assert len(set(s.meta["asked"])) == task.queries
+    assert len(set(s.meta["values"])) == task.pairs  # values drawn without replacement
+
+
+def test_recall_refuses_every_key_asked():
+    with pytest.raises(ValueError, match="elimination"):
+        AssociativeRecallTask("x", pairs=4, queries=4)
+
+
+def test_recall_filler_puts_pairs_at_random_depths(count):
+    depths = set()
+    for seed in range(20):
+        s = get_task("mqar").sample(seed, "train", 128, count)
+        words_ = s.prompt.split(" | ")[0].split()
+        depths.add(words_.index(s.meta["keys"][0]))
+    assert len(depths) > 5
+
+
+def test_recall_report_hand_computed(count):
+    s = get_task("mqar4").sample(0, "eval", 64, count)  # 2 queries
+    a0, a1 = s.answers
+    other = next(v for v in s.meta["values"] if v not in s.answers)
+    report = recall_report([f" {a0} {a1}", f" {a0} {other}", f" {a1}", " nothing here"], [s] * 4)
+    # 8 queries: right 3 (a0, a1, a0); other context 2 (other, a1 in slot 0); outside 3
+    assert report["per_query"] == pytest.approx(100 * 3 / 8)
+    assert report["all_correct"] == pytest.approx(25.0)
+    assert report["chose"] == pytest.approx({"queried": 37.5, "other_context": 25.0, "outside": 37.5})
+    assert report["reference"]["copy"] == pytest.approx(25.0)
+    assert report["reference"]["uniform"] == pytest.approx(100 / len(pools()[1]))

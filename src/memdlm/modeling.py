@@ -59,7 +59,8 @@ def build_tiny_model(tokenizer, seed: int | None = None, **overrides):
 
 def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None,
                quantization_config=None):
-    """Load a local model directory (no hub downloads: ``local_files_only``).
+    """Load a local model directory or a shipped model by name (no hub downloads:
+    ``local_files_only``).
 
     ``*ForMaskedLM`` architectures (ModernBERT) load as masked LMs, everything else
     as a causal-LM class made bidirectional (:func:`make_bidirectional`).
@@ -67,8 +68,11 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
+    from memdlm.shipped import missing_model_hint, resolve_model
+
+    path = resolve_model(path)
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"model directory {path} does not exist")
+        raise FileNotFoundError(f"model directory {path} does not exist{missing_model_hint()}")
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True)
     if dtype is not None:

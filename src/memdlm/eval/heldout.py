@@ -27,29 +27,54 @@ def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int 
 
 
 def answer_sampler_config(tokenizer, samples):
-    """Greedy, one token per step, room for the longest answer plus 2 tokens: the model,
-    not the slot count, decides where its answer stops (it must commit EOS)."""
+    """Greedy decoding for held-out answers.
+
+    Free-form tasks: one token per step, room for the longest answer plus 2 tokens, so
+    the model, not the slot count, decides where its answer stops (it must commit EOS).
+    Fixed-slot tasks (associative recall: exactly Q answer words): the answer slots plus
+    EOS, every one masked at once and committed in a single step -- the model cannot use
+    one of its own answers to find another.
+    """
     from memdlm.sampling import SamplerConfig
 
     longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
+    if all(fixed_slots(s.task) for s in samples):
+        return SamplerConfig(max_new_tokens=longest + 1, steps=1, temperature=0.0)
     new_tokens = longest + 2
     return SamplerConfig(max_new_tokens=new_tokens, steps=new_tokens, temperature=0.0)
 
 
+def fixed_slots(task_name: str) -> bool:
+    from memdlm.tasks import get_task
+
+    return bool(getattr(get_task(task_name), "fixed_slots", False))
+
+
 def evaluate_samples(model, tokenizer, samples, memory_args=None, batch_size: int = 16,
                      progress: bool = True) -> dict:
+    """Answer and score ``samples``, each task's group with its own decoding rule.
+
+    Tasks with reference levels (associative recall) also get ``recall_by_task``:
+    per-query and all-correct accuracy beside the uniform and copy levels, and where
+    the wrong answers came from (:func:`memdlm.tasks.recall.recall_report`).
+    """
     from memdlm.generation import generate
     from memdlm.tasks.scoring import score_samples
 
-    config = answer_sampler_config(tokenizer, samples)
-    start = time.perf_counter()
-    texts = generate(model, tokenizer, [s.prompt for s in samples], config, memory_args=memory_args,
-                     seeds=list(range(len(samples))), batch_size=batch_size, progress=progress)
-    exact = [t.strip() == s.response.strip() for t, s in zip(texts, samples)]
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(samples):
         groups.setdefault(s.task, []).append(i)
-    return {
+    start = time.perf_counter()
+    texts: list[str] = [""] * len(samples)
+    for ix in groups.values():
+        group = [samples[i] for i in ix]
+        config = answer_sampler_config(tokenizer, group)
+        outs = generate(model, tokenizer, [s.prompt for s in group], config, memory_args=memory_args,
+                        seeds=ix, batch_size=batch_size, progress=progress)
+        for i, text in zip(ix, outs):
+            texts[i] = text
+    exact = [t.strip() == s.response.strip() for t, s in zip(texts, samples)]
+    result = {
         "items": len(samples), "exact_match": sum(exact) / len(exact),
         "exact_match_by_task": {k: sum(exact[i] for i in ix) / len(ix) for k, ix in groups.items()},
         "score_by_task": {k: score_samples(k, [texts[i] for i in ix], [samples[i] for i in ix])
@@ -58,6 +83,28 @@ def evaluate_samples(model, tokenizer, samples, memory_args=None, batch_size: in
         "examples": [{"prompt_tail": s.prompt[-80:], "answer": s.response.strip(), "prediction": t}
                      for s, t in list(zip(samples, texts))[:8]],
     }
+    recall = {k: recall_of(k, [texts[i] for i in ix], [samples[i] for i in ix]) for k, ix in groups.items()}
+    if any(recall.values()):
+        result["recall_by_task"] = {k: v for k, v in recall.items() if v}
+    return result
+
+
+def recall_of(task_name: str, texts, samples) -> dict | None:
+    from memdlm.tasks import get_task
+    from memdlm.tasks.recall import AssociativeRecallTask, recall_report
+
+    if not isinstance(get_task(task_name), AssociativeRecallTask):
+        return None
+    return recall_report(texts, samples)
+
+
+def describe_recall(report: dict) -> str:
+    """One line: the score beside its reference levels."""
+    ref = report["reference"]
+    return (f"{report['per_query']:.1f}% of queries right ({report['all_correct']:.1f}% of items all "
+            f"right; uniform guessing {ref['uniform']:.1f}%, copying a random context value "
+            f"{ref['copy']:.1f}%; wrong answers: {report['chose']['other_context']:.1f}% another "
+            f"context value, {report['chose']['outside']:.1f}% outside the context)")
 
 
 def evaluate_heldout(model, tokenizer, data_args, out_dir: Path, memory_args=None) -> dict:
@@ -70,4 +117,6 @@ def evaluate_heldout(model, tokenizer, data_args, out_dir: Path, memory_args=Non
     (Path(out_dir) / "heldout_eval.json").write_text(json.dumps(result, indent=2))
     logger.info("held-out exact match at %d tokens: %.1f%% of %d items (%.0fs)", length,
                 100 * result["exact_match"], result["items"], result["seconds"])
+    for task, report in result.get("recall_by_task", {}).items():
+        logger.info("held-out %s at %d tokens: %s", task, length, describe_recall(report))
     return {k: v for k, v in result.items() if k != "examples"}

@@ -181,7 +181,7 @@ def register_task(task: Task) -> Task:
 def _load_builtin() -> None:
     import importlib
 
-    for module in ("kv", "ruler", "babilong", "longresponse", "prose"):
+    for module in ("kv", "recall", "ruler", "babilong", "longresponse", "prose"):
         try:
             importlib.import_module(f"memdlm.tasks.{module}")
         except ModuleNotFoundError as err:  # a generator not shipped yet

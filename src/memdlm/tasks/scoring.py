@@ -87,7 +87,7 @@ def babilong_score(prediction: str, target: str, question: str, labels: Iterable
     return found == {target.lower()}
 
 
-METRICS = ("string_match_all", "string_match_part", "babilong")
+METRICS = ("string_match_all", "string_match_part", "babilong", "recall")
 
 
 def _fields(sample) -> tuple[tuple[str, ...], dict]:
@@ -117,4 +117,8 @@ def score_samples(task_name: str, predictions: Sequence[str], samples: Sequence)
         hits = [babilong_score(p, answers[0], meta["question"], task.labels)
                 for p, (answers, meta) in zip(predictions, fields)]
         return 100.0 * sum(hits) / len(hits)
+    if task.metric == "recall":  # per-query accuracy, answers read by position
+        from memdlm.tasks.recall import recall_report
+
+        return recall_report(predictions, samples)["per_query"]
     raise ValueError(f"task {task_name!r} has unknown metric {task.metric!r}; known: {METRICS}")

@@ -1,0 +1,141 @@
+"""Multi-query associative recall (MQAR; Arora et al. 2023, "Zoology"), in words.
+
+A sample lists N key-value pairs, keys and values single-token words from disjoint
+pools (nouns, adjectives), then asks Q < N of the keys at once, in random order:
+
+    prompt:   " k1 v1 k2 v2 ... kN vN | q1 q2 ... qQ ="
+    response: " a1 a2 ... aQ"            (a_j is the value paired with q_j)
+
+Why this shape:
+- **Q < N** (Q = N/2 by default): with every key asked, a masked answer could be found
+  by elimination -- the one context value not yet used by the visible answers --
+  without matching any key. With half the keys asked, the unasked values stay
+  candidates, so only key matching beats the copy level 1/N.
+- **Fixed N and Q per variant**, so answer j sits exactly Q + 1 tokens after its query
+  (one position offset a model can learn) and the response has exactly Q slots.
+- **Fresh assignments, no held-out tokens.** The key-to-value assignment is random in
+  every sample, so it cannot be memorised; held-out items are fresh seeds of the same
+  pools (holding tokens out would test untrained embeddings instead).
+- **Values drawn without replacement**, so "copy a random context value" scores exactly
+  1/N and every prediction names at most one context pair (the diagnostic below).
+- **Filler**: with a target length above the bare sample, filler words (names and
+  verbs, never keys or values) go between the pairs, which sit at random depths in
+  their original order; the length is counted in the model's tokens like every task.
+
+Scoring (:func:`recall_report`): per-query accuracy (answer j read as the j-th word of
+the prediction) and all-correct accuracy, beside the two reference levels -- uniform
+guessing (1/|values|) and copying a random context value (1/N) -- and how often a
+prediction is the queried value, another context value or a word outside the context.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from functools import lru_cache
+
+from memdlm.data import words
+from memdlm.tasks.base import Sample, Task, fit_filler, insert_at_random, register_task
+
+QUERY_MARK, ANSWER_MARK = "|", "="
+
+
+@lru_cache(maxsize=1)
+def pools() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(keys, values, filler): disjoint word pools (words in two lists are dropped)."""
+    nouns, adjectives = set(words.NOUNS), set(words.ADJECTIVES)
+    keys = tuple(sorted(nouns - adjectives))
+    values = tuple(sorted(adjectives - nouns))
+    taken = nouns | adjectives
+    filler = tuple(sorted({w for w in words.FIRST_NAMES + words.CWE_VERBS
+                           if w.isalpha() and w.lower() not in taken}))
+    return keys, values, filler
+
+
+class AssociativeRecallTask(Task):
+    metric = "recall"
+    fixed_slots = True  # exactly Q answer words: held-out decoding fills them all at once
+
+    def __init__(self, name: str, pairs: int, queries: int | None = None):
+        queries = pairs // 2 if queries is None else queries
+        if not 1 <= queries < pairs:
+            raise ValueError(f"{name}: need 1 <= queries < pairs (got {queries} of {pairs}); "
+                             "asking every key lets answers be found by elimination")
+        self.name, self.pairs, self.queries = name, pairs, queries
+
+    def reference_levels(self) -> dict[str, float]:
+        """Per-query accuracy (0-100) of the two non-solutions every score is read against."""
+        return {"uniform": 100.0 / len(pools()[1]), "copy": 100.0 / self.pairs}
+
+    def build(self, rng, split, length, count, haystack):
+        key_pool, value_pool, filler_pool = pools()
+        keys = rng.sample(key_pool, self.pairs)
+        values = rng.sample(value_pool, self.pairs)
+        asked = rng.sample(range(self.pairs), self.queries)
+        pair_texts = [f"{k} {v}" for k, v in zip(keys, values)]
+        filler_seed, depth_seed = rng.random(), rng.random()
+        answers = tuple(values[i] for i in asked)
+        meta = {"keys": keys, "values": values, "asked": asked}
+        tail = f" {QUERY_MARK} {' '.join(keys[i] for i in asked)} {ANSWER_MARK}"
+        response = " " + " ".join(answers)
+
+        def build_n(n_filler: int) -> Sample:
+            filler = random.Random(filler_seed).choices(filler_pool, k=n_filler)
+            body = insert_at_random(random.Random(depth_seed), filler, pair_texts)
+            return Sample(self.name, " " + " ".join(body) + tail, response, answers, meta)
+
+        return fit_filler(build_n, length, count)
+
+
+def prediction_words(text: str, n: int) -> list[str]:
+    """The first ``n`` words of a prediction, padded with "" (a missing answer is wrong)."""
+    found = text.split()[:n]
+    return found + [""] * (n - len(found))
+
+
+def recall_report(predictions: Sequence[str], samples: Sequence) -> dict:
+    """Per-query and all-correct accuracy (0-100) with the reference levels and where the
+    wrong answers came from. ``samples`` are recall :class:`Sample` objects (or row dicts)."""
+    if len(predictions) != len(samples):
+        raise ValueError(f"{len(predictions)} predictions but {len(samples)} samples")
+    if not samples:
+        raise ValueError("nothing to score: no predictions")
+    counts = {"queried": 0, "other_context": 0, "outside": 0}
+    all_correct = 0
+    task = None
+    for text, sample in zip(predictions, samples):
+        row = sample if isinstance(sample, dict) else sample.to_row()
+        task = task or get_recall_task(row["task"])
+        answers, context_values = row["answers"], set(row["meta"]["values"])
+        guesses = prediction_words(text, len(answers))
+        hits = [g == a for g, a in zip(guesses, answers)]
+        all_correct += all(hits)
+        for guess, hit in zip(guesses, hits):
+            kind = "queried" if hit else "other_context" if guess in context_values else "outside"
+            counts[kind] += 1
+    total = sum(counts.values())
+    return {
+        "per_query": 100.0 * counts["queried"] / total,
+        "all_correct": 100.0 * all_correct / len(samples),
+        "reference": task.reference_levels(),
+        "chose": {k: 100.0 * v / total for k, v in counts.items()},
+        "queries": total,
+        "items": len(samples),
+    }
+
+
+def get_recall_task(name: str) -> AssociativeRecallTask:
+    from memdlm.tasks.base import get_task
+
+    task = get_task(name)
+    if not isinstance(task, AssociativeRecallTask):
+        raise ValueError(f"task {name!r} is not an associative-recall task")
+    return task
+
+
+# The base task: 8 pairs, 4 asked (copy level 12.5%). Long-context variants add pairs
+# here and filler through the length.
+register_task(AssociativeRecallTask("mqar", pairs=8))
+register_task(AssociativeRecallTask("mqar4", pairs=4))
+register_task(AssociativeRecallTask("mqar16", pairs=16))
+register_task(AssociativeRecallTask("mqar32", pairs=32))
