@@ -20,8 +20,14 @@ class ModelArguments:
     """Which backbone and tokenizer to train."""
 
     model: str | None = field(default=None, metadata={
-        "help": "Local model directory (with a tokenizer that has a mask token). Default: a freshly "
-                "initialised tiny bidirectional Gemma3 (about 1.5M parameters) and the shipped tokenizer."})
+        "help": "Local model directory (with a tokenizer that has a mask token) or a shipped model's "
+                "name (e.g. mqar-base). Default: a freshly initialised model from --init-config and the "
+                "shipped tokenizer."})
+    init_config: str | None = field(default=None, metadata={
+        "help": "Without --model: the config of the model trained from scratch -- a shipped name "
+                "('tiny': the 2-4 layer bidirectional Gemma3; 'recall': the associative-recall base's "
+                "architecture) or a config.json path naming a stock transformers class in "
+                "'architectures'. Default: tiny."})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Allow model code from the model directory (LLaDA, Dream, LLaDA2). Off unless asked."})
     tiny_layers: int | None = field(default=None, metadata={

@@ -15,11 +15,29 @@ from pathlib import Path
 import torch
 
 logger = logging.getLogger("memdlm")
-TINY_CONFIG = Path(__file__).parent / "assets" / "tiny" / "config.json"
+INIT_DIR = Path(__file__).parent / "assets" / "init"  # configs of models trained from scratch
+TINY_CONFIG = INIT_DIR / "tiny.json"
 
 
-def tiny_config_dict(**overrides) -> dict:
-    cfg = json.loads(TINY_CONFIG.read_text())
+def init_configs() -> list[str]:
+    """Names of the shipped from-scratch configs (``--init-config NAME``)."""
+    return sorted(p.stem for p in INIT_DIR.glob("*.json"))
+
+
+def init_config_path(name_or_path: str | None) -> Path:
+    """A shipped config's path by name (default: the tiny Gemma3), or a JSON file's path."""
+    if name_or_path is None:
+        return TINY_CONFIG
+    if (INIT_DIR / f"{name_or_path}.json").is_file():
+        return INIT_DIR / f"{name_or_path}.json"
+    if Path(name_or_path).is_file():
+        return Path(name_or_path)
+    raise FileNotFoundError(f"--init-config {name_or_path!r}: no such file, and not a shipped config "
+                            f"(shipped: {', '.join(init_configs())})")
+
+
+def tiny_config_dict(path: Path | None = None, **overrides) -> dict:
+    cfg = json.loads((path or TINY_CONFIG).read_text())
     cfg.update(overrides)
     return cfg
 
@@ -35,26 +53,31 @@ def tiny_head_overrides(heads: int, hidden_size: int | None = None) -> dict:
             "query_pre_attn_scalar": head_dim}
 
 
-def build_tiny_model(tokenizer, seed: int | None = None, **overrides):
-    """A freshly initialised tiny bidirectional Gemma3 sized for ``tokenizer``.
+def build_tiny_model(tokenizer, seed: int | None = None, config_path: Path | None = None, **overrides):
+    """A freshly initialised model sized for ``tokenizer`` from a from-scratch config.
 
-    ``overrides`` change config fields (e.g. ``num_hidden_layers=10``).
+    The config (default: the tiny bidirectional Gemma3, ``assets/init/tiny.json``) is a
+    stock transformers config whose ``architectures[0]`` names the class to build;
+    ``overrides`` change its fields (e.g. ``num_hidden_layers=10``). The vocabulary and
+    special tokens always come from the tokenizer.
     """
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    import transformers
+    from transformers import AutoConfig
 
-    cfg = tiny_config_dict(**overrides)
-    for key in ("architectures", "model_type"):
-        cfg.pop(key, None)
-    n_layers = cfg["num_hidden_layers"]
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-        layer_types=["full_attention"] * n_layers, **cfg,
-    )
+    cfg = tiny_config_dict(config_path, **overrides)
+    architecture = cfg.pop("architectures", ["Gemma3ForCausalLM"])[0]
+    model_type = cfg.pop("model_type", "gemma3_text")
+    if model_type == "gemma3_text":  # every layer global: a position sees the whole sequence
+        cfg["layer_types"] = ["full_attention"] * cfg["num_hidden_layers"]
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **cfg)
     config.mask_token_id = tokenizer.mask_token_id
     if seed is not None:
         torch.manual_seed(seed)
-    return Gemma3ForCausalLM(config)
+    model = getattr(transformers, architecture)(config)
+    make_bidirectional(model)
+    return model
 
 
 def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None,

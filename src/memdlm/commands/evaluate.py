@@ -41,7 +41,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                       help="A MemDLM-trained model: adds 'MemDLM Train-Only' and "
                            "'MemDLM Train & Inference'.")
     p.add_argument("--tasks", nargs="+", default=["kv", "niah"], metavar="TASK",
-                   help="Tasks (default: kv niah). Known: kv niah mv vt cwe qa1..qa5 longresp.")
+                   help="Tasks (default: kv niah). Known: " + " ".join(_task_names()) + ".")
     p.add_argument("--lengths", nargs="+", type=int, default=[128, 256, 512], metavar="TOKENS",
                    help="Context lengths in tokens, prompt plus answer (default: 128 256 512).")
     p.add_argument("--items", type=int, default=50, help="Held-out items per (task, length) (default 50).")
@@ -57,6 +57,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from the run directories.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     return p
+
+
+def _task_names() -> list[str]:
+    from memdlm.tasks import task_names
+
+    return task_names()
 
 
 def resolve_runs(args) -> list:

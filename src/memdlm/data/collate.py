@@ -15,10 +15,20 @@ import torch
 IGNORE = -100
 
 
+def token_ids(tokenizer, text: str) -> list[int]:
+    """``tokenizer(text, add_special_tokens=False)["input_ids"]``, through the fast backend
+    when there is one (same ids, about 5x less overhead: generated training data is
+    tokenised on the fly, once per sample)."""
+    core = getattr(tokenizer, "backend_tokenizer", None)
+    if core is not None:
+        return core.encode(text, add_special_tokens=False).ids
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def encode_pair(tokenizer, prompt: str, response: str) -> dict:
     """Prompt ids (not maskable) + response ids + EOS (maskable)."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    p = token_ids(tokenizer, prompt)
+    r = token_ids(tokenizer, response) + [tokenizer.eos_token_id]
     return {"input_ids": p + r, "labels": [IGNORE] * len(p) + r}
 
 

@@ -182,7 +182,7 @@ def _suite_items(tokenizer, tasks, lengths, n, seed):
 
 def _answer_cell(model, tokenizer, samples, memory_args, batch_size, progress) -> dict:
     """Generate and score one run on one cell's items."""
-    from memdlm.eval.heldout import answer_sampler_config
+    from memdlm.eval.heldout import answer_sampler_config, recall_of
     from memdlm.generation import generate
     from memdlm.tasks.scoring import score_samples
 
@@ -194,7 +194,7 @@ def _answer_cell(model, tokenizer, samples, memory_args, batch_size, progress) -
     task = samples[0].task
     item_scores = [score_samples(task, [t], [s]) for t, s in zip(texts, samples)]
     exact = [t.strip() == s.response.strip() for t, s in zip(texts, samples)]
-    return {
+    cell = {
         "score": score_samples(task, texts, samples),
         "exact_match": sum(exact) / len(exact),
         "n": len(samples),
@@ -204,6 +204,10 @@ def _answer_cell(model, tokenizer, samples, memory_args, batch_size, progress) -
         "item_correct": exact,
         "predictions": texts,
     }
+    recall = recall_of(task, texts, samples)
+    if recall:  # associative recall: reference levels and where wrong answers came from
+        cell["recall"] = recall
+    return cell
 
 
 def _tokenizer_signature(tokenizer) -> str:
@@ -376,6 +380,7 @@ def to_markdown(result: dict, n_boot: int = 2000) -> str:
                 row.append(f"{diff:+.1f} [{lo:+.1f}, {hi:+.1f}]{flag}")
             lines.append(f"| {c['task']} | {c['length']} | " + " | ".join(row) + " |")
 
+    lines += _recall_tables(result, names)
     skipped = [c for c in result["cells"] if c["skipped"]]
     if skipped:
         lines += ["", "## Skipped cells", ""]
@@ -384,6 +389,29 @@ def to_markdown(result: dict, n_boot: int = 2000) -> str:
         f"{r['name']} = {r['model_dir']}" + (" (inference-time adaptation)" if r["memory"] else "")
         for r in result["runs"])]
     return "\n".join(lines) + "\n"
+
+
+def _recall_tables(result: dict, names: list[str]) -> list[str]:
+    """Associative-recall cells: each run's per-query accuracy beside the two reference
+    levels, and the share of wrong answers that named another context value."""
+    cells = [c for c in result["cells"] if not c["skipped"] and "recall" in c["results"][names[0]]]
+    if not cells:
+        return []
+    lines = ["", "## Associative recall: per-query accuracy (%) against its reference levels", "",
+             "| Task | Length | uniform | copy a context value | "
+             + " | ".join(f"{nm} (all right; other-context)" for nm in names) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(names)]
+    for c in cells:
+        ref = c["results"][names[0]]["recall"]["reference"]
+        row = []
+        for nm in names:
+            r = c["results"][nm]["recall"]
+            row.append(f"{r['per_query']:.1f} ({r['all_correct']:.1f}; {r['chose']['other_context']:.1f})")
+        lines.append(f"| {c['task']} | {c['length']} | {ref['uniform']:.1f} | {ref['copy']:.1f} | "
+                     + " | ".join(row) + " |")
+    lines += ["", "A per-query score at the copy level means the model picks a context value "
+              "without matching its key: not learned."]
+    return lines
 
 
 def plot_suite(result: dict, path) -> bool:

@@ -17,11 +17,14 @@ import torch.nn as nn
 from memdlm.memory.experts import expert_targets, fused_expert_params
 
 # Module-name suffixes of FFN / attention projections, by family.
+# A name matches when it ends with one of these (dot-separated) suffixes.
 FFN_NAMES = ("gate_proj", "up_proj", "down_proj",  # Llama, Qwen, Gemma, Mistral
              "w1", "w2", "w3",  # Mixtral experts (legacy), LLaDA
-             "ff_proj", "ff_out", "up_proj", "Wi", "Wo", "fc1", "fc2", "c_fc", "c_proj")
-ATTN_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "Wqkv", "att_proj", "attn_out")
-LAYER_PATTERN = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
+             "ff_proj", "ff_out", "Wi", "Wo", "fc1", "fc2", "c_fc", "c_proj",
+             "intermediate.dense", "output.dense")  # BERT / DeBERTa (attention.output.dense excluded below)
+ATTN_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "Wqkv", "att_proj", "attn_out",
+              "query_proj", "key_proj", "value_proj")
+LAYER_PATTERN = re.compile(r"\.(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ def num_layers(model: nn.Module) -> int:
 def first_adapted_layer(n_layers: int, fraction: float) -> int:
     """floor(L * (1 - fraction)), but never past the last layer (at least one adapted)."""
     return min(n_layers - 1, math.floor(n_layers * (1 - fraction) + 1e-9))
+
+
+def _ends_with_any(name: str, suffixes) -> bool:
+    return any(name == s or name.endswith("." + s) for s in suffixes)
 
 
 def _is_attention_module(name: str) -> bool:
@@ -91,8 +98,7 @@ def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
             if not regex.search(name):
                 continue
         else:
-            leaf = name.rsplit(".", 1)[-1]
-            if m is None or int(m.group(1)) < first or leaf not in suffixes:
+            if m is None or int(m.group(1)) < first or not _ends_with_any(name, suffixes):
                 continue
             if scope == "ffn" and _is_attention_module(name):  # ModernBERT's attn.Wo is not FFN
                 continue

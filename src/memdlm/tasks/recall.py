@@ -88,8 +88,9 @@ class AssociativeRecallTask(Task):
 
 
 def prediction_words(text: str, n: int) -> list[str]:
-    """The first ``n`` words of a prediction, padded with "" (a missing answer is wrong)."""
-    found = text.split()[:n]
+    """The first ``n`` words of a prediction, lower-cased (as every scorer here compares),
+    padded with "" (a missing answer is wrong)."""
+    found = text.lower().split()[:n]
     return found + [""] * (n - len(found))
 
 
@@ -106,7 +107,8 @@ def recall_report(predictions: Sequence[str], samples: Sequence) -> dict:
     for text, sample in zip(predictions, samples):
         row = sample if isinstance(sample, dict) else sample.to_row()
         task = task or get_recall_task(row["task"])
-        answers, context_values = row["answers"], set(row["meta"]["values"])
+        answers = [a.lower() for a in row["answers"]]
+        context_values = {v.lower() for v in row["meta"]["values"]}
         guesses = prediction_words(text, len(answers))
         hits = [g == a for g, a in zip(guesses, answers)]
         all_correct += all(hits)

@@ -28,7 +28,7 @@ logger = logging.getLogger("memdlm")
 
 
 def build_model_and_tokenizer(model_args, seed: int):
-    from memdlm.modeling import build_tiny_model, load_model, tiny_head_overrides
+    from memdlm.modeling import build_tiny_model, init_config_path, load_model, tiny_head_overrides
     from memdlm.tokenizer import load_tokenizer
 
     quantization = quantization_config(model_args)  # --load-in-4bit: fails fast, before any loading
@@ -45,8 +45,13 @@ def build_model_and_tokenizer(model_args, seed: int):
             overrides.update(tiny_head_overrides(model_args.tiny_heads, overrides.get("hidden_size")))
         if model_args.tiny_overrides:
             overrides.update(parse_overrides(model_args.tiny_overrides))
-        model = build_tiny_model(tokenizer, seed=seed, **overrides)
+        model = build_tiny_model(tokenizer, seed=seed, config_path=init_config_path(model_args.init_config),
+                                 **overrides)
     else:
+        if model_args.init_config:
+            from memdlm.errors import ConfigError
+
+            raise ConfigError("--init-config builds a model from scratch; it cannot be combined with --model")
         model = load_model(model_args.model, model_args.trust_remote_code, quantization_config=quantization)
     if model_args.use_lora:
         model = wrap_lora(model, model_args)
