@@ -1,6 +1,16 @@
-"""Scratch recipe search for MQAR (answers as a block after the queries)."""
-import argparse, math, time, json, sys
-import torch, torch.nn.functional as F
+"""The recipe search's probe: token-level MQAR in the layout of ``memdlm.tasks.recall``
+(pairs, filler, SEP, queries, SEP, answers, EOS), MDLM loss on the answers only, evaluated
+with every answer masked at once beside the copy level 1/N. Not package code: a quick way
+to compare architectures and optimiser settings before a `memdlm train` run. Its logs from
+the search are in docs/results/recall_search/ (docs/RESULTS.md reads them).
+
+    python scripts/experiments/mqar_recipe_probe.py --arch deberta --conv 11 --seconds 2400
+"""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
 
 p = argparse.ArgumentParser()
 p.add_argument("--arch", default="deberta")
@@ -24,21 +34,27 @@ p.add_argument("--wd", type=float, default=0.0)
 p.add_argument("--noeq", type=int, default=0)
 p.add_argument("--mixq1", type=float, default=0.0, help="fraction of batches with Q=1")
 a = p.parse_args()
-torch.set_num_threads(a.threads); torch.manual_seed(a.seed)
-V = 2048; PAD, MASK, EOS, SEP = 0, 1, 2, 3
-KEYS = torch.arange(100, 278); VALS = torch.arange(300, 514); FILL = torch.arange(600, 1600)
+torch.set_num_threads(a.threads)
+torch.manual_seed(a.seed)
+V = 2048
+PAD, MASK, EOS, SEP = 0, 1, 2, 3
+KEYS = torch.arange(100, 278)
+VALS = torch.arange(300, 514)
+FILL = torch.arange(600, 1600)
 N, Q = a.pairs, a.queries
 
 def batch(n, g, Q=Q):
     ks = torch.stack([KEYS[torch.randperm(len(KEYS), generator=g)[:N]] for _ in range(n)])
     vs = VALS[torch.randint(0, len(VALS), (n, N), generator=g)]
     order = torch.stack([torch.randperm(N, generator=g)[:Q] for _ in range(n)])
-    qk = torch.gather(ks, 1, order); qa = torch.gather(vs, 1, order)
+    qk = torch.gather(ks, 1, order)
+    qa = torch.gather(vs, 1, order)
     fill = FILL[torch.randint(0, len(FILL), (n, a.filler), generator=g)]
     eq = [] if a.noeq else [torch.full((n, 1), SEP)]
     x = torch.cat([torch.stack([ks, vs], -1).flatten(1), fill, torch.full((n, 1), SEP), qk,
                    *eq, qa, torch.full((n, 1), EOS)], 1)
-    ans = torch.zeros_like(x, dtype=torch.bool); L = x.shape[1]
+    ans = torch.zeros_like(x, dtype=torch.bool)
+    L = x.shape[1]
     ans[:, L - 1 - Q:L - 1] = True
     return x, ans
 
@@ -81,7 +97,8 @@ elif a.arch == "modernbert":
 print(type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6, "M", flush=True)
 opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.wd, betas=(0.9, 0.98))
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / a.warmup))
-g = torch.Generator().manual_seed(a.seed); eg = torch.Generator().manual_seed(999)
+g = torch.Generator().manual_seed(a.seed)
+eg = torch.Generator().manual_seed(999)
 xe, ae = batch(500, eg)
 
 def evaluate():
@@ -96,18 +113,25 @@ def evaluate():
     acc = (pred == gold).float().mean().item()
     return acc, in_ctx.float().mean().item(), (pred == gold).all(1).float().mean().item()
 
-t0 = time.time(); print(f"seq len {xe.shape[1]} copy level {1/N:.3f}", flush=True)
+t0 = time.time()
+print(f"seq len {xe.shape[1]} copy level {1/N:.3f}", flush=True)
 for step in range(1, a.steps + 1):
     x, ans = batch(a.batch, g, 1 if torch.rand(1, generator=g).item() < a.mixq1 else Q)
     t = a.tmin + (1 - a.tmin) * torch.rand(a.batch, 1, generator=g)
     m = (torch.rand(x.shape, generator=g) < t) & ans
     none = ~m.any(1)
     if none.any():
-        idx = torch.multinomial(ans[none].float(), 1); m[none] = m[none].scatter(1, idx, True)
+        idx = torch.multinomial(ans[none].float(), 1)
+        m[none] = m[none].scatter(1, idx, True)
     h = hidden(x.masked_fill(m, MASK))
     loss = F.cross_entropy(head(h[m]), x[m])
-    opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); sched.step()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
     if step % a.eval_every == 0:
         acc, inctx, allc = evaluate()
         print(f"step {step} loss {loss.item():.3f} acc {acc:.3f} in_ctx {inctx:.3f} all {allc:.3f} ({time.time()-t0:.0f}s)", flush=True)
-    if time.time() - t0 > a.seconds: break
+    if time.time() - t0 > a.seconds:
+        break
