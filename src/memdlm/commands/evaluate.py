@@ -49,9 +49,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help="Seed of the held-out items (default: memdlm.eval.heldout.HELDOUT_SEED).")
     p.add_argument("--output-dir", required=True, metavar="OUT", help="Where the report goes.")
-    p.add_argument("--adapt-mask-ratio", type=float, default=0.2,
-                   help="Inference-time adaptation: fraction of the prompt masked as the anchor "
-                        "(paper: 0.2).")
+    p.add_argument("--adapt-mask-ratio", type=float, default=None,
+                   help="Inference-time adaptation: fraction of the prompt masked as the anchor. "
+                        "Default: each run's own training setting (paper: 0.2). Every other memory "
+                        "setting (targets, rank, inner loop) is always the run's own.")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: OMP_NUM_THREADS, else 1 on small CPUs).")
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from the run directories.")
@@ -94,16 +95,15 @@ def run(argv: list[str], prog: str = "memdlm eval") -> int:
 
     from memdlm.config import default_threads
     from memdlm.eval.suite import evaluate_suite, save_suite, to_markdown
-    from memdlm.memory.config import MemoryArguments
     from memdlm.tasks import task_names
 
     unknown = sorted(set(args.tasks) - set(task_names()))
     if unknown:
         raise ConfigError(f"unknown tasks {unknown}; choose from {task_names()}")
     torch.set_num_threads(args.threads or default_threads())
-    memory_args = MemoryArguments(adapt_mask_ratio=args.adapt_mask_ratio)
     result = evaluate_suite(runs, args.tasks, args.lengths, args.items, seed=args.seed,
-                            batch_size=args.batch_size, memory_args=memory_args,
+                            batch_size=args.batch_size,
+                            memory_overrides={"adapt_mask_ratio": args.adapt_mask_ratio},
                             progress=not args.no_progress, trust_remote_code=args.trust_remote_code)
     result["threads"] = torch.get_num_threads()
     paths = save_suite(result, args.output_dir)

@@ -28,7 +28,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="Wrap each prompt in the tokenizer's chat template.")
     p.add_argument("--memory", action="store_true",
                    help="Inference-time adaptation: write a per-prompt memory from the prompt, then sample.")
-    p.add_argument("--adapt-mask-ratio", type=float, default=0.2, help="Prompt fraction masked for adaptation.")
+    p.add_argument("--adapt-mask-ratio", type=float, default=None,
+                   help="Prompt fraction masked for adaptation. Default: the run's own training setting.")
     p.add_argument("--batch-size", type=int, default=16, help="Prompts per batch.")
     p.add_argument("--threads", type=int, default=None, help="CPU threads.")
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from --model.")

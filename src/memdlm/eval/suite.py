@@ -217,12 +217,15 @@ def _tokenizer_signature(tokenizer) -> str:
 
 def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n: int,
                    seed: int | None = None, batch_size: int = 8, memory_args=None,
+                   memory_overrides: dict | None = None,
                    progress: bool = True, trust_remote_code: bool = False,
                    loader=None) -> dict:
     """Evaluate every run on every (task, length) cell, on shared held-out items.
 
-    ``memory_args`` (a :class:`~memdlm.memory.config.MemoryArguments`; default: the
-    paper's settings) is used by the runs with ``memory=True``. ``seed`` selects the
+    Runs with ``memory=True`` adapt with their own training run's memory settings
+    (``run_config.json``; the defaults for a model that has none) updated by
+    ``memory_overrides``, unless ``memory_args`` (a
+    :class:`~memdlm.memory.config.MemoryArguments`) fixes one for every run. ``seed`` selects the
     held-out items (default ``memdlm.eval.heldout.HELDOUT_SEED``). ``loader(dir) ->
     (model, tokenizer)`` replaces loading from disk (tests, in-memory models).
 
@@ -235,7 +238,6 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     from tqdm.auto import tqdm
 
     from memdlm.eval.heldout import HELDOUT_SEED
-    from memdlm.memory.config import MemoryArguments
 
     _check_runs(runs)
     if not tasks or not lengths:
@@ -248,7 +250,6 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         if getattr(get_task(task), "plain_text", False):
             raise ValueError(f"task {task!r} is plain text for pre-training: it has no answers to score")
     seed = HELDOUT_SEED if seed is None else seed
-    memory_args = memory_args or MemoryArguments()
     loader = loader or (lambda d: _load(d, trust_remote_code))
     start = time.perf_counter()
 
@@ -258,6 +259,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         groups.setdefault(run.model_dir, []).append(run)
 
     items = None
+    memory_by_run: dict[str, dict] = {}
     reference_signature = None
     results: dict[tuple[str, int, str], dict] = {}
     total = len(runs) * len(tasks) * len(lengths)
@@ -273,11 +275,13 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
             logger.warning("%s has a different tokenizer from %s: its items' lengths are counted "
                            "in the first run's tokens", model_dir, runs[0].model_dir)
         for run in group:
+            run_memory = _memory_of(run, memory_args, memory_overrides) if run.memory else None
+            if run_memory is not None:
+                memory_by_run[run.name] = asdict(run_memory)
             for (task, length), samples in items.items():
                 bar.set_description(f"{run.name} | {task}@{length}")
                 if not isinstance(samples, str):
-                    cell = _answer_cell(model, tokenizer, samples,
-                                        memory_args if run.memory else None, batch_size,
+                    cell = _answer_cell(model, tokenizer, samples, run_memory, batch_size,
                                         progress=progress and len(samples) > batch_size)
                     results[(task, length, run.name)] = cell
                     bar.set_postfix(score=f"{cell['score']:.1f}")
@@ -300,10 +304,22 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         "runs": [asdict(r) for r in runs],
         "tasks": list(tasks), "lengths": list(lengths), "n": n, "seed": seed,
         "batch_size": batch_size,
-        "memory_args": asdict(memory_args),
+        "memory_args": memory_by_run,  # per adapted run: the settings it was adapted with
         "cells": cells,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _memory_of(run: RunSpec, memory_args, overrides: dict | None):
+    """The memory a run adapts with: ``memory_args`` when the caller fixes one for every
+    run, else the run's own training settings (``run_config.json``) with ``overrides``
+    (e.g. an explicit ``--adapt-mask-ratio``): inference-time adaptation must use the
+    targets, rank and inner loop the run was trained with."""
+    from memdlm.memory.config import load_memory_args
+
+    if memory_args is not None:
+        return memory_args
+    return load_memory_args(run.model_dir, **(overrides or {}))
 
 
 def _load(model_dir: str, trust_remote_code: bool):
