@@ -64,11 +64,17 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     ``*ForMaskedLM`` architectures (ModernBERT) load as masked LMs, everything else
     as a causal-LM class made bidirectional (:func:`make_bidirectional`).
     ``quantization_config`` (e.g. bitsandbytes 4-bit) is passed to ``from_pretrained``.
+    A LoRA run directory loads as its base plus adapter (:mod:`memdlm.lora_run`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
+    from memdlm.lora_run import is_lora_run, load_lora_run
+
     if not Path(path).is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist")
+    if is_lora_run(path):
+        return load_lora_run(path, load_model, trust_remote_code=trust_remote_code, dtype=dtype,
+                             quantization_config=quantization_config)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True)
     if dtype is not None:
