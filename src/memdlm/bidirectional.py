@@ -79,7 +79,9 @@ def position_zero_sees_last_token(model, padded: bool, seed: int = 0) -> bool:
             b = forward_logits(model, edited.to(device), mask.to(device))[0, 0]
     finally:
         model.train(was_training)
-    return not torch.equal(a, b)
+    # a tolerance, not equality: in MoE models the edit re-routes other tokens, and expert
+    # matmuls over a different number of rows round position 0 differently in the last bits
+    return not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-4)
 
 
 def ensure_bidirectional(model) -> None:

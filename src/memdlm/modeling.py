@@ -99,6 +99,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
         key, reference = remote
         cls = import_remote_class(path, reference)
         patch_tied_weights_contract(cls)
+        cls.register_for_auto_class(key)  # so save_pretrained copies the code into run directories
         model = cls.from_pretrained(path, config=config, **kwargs)
         if key == "AutoModel" and model.get_output_embeddings() is None:
             raise ValueError(f"{path}: auto_map names only AutoModel ({reference}), and that class has no LM "

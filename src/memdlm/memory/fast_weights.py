@@ -104,9 +104,10 @@ class FastWeights:
                 slots = None
             return slot_delta(group, x32, slots, self.scale)
         params = group
-        if self.slot_of_sample is not None:
-            params = [p[self.slot_of_sample] for p in group] if self.num_slots > 1 else \
-                     [p.expand(x32.shape[0], *p.shape[1:]) for p in group]
+        if self.num_slots == 1:  # one memory for every sample
+            params = [p.expand(x32.shape[0], *p.shape[1:]) for p in group]
+        elif self.slot_of_sample is not None:
+            params = [p[self.slot_of_sample] for p in group]
         if len(params) == 1:  # dense: [b, l, in] @ [b, in, out]
             return torch.bmm(x32, params[0].transpose(1, 2))
         a, b = params
