@@ -258,8 +258,8 @@ def test_memdlm_step_on_each_family(tok, written, tmp_path, family, mode):
 
 # --- end to end through the CLI: train (shared, per-sample), generate (+memory), LoRA -----------
 TRAIN = ["--trust-remote-code", "--method", "memdlm", "--max-steps", "2", "--per-device-train-batch-size", "2",
-         "--train-lengths", "64", "96", "--heldout-items", "0", "--num-eval-samples", "0",
-         "--save-strategy", "no", "--disable-tqdm", "true"]
+         "--train-lengths", "80", "96", "--heldout-items", "0", "--num-eval-samples", "0",
+         "--save-strategy", "no", "--disable-tqdm", "true", "--logging-steps", "1"]
 
 
 def _generate(run, capsys, *extra):
