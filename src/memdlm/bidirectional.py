@@ -22,10 +22,12 @@ import logging
 
 import torch
 
+from memdlm.errors import ConfigError
+
 logger = logging.getLogger("memdlm")
 
 
-class CausalAttentionError(ValueError):
+class CausalAttentionError(ConfigError):
     """The model attends causally, and memdlm cannot switch it off from outside."""
 
 
