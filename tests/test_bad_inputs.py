@@ -166,12 +166,14 @@ def test_target_pattern_matching_nothing(tmp_path, capsys):
 
 def test_model_whose_ffn_is_unknown_to_the_table(tok, tmp_path, capsys):
     """GPT-2's FFN is Conv1D (c_fc / c_proj), not nn.Linear: no default target; the error
-    names the model, what was looked for and the way out."""
+    names the model, what was looked for and the way out. (``is_causal = False``: a causal
+    GPT-2 is refused earlier, by the bidirectionality check.)"""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256,
                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                         bos_token_id=tok.eos_token_id)
+    config.is_causal = False
     path = tmp_path / "gpt2"
     GPT2LMHeadModel(config).save_pretrained(path)
     tok.save_pretrained(path)
@@ -180,6 +182,19 @@ def test_model_whose_ffn_is_unknown_to_the_table(tok, tmp_path, capsys):
     line = one_error_line(capsys, rc)
     assert "GPT2LMHeadModel: no module matches ffn projections" in line and "in layers >= 1" in line
     assert "--memory_target_modules" in line
+
+
+def test_causal_model_without_a_switch_is_refused_in_one_line(tok, tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                        bos_token_id=tok.eos_token_id)
+    path = tmp_path / "gpt2"
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    rc = main(["train", "--model", str(path), "--output-dir", str(tmp_path / "run"), *QUICK])
+    assert "GPT2LMHeadModel: position 0 ignores the last token" in one_error_line(capsys, rc)
 
 
 # --- non-finite losses --------------------------------------------------------------------------

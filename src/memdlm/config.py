@@ -50,6 +50,9 @@ class ModelArguments:
     lora_alpha: int = field(default=64, metadata={"help": "Outer LoRA alpha (paper: 64)."})
     lora_target_modules: str = field(default="all-linear", metadata={
         "help": "Outer LoRA targets: 'all-linear', a comma-separated list of module names, or a regex."})
+    save_merged_lora: bool = field(default=False, metadata={
+        "help": "With --use-lora: also save RUN/merged, the base with the adapter merged in (a full model "
+                "copy, loaded instead of base + adapter; lets the run travel without its base)."})
 
 
 @dataclass

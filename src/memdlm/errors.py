@@ -13,8 +13,9 @@ USER_ERROR_TEXT = ("mask token", "no module matches", "unknown ", "is empty")
 
 def is_user_error(err: BaseException) -> bool:
     from memdlm.data.formats import DataError
+    from memdlm.remote_code import RemoteCodeError
 
-    if isinstance(err, (DataError, ConfigError, FileNotFoundError)):
+    if isinstance(err, (DataError, ConfigError, FileNotFoundError, RemoteCodeError)):
         return True
     if isinstance(err, ValueError) and _raised_by_option_validation(err):
         return True

@@ -86,16 +86,32 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     ``local_files_only``).
 
     ``*ForMaskedLM`` architectures (ModernBERT) load as masked LMs, everything else
-    as a causal-LM class made bidirectional (:func:`make_bidirectional`).
-    ``quantization_config`` (e.g. bitsandbytes 4-bit) is passed to ``from_pretrained``.
+    as a causal-LM class made bidirectional (:func:`make_bidirectional`). Remote code
+    (``--trust-remote-code``) loads the class its ``auto_map`` names, with the fixes
+    4.x-era code needs under transformers 5 (:mod:`memdlm.remote_code`). Every model is
+    then checked to attend bidirectionally in unpadded and padded batches
+    (:mod:`memdlm.bidirectional`). ``quantization_config`` (e.g. bitsandbytes 4-bit) is
+    passed to ``from_pretrained``. A LoRA run directory loads as its base plus adapter
+    (:mod:`memdlm.lora_run`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
+    from memdlm.bidirectional import ensure_bidirectional
+    from memdlm.lora_run import is_lora_run, load_lora_run
+    from memdlm.remote_code import (
+        import_remote_class,
+        patch_tied_weights_contract,
+        remote_class_reference,
+        reset_rotary_buffers,
+    )
     from memdlm.shipped import missing_model_hint, resolve_model
 
     path = resolve_model(path)
     if not Path(path).is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist{missing_model_hint()}")
+    if is_lora_run(path):
+        return load_lora_run(path, load_model, trust_remote_code=trust_remote_code, dtype=dtype,
+                             quantization_config=quantization_config)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True)
     if dtype is not None:
@@ -104,10 +120,25 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
         kwargs["quantization_config"] = quantization_config
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"{path}: encoder-decoder models are not supported")
-    architectures = getattr(config, "architectures", None) or []
-    loader = AutoModelForMaskedLM if any("MaskedLM" in a for a in architectures) else AutoModelForCausalLM
-    model = loader.from_pretrained(path, **kwargs)
+    remote = remote_class_reference(config) if trust_remote_code else None
+    if remote is not None:
+        key, reference = remote
+        cls = import_remote_class(path, reference)
+        patch_tied_weights_contract(cls)
+        cls.register_for_auto_class(key)  # so save_pretrained copies the code into run directories
+        model = cls.from_pretrained(path, config=config, **kwargs)
+        if key == "AutoModel" and model.get_output_embeddings() is None:
+            raise ValueError(f"{path}: auto_map names only AutoModel ({reference}), and that class has no LM "
+                             "head (get_output_embeddings() is None)")
+        reset = reset_rotary_buffers(model)
+        if reset:
+            logger.info("%s: recomputed %d rotary inv_freq buffers from the config", path, len(reset))
+    else:
+        architectures = getattr(config, "architectures", None) or []
+        loader = AutoModelForMaskedLM if any("MaskedLM" in a for a in architectures) else AutoModelForCausalLM
+        model = loader.from_pretrained(path, **kwargs)
     make_bidirectional(model)
+    ensure_bidirectional(model)
     return model
 
 

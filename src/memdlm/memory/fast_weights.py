@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from memdlm.masking import seeded_generator
-from memdlm.memory.experts import install_expert_hooks
+from memdlm.memory.expert_lists import RowSlots, route_rows_to_slots
+from memdlm.memory.experts import install_expert_hooks, slot_delta
 from memdlm.memory.targets import Target
 
 
@@ -36,6 +37,8 @@ class FastWeights:
     scale: float
     slot_of_sample: torch.Tensor | None = None  # [b]; None: slot i <-> sample i (per-sample)
     stats: dict = field(default_factory=dict)
+    # slots of the rows the running list-expert got (memory.expert_lists); None elsewhere
+    row_slots: RowSlots = field(default_factory=RowSlots, repr=False)
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -92,35 +95,42 @@ class FastWeights:
     # --- application ------------------------------------------------------------------
     def _delta(self, group: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
-        squeeze = x32.dim() == 2
-        if squeeze:
-            x32 = x32[:, None, :]
+        if x32.dim() == 2:  # rows of a list-of-MLP expert, [n_routed, in]: slots from the routing
+            slots = self.row_slots.current
+            if slots is None or slots.shape[0] != x32.shape[0]:
+                if self.num_slots > 1:
+                    raise ValueError(f"a fast-weight target got a 2-D input {tuple(x.shape)} outside a known MoE "
+                                     "expert list: which sample each row belongs to is unknown")
+                slots = None
+            return slot_delta(group, x32, slots, self.scale)
         params = group
-        if self.slot_of_sample is not None:
-            params = [p[self.slot_of_sample] for p in group] if self.num_slots > 1 else \
-                     [p.expand(x32.shape[0], *p.shape[1:]) for p in group]
+        if self.num_slots == 1:  # one memory for every sample
+            params = [p.expand(x32.shape[0], *p.shape[1:]) for p in group]
+        elif self.slot_of_sample is not None:
+            params = [p[self.slot_of_sample] for p in group]
         if len(params) == 1:  # dense: [b, l, in] @ [b, in, out]
-            out = torch.bmm(x32, params[0].transpose(1, 2))
-        else:
-            a, b = params
-            out = torch.bmm(torch.bmm(x32, a.transpose(1, 2)), b.transpose(1, 2)) * self.scale
-        return out[:, 0, :] if squeeze else out
+            return torch.bmm(x32, params[0].transpose(1, 2))
+        a, b = params
+        return torch.bmm(torch.bmm(x32, a.transpose(1, 2)), b.transpose(1, 2)) * self.scale
 
     @contextlib.contextmanager
-    def active(self, measure: bool = False):
+    def active(self, measure: bool = False, calls: set | None = None):
         """Add the deltas to the targets' outputs for forward passes inside the block.
 
         With ``measure``, records ||delta|| / ||output|| per target call in
         ``stats["relative_change"]``: how large a perturbation the memory is
-        relative to the adapted layers' own outputs.
+        relative to the adapted layers' own outputs. ``calls`` collects the indices
+        of the linear targets that ran.
         """
         handles = []
         changes = self.stats.setdefault("relative_change", []) if measure else None
-        for target, group in zip(self.targets, self.tensors):
+        for index, (target, group) in enumerate(zip(self.targets, self.tensors)):
             if target.kind != "linear":  # fused MoE experts: one hook per experts module, below
                 continue
 
-            def hook(_module, args, output, group=group):
+            def hook(_module, args, output, group=group, index=index):
+                if calls is not None:
+                    calls.add(index)
                 delta = self._delta(group, args[0]).to(output.dtype)
                 if changes is not None:
                     changes.append((delta.detach().norm() / output.detach().norm().clamp_min(1e-12)).item())
@@ -128,8 +138,11 @@ class FastWeights:
 
             handles.append(target.module.register_forward_hook(hook))
         handles += install_expert_hooks(self, changes)
+        blocks = list({id(t.block): t.block for t in self.targets if t.block is not None}.values())
+        routing = route_rows_to_slots(blocks, self) if blocks and self.num_slots > 1 else contextlib.nullcontext()
         try:
-            yield self
+            with routing:
+                yield self
         finally:
             for h in handles:
                 h.remove()

@@ -21,6 +21,7 @@ import torch
 
 from memdlm.loss import loss_weights, per_sample_loss, reduce_loss
 from memdlm.masking import apply_mask, masked_fraction, seeded_generator
+from memdlm.memory.expert_lists import blocks_in_training_mode
 from memdlm.memory.fast_weights import CLIPPERS, FastWeights
 from memdlm.memory.inner_losses import get_inner_loss
 from memdlm.memory.targets import Target, first_layer_module
@@ -86,6 +87,9 @@ class InnerLoop:
         self.loss_fn = get_inner_loss(args.inner_loss)
         self.clip = CLIPPERS[args.inner_clip]
         self.first_layer = first_layer_module(model, targets)
+        # MoE blocks of list-of-MLP experts: run in training mode during adaptation (expert_lists)
+        self.expert_blocks = list({id(t.block): t.block for t in targets if t.block is not None}.values())
+        self.warned_no_gradient = False
 
     # --- memory slots ---------------------------------------------------------------
     def fresh_memory(self, x: InnerLoopInputs) -> FastWeights:
@@ -133,6 +137,11 @@ class InnerLoop:
 
     def step(self, memory: FastWeights, stage, x: InnerLoopInputs, stats: InnerLoopStats,
              forward=None) -> FastWeights:
+        with blocks_in_training_mode(self.expert_blocks):
+            return self._step(memory, stage, x, stats, forward)
+
+    def _step(self, memory: FastWeights, stage, x: InnerLoopInputs, stats: InnerLoopStats,
+              forward=None) -> FastWeights:
         args = (self.model, x.clean_ids, x.attention_mask, stage, self.mask_token_id)
         with torch.no_grad(), memory.active():
             teacher_out = self.loss_fn.teacher(*args)
@@ -140,7 +149,8 @@ class InnerLoop:
         lower_without_autograd = autograd_from(self.first_layer) if forward is None else contextlib.nullcontext()
         # The hooks stay on through the backward: gradient checkpointing recomputes the
         # adapted layers then, and must see the same fast weights.
-        with live.active():
+        calls: set = set()
+        with live.active(calls=calls):
             with lower_without_autograd:
                 dense = self.loss_fn.student(*args, teacher_out, **({"forward": forward} if forward else {}))
                 weight = self.stage_weights(stage, x)
@@ -155,6 +165,7 @@ class InnerLoop:
                 return memory
             total = torch.where(finite, losses, torch.zeros_like(losses)).sum()
             grads = torch.autograd.grad(total, live.params(), allow_unused=True)
+        self.warn_if_no_gradient(live, grads, calls)
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, live.params())]
         grads = [_zero_bad_slots(g, finite) for g in grads]
         grads, fired = self.clip(grads, self.args.inner_clip_norm)
@@ -162,6 +173,25 @@ class InnerLoop:
         stats.clip_checked += len(grads) * memory.num_slots
         lr = self.args.inner_lr
         return memory.replace([p.detach() - lr * g for p, g in zip(memory.params(), grads)])
+
+
+    def warn_if_no_gradient(self, memory: FastWeights, grads, calls: set) -> None:
+        """Warn (once) about targets that ran but got no gradient: their memory never moves.
+
+        A routed expert no token reached legitimately gets none (it did not run); a target
+        that ran without autograd (remote code under ``torch.no_grad``) is a silent loss.
+        """
+        if self.warned_no_gradient:
+            return
+        it = iter(grads)
+        per_target = [[next(it) for _ in group] for group in memory.tensors]
+        starved = [t.name for i, (t, gs) in enumerate(zip(memory.targets, per_target))
+                   if i in calls and all(g is None for g in gs)]
+        if starved:
+            self.warned_no_gradient = True
+            logger.warning("%d of %d fast-weight targets ran but received no gradient during adaptation "
+                           "(e.g. %s): their forward runs without autograd, so their memory stays zero",
+                           len(starved), len(memory.targets), starved[0])
 
 
 def _zero_bad_slots(grad: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from memdlm.memory.expert_lists import expert_list_blocks
 from memdlm.memory.experts import expert_targets, fused_expert_params
 
 # Module-name suffixes of FFN / attention projections, by family.
@@ -40,6 +41,9 @@ class Target:
     kind: str = "linear"
     param: str | None = None
     expert: int | None = None
+    # the MoE block owning the expert list this linear layer is part of (LLaDA-MoE / LLaDA2
+    # style experts; memdlm.memory.expert_lists maps its rows to memory slots), else None
+    block: nn.Module | None = None
 
 
 def linear_of(module: nn.Module) -> nn.Linear | None:
@@ -102,8 +106,9 @@ def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
                 continue
             if scope == "ffn" and _is_attention_module(name):  # ModernBERT's attn.Wo is not FFN
                 continue
+        blocks = expert_list_blocks(model, [name])
         targets.append(Target(name, module, int(m.group(1)) if m else -1,
-                              linear.in_features, linear.out_features))
+                              linear.in_features, linear.out_features, block=blocks[0] if blocks else None))
     if not targets:
         what = f"pattern {pattern!r}" if pattern else f"{scope} projections {suffixes} in layers >= {first}"
         raise ValueError(f"{type(model).__name__}: no module matches {what}; pass "

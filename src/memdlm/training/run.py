@@ -27,7 +27,12 @@ from memdlm.data.sources import DataReport, SyntheticTaskDataset, load_file_exam
 logger = logging.getLogger("memdlm")
 
 
-def build_model_and_tokenizer(model_args, seed: int):
+def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
+    """The model (LoRA-wrapped with ``--use-lora``) and tokenizer.
+
+    ``out``: the run directory, given on the main process only; a LoRA run records
+    there which base it needs (and a model built from scratch saves its base weights).
+    """
     from memdlm.modeling import build_tiny_model, init_config_path, load_model, tiny_head_overrides
     from memdlm.tokenizer import load_tokenizer
 
@@ -54,6 +59,12 @@ def build_model_and_tokenizer(model_args, seed: int):
             raise ConfigError("--init-config builds a model from scratch; it cannot be combined with --model")
         model = load_model(model_args.model, model_args.trust_remote_code, quantization_config=quantization)
     if model_args.use_lora:
+        if out is not None:
+            from memdlm.lora_run import save_built_base, write_base_record
+
+            if model_args.model is None:
+                save_built_base(model, tokenizer, out)
+            write_base_record(out, model_args)
         model = wrap_lora(model, model_args)
     return model, tokenizer
 
@@ -176,7 +187,7 @@ def train(cfg, resume: bool = False) -> dict:
     if main:
         (out / "run_complete.json").unlink(missing_ok=True)
     torch.set_num_threads(cfg.threads)
-    model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed)
+    model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
     if main:
         write_json_atomic(out / "data_report.json", report.to_dict())
@@ -197,6 +208,10 @@ def train(cfg, resume: bool = False) -> dict:
         from memdlm.eval.heldout import evaluate_heldout
 
         summary["heldout"] = evaluate_heldout(trainer.model, tokenizer, cfg.data, out)
+    if cfg.model.use_lora and cfg.model.save_merged_lora:
+        from memdlm.lora_run import save_merged
+
+        save_merged(trainer.model, tokenizer, out)  # merges in place: after everything else
     write_json_atomic(out / "run_complete.json", summary)  # last: marks the run finished
     return summary
 

@@ -1,0 +1,300 @@
+"""Remote-code DLMs written for transformers 4.x, loaded, trained and adapted under
+transformers 5 -- on tiny look-alikes written by ``tests/lookalikes.py`` (no hub).
+
+Each contract the real families break is reproduced by a look-alike and checked with
+equalities against the in-memory model the checkpoint was written from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from memdlm.bidirectional import (
+    CausalAttentionError,
+    ensure_bidirectional,
+    key_padding_mask_4d,
+    position_zero_sees_last_token,
+)
+from memdlm.cli import main
+from memdlm.memory.fast_weights import FastWeights
+from memdlm.memory.targets import find_targets
+from memdlm.modeling import forward_logits, load_model
+from memdlm.remote_code import RemoteCodeError, reset_rotary_buffers
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lookalikes import write_family  # noqa: E402
+
+torch.set_num_threads(1)
+FAMILIES = ["dream", "llada", "llada_moe", "llada2"]
+WITH_ROTARY_BUFFER = ["dream", "llada_moe", "llada2"]
+MOE = ["llada_moe", "llada2"]
+
+
+@pytest.fixture(scope="module")
+def written(tok, tmp_path_factory):
+    """family -> (checkpoint directory, the in-memory model it was written from)."""
+    root = tmp_path_factory.mktemp("remote")
+    return {f: write_family(f, root, tok) for f in FAMILIES}
+
+
+def _batch(tok, padded=True, b=2, length=12):
+    ids = torch.randint(10, len(tok), (b, length), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, -3:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loads_with_the_logits_of_the_model_it_was_written_from(tok, written, family):
+    path, reference = written[family]
+    loaded = load_model(path, trust_remote_code=True).eval()
+    assert type(loaded).__name__ == type(reference).__name__
+    ids, mask = _batch(tok, padded=False)
+    with torch.no_grad():
+        assert torch.equal(forward_logits(loaded, ids), forward_logits(reference, ids))
+
+
+@pytest.mark.parametrize("family", WITH_ROTARY_BUFFER)
+def test_rotary_buffers_are_recomputed_and_two_loads_agree(tok, written, family):
+    path, reference = written[family]
+    first, second = (load_model(path, trust_remote_code=True).eval() for _ in range(2))
+    ids, _ = _batch(tok, padded=False)
+    with torch.no_grad():
+        assert torch.equal(forward_logits(first, ids), forward_logits(second, ids))
+    expected = dict(reference.named_buffers())
+    rotary = [n for n, _ in first.named_buffers() if n.endswith("inv_freq")]
+    assert rotary
+    for name, buffer in first.named_buffers():
+        if name in rotary:
+            buffer.fill_(7.0)  # what an uninitialised buffer may hold
+    assert reset_rotary_buffers(first) == rotary
+    for name in rotary:
+        assert torch.equal(dict(first.named_buffers())[name], expected[name])
+
+
+def test_tied_list_becomes_a_tied_head_that_saves_and_reloads(tok, written, tmp_path):
+    path, _ = written["llada2"]  # _tied_weights_keys = ["lm_head.weight"], tie_word_embeddings on
+    loaded = load_model(path, trust_remote_code=True).eval()
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert loaded.all_tied_weights_keys == {"lm_head.weight": "model.embed_tokens.weight"}
+    loaded.save_pretrained(tmp_path / "again")  # a list here fails: 'list' has no attribute 'keys'
+    tok.save_pretrained(tmp_path / "again")
+    again = load_model(str(tmp_path / "again"), trust_remote_code=True).eval()
+    ids, _ = _batch(tok, padded=False)
+    with torch.no_grad():
+        assert torch.equal(forward_logits(again, ids), forward_logits(loaded, ids))
+
+
+def test_untied_list_and_missing_post_init_meet_the_contract(written, tmp_path):
+    dream = load_model(written["dream"][0], trust_remote_code=True)
+    assert dream.all_tied_weights_keys == {}  # listed, but the config does not tie
+    dream.save_pretrained(tmp_path / "dream")
+    llada = load_model(written["llada"][0], trust_remote_code=True)  # never calls post_init
+    assert llada.all_tied_weights_keys == {}
+
+
+def test_automodel_only_auto_map_gets_the_model_with_its_head(written):
+    config = json.loads((Path(written["dream"][0]) / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel"}
+    assert load_model(written["dream"][0], trust_remote_code=True).get_output_embeddings() is not None
+
+
+def test_removed_import_is_named_with_its_fix(tok, tmp_path):
+    path, _ = write_family("broken", tmp_path, tok)
+    with pytest.raises(RemoteCodeError, match=r"imports transformers\.modeling_attn_mask_utils.*BACKBONES"):
+        load_model(path, trust_remote_code=True)
+
+
+# --- bidirectional in padded batches ----------------------------------------------------------
+def test_padded_2d_mask_turned_causal_is_fixed_with_a_4d_key_padding_mask(tok, written):
+    path, reference = written["llada2"]
+    assert position_zero_sees_last_token(reference, padded=False)
+    assert not position_zero_sees_last_token(reference, padded=True)  # the family's own behaviour
+    loaded = load_model(path, trust_remote_code=True).eval()
+    assert position_zero_sees_last_token(loaded, padded=True)
+    ids, mask = _batch(tok)
+    with torch.no_grad():
+        got = forward_logits(loaded, ids, mask)
+        expected = reference(input_ids=ids, attention_mask=key_padding_mask_4d(mask)).logits
+    real = mask.bool()
+    assert torch.equal(got[real], expected[real])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_is_bidirectional_padded_and_unpadded(written, family):
+    loaded = load_model(written[family][0], trust_remote_code=True)
+    assert position_zero_sees_last_token(loaded, padded=False)
+    assert position_zero_sees_last_token(loaded, padded=True)
+
+
+def test_a_causal_model_is_refused(tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tok))
+    with pytest.raises(CausalAttentionError, match="ignores the last token"):
+        ensure_bidirectional(LlamaForCausalLM(config))
+
+
+# --- fast weights on list-of-MLP experts --------------------------------------------------------
+def _moe_block(model):
+    return model.model.layers[1].mlp, "model.layers.1.mlp"
+
+
+def _random_memory(model, slots, seed=0):
+    targets = find_targets(model)
+    fresh = FastWeights.fresh(targets, rank=3, scale=2.0, dense=False, slot_seeds=list(range(slots)), device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    return fresh.replace([torch.randn(p.shape, generator=g) * 0.3 for p in fresh.params()])
+
+
+def _merged_block(block, prefix, memory, slot):
+    """The block with ``slot``'s deltas merged into every targeted linear layer in it."""
+    merged = copy.deepcopy(block)
+    with torch.no_grad():
+        for t, (a, b) in zip(memory.targets, memory.tensors):
+            if t.name.startswith(prefix + "."):
+                merged.get_submodule(t.name[len(prefix) + 1:]).weight += memory.scale * b[slot] @ a[slot]
+    return merged
+
+
+@pytest.mark.parametrize("family", MOE)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("slots", [2, 1])
+def test_each_routed_row_gets_its_own_samples_delta(written, family, mode, slots):
+    """Hooked MoE block on a batch == each sample alone through the block with its own slot's
+    deltas merged into the expert weights (per-sample: 2 slots; shared: 1)."""
+    _, reference = written[family]
+    model = copy.deepcopy(reference).train(mode == "train")
+    block, prefix = _moe_block(model)
+    assert sum(t.block is block for t in find_targets(model)) == 4 * 3  # 4 experts x 3 projections
+    memory = _random_memory(model, slots)
+    hidden = torch.randn(3 if slots == 1 else 2, 7, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with memory.active():
+            got = block(hidden)
+        for s in range(hidden.shape[0]):
+            expected = _merged_block(block, prefix, memory, min(s, slots - 1))(hidden[s:s + 1])
+            torch.testing.assert_close(got[s:s + 1], expected, atol=1e-5, rtol=1e-5)
+        bare = block(hidden)
+    assert not torch.allclose(got, bare)
+
+
+def test_duplicate_rows_in_two_samples_take_their_own_slots(written):
+    _, reference = written["llada_moe"]
+    model = copy.deepcopy(reference).eval()
+    block, prefix = _moe_block(model)
+    memory = _random_memory(model, 2)
+    one = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(2))
+    hidden = torch.cat([one, one])  # the same sample twice: bit-identical rows, two slots
+    with torch.no_grad(), memory.active():
+        got = block(hidden)
+    with torch.no_grad():
+        for s in range(2):
+            torch.testing.assert_close(got[s:s + 1], _merged_block(block, prefix, memory, s)(one),
+                                       atol=1e-5, rtol=1e-5)
+
+
+def _adapt(model, tok):
+    from memdlm.memory.adapt import adapt_on_prompts, build_adaptation_loop
+    from memdlm.memory.config import MemoryArguments
+
+    loop = build_adaptation_loop(model, MemoryArguments(), tok.mask_token_id)
+    ids, mask = _batch(tok, length=16)
+    prompt = mask.bool()
+    return adapt_on_prompts(loop, ids, mask, prompt, 0.3, torch.tensor([5, 6]))
+
+
+def test_eval_mode_adaptation_reaches_experts_run_under_no_grad(tok, written, caplog, monkeypatch):
+    """LLaDA2's eval MoE path runs under torch.no_grad: adaptation still moves every routed
+    expert that received tokens; without the fix they stay at zero and a warning says so."""
+    _, reference = written["llada2"]
+    model = copy.deepcopy(reference).eval()
+
+    def routed_deltas(memory):
+        return {t.name: float(b.abs().sum()) for t, (a, b) in zip(memory.targets, memory.tensors)
+                if ".experts." in t.name}
+
+    with caplog.at_level("WARNING"):
+        moved = routed_deltas(_adapt(model, tok))
+    assert "received no gradient" not in caplog.text
+    assert sum(v > 0 for v in moved.values()) >= 6  # most experts got tokens, and all of those moved
+    assert model.model.layers[1].mlp.training is False  # put back in eval mode
+    monkeypatch.setattr("memdlm.memory.inner_loop.blocks_in_training_mode", lambda blocks: contextlib.nullcontext())
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        frozen = routed_deltas(_adapt(model, tok))
+    assert all(v == 0 for v in frozen.values())
+    assert "ran but received no gradient during adaptation" in caplog.text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["shared", "per_sample"])
+def test_memdlm_step_on_each_family(tok, written, tmp_path, family, mode):
+    from test_backbones import noised
+
+    from memdlm.config import DiffusionArguments
+    from memdlm.memory.config import MemoryArguments
+    from memdlm.training.args import TrainConfig
+    from memdlm.training.memdlm_trainer import MemDLMTrainer
+
+    model = load_model(written[family][0], trust_remote_code=True).train()
+    args = TrainConfig(output_dir=str(tmp_path), use_cpu=True, eval_strategy="no", disable_tqdm=True)
+    trainer = MemDLMTrainer(model=model, args=args, diffusion_args=DiffusionArguments(),
+                            mask_token_id=tok.mask_token_id, processing_class=tok,
+                            memory_args=MemoryArguments(memory_mode=mode))
+    loss = trainer.loss_on(model, noised(tok), training=True)
+    metrics = trainer._metrics["train"]
+    assert torch.isfinite(loss) and metrics["memory/norm"][0] > 0 and metrics["memory/relative_change"][0] > 0
+
+
+# --- end to end through the CLI: train (shared, per-sample), generate (+memory), LoRA -----------
+TRAIN = ["--trust-remote-code", "--method", "memdlm", "--max-steps", "2", "--per-device-train-batch-size", "2",
+         "--train-lengths", "80", "96", "--heldout-items", "0", "--num-eval-samples", "0",
+         "--save-strategy", "no", "--disable-tqdm", "true", "--logging-steps", "1"]
+
+
+def _generate(run, capsys, *extra):
+    capsys.readouterr()
+    assert main(["generate", "--model", str(run), "--trust-remote-code", "--prompt", "The value of red fox is",
+                 "--prompt", "Hi", "--max-new-tokens", "6", "--steps", "3", "--json", *extra]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [o["prompt"] for o in out] == ["The value of red fox is", "Hi"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_train_generate_and_lora_round_trip_from_the_cli(tok, written, tmp_path, capsys, family):
+    from peft import PeftModel
+
+    path = written[family][0]
+    for mode in ("shared", "per_sample"):
+        run = tmp_path / mode
+        assert main(["train", "--model", path, "--memory-mode", mode, "--output-dir", str(run), *TRAIN]) == 0
+        logged = [h for h in json.loads((run / "log_history.json").read_text()) if "loss" in h]
+        assert len(logged) == 2 and all(h["memory/norm"] > 0 and h["inner/skipped_nonfinite"] == 0 for h in logged)
+        for extra in ([], ["--memory"]):
+            _generate(run, capsys, *extra)
+    lora = tmp_path / "lora"
+    assert main(["train", "--model", path, "--use-lora", "--lora-r", "4", "--learning-rate", "1e-2",
+                 "--output-dir", str(lora), *TRAIN]) == 0
+    record = json.loads((lora / "lora_base.json").read_text())
+    assert record == {"base": str(Path(path).resolve()), "built_tiny_default": False, "trust_remote_code": True}
+    loaded = load_model(str(lora), trust_remote_code=True).eval()
+    assert isinstance(loaded, PeftModel)
+    ids, _ = _batch(tok, padded=False)
+    with torch.no_grad():
+        with loaded.disable_adapter():
+            base = forward_logits(loaded, ids)
+        assert torch.equal(base, forward_logits(load_model(path, trust_remote_code=True).eval(), ids))
+        assert not torch.allclose(forward_logits(loaded, ids), base, atol=1e-4)
+    for extra in ([], ["--memory"]):
+        _generate(lora, capsys, *extra)
