@@ -407,3 +407,17 @@ def test_fixed_rule_reports_calls(model, tok):
     cfg = SamplerConfig(max_new_tokens=8, steps=4, block_length=4, stop_at_eos=False)
     out = Sampler(model, tok, cfg).generate(PROMPTS)
     assert out.model_calls == 4 and out.calls_per_sample == [4, 4, 4] and out.cache_used == "none"
+
+
+def test_generate_flags_come_from_sampler_config():
+    from memdlm.commands.generate import build_parser
+
+    args = build_parser("memdlm generate").parse_args(["--model", "m"])
+    assert SamplerConfig(**{f: getattr(args, f) for f in SamplerConfig.__dataclass_fields__}) == SamplerConfig()
+    args = build_parser("memdlm generate").parse_args(
+        ["--model", "m", "--unmask-rule", "threshold", "--threshold", "0.7", "--max-per-step", "4",
+         "--cache", "dual", "--cache-refresh-steps", "2", "--stop-at-eos", "false"])
+    assert (args.unmask_rule, args.threshold, args.max_per_step, args.cache, args.cache_refresh_steps,
+            args.stop_at_eos) == ("threshold", 0.7, 4, "dual", 2, False)
+    with pytest.raises(SystemExit):
+        build_parser("memdlm generate").parse_args(["--model", "m", "--unmask-rule", "fast"])

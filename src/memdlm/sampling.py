@@ -328,34 +328,34 @@ class SamplerConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.remasking not in REMASKING:
             raise ValueError(f"unknown remasking {self.remasking!r}; choose from {sorted(REMASKING)}")
-        self._check_fast_options()
-        if self.unmask_rule == "fixed":
-            self._check_steps()
+        # raised here, not in a helper: the CLI reports __post_init__ errors as the user's (errors.py)
+        problem = self._fast_option_problem() or (self._steps_problem() if self.unmask_rule == "fixed" else None)
+        if problem:
+            raise ValueError(problem)
 
-    def _check_steps(self):
+    def _steps_problem(self) -> str | None:
         if self.steps < 1 or self.steps > self.max_new_tokens:
-            raise ValueError(
-                f"steps must lie in [1, max_new_tokens={self.max_new_tokens}], got {self.steps}: "
-                "every step commits at least one token")
+            return (f"steps must lie in [1, max_new_tokens={self.max_new_tokens}], got {self.steps}: "
+                    "every step commits at least one token")
         if self.steps < self.num_blocks:
-            raise ValueError(
-                f"steps={self.steps} is fewer than the {self.num_blocks} blocks: every block "
-                "needs at least one step")
+            return (f"steps={self.steps} is fewer than the {self.num_blocks} blocks: every block "
+                    "needs at least one step")
+        return None
 
-    def _check_fast_options(self):
+    def _fast_option_problem(self) -> str | None:
         if self.unmask_rule not in UNMASK_RULES:
-            raise ValueError(f"unknown unmask_rule {self.unmask_rule!r}; choose from {list(UNMASK_RULES)}")
+            return f"unknown unmask_rule {self.unmask_rule!r}; choose from {list(UNMASK_RULES)}"
         if self.cache not in CACHE_MODES:
-            raise ValueError(f"unknown cache {self.cache!r}; choose from {list(CACHE_MODES)}")
+            return f"unknown cache {self.cache!r}; choose from {list(CACHE_MODES)}"
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
+            return f"threshold must lie in [0, 1], got {self.threshold}"
         if self.max_per_step is not None and self.max_per_step < 1:
-            raise ValueError(f"max_per_step must be >= 1 or None, got {self.max_per_step}")
+            return f"max_per_step must be >= 1 or None, got {self.max_per_step}"
         if self.cache_refresh_steps is not None and self.cache_refresh_steps < 1:
-            raise ValueError(f"cache_refresh_steps must be >= 1 or None, got {self.cache_refresh_steps}")
+            return f"cache_refresh_steps must be >= 1 or None, got {self.cache_refresh_steps}"
         if self.unmask_rule == "threshold" and self.remasking != "low_confidence":
-            raise ValueError("the threshold rule thresholds the model's confidence: it needs "
-                             "remasking='low_confidence'")
+            return "the threshold rule thresholds the model's confidence: it needs remasking='low_confidence'"
+        return None
 
     @property
     def num_blocks(self) -> int:

@@ -26,14 +26,17 @@ def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int 
     return [ds.sample(i) for i in range(n)]
 
 
-def answer_sampler_config(tokenizer, samples):
+def answer_sampler_config(tokenizer, samples, **overrides):
     """Greedy, one token per step, room for the longest answer plus 2 tokens: the model,
-    not the slot count, decides where its answer stops (it must commit EOS)."""
+    not the slot count, decides where its answer stops (it must commit EOS).
+
+    ``overrides`` replace SamplerConfig fields (e.g. the fast-sampling ones of ``memdlm eval``).
+    """
     from memdlm.sampling import SamplerConfig
 
     longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
     new_tokens = longest + 2
-    return SamplerConfig(max_new_tokens=new_tokens, steps=new_tokens, temperature=0.0)
+    return SamplerConfig(**{"max_new_tokens": new_tokens, "steps": new_tokens, "temperature": 0.0, **overrides})
 
 
 def evaluate_samples(model, tokenizer, samples, memory_args=None, batch_size: int = 16,
