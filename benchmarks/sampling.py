@@ -18,14 +18,17 @@ adapted on the prompt, the run's memory settings). Reported per configuration:
 score (the task's metric, 0-100), exact match, model calls per item (the forwards
 in which the item still had a slot to commit), model calls of all batches, and
 wall time of the generation (adaptation included for the memory rows: it is the
-same for every sampler). A warm-up generation runs first; configurations run once,
-in table order.
+same for every sampler). A warm-up generation runs first; the configurations run
+``--rounds`` times, interleaved (every configuration once per round), and the
+seconds are medians over the rounds (scores and calls are the same in every round:
+greedy decoding, checked).
 
 The last line is a JSON object: per memory setting, the baseline (fixed, S = N, no
 cache), the configuration with the fewest calls per item whose score is within
 ``--tolerance`` (1) point of the baseline's, ``speedup_calls`` (baseline calls /
-its calls) and ``speedup_time`` (the fastest such configuration, by wall time), and
-every row.
+its calls) and ``speedup_time`` (the fastest such configuration, by wall time),
+``informative`` (false when the baseline scores within the tolerance of 0: equal
+accuracy is then trivial and the speed-ups say nothing), and every row.
 """
 
 from __future__ import annotations
@@ -74,6 +77,19 @@ def run_config(model, tok, samples, base_config, overrides, memory_args, batch_s
     }
 
 
+def median_seconds(rounds: list[list[dict]]) -> list[dict]:
+    """The first round's rows with the median seconds over all rounds."""
+    import statistics
+
+    rows = []
+    for same in zip(*rounds):
+        outcome = [{k: v for k, v in r.items() if k != "seconds"} for r in same]
+        if any(o != outcome[0] for o in outcome):
+            raise AssertionError(f"{same[0]['config']}: rounds disagree on score or calls")
+        rows.append({**outcome[0], "seconds": round(statistics.median(r["seconds"] for r in same), 3)})
+    return rows
+
+
 def speedups(rows: list[dict], tolerance: float) -> dict:
     """Per memory setting: baseline, the cheapest configuration at equal accuracy, the ratios."""
     out = {}
@@ -92,6 +108,7 @@ def speedups(rows: list[dict], tolerance: float) -> dict:
             "speedup_calls": round(base["calls_per_item"] / fewest["calls_per_item"], 2),
             "fastest": fastest["config"],
             "speedup_time": round(base["seconds"] / fastest["seconds"], 2),
+            "informative": base["score"] > tolerance,
         }
     return out
 
@@ -149,6 +166,7 @@ def main() -> None:
     p.add_argument("--tolerance", type=float, default=1.0, help="'Equal accuracy': within this many points.")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1, help="Interleaved rounds; seconds are medians.")
     p.add_argument("--plot", default=None, help="Write accuracy vs calls and vs time here (PNG).")
     args = p.parse_args()
 
@@ -173,10 +191,12 @@ def main() -> None:
     memories = [None] if args.no_memory else [None, load_memory_args(args.model)]
     run_config(model, tok, samples[: args.batch_size], base, grid[0], None, args.batch_size)  # warm-up
     start = time.perf_counter()
-    rows = [run_config(model, tok, samples, base, overrides, memory, args.batch_size)
-            for memory in memories for overrides in grid]
+    rounds = [[run_config(model, tok, samples, base, overrides, memory, args.batch_size)
+               for memory in memories for overrides in grid] for _ in range(args.rounds)]
+    rows = median_seconds(rounds)
     print(f"{args.task} at {args.length} tokens, {len(samples)} held-out items, N = {base.max_new_tokens}, "
           f"blocks of {base.block_length or base.max_new_tokens}, {args.device}, {args.threads} thread(s), "
+          f"{args.rounds} round(s), "
           f"{time.perf_counter() - start:.0f} s in all")
     print_table(rows)
     if args.plot:

@@ -53,3 +53,14 @@ def test_speedup_at_equal_accuracy(bench):
     assert got["no_memory"]["fastest"] == "threshold tau=0.9, cache none"
     assert got["no_memory"]["speedup_time"] == round(4.0 / 1.6, 2)
     assert got["memory"]["speedup_calls"] == 2.0 and got["memory"]["speedup_time"] == 2.0
+    assert got["no_memory"]["informative"] and got["memory"]["informative"]
+    zero = [dict(r, score=0.0) for r in rows]
+    assert not bench.speedups(zero, tolerance=1.0)["no_memory"]["informative"]
+
+
+def test_median_seconds_over_rounds(bench):
+    a = [row("fixed", "none", 50.0, 4.0, 3.0, steps=4)]
+    rounds = [a, [dict(a[0], seconds=1.0)], [dict(a[0], seconds=2.0)]]
+    assert bench.median_seconds(rounds)[0]["seconds"] == 2.0
+    with pytest.raises(AssertionError, match="disagree"):
+        bench.median_seconds([a, [dict(a[0], score=49.0)]])
