@@ -167,3 +167,33 @@ def test_adapted_runs_use_their_own_memory_settings(tmp_path):
     assert _memory_of(run, None, {"adapt_mask_ratio": 0.5}).memory_rank == 4
     fixed = MemoryArguments(memory_rank=2)
     assert _memory_of(run, fixed, None) is fixed
+
+
+def test_suite_fast_sampling_settings(model_dir):
+    """The eval's sampler overrides reach the decoding; calls are reported per cell."""
+    runs = [RunSpec("plain", model_dir, False)]
+    fast = {"unmask_rule": "threshold", "threshold": 0.0, "max_per_step": None, "cache": "dual"}
+    result = evaluate_suite(runs, ["kv"], [128], n=2, seed=7, batch_size=2, progress=False, sampler=fast)
+    assert result["sampler"] == fast
+    cell = get_cell(result, "kv", 128)["results"]["plain"]
+    # tau = 0 commits the whole (single) block in one call
+    assert cell["model_calls"] == 1 and cell["mean_calls_per_item"] == 1.0
+
+
+def test_cli_eval_fast_sampling_flags(capsys):
+    from memdlm.commands.evaluate import build_parser, run
+    from memdlm.errors import ConfigError
+    from memdlm.sampling import SamplerConfig
+
+    args = build_parser("memdlm eval").parse_args(["--run", "a=x", "--output-dir", "o"])
+    defaults = SamplerConfig()
+    assert (args.unmask_rule, args.threshold, args.max_per_step, args.cache) == (
+        defaults.unmask_rule, defaults.threshold, defaults.max_per_step, defaults.cache)
+    args = build_parser("memdlm eval").parse_args(["--run", "a=x", "--output-dir", "o", "--unmask-rule",
+                                                   "threshold", "--max-per-step", "3", "--cache", "prefix"])
+    assert (args.unmask_rule, args.max_per_step, args.cache) == ("threshold", 3, "prefix")
+    with pytest.raises(SystemExit):
+        build_parser("memdlm eval").parse_args(["--run", "a=x", "--output-dir", "o", "--cache", "full"])
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="threshold must lie"):
+        run(["--run", "a=x", "--output-dir", "o", "--threshold", "2"])

@@ -203,3 +203,18 @@ def test_cli_runs_an_exported_task_offline(tiny, tok, tmp_path, monkeypatch):
     result = json.loads(out.read_text())["results"]["memdlm_kv_128"]
     assert result["sample_len"] == 4
     assert 0.0 <= result["string_match_all,none"] <= 100.0
+
+
+def test_fast_sampling_model_arguments(tiny, tok):
+    from memdlm.sampling import SamplerConfig
+
+    default = MemdlmLM(tiny, tokenizer=tok, device="cpu").sampler_config(16)
+    base = SamplerConfig()
+    assert (default.unmask_rule, default.threshold, default.max_per_step, default.cache) == (
+        base.unmask_rule, base.threshold, base.max_per_step, base.cache)
+    # lm-eval hands model arguments over as strings
+    fast = MemdlmLM(tiny, tokenizer=tok, device="cpu", unmask_rule="threshold", threshold="0.5",
+                    max_per_step="2", cache="dual").sampler_config(16)
+    assert (fast.unmask_rule, fast.threshold, fast.max_per_step, fast.cache) == ("threshold", 0.5, 2, "dual")
+    with pytest.raises(ValueError, match="unknown cache"):
+        MemdlmLM(tiny, tokenizer=tok, device="cpu", cache="full")

@@ -15,6 +15,7 @@ from memdlm.sampling import (
     SamplerConfig,
     block_sizes,
     fill_after_eos,
+    select_above_threshold,
     select_commits,
     steps_per_block,
     tokens_per_step,
@@ -292,3 +293,131 @@ def test_forward_context_wraps_every_forward(model, tok):
     cfg = SamplerConfig(max_new_tokens=6, steps=3, stop_at_eos=False)
     Sampler(model, tok, cfg, forward_context=ctx).generate(["hi"])
     assert calls == ["enter"] * 3
+
+
+# -- threshold rule (Fast-dLLM's confidence-aware parallel decoding) ----------
+
+
+def committed_slots(out, prompt_len):
+    """Per step, the sorted response slots sample 0 committed (EOS fills included)."""
+    return [(s.committed[0].nonzero().flatten() - prompt_len).tolist() for s in out.history]
+
+
+def test_select_above_threshold_by_hand():
+    conf = torch.tensor([[0.95, 0.2, 0.91, 0.5],     # slot 2 is above tau but not a candidate
+                         [0.1, 0.3, 0.2, 0.05],      # none above: the most confident candidate
+                         [0.99, 0.95, 0.97, 0.92],   # all above
+                         [0.99, 0.95, 0.97, 0.92]])  # nothing left to commit
+    cand = torch.tensor([[True, True, False, True], [True, True, True, False],
+                         [True, True, True, True], [False] * 4])
+    got = select_above_threshold(conf, cand, 0.9)
+    assert got.tolist() == [[True, False, False, False], [False, True, False, False],
+                            [True] * 4, [False] * 4]
+    capped = select_above_threshold(conf, cand, 0.9, max_per_step=2)
+    assert capped[2].tolist() == [True, False, True, False]  # the two most confident of four
+    assert capped[:2].tolist() == got[:2].tolist()
+    assert select_above_threshold(conf, cand, 0.0)[1].tolist() == [True, True, True, False]
+
+
+def confidence_of(strength, tok, n_forbidden=2):
+    """The fake model's probability of its peak: one logit ``strength``, the rest 0, forbidden -inf."""
+    import math
+
+    return math.exp(strength) / (math.exp(strength) + len(tok) - 1 - n_forbidden)
+
+
+def test_threshold_commits_exactly_the_slots_above_tau(tok):
+    peaks, strengths = [100, 101, 102, 103, 104, 105], [12.0, 5.0, 13.0, 9.0, 12.5, 4.0]
+    conf = [confidence_of(s, tok) for s in strengths]
+    assert [c >= 0.9 for c in conf] == [True, False, True, False, True, False]  # 12 -> 0.975, 9 -> 0.66
+    fake = fixed_model(tok, 2, peaks, strengths)
+    cfg = SamplerConfig(max_new_tokens=6, unmask_rule="threshold", threshold=0.9)
+    out = Sampler(fake, tok, cfg).generate([[10, 11]], return_history=True)
+    # step 0: the three above tau; then none is above: the most confident one per step
+    assert committed_slots(out, 2) == [[0, 2, 4], [3], [1], [5]]
+    assert out.responses == [peaks] and out.model_calls == 4 and out.calls_per_sample == [4]
+    # a cap of one per step: confidence order 2, 4, 0, 3, 1, 5
+    out = Sampler(fake, tok, cfg).generate([[10, 11]], max_per_step=1, return_history=True)
+    assert committed_slots(out, 2) == [[2], [4], [0], [3], [1], [5]]
+    # tau = 0 commits a whole block per call
+    out = Sampler(fake, tok, cfg).generate([[10, 11]], threshold=0.0, block_length=4)
+    assert out.model_calls == 2 and out.responses == [peaks]
+
+
+def test_threshold_respects_blocks(tok):
+    peaks, strengths = [100, 101, 102, 103, 104, 105], [12.0, 5.0, 13.0, 9.0, 12.5, 4.0]
+    fake = fixed_model(tok, 2, peaks, strengths)
+    cfg = SamplerConfig(max_new_tokens=6, block_length=3, unmask_rule="threshold", threshold=0.9)
+    out = Sampler(fake, tok, cfg).generate([[10, 11]], return_history=True)
+    # block 0 = slots 0..2, block 1 = slots 3..5; slot 4 (above tau) waits for block 1
+    assert committed_slots(out, 2) == [[0, 2], [1], [4], [3], [5]]
+    assert out.model_calls == 5
+    assert [p.counts for p in cfg.plan()] == [None, None]
+    # steps is not used by the threshold rule, so it is not validated against N either
+    SamplerConfig(max_new_tokens=4, steps=64, unmask_rule="threshold")
+    with pytest.raises(ValueError, match="low_confidence"):
+        SamplerConfig(unmask_rule="threshold", remasking="random")
+    with pytest.raises(ValueError, match="threshold must lie"):
+        SamplerConfig(unmask_rule="threshold", threshold=1.5)
+    with pytest.raises(ValueError, match="max_per_step"):
+        SamplerConfig(max_per_step=0)
+
+
+def test_threshold_eos_fills_and_skips_finished_blocks(tok):
+    eos = tok.eos_token_id
+    # EOS (slot 1) and slot 2 are above tau at step 0; the EOS fill overrides slot 2 and 3
+    fake = fixed_model(tok, 1, [100, eos, 102, 103], [5.0, 12.0, 13.0, 4.0])
+    cfg = SamplerConfig(max_new_tokens=4, unmask_rule="threshold", threshold=0.9)
+    out = Sampler(fake, tok, cfg).generate([[7]], return_history=True)
+    assert out.sequences[0, 1:].tolist() == [100, eos, eos, eos]
+    assert out.responses == [[100]]
+    assert committed_slots(out, 1) == [[1, 2, 3], [0]] and out.model_calls == 2
+    # in blocks of 2, block 1 is all EOS after block 0: no call is spent on it
+    out = Sampler(fake, tok, cfg).generate([[7]], block_length=2, return_history=True)
+    assert out.sequences[0, 1:].tolist() == [100, eos, eos, eos]
+    assert out.model_calls == 2 and len(out.history) == 2
+
+
+def test_threshold_deterministic_and_batch_independent(model, tok):
+    # tau chosen for this random model so that steps commit 0-4 slots per sample
+    cfg = SamplerConfig(max_new_tokens=12, block_length=4, unmask_rule="threshold", threshold=5e-4,
+                        stop_at_eos=False)
+    sampler = Sampler(model, tok, cfg)
+    batched = sampler.generate(PROMPTS, return_history=True)
+    assert batched.calls_per_sample == [4, 3, 4] and batched.model_calls == 5  # data dependent
+    for i, p in enumerate(PROMPTS):
+        alone = sampler.generate([p])
+        assert alone.responses[0] == batched.responses[i]
+        assert alone.model_calls == alone.calls_per_sample[0] == batched.calls_per_sample[i]
+    # temperature draws: the same seed gives the same result, per-sample seeds are batch-independent
+    hot = dict(temperature=1.0, threshold=2.5e-4)  # near 1/V: draws land on both sides
+    a = sampler.generate(PROMPTS, seed=3, **hot)
+    b = sampler.generate(PROMPTS, seed=3, **hot)
+    assert torch.equal(a.sequences, b.sequences) and a.model_calls == b.model_calls
+    assert not torch.equal(a.sequences, sampler.generate(PROMPTS, seed=4, **hot).sequences)
+    both = sampler.generate(PROMPTS, seeds=[5, 6, 7], **hot)
+    assert len(set(both.calls_per_sample)) > 1  # samples took different numbers of steps
+    for i, p in enumerate(PROMPTS):
+        alone = sampler.generate([p], seeds=[5 + i], **hot)
+        assert alone.responses[0] == both.responses[i]
+        assert alone.calls_per_sample[0] == both.calls_per_sample[i]
+
+
+def test_fixed_rule_reports_calls(model, tok):
+    cfg = SamplerConfig(max_new_tokens=8, steps=4, block_length=4, stop_at_eos=False)
+    out = Sampler(model, tok, cfg).generate(PROMPTS)
+    assert out.model_calls == 4 and out.calls_per_sample == [4, 4, 4] and out.cache_used == "none"
+
+
+def test_generate_flags_come_from_sampler_config():
+    from memdlm.commands.generate import build_parser
+
+    args = build_parser("memdlm generate").parse_args(["--model", "m"])
+    assert SamplerConfig(**{f: getattr(args, f) for f in SamplerConfig.__dataclass_fields__}) == SamplerConfig()
+    args = build_parser("memdlm generate").parse_args(
+        ["--model", "m", "--unmask-rule", "threshold", "--threshold", "0.7", "--max-per-step", "4",
+         "--cache", "dual", "--cache-refresh-steps", "2", "--stop-at-eos", "false"])
+    assert (args.unmask_rule, args.threshold, args.max_per_step, args.cache, args.cache_refresh_steps,
+            args.stop_at_eos) == ("threshold", 0.7, 4, "dual", 2, False)
+    with pytest.raises(SystemExit):
+        build_parser("memdlm generate").parse_args(["--model", "m", "--unmask-rule", "fast"])

@@ -36,12 +36,16 @@ def _encode_prompts(tokenizer, prompts, what: str = "prompt") -> list[list[int]]
 
 def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: SamplerConfig,
              memory_args=None, seeds: list[int] | None = None, batch_size: int = 16,
-             progress: bool = False, adapt_on: list[str] | list[list[int]] | None = None) -> list[str]:
+             progress: bool = False, adapt_on: list[str] | list[list[int]] | None = None,
+             stats: dict | None = None) -> list[str]:
     """Texts of the responses, in prompt order.
 
     ``adapt_on`` (with ``memory_args``): the texts each prompt's memory is adapted on,
     one per prompt, instead of the prompt itself -- the in-weight retrieval probe
     adapts on a full context and answers from a context with the needle removed.
+    ``stats``: a dict that receives the sampler's counts: ``model_calls`` (forward
+    passes of all batches), ``calls_per_sample`` (in prompt order) and ``cache_used``.
+    Adaptation's own forward passes are not counted.
     """
     prompt_ids = _encode_prompts(tokenizer, prompts)
     adapt_ids = prompt_ids if adapt_on is None else _encode_prompts(tokenizer, adapt_on, "adaptation text")
@@ -66,7 +70,15 @@ def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: Sam
                                        memory_args, device)
         out = sampler.generate(chunk, seeds=chunk_seeds, forward_context=context)
         texts += out.texts
+        if stats is not None:
+            _add_counts(stats, out)
     return texts
+
+
+def _add_counts(stats: dict, out) -> None:
+    stats["model_calls"] = stats.get("model_calls", 0) + out.model_calls
+    stats.setdefault("calls_per_sample", []).extend(out.calls_per_sample)
+    stats["cache_used"] = out.cache_used
 
 
 def _adapted_context(loop, tokenizer, chunk, chunk_seeds, memory_args, device):

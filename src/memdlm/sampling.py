@@ -19,9 +19,27 @@ The rules, in the order a call applies them:
    gets more steps than it has slots (a short last block gives its surplus to
    the earliest blocks with room). So every step commits at least one token,
    the total is exactly S, and S must lie in ``[num_blocks, N]``.
-4. **Tokens per step** (:func:`tokens_per_step`). Within a block of n slots and
-   s steps, each step commits ``n // s`` tokens, the first ``n % s`` steps one
-   more.
+4. **Tokens per step**, by ``unmask_rule``:
+
+   a. ``"fixed"`` (:func:`tokens_per_step`; LLaDA). Within a block of n slots and
+      s steps, each step commits ``n // s`` tokens, the first ``n % s`` steps one
+      more. Every sample makes exactly S model calls.
+   b. ``"threshold"`` (:func:`select_above_threshold`; Fast-dLLM, Wu et al. 2025,
+      arXiv 2505.22618, "confidence-aware parallel decoding"). Each step commits
+      every still-masked slot of the current block whose confidence (rule 5) is
+      >= ``threshold``; at least the most confident one, and at most
+      ``max_per_step`` (the most confident ones) when set. ``steps`` is unused: a
+      block takes as many steps as it needs, so the number of model calls depends
+      on the data and is reported (``model_calls`` for the batch,
+      ``calls_per_sample``). Guarantees: *termination* -- every step commits at
+      least one slot of each sample that has one left, so a block of n slots takes
+      at most n steps and a response at most N calls; *block order* -- as rule 2,
+      only the current block's slots are candidates and the next block starts when
+      every sample has finished this one (a finished sample rides along, uncounted);
+      *determinism* -- greedy proposals with a fixed threshold are a function of the
+      logits, and temperature draws follow rule 7 (a per-sample generator draws
+      only on the steps its sample takes part in, so its draws do not depend on
+      how many steps its batch mates needed).
 5. **Proposal and confidence.** At every step the model predicts each slot of
    the current block; the mask token and the pad token (unless pad doubles as
    EOS) get logit -inf. The proposal is the argmax at temperature 0, otherwise a
@@ -41,6 +59,15 @@ The rules, in the order a call applies them:
    draws of a shape fixed by the config, so its result does not depend on its
    batch mates.
 
+8. **Key/value cache** (``cache``; :mod:`memdlm.block_cache`). ``"none"`` runs the
+   whole canvas at every step. ``"prefix"`` / ``"dual"`` run it at the first step of
+   each block and keep every layer's keys/values; the block's later steps
+   recompute only the block and what follows it (prefix) or only the block (dual)
+   and reuse the rest. The first step of a block is exact, later ones approximate
+   (bidirectional attention makes the reused keys/values depend on the block's
+   tokens); ``cache_refresh_steps=1`` refreshes at every step and equals no cache.
+   Families without a cache path fall back to ``"none"`` (``cache_used`` says).
+
 History (``return_history=True``) holds, per step, the state before the step
 and the positions that went from mask to a token during it (EOS fills
 included) -- which positions were still masked at each step is what the
@@ -57,7 +84,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from memdlm.modeling import forward_logits
+from memdlm.block_cache import BlockForward
 
 # ---------------------------------------------------------------------------
 # Pure kernels: schedules and selection
@@ -122,6 +149,23 @@ def select_commits(scores: torch.Tensor, candidates: torch.Tensor, k: int | torc
     return (rank < k_eff[:, None]) & candidates
 
 
+def select_above_threshold(confidence: torch.Tensor, candidates: torch.Tensor, threshold: float,
+                           max_per_step: int | None = None) -> torch.Tensor:
+    """Candidates whose confidence is >= ``threshold``: bool ``[b, B]`` (rule 4b).
+
+    At least the most confident candidate of each row with any candidate is chosen
+    (so a step always makes progress) and at most ``max_per_step`` (the most
+    confident ones) when given. Because the chosen set is "the top n" with n the
+    count above the threshold, it is exactly the set above the threshold whenever
+    1 <= n <= max_per_step.
+    """
+    above = (candidates & (confidence >= threshold)).sum(1)  # [b]
+    n = above.clamp(min=1)
+    if max_per_step is not None:
+        n = n.clamp(max=max_per_step)
+    return select_commits(confidence, candidates, n)
+
+
 def fill_after_eos(response: torch.Tensor, eos_id: int) -> torch.Tensor:
     """Set every slot after the first EOS of each row to EOS: ``[b, N]``."""
     is_eos = (response == eos_id).long()
@@ -157,22 +201,35 @@ class _Draws:
             raise ValueError(f"got {len(seeds)} seeds for {batch} prompts")
         return cls([torch.Generator(device=device).manual_seed(int(s)) for s in seeds], shared=False)
 
-    def uniform(self, shape: tuple[int, int], device) -> torch.Tensor:  # [b, B]
+    def uniform(self, shape: tuple[int, int], device, active: torch.Tensor | None = None) -> torch.Tensor:
+        """``[b, B]`` uniforms; per-sample generators draw only for ``active`` rows ([b] bool)."""
         if self.shared:
             return torch.rand(shape, generator=self.generators[0], device=device)
-        return torch.stack([torch.rand(shape[1:], generator=g, device=device) for g in self.generators])
+        rows = [torch.rand(shape[1:], generator=g, device=device) if on else torch.zeros(shape[1:], device=device)
+                for g, on in zip(self.generators, _rows_on(active, shape[0]))]
+        return torch.stack(rows)
 
-    def categorical(self, probs: torch.Tensor) -> torch.Tensor:  # [b, B, V] -> [b, B]
+    def categorical(self, probs: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """``[b, B, V] -> [b, B]`` draws; per-sample generators draw only for ``active`` rows."""
         b, blk, vocab = probs.shape
         if self.shared:
             flat = torch.multinomial(probs.reshape(-1, vocab), 1, generator=self.generators[0])
             return flat.view(b, blk)
+        # A row that has nothing to commit skips its draw, so its stream advances only on the
+        # steps it takes part in: with the threshold rule a sample's number of steps per block
+        # is its own, and its later draws must not depend on how long its batch mates took.
         return torch.stack([
-            torch.multinomial(p, 1, generator=g).squeeze(-1) for p, g in zip(probs, self.generators)])
+            torch.multinomial(p, 1, generator=g).squeeze(-1) if on else p.argmax(-1)
+            for p, g, on in zip(probs, self.generators, _rows_on(active, b))])
+
+
+def _rows_on(active: torch.Tensor | None, batch: int) -> list[bool]:
+    return [True] * batch if active is None else active.tolist()
 
 
 def propose_tokens(
     logits: torch.Tensor, temperature: float, draws: _Draws | None = None,
+    active: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Proposed tokens and their model probability: ``[b, B]`` each, from ``[b, B, V]``.
 
@@ -183,19 +240,19 @@ def propose_tokens(
     if temperature == 0:
         tokens = logits.argmax(-1)
     else:
-        tokens = draws.categorical((logits / temperature).softmax(-1))
+        tokens = draws.categorical((logits / temperature).softmax(-1), active)
     return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
 
 
-def _low_confidence_scores(confidence: torch.Tensor, draws: _Draws) -> torch.Tensor:
+def _low_confidence_scores(confidence: torch.Tensor, draws: _Draws, active=None) -> torch.Tensor:
     return confidence
 
 
-def _random_scores(confidence: torch.Tensor, draws: _Draws) -> torch.Tensor:
-    return draws.uniform(tuple(confidence.shape), confidence.device)
+def _random_scores(confidence: torch.Tensor, draws: _Draws, active=None) -> torch.Tensor:
+    return draws.uniform(tuple(confidence.shape), confidence.device, active)
 
 
-REMASKING: dict[str, Callable[[torch.Tensor, _Draws], torch.Tensor]] = {
+REMASKING: dict[str, Callable[..., torch.Tensor]] = {
     "low_confidence": _low_confidence_scores,
     "random": _random_scores,
 }
@@ -209,7 +266,11 @@ REMASKING: dict[str, Callable[[torch.Tensor, _Draws], torch.Tensor]] = {
 class BlockPlan(NamedTuple):
     start: int  # first response slot of the block
     end: int  # one past its last slot
-    counts: torch.Tensor  # [steps in block] tokens committed per step
+    counts: torch.Tensor | None  # [steps in block] tokens per step; None under the threshold rule
+
+
+UNMASK_RULES = ("fixed", "threshold")
+CACHE_MODES = ("none", "prefix", "dual")
 
 
 @dataclass
@@ -217,14 +278,16 @@ class SamplerConfig:
     """Generation settings; see the module docstring for the rules they drive.
 
     Defaults: 64 new tokens in 64 steps, one block, greedy, low-confidence
-    remasking, stop at EOS, seed 0.
+    remasking, fixed tokens per step, no key/value cache, stop at EOS, seed 0.
+    This class is the one place these defaults live (the CLI flags, the eval
+    suite and the lm-eval model read them from here).
     """
 
     max_new_tokens: int = field(default=64, metadata={
         "help": "Response length N: number of mask slots placed after each prompt."})
     steps: int = field(default=64, metadata={
         "help": "Denoising steps S in total, num_blocks <= S <= N; split over blocks evenly, "
-                "remainder to the earliest blocks."})
+                "remainder to the earliest blocks. Used by the fixed unmasking rule only."})
     block_length: int | None = field(default=None, metadata={
         "help": "Semi-autoregressive block size, decoded left to right (None: one block of N "
                 "slots). A remainder makes the last block shorter."})
@@ -232,6 +295,22 @@ class SamplerConfig:
         "help": "Sampling temperature of the proposals; 0 means argmax."})
     remasking: Literal["low_confidence", "random"] = field(default="low_confidence", metadata={
         "help": "Which masked slots to commit: the most confident proposals, or uniformly random."})
+    unmask_rule: Literal["fixed", "threshold"] = field(default="fixed", metadata={
+        "help": "How many slots a step commits: 'fixed' follows the S-step schedule; 'threshold' "
+                "commits every masked slot of the current block whose confidence is >= --threshold "
+                "(at least one, at most --max-per-step), so the number of model calls depends on "
+                "the data (Fast-dLLM)."})
+    threshold: float = field(default=0.9, metadata={
+        "help": "Confidence threshold tau of the threshold rule, in [0, 1]."})
+    max_per_step: int | None = field(default=None, metadata={
+        "help": "Threshold rule: commit at most this many slots per step (None: no cap)."})
+    cache: Literal["none", "prefix", "dual"] = field(default="none", metadata={
+        "help": "Key/value cache across the steps of a block: 'prefix' reuses the prompt's and "
+                "finished blocks' keys/values, 'dual' also the later blocks'; refreshed when a "
+                "block starts. Approximate after the first step of a block (docs/ARCHITECTURE.md)."})
+    cache_refresh_steps: int | None = field(default=None, metadata={
+        "help": "With a cache: also refresh it every this many steps within a block (None: only "
+                "when a block starts; 1: every step, which equals no cache)."})
     stop_at_eos: bool = field(default=True, metadata={
         "help": "Once EOS is committed, fill every later response slot with EOS and cut the "
                 "response there."})
@@ -241,10 +320,6 @@ class SamplerConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.steps < 1 or self.steps > self.max_new_tokens:
-            raise ValueError(
-                f"steps must lie in [1, max_new_tokens={self.max_new_tokens}], got {self.steps}: "
-                "every step commits at least one token")
         if self.block_length is not None and not 1 <= self.block_length <= self.max_new_tokens:
             raise ValueError(
                 f"block_length must lie in [1, max_new_tokens={self.max_new_tokens}] or be None, "
@@ -253,18 +328,45 @@ class SamplerConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.remasking not in REMASKING:
             raise ValueError(f"unknown remasking {self.remasking!r}; choose from {sorted(REMASKING)}")
+        # raised here, not in a helper: the CLI reports __post_init__ errors as the user's (errors.py)
+        problem = self._fast_option_problem() or (self._steps_problem() if self.unmask_rule == "fixed" else None)
+        if problem:
+            raise ValueError(problem)
+
+    def _steps_problem(self) -> str | None:
+        if self.steps < 1 or self.steps > self.max_new_tokens:
+            return (f"steps must lie in [1, max_new_tokens={self.max_new_tokens}], got {self.steps}: "
+                    "every step commits at least one token")
         if self.steps < self.num_blocks:
-            raise ValueError(
-                f"steps={self.steps} is fewer than the {self.num_blocks} blocks: every block "
-                "needs at least one step")
+            return (f"steps={self.steps} is fewer than the {self.num_blocks} blocks: every block "
+                    "needs at least one step")
+        return None
+
+    def _fast_option_problem(self) -> str | None:
+        if self.unmask_rule not in UNMASK_RULES:
+            return f"unknown unmask_rule {self.unmask_rule!r}; choose from {list(UNMASK_RULES)}"
+        if self.cache not in CACHE_MODES:
+            return f"unknown cache {self.cache!r}; choose from {list(CACHE_MODES)}"
+        if not 0.0 <= self.threshold <= 1.0:
+            return f"threshold must lie in [0, 1], got {self.threshold}"
+        if self.max_per_step is not None and self.max_per_step < 1:
+            return f"max_per_step must be >= 1 or None, got {self.max_per_step}"
+        if self.cache_refresh_steps is not None and self.cache_refresh_steps < 1:
+            return f"cache_refresh_steps must be >= 1 or None, got {self.cache_refresh_steps}"
+        if self.unmask_rule == "threshold" and self.remasking != "low_confidence":
+            return "the threshold rule thresholds the model's confidence: it needs remasking='low_confidence'"
+        return None
 
     @property
     def num_blocks(self) -> int:
         return len(block_sizes(self.max_new_tokens, self.block_length or self.max_new_tokens))
 
     def plan(self) -> list[BlockPlan]:
-        """The decoding schedule: one entry per block with its per-step counts."""
+        """The decoding schedule: one entry per block with its per-step counts (fixed rule)."""
         sizes = block_sizes(self.max_new_tokens, self.block_length or self.max_new_tokens)
+        if self.unmask_rule == "threshold":
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            return [BlockPlan(s, s + size, None) for s, size in zip(starts, sizes)]
         plans, start = [], 0
         for size, n_steps in zip(sizes, steps_per_block(sizes, self.steps)):
             plans.append(BlockPlan(start, start + size, tokens_per_step(size, n_steps)))
@@ -287,6 +389,9 @@ class SamplerOutput:
     responses: list[list[int]]  # cut before the first EOS when stop_at_eos
     texts: list[str] | None = None
     history: list[SamplerStep] | None = None
+    model_calls: int = 0  # forward passes of the batch
+    calls_per_sample: list[int] | None = None  # forwards in which each sample had a slot to commit
+    cache_used: str = "none"  # the cache mode actually used ("none" where the family cannot cache)
 
 
 # ---------------------------------------------------------------------------
@@ -336,11 +441,14 @@ class Sampler:
         self.model.eval()
         try:
             with torch.no_grad():
-                x, attn, resp_pos, history = self._denoise(
+                x, resp_pos, history, forward = self._denoise(
                     prompt_ids, config, seeds, return_history, context)
         finally:
             self.model.train(was_training)
-        return self._package(x, prompt_ids, resp_pos, history, config)
+        out = self._package(x, prompt_ids, resp_pos, history, config)
+        out.model_calls, out.calls_per_sample = forward.calls, forward.calls_per_sample.tolist()
+        out.cache_used = forward.mode
+        return out
 
     # -- pieces of generate ------------------------------------------------
 
@@ -376,37 +484,44 @@ class Sampler:
         device = _model_device(self.model)
         x, attn, resp_pos = self._canvas(prompt_ids, config.max_new_tokens, device)
         draws = _Draws.create(config.seed, seeds, len(prompt_ids), device)
+        forward = BlockForward(self.model, attn, config.cache, context, config.cache_refresh_steps)
         history: list[SamplerStep] | None = [] if return_history else None
         for block in config.plan():
             block_pos = resp_pos[:, block.start: block.end]  # [b, B]
-            query = torch.zeros_like(x, dtype=torch.bool).scatter_(1, block_pos, True)  # [b, L]
-            for k in block.counts.tolist():
+            forward.start_block(block_pos, resp_pos[:, block.start:])
+            for k in _block_schedule(block):
+                active = (x.gather(1, block_pos) == self.mask_id).any(1)  # [b]
+                if k is None and not active.any():  # threshold rule: the block is done
+                    break
                 before = x
-                x = self._step(x, attn, resp_pos, block_pos, query, k, config, draws, context)
+                x = self._step(x, resp_pos, block_pos, active, k, config, draws, forward)
                 if history is not None:
                     history.append(SamplerStep(before, (before == self.mask_id) & (x != self.mask_id)))
         if (x.gather(1, resp_pos) == self.mask_id).any():
             raise AssertionError("sampler finished with masked response slots")
-        return x, attn, resp_pos, history
+        return x, resp_pos, history, forward
 
-    def _step(self, x, attn, resp_pos, block_pos, query, k, config, draws, context):
-        """One denoising step over the current block; returns the new state ``[b, L]``."""
+    def _step(self, x, resp_pos, block_pos, active, k, config, draws, forward: BlockForward):
+        """One denoising step over the current block; returns the new state ``[b, L]``.
+
+        ``k``: tokens to commit (fixed rule), or None for the threshold rule.
+        """
         block = x.gather(1, block_pos)  # [b, B]
         candidates = block == self.mask_id  # [b, B]
         # A sample with no mask left in this block has none left anywhere (blocks
         # complete exactly on their last step; EOS fills reach the end), so skipping
         # the forward when the whole batch is done cannot desync per-sample streams.
-        if not bool(candidates.any()):
+        if not bool(active.any()):
             return x
-        b, blk = block.shape
-        with context():
-            logits = forward_logits(self.model, x, attn, positions=query)  # [b*B, V]
-        logits = logits.view(b, blk, -1).float()
+        logits = forward.logits(x, active).float()  # [b, B, V]
         logits[..., self.forbidden] = float("-inf")
-        # 1. propose, 2. score, 3. commit the top-k masked slots of the block
-        tokens, confidence = propose_tokens(logits, config.temperature, draws)
-        scores = REMASKING[config.remasking](confidence, draws)  # [b, B]
-        commit = select_commits(scores, candidates, k)  # [b, B]
+        # 1. propose, 2. score, 3. commit: the top-k (fixed) or those above tau (threshold)
+        tokens, confidence = propose_tokens(logits, config.temperature, draws, active)
+        if k is None:
+            commit = select_above_threshold(confidence, candidates, config.threshold, config.max_per_step)
+        else:
+            scores = REMASKING[config.remasking](confidence, draws, active)  # [b, B]
+            commit = select_commits(scores, candidates, k)  # [b, B]
         x = x.scatter(1, block_pos, torch.where(commit, tokens, block))
         if config.stop_at_eos:
             x = x.scatter(1, resp_pos, fill_after_eos(x.gather(1, resp_pos), self.eos_id))
@@ -419,6 +534,17 @@ class Sampler:
         texts = [self.tokenizer.decode(r, skip_special_tokens=False) for r in responses]
         lengths = torch.tensor([len(p) for p in prompt_ids], device=x.device)
         return SamplerOutput(x, lengths, resp_pos, responses, texts, history)
+
+
+def _block_schedule(block: BlockPlan) -> list[int | None]:
+    """Per step of a block: tokens to commit (fixed rule), or None (threshold rule).
+
+    The threshold rule commits at least one slot per step, so a block of n slots
+    never needs more than n steps; the loop stops earlier once the block is done.
+    """
+    if block.counts is not None:
+        return block.counts.tolist()
+    return [None] * (block.end - block.start)
 
 
 def _model_device(model) -> torch.device:

@@ -15,6 +15,10 @@ Examples:
     memdlm eval --run "Standard=runs/std" --run "MemDLM T&I=runs/mem:memory" \\
         --tasks mv vt --lengths 256 512 --output-dir eval_out
 
+    # fast sampling: confidence-threshold decoding with a dual key/value cache
+    memdlm eval --memdlm runs/mem --tasks kv --lengths 256 --output-dir eval_fast \\
+        --unmask-rule threshold --threshold 0.9 --cache dual
+
 Writes OUT/suite.json (per-item results), OUT/suite.md (the table) and OUT/suite.png
 (score vs length, a panel per task). A (task, length) too short for the task's
 needles (e.g. mv below ~180 tokens, vt below ~136, longresp below ~244) is skipped
@@ -57,6 +61,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="CPU threads (default: OMP_NUM_THREADS, else 1 on small CPUs).")
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from the run directories.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    from memdlm.commands.sampler_flags import FAST_SAMPLING_FIELDS, add_sampler_flags
+
+    add_sampler_flags(p.add_argument_group("fast sampling (defaults: today's decoding)"), FAST_SAMPLING_FIELDS)
     return p
 
 
@@ -93,18 +100,25 @@ def run(argv: list[str], prog: str = "memdlm eval") -> int:
         raise ConfigError(f"--lengths must be positive, got {args.lengths}")
     import torch
 
+    from memdlm.commands.sampler_flags import FAST_SAMPLING_FIELDS, sampler_values
     from memdlm.config import default_threads
     from memdlm.eval.suite import evaluate_suite, save_suite, to_markdown
+    from memdlm.sampling import SamplerConfig
     from memdlm.tasks import task_names
 
     unknown = sorted(set(args.tasks) - set(task_names()))
     if unknown:
         raise ConfigError(f"unknown tasks {unknown}; choose from {task_names()}")
     torch.set_num_threads(args.threads or default_threads())
+    try:
+        sampler = SamplerConfig(**sampler_values(args, FAST_SAMPLING_FIELDS))  # fail before loading models
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     result = evaluate_suite(runs, args.tasks, args.lengths, args.items, seed=args.seed,
                             batch_size=args.batch_size,
                             memory_overrides={"adapt_mask_ratio": args.adapt_mask_ratio},
-                            progress=not args.no_progress, trust_remote_code=args.trust_remote_code)
+                            progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
+                            sampler={name: getattr(sampler, name) for name in FAST_SAMPLING_FIELDS})
     result["threads"] = torch.get_num_threads()
     paths = save_suite(result, args.output_dir)
     print(to_markdown(result))

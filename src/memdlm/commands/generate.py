@@ -5,20 +5,20 @@ Examples:
     memdlm generate --model runs/tiny --prompt "The value of red fox is 1234. Question: what is the value of red fox? Answer:"
     memdlm generate --model runs/tiny-mem --prompt-file prompts.txt --memory   # adapt on each prompt first
     memdlm generate --model DIR --prompt "..." --max-new-tokens 64 --steps 32 --block-length 16 --temperature 0.7
+    memdlm generate --model DIR --prompt "..." --block-length 16 --unmask-rule threshold --threshold 0.9 --cache dual
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from pathlib import Path
 
 from memdlm.errors import ConfigError
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    from memdlm.sampling import SamplerConfig
+    from memdlm.commands.sampler_flags import add_sampler_flags
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,15 +34,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads.")
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from --model.")
     p.add_argument("--json", action="store_true", help="Print a JSON list instead of plain text.")
-    defaults = SamplerConfig()
-    for f in fields(SamplerConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = type(getattr(defaults, f.name)) if getattr(defaults, f.name) is not None else int
-        if kind is bool:
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=getattr(defaults, f.name),
-                           help=f.metadata.get("help", ""))
-        else:
-            p.add_argument(flag, type=kind, default=getattr(defaults, f.name), help=f.metadata.get("help", ""))
+    add_sampler_flags(p)
     return p
 
 
@@ -50,6 +42,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     args = build_parser(prog).parse_args(argv)
     import torch
 
+    from memdlm.commands.sampler_flags import sampler_values
     from memdlm.config import default_threads
     from memdlm.generation import generate
     from memdlm.memory.config import load_memory_args
@@ -69,7 +62,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     if args.chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
-    config = SamplerConfig(**{f.name: getattr(args, f.name) for f in fields(SamplerConfig)})
+    config = SamplerConfig(**sampler_values(args))
     memory = load_memory_args(args.model, adapt_mask_ratio=args.adapt_mask_ratio) if args.memory else None
     texts = generate(model, tokenizer, prompts, config, memory_args=memory, batch_size=args.batch_size,
                      progress=len(prompts) > args.batch_size)

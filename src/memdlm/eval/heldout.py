@@ -26,7 +26,7 @@ def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int 
     return [ds.sample(i) for i in range(n)]
 
 
-def answer_sampler_config(tokenizer, samples):
+def answer_sampler_config(tokenizer, samples, **overrides):
     """Greedy decoding for held-out answers.
 
     Free-form tasks: one token per step, room for the longest answer plus 2 tokens, so
@@ -34,14 +34,16 @@ def answer_sampler_config(tokenizer, samples):
     Fixed-slot tasks (associative recall: exactly Q answer words): the answer slots plus
     EOS, every one masked at once and committed in a single step -- the model cannot use
     one of its own answers to find another.
+
+    ``overrides`` replace SamplerConfig fields (e.g. the fast-sampling ones of ``memdlm eval``).
     """
     from memdlm.sampling import SamplerConfig
 
     longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
     if all(fixed_slots(s.task) for s in samples):
-        return SamplerConfig(max_new_tokens=longest + 1, steps=1, temperature=0.0)
+        return SamplerConfig(**{"max_new_tokens": longest + 1, "steps": 1, "temperature": 0.0, **overrides})
     new_tokens = longest + 2
-    return SamplerConfig(max_new_tokens=new_tokens, steps=new_tokens, temperature=0.0)
+    return SamplerConfig(**{"max_new_tokens": new_tokens, "steps": new_tokens, "temperature": 0.0, **overrides})
 
 
 def fixed_slots(task_name: str) -> bool:

@@ -12,7 +12,9 @@ Model arguments (``--model-args k=v,...``): ``pretrained`` (a local model or run
 directory), ``memory`` (inference-time adaptation on each context before
 answering: a fresh per-request memory, see :mod:`memdlm.memory.adapt`),
 ``adapt_mask_ratio``, ``steps`` / ``max_new_tokens`` / ``block_length`` /
-``temperature`` / ``remasking`` (the sampler, :class:`memdlm.sampling.SamplerConfig`),
+``temperature`` / ``remasking`` / ``unmask_rule`` / ``threshold`` / ``max_per_step`` /
+``cache`` (the sampler, :class:`memdlm.sampling.SamplerConfig`, whose defaults apply when
+an argument is not given),
 ``batch_size`` (sequences per forward pass), ``mc_samples``, ``seed``,
 ``greedy_check``, ``max_length``, ``device``, ``dtype``, ``trust_remote_code``.
 
@@ -69,6 +71,8 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 MODEL_NAME = "memdlm"
 GREEDY_CHECKS = ("decode", "none")
+# lm-eval passes model arguments as strings or guessed scalars: the fast-sampling ones, typed
+_FAST_TYPES = {"unmask_rule": str, "threshold": float, "max_per_step": int, "cache": str}
 
 
 def register() -> None:
@@ -120,7 +124,9 @@ class MemdlmLM(LM):
     def __init__(self, pretrained, tokenizer=None, memory: bool = False,
                  adapt_mask_ratio: float | None = None, steps: int | None = None,
                  max_new_tokens: int = 256, block_length: int | None = None,
-                 temperature: float = 0.0, remasking: str = "low_confidence", batch_size: int = 16,
+                 temperature: float = 0.0, remasking: str = "low_confidence", unmask_rule: str | None = None,
+                 threshold: float | None = None, max_per_step: int | None = None, cache: str | None = None,
+                 batch_size: int = 16,
                  mc_samples: int = 32, seed: int = 0, greedy_check: str = "decode",
                  max_length: int | None = None, device: str | None = None, dtype: str | None = None,
                  trust_remote_code: bool = False, **unused):
@@ -135,6 +141,8 @@ class MemdlmLM(LM):
         self._device = next(self.model.parameters()).device
         self.steps, self.max_new_tokens = steps, int(max_new_tokens)
         self.block_length, self.temperature, self.remasking = block_length, float(temperature), remasking
+        given = dict(unmask_rule=unmask_rule, threshold=threshold, max_per_step=max_per_step, cache=cache)
+        self.fast_sampling = {k: _FAST_TYPES[k](v) for k, v in given.items() if v is not None}  # else SamplerConfig's
         self.batch_size, self.mc_samples, self.seed = int(batch_size), int(mc_samples), int(seed)
         self.greedy_check = greedy_check
         self.sampler_config()  # validate the sampler settings now, not at the first request
@@ -352,7 +360,7 @@ class MemdlmLM(LM):
         steps = max(n_blocks, min(int(self.steps or n), n))
         temperature = self.temperature if temperature is None else float(temperature)
         return SamplerConfig(max_new_tokens=n, steps=steps, block_length=block, temperature=temperature,
-                             remasking=self.remasking, stop_at_eos=True, seed=self.seed)
+                             remasking=self.remasking, stop_at_eos=True, seed=self.seed, **self.fast_sampling)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         from memdlm.generation import generate

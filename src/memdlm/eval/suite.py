@@ -180,16 +180,18 @@ def _suite_items(tokenizer, tasks, lengths, n, seed):
     return items
 
 
-def _answer_cell(model, tokenizer, samples, memory_args, batch_size, progress) -> dict:
+def _answer_cell(model, tokenizer, samples, memory_args, batch_size, progress, sampler=None) -> dict:
     """Generate and score one run on one cell's items."""
     from memdlm.eval.heldout import answer_sampler_config, recall_of
     from memdlm.generation import generate
     from memdlm.tasks.scoring import score_samples
 
-    config = answer_sampler_config(tokenizer, samples)  # the same decoding as held-out accuracy
+    config = answer_sampler_config(tokenizer, samples, **(sampler or {}))  # the held-out decoding
     start = time.perf_counter()
+    counts: dict = {}
     texts = generate(model, tokenizer, [s.prompt for s in samples], config, memory_args=memory_args,
-                     seeds=list(range(len(samples))), batch_size=batch_size, progress=progress)
+                     seeds=list(range(len(samples))), batch_size=batch_size, progress=progress,
+                     stats=counts)
     seconds = time.perf_counter() - start
     task = samples[0].task
     item_scores = [score_samples(task, [t], [s]) for t, s in zip(texts, samples)]
@@ -199,6 +201,8 @@ def _answer_cell(model, tokenizer, samples, memory_args, batch_size, progress) -
         "exact_match": sum(exact) / len(exact),
         "n": len(samples),
         "seconds": round(seconds, 3),
+        "model_calls": counts["model_calls"],  # forward passes of the sampler, all batches
+        "mean_calls_per_item": sum(counts["calls_per_sample"]) / len(samples),
         "item_keys": [item_key(s) for s in samples],
         "item_scores": item_scores,
         "item_correct": exact,
@@ -219,7 +223,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
                    seed: int | None = None, batch_size: int = 8, memory_args=None,
                    memory_overrides: dict | None = None,
                    progress: bool = True, trust_remote_code: bool = False,
-                   loader=None) -> dict:
+                   loader=None, sampler: dict | None = None) -> dict:
     """Evaluate every run on every (task, length) cell, on shared held-out items.
 
     Runs with ``memory=True`` adapt with their own training run's memory settings
@@ -228,12 +232,14 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     :class:`~memdlm.memory.config.MemoryArguments`) fixes one for every run. ``seed`` selects the
     held-out items (default ``memdlm.eval.heldout.HELDOUT_SEED``). ``loader(dir) ->
     (model, tokenizer)`` replaces loading from disk (tests, in-memory models).
+    ``sampler`` overrides SamplerConfig fields of the held-out decoding (the fast-sampling
+    flags of ``memdlm eval``: unmask rule, threshold, cap, cache); None keeps it as is.
 
     Returns a JSON-ready dict: ``runs``, ``tasks``, ``lengths``, ``n``, ``seed``,
     ``memory_args`` and ``cells``, one per (task, length) in task-major order, each
     ``{"task", "length", "skipped": None | reason, "item_keys", "answers",
-    "results": {run name: {"score", "exact_match", "n", "seconds", "item_keys",
-    "item_scores", "item_correct", "predictions"}}}``.
+    "results": {run name: {"score", "exact_match", "n", "seconds", "model_calls",
+    "mean_calls_per_item", "item_keys", "item_scores", "item_correct", "predictions"}}}``.
     """
     from tqdm.auto import tqdm
 
@@ -282,7 +288,8 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
                 bar.set_description(f"{run.name} | {task}@{length}")
                 if not isinstance(samples, str):
                     cell = _answer_cell(model, tokenizer, samples, run_memory, batch_size,
-                                        progress=progress and len(samples) > batch_size)
+                                        progress=progress and len(samples) > batch_size,
+                                        sampler=sampler)
                     results[(task, length, run.name)] = cell
                     bar.set_postfix(score=f"{cell['score']:.1f}")
                 bar.update(1)
@@ -305,6 +312,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         "tasks": list(tasks), "lengths": list(lengths), "n": n, "seed": seed,
         "batch_size": batch_size,
         "memory_args": memory_by_run,  # per adapted run: the settings it was adapted with
+        "sampler": dict(sampler or {}),
         "cells": cells,
         "seconds": round(time.perf_counter() - start, 1),
     }

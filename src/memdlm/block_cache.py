@@ -1,0 +1,178 @@
+"""The sampler's model calls: no cache, or a block-wise key/value cache (Fast-dLLM).
+
+Fast-dLLM (Wu et al., 2025, arXiv 2505.22618) decodes block by block and, within a
+block, reuses keys/values computed when the block started:
+
+- ``prefix``: the prompt's and the finished blocks' keys/values are reused; each step
+  recomputes the current block *and everything after it* (the later, still masked
+  blocks).
+- ``dual``: the later blocks' keys/values are reused too; each step recomputes only
+  the current block.
+
+How it runs here. At the first step of a block (and every ``cache_refresh_steps``
+steps with that option) the model runs over the whole canvas, exactly as without a
+cache, and a stock ``transformers.DynamicCache`` records every layer's keys/values
+``[b, h, L, d]``. A cached step feeds the model only its query columns ``[b, q]``
+(per sample, since prompts differ in length) with their own ``position_ids``, and a
+cache whose layers scatter the fresh keys/values of those columns into a copy of the
+recorded ones, so attention still sees all L columns (padding masked by a prepared
+4-D mask). Column order is the canvas order, so RoPE positions are unchanged.
+
+What is exact and what is approximate:
+
+- **Exact**: a refresh step *is* the no-cache forward (the same call with a cache
+  object to fill; bit-identical logits, tested), so the first step of every block is
+  exact, and with ``cache_refresh_steps=1`` every step is: the sampler's output
+  equals no cache (tested). A cached step on an unchanged canvas gives the no-cache
+  logits up to float rounding (tested to 1e-5): the machinery itself adds no error.
+- **Approximate**: after a step commits tokens, the reused keys/values are stale. In a
+  bidirectional model every position attends to every other, so the prompt's (and,
+  for ``dual``, the later blocks') keys/values above the first layer depend on the
+  block's tokens, which have changed from masks to words. Only layer 0's keys/values
+  (a function of the token and its position alone) stay exact. The prefix is exact
+  only if it never attends to the suffix, which a bidirectional DLM does not do.
+  ``benchmarks/sampling.py`` measures what this costs in accuracy.
+
+Inference-time memory: the memory acts through forward hooks on FFN modules; every
+call here (refresh or cached) runs inside the sampler's ``forward_context``, so the
+cache is built with the memory active, and the hooks act per batch row whatever the
+number of columns, so per-sample memory keeps working in a batch (tested).
+
+Families: the cached path needs attention layers that call ``cache.update(k, v,
+layer_idx)``, take ``position_ids`` and accept a prepared 4-D mask, and a full
+attention in every layer: ``CACHE_FAMILIES`` (Gemma3 with full attention only, Llama,
+Mistral, Qwen2, Qwen3 and their MoE variants) under the ``sdpa`` or ``eager``
+attention. Everything else (ModernBERT, remote-code LLaDA/Dream, right-shifted
+logits, sliding-window layers, other attention kernels) falls back to no cache with
+a warning; the output's ``cache_used`` says which was used.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from memdlm.modeling import logits_only_at, logits_shift, unwrap
+
+logger = logging.getLogger("memdlm")
+
+CACHE_FAMILIES = frozenset({"gemma3_text", "llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe"})
+CACHE_ATTENTION = frozenset({"sdpa", "eager"})
+
+
+def cache_unsupported(model) -> str | None:
+    """Why ``model`` cannot use the block cache, or None when it can."""
+    config = getattr(unwrap(model), "config", None)
+    family = getattr(config, "model_type", None)
+    if family not in CACHE_FAMILIES:
+        return f"family {family!r} has no cache path here (supported: {sorted(CACHE_FAMILIES)})"
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
+        return "some layers use local (sliding-window) attention"
+    if logits_shift(model):
+        return "right-shifted logits read each position from its left neighbour"
+    if config._attn_implementation not in CACHE_ATTENTION:
+        return f"attention {config._attn_implementation!r} (supported: {sorted(CACHE_ATTENTION)})"
+    return None
+
+
+def _column_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class ColumnLayer(DynamicLayer):
+        """Keys/values of every column from the last refresh; a step's fresh columns replace theirs.
+
+        Nothing is stored by ``update``: each step starts again from the refresh.
+        """
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, columns: torch.Tensor):
+            super().__init__()
+            self.keys, self.values, self.is_initialized = keys, values, True  # [b, h, L, d]
+            self.columns = columns  # [b, q]
+
+        def update(self, key_states, value_states, *args, **kwargs):  # [b, h, q, d] each
+            index = self.columns[:, None, :, None].expand(-1, key_states.shape[1], -1, key_states.shape[-1])
+            return self.keys.scatter(2, index, key_states), self.values.scatter(2, index, value_states)
+
+    return ColumnLayer
+
+
+class BlockForward:
+    """The model calls of one ``Sampler.generate``: logits of the current block, call counts.
+
+    ``mode`` is ``"none"``, ``"prefix"`` or ``"dual"``; ``attn`` the canvas's padding
+    mask ``[b, L]``; ``context`` a factory of the context entered around every call.
+    """
+
+    def __init__(self, model, attn: torch.Tensor, mode: str, context, refresh_steps: int | None = None):
+        reason = cache_unsupported(model) if mode != "none" else None
+        if reason is not None:
+            logger.warning("cache %r is not available (%s); sampling without a cache", mode, reason)
+            mode = "none"
+        self.model, self.attn, self.mode, self.context = model, attn, mode, context
+        self.refresh_steps = refresh_steps
+        self.calls = 0
+        self.calls_per_sample = torch.zeros(attn.shape[0], dtype=torch.long, device=attn.device)  # [b]
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def start_block(self, block_pos: torch.Tensor, suffix_pos: torch.Tensor) -> None:
+        """A new block: its columns ``[b, B]`` and those from it to the end ``[b, N - start]``."""
+        self.block_pos = block_pos
+        self.query_cols = suffix_pos if self.mode == "prefix" else block_pos  # [b, q]
+        self.step_in_block = 0
+        self.kv = None
+
+    def logits(self, x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Logits at the block's slots ``[b, B, V]`` for canvas ``x`` ``[b, L]``.
+
+        ``active`` ([b] bool): the samples that still have a slot to commit, counted as
+        having used this call.
+        """
+        b, blk = self.block_pos.shape
+        with self.context():
+            if self._refresh_due():
+                logits = self._full(x)
+            else:
+                logits = self._cached(x)
+        self.calls += 1
+        self.calls_per_sample += active.long()
+        self.step_in_block += 1
+        return logits.view(b, blk, -1)
+
+    def _refresh_due(self) -> bool:
+        if self.mode == "none" or self.kv is None:
+            return True
+        return self.refresh_steps is not None and self.step_in_block % self.refresh_steps == 0
+
+    def _full(self, x: torch.Tensor) -> torch.Tensor:  # [b*B, V]
+        positions = torch.zeros_like(x, dtype=torch.bool).scatter_(1, self.block_pos, True)  # [b, L]
+        if self.mode == "none":
+            with logits_only_at(self.model, positions):
+                return self.model(input_ids=x, attention_mask=self.attn, use_cache=False).logits
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        with logits_only_at(self.model, positions):
+            logits = self.model(input_ids=x, attention_mask=self.attn, cache=cache, use_cache=True).logits
+        self.kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return logits
+
+    def _cached(self, x: torch.Tensor) -> torch.Tensor:  # [b*B, V]
+        from transformers.cache_utils import Cache
+
+        column_layer = _column_layer_class()
+        cols = self.query_cols  # [b, q]; the block is its first B columns
+        cache = Cache(layers=[column_layer(k, v, cols) for k, v in self.kv])
+        at_block = torch.zeros_like(cols, dtype=torch.bool)
+        at_block[:, : self.block_pos.shape[1]] = True  # [b, q]
+        with logits_only_at(self.model, at_block):
+            return self.model(input_ids=x.gather(1, cols), attention_mask=self._mask(cols.shape[1]),
+                              position_ids=cols, cache=cache, use_cache=True).logits
+
+    def _mask(self, q: int) -> torch.Tensor:
+        """Prepared 4-D mask ``[b, 1, q, L]``: every query sees every non-padding column."""
+        keep = self.attn.bool()[:, None, None, :].expand(-1, 1, q, -1)
+        if unwrap(self.model).config._attn_implementation == "sdpa":
+            return keep
+        dtype = next(self.model.parameters()).dtype  # eager adds the mask to the scores
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)

@@ -1,0 +1,196 @@
+"""Block-wise key/value cache of the sampler: exact where claimed, shapes, memory, fallback."""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from memdlm.block_cache import BlockForward, cache_unsupported
+from memdlm.generation import _adapted_context, generate
+from memdlm.memory.adapt import build_adaptation_loop
+from memdlm.memory.config import MemoryArguments
+from memdlm.modeling import build_tiny_model
+from memdlm.sampling import Sampler, SamplerConfig
+
+torch.set_num_threads(1)
+
+PROMPTS = ["The cat sat on", "Hello", "Numbers: 1 2 3 4 5 6 7"]
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=8, max_position_embeddings=1024, bos_token_id=None)
+
+
+def build(family, tok, attn="sdpa"):
+    """A tiny random bidirectional model of ``family`` with attention kernel ``attn``."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(0)
+    ids = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if family == "gemma3":
+        model = build_tiny_model(tok, seed=0, num_hidden_layers=2)
+    elif family == "llama":
+        config = LlamaConfig(**SMALL, **ids)
+        config.is_causal = False
+        model = LlamaForCausalLM(config)
+    else:
+        config = Qwen3MoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, **ids)
+        config.is_causal = False
+        model = Qwen3MoeForCausalLM(config)
+    model.config._attn_implementation = attn
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return build("gemma3", tok)
+
+
+def canvas(tok, model, n_new=8, block=4):
+    """The sampler's padded canvas for PROMPTS: ids ``[b, L]``, attention ``[b, L]``, slots ``[b, N]``."""
+    sampler = Sampler(model, tok)
+    enc = tok(PROMPTS, add_special_tokens=False)["input_ids"]
+    x, attn, resp_pos = sampler._canvas(enc, n_new, torch.device("cpu"))
+    return x, attn, resp_pos
+
+
+def record_widths(model):
+    """Input widths of every forward of ``model``, appended to the returned list."""
+    widths = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    return widths, handle
+
+
+# -- exactness ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family, attn", [("gemma3", "sdpa"), ("gemma3", "eager"), ("llama", "sdpa"),
+                                          ("llama", "eager"), ("qwen3_moe", "sdpa")])
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_refresh_is_exact_and_cached_step_matches_on_unchanged_canvas(tok, family, attn, mode):
+    model = build(family, tok, attn)
+    x, mask, resp_pos = canvas(tok, model)
+    x[1, resp_pos[1, 5]] = 300  # a committed token in a later block: the suffix is not all masks
+    active = torch.ones(3, dtype=torch.bool)
+    plain = BlockForward(model, mask, "none", contextlib.nullcontext)
+    cached = BlockForward(model, mask, mode, contextlib.nullcontext)
+    for fwd in (plain, cached):
+        fwd.start_block(resp_pos[:, :4], resp_pos)
+    reference = plain.logits(x, active)  # [b, B, V]
+    widths, handle = record_widths(model)
+    try:
+        refresh = cached.logits(x, active)
+        step = cached.logits(x, active)  # nothing changed since the refresh
+    finally:
+        handle.remove()
+    assert torch.equal(refresh, reference)  # the refresh is the no-cache forward, bit for bit
+    torch.testing.assert_close(step, reference, atol=1e-5, rtol=0)  # only rounding differs
+    assert widths == [x.shape[1], 8 if mode == "prefix" else 4]  # the step ran on its query columns
+    assert cached.calls == 2 and cached.calls_per_sample.tolist() == [2, 2, 2]
+    # the cached step really reuses keys/values: after a change outside its query, it does not see it
+    x2 = x.clone()
+    x2[:, 0] = 301  # the prompt's first token
+    torch.testing.assert_close(cached.logits(x2, active), step, atol=1e-5, rtol=0)
+    assert not torch.allclose(plain.logits(x2, active), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("rule", [dict(steps=8), dict(unmask_rule="threshold", threshold=5e-4)])
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_refresh_every_step_equals_no_cache(model, tok, rule, mode):
+    cfg = SamplerConfig(max_new_tokens=12, block_length=4, stop_at_eos=False, **rule)
+    sampler = Sampler(model, tok, cfg)
+    plain = sampler.generate(PROMPTS, return_history=True)
+    every = sampler.generate(PROMPTS, cache=mode, cache_refresh_steps=1, return_history=True)
+    assert every.cache_used == mode
+    assert torch.equal(every.sequences, plain.sequences)
+    assert all(torch.equal(a.committed, b.committed) for a, b in zip(every.history, plain.history))
+    assert every.model_calls == plain.model_calls and every.calls_per_sample == plain.calls_per_sample
+
+
+def test_query_widths_per_mode(model, tok):
+    """Refresh at each block's first step (full width), then only the query columns."""
+    cfg = SamplerConfig(max_new_tokens=8, steps=8, block_length=4, stop_at_eos=False)
+    width = max(len(p) for p in tok(PROMPTS, add_special_tokens=False)["input_ids"]) + 8
+    expected = {"none": [width] * 8,
+                "prefix": [width, 8, 8, 8, width, 4, 4, 4],  # the block and everything after it
+                "dual": [width, 4, 4, 4, width, 4, 4, 4],  # the block alone
+                }
+    for mode, want in expected.items():
+        widths, handle = record_widths(model)
+        try:
+            Sampler(model, tok, cfg).generate(PROMPTS, cache=mode)
+        finally:
+            handle.remove()
+        assert widths == want, mode
+    widths, handle = record_widths(model)
+    try:
+        Sampler(model, tok, cfg).generate(PROMPTS, cache="dual", cache_refresh_steps=2)
+    finally:
+        handle.remove()
+    assert widths == [width, 4, width, 4] * 2
+
+
+# -- inference-time memory -----------------------------------------------------
+
+
+def test_cached_steps_run_with_per_sample_memory(model, tok):
+    args = MemoryArguments(inner_lr=1.0)
+    loop = build_adaptation_loop(model, args, tok.mask_token_id)
+    enc = tok(PROMPTS, add_special_tokens=False)["input_ids"]
+    memory = _adapted_context(loop, tok, enc, [0, 1, 2], args, torch.device("cpu"))
+    x, mask, resp_pos = canvas(tok, model)
+    active = torch.ones(3, dtype=torch.bool)
+    with_memory = BlockForward(model, mask, "dual", memory)
+    without = BlockForward(model, mask, "none", contextlib.nullcontext)
+    for fwd in (with_memory, without):
+        fwd.start_block(resp_pos[:, :4], resp_pos)
+    refresh, step = with_memory.logits(x, active), with_memory.logits(x, active)
+    torch.testing.assert_close(step, refresh, atol=1e-5, rtol=0)  # the cache was built with memory on
+    assert (step - without.logits(x, active)).abs().max() > 1e-3  # and the memory changes the logits
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_per_sample_memory_batched_equals_alone_with_cache(model, tok, mode):
+    cfg = SamplerConfig(max_new_tokens=8, block_length=4, unmask_rule="threshold", threshold=5e-4, cache=mode)
+    args = MemoryArguments(inner_lr=1.0)
+    batched = generate(model, tok, PROMPTS, cfg, memory_args=args, seeds=[3, 4, 5], batch_size=3)
+    alone = [generate(model, tok, [p], cfg, memory_args=args, seeds=[3 + i], batch_size=1)[0]
+             for i, p in enumerate(PROMPTS)]
+    assert batched == alone
+    assert batched != generate(model, tok, PROMPTS, cfg, seeds=[3, 4, 5], batch_size=3)  # memory mattered
+
+
+# -- families without a cache path ----------------------------------------------
+
+
+def test_unsupported_families_fall_back_to_no_cache(tok, caplog):
+    def config(**kw):
+        base = dict(model_type="gemma3_text", layer_types=["full_attention"], _attn_implementation="sdpa")
+        return SimpleNamespace(config=SimpleNamespace(**{**base, **kw}))
+
+    assert cache_unsupported(config()) is None
+    assert "sliding" in cache_unsupported(config(layer_types=["full_attention", "sliding_attention"]))
+    assert "family" in cache_unsupported(config(model_type="modernbert"))
+    assert "right-shifted" in cache_unsupported(config(logits_shift=True))  # a Dream-style opt-in
+    assert "attention" in cache_unsupported(config(_attn_implementation="flash_attention_2"))
+    modernbert = build_modernbert(tok)
+    cfg = SamplerConfig(max_new_tokens=4, steps=4, stop_at_eos=False)
+    plain = Sampler(modernbert, tok, cfg).generate(PROMPTS)
+    with caplog.at_level("WARNING", logger="memdlm"):
+        cached = Sampler(modernbert, tok, cfg).generate(PROMPTS, cache="dual")
+    assert cached.cache_used == "none" and "not available" in caplog.text
+    assert torch.equal(cached.sequences, plain.sequences)
+
+
+def build_modernbert(tok):
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    config = ModernBertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              max_position_embeddings=1024, layer_types=["full_attention"] * 2,
+                              bos_token_id=eos, cls_token_id=eos, sep_token_id=eos, vocab_size=len(tok),
+                              pad_token_id=tok.pad_token_id, eos_token_id=eos)
+    return ModernBertForMaskedLM(config).eval()
