@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from memdlm.errors import ConfigError
+from memdlm.run_dir import check_finished
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="Prompts per batch.")
     p.add_argument("--threads", type=int, default=None, help="CPU threads.")
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from --model.")
+    p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     p.add_argument("--json", action="store_true", help="Print a JSON list instead of plain text.")
     defaults = SamplerConfig()
     for f in fields(SamplerConfig):
@@ -61,6 +63,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
         prompts += [line for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
     if not prompts:
         raise ConfigError("give at least one --prompt or a --prompt-file")
+    check_finished(args.model, args.allow_incomplete)
     torch.set_num_threads(args.threads or default_threads())
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
     model = load_model(args.model, args.trust_remote_code)
