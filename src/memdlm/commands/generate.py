@@ -39,7 +39,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     for f in fields(SamplerConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = type(getattr(defaults, f.name)) if getattr(defaults, f.name) is not None else int
-        if kind is bool:
+        if f.name == "steps":  # unset: as many as the sampler's default allows for --max-new-tokens
+            p.add_argument(flag, type=int, default=None,
+                           help=f.metadata.get("help", "") + f" Default: min({defaults.steps}, --max-new-tokens).")
+        elif kind is bool:
             p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=getattr(defaults, f.name),
                            help=f.metadata.get("help", ""))
         else:
@@ -71,6 +74,8 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     if args.chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
+    if args.steps is None:
+        args.steps = min(SamplerConfig().steps, args.max_new_tokens) if args.max_new_tokens >= 1 else 1
     config = SamplerConfig(**{f.name: getattr(args, f.name) for f in fields(SamplerConfig)})
     memory = load_memory_args(args.model, adapt_mask_ratio=args.adapt_mask_ratio) if args.memory else None
     texts = generate(model, tokenizer, prompts, config, memory_args=memory, batch_size=args.batch_size,
