@@ -85,16 +85,17 @@ def config_to_argv(values: dict) -> tuple[list[str], dict]:
         if value is None:
             nulls[name] = None
             continue
-        items = value if isinstance(value, list) else [value]
-        argv.append(f"--{name}")
-        for item in items:
-            if isinstance(item, bool):
-                argv.append("true" if item else "false")
-            elif isinstance(item, dict):
-                argv.append(json.dumps(item))
-            else:
-                argv.append(str(item))
+        if isinstance(value, list):
+            argv += [f"--{name}", *map(_as_flag_value, value)]
+        else:  # --name=value: a value such as -1e-07 must not read as a flag
+            argv.append(f"--{name}={_as_flag_value(value)}")
     return argv, nulls
+
+
+def _as_flag_value(item) -> str:
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    return json.dumps(item) if isinstance(item, dict) else str(item)
 
 
 class _RaisingParser:
