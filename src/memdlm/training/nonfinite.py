@@ -32,6 +32,10 @@ logger = logging.getLogger("memdlm")
 class NonFiniteStepError(RuntimeError):
     """Training stopped at a non-finite loss, gradient or weight (reported in one line)."""
 
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
+
 
 def first_nonfinite(named_tensors) -> str | None:
     """The name of the first tensor holding a NaN or inf (one device sync for all of them)."""
@@ -79,7 +83,7 @@ class NonFiniteGuard(TrainerCallback, ExportableState):
                            step, what, self.skipped, args.max_nonfinite_skips)
             return
         allowance = f" after {self.skipped} skipped" if self.skipped else ""
-        raise NonFiniteStepError(f"{what} at step {step}{allowance}; the step was not applied")
+        raise NonFiniteStepError(f"{what} at step {step}{allowance}; the step was not applied", step)
 
     def state(self) -> dict:
         return {"args": {}, "attributes": {"skipped": self.skipped}}

@@ -212,10 +212,7 @@ def train(cfg, resume: bool = False) -> dict:
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except NonFiniteStepError as err:
-        last = resume_checkpoint(out, identity["run_id"], quiet=True)
-        where = (f"the last finite checkpoint is {last}: resume from it with --resume and a lower --learning-rate"
-                 if last else "no checkpoint was saved: start again with a lower --learning-rate")
-        raise NonFiniteStepError(f"{err}; {where} (or allow a few skipped steps with --max-nonfinite-skips)") from None
+        raise NonFiniteStepError(recovery_advice(err, out, identity["run_id"], checkpoint, model), err.step) from None
     save_final(trainer, tokenizer, out)
     summary = {"run_id": identity["run_id"], "config_hash": identity["config_hash"],
                "train_seconds": round(record.train_seconds(), 1), "global_step": trainer.state.global_step,
@@ -231,6 +228,22 @@ def train(cfg, resume: bool = False) -> dict:
         summary["heldout"] = evaluate_heldout(trainer.model, tokenizer, cfg.data, out)
     write_json_atomic(out / COMPLETE_FILE, summary)  # last: marks the run finished
     return summary
+
+
+def recovery_advice(err, out: Path, run_id: str, resumed_from: str | None, model) -> str:
+    """The error, plus where to go on from: the last finite checkpoint, or -- when the
+    very first step after resuming fails -- the news that that checkpoint's weights,
+    finite as they are, already diverged (a lower learning rate cannot save them)."""
+    last = resume_checkpoint(out, run_id, quiet=True)
+    if resumed_from and err.step == int(Path(resumed_from).name.split("-")[-1]) + 1:
+        largest = max(p.detach().abs().max().item() for p in model.parameters())
+        return (f"{err}; it is the first step after {resumed_from}, whose weights are finite but already "
+                f"diverged (largest |weight| {largest:.3g}): resume from an earlier checkpoint (move "
+                f"{Path(resumed_from).name} out of {out}) or start again with --overwrite-output-dir")
+    if last is None:
+        return f"{err}; no checkpoint was saved: start again with a lower --learning-rate"
+    return (f"{err}; the last finite checkpoint is {last}: resume from it with --resume and a lower "
+            "--learning-rate (or allow a few skipped steps with --max-nonfinite-skips)")
 
 
 def resolved_config(cfg) -> dict:
