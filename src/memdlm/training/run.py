@@ -198,6 +198,7 @@ def train(cfg, resume: bool = False) -> dict:
     torch.set_num_threads(cfg.threads)
     model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
+    wait_for_all_ranks()  # every rank has judged the directory before rank 0 changes it
     if main:  # inputs checked: now the directory may change
         if plan["action"] == "replace":
             remove_replaced_run(out)
@@ -206,6 +207,9 @@ def train(cfg, resume: bool = False) -> dict:
         write_json_atomic(out / "data_report.json", report.to_dict())
         logger.info(report.summary())
         write_json_atomic(out / CONFIG_FILE, config)
+    wait_for_all_ranks()
+    if not main:  # one identity for all ranks: the one rank 0 drew and wrote
+        identity = json.loads((out / IDENTITY_FILE).read_text())
     trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set)
     record = RunRecord(identity["run_id"], identity["config_hash"])
     trainer.add_callback(record)
@@ -267,6 +271,11 @@ def whole_run_loss(log_history: list[dict]) -> dict:
             covered += span
             previous = entry["step"]
     return {"train_loss": round(total / covered, 6) if covered else None, "train_loss_steps": covered}
+
+
+def wait_for_all_ranks() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def is_main_process(args) -> bool:
