@@ -87,6 +87,16 @@ def test_training_into_another_runs_directory_is_refused_and_changes_nothing(fin
     assert same_weights(weights(finished), old_weights)
 
 
+def test_a_model_directory_is_not_trained_over(tmp_path, capsys, make_tiny_model):
+    """A saved model given as --output-dir would have its weights overwritten."""
+    model_dir = tmp_path / "model"
+    make_tiny_model(num_hidden_layers=1).save_pretrained(model_dir)
+    line = error_line(capsys, main(train_argv(model_dir)))
+    assert "already holds a model or run not made by memdlm train (config.json, model.safetensors)" in line
+    line = error_line(capsys, main(train_argv(model_dir, "--resume", "--overwrite-output-dir")))
+    assert "give one of them" in line
+
+
 def test_resume_with_other_settings_is_refused_naming_them(finished, capsys):
     line = error_line(capsys, main(train_argv(finished, "--resume", seed=1)))
     assert "made with other settings (train.seed: 0 -> 1)" in line

@@ -28,6 +28,9 @@ CONFIG_FILE = "run_config.json"
 # the directory holds a run.
 RUN_FILES = (IDENTITY_FILE, CONFIG_FILE, COMPLETE_FILE, "log_history.json", "data_report.json",
              "heldout_eval.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
+MODEL_FILES = ("config.json", "adapter_config.json") + WEIGHT_FILES
 # Removed when a run is replaced (--overwrite-output-dir); weights and tokenizer are overwritten
 # by the new run's final save, and without run_complete.json nothing reads them meanwhile.
 REPLACED_FILES = (COMPLETE_FILE, "log_history.json", "heldout_eval.json")
@@ -71,10 +74,12 @@ def new_identity(config: dict) -> dict:
     return {"run_id": uuid.uuid4().hex[:12], "config_hash": identity_hash(config)}
 
 
-def changed_settings(old: dict, new: dict, names=None) -> list[str]:
-    """``part.name: old -> new`` for each setting that differs (all, or those in ``names``)."""
+def changed_settings(old: dict, new: dict, names=None, exclude=frozenset()) -> list[str]:
+    """``part.name: old -> new`` for each setting that differs (all, or those in ``names``,
+    less those in ``exclude``)."""
     a, b = flat_settings(old), flat_settings(new)
-    keys = sorted(k for k in set(a) | set(b) if names is None or k.split(".", 1)[1] in names)
+    keys = sorted(k for k in set(a) | set(b)
+                  if (names is None or k.split(".", 1)[1] in names) and k.split(".", 1)[1] not in exclude)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
@@ -104,16 +109,22 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def holds_run(out: Path) -> bool:
-    return out.is_dir() and (any((out / name).exists() for name in RUN_FILES) or bool(checkpoints(out)))
+    """Run files, checkpoints or a saved model (a model directory given as --output-dir would
+    have its weights overwritten)."""
+    return out.is_dir() and (any((out / name).exists() for name in RUN_FILES + MODEL_FILES)
+                             or bool(checkpoints(out)))
 
 
 def describe(out: Path) -> str:
-    identity = read_identity(out) or {}
+    identity = read_identity(out)
+    if identity is None:
+        present = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES + MODEL_FILES)
+        return f"a model or run not made by memdlm train ({', '.join(present)})"
     done = read_json(out / COMPLETE_FILE)
     ckpts = checkpoints(out)
     state = f"finished at step {done.get('global_step')}" if isinstance(done, dict) else "unfinished"
     saved = f", checkpoints up to {ckpts[-1].name}" if ckpts else ""
-    return f"run {identity.get('run_id', '(unnamed)')} ({state}{saved})"
+    return f"run {identity['run_id']} ({state}{saved})"
 
 
 def check_output_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> dict:
@@ -140,11 +151,10 @@ def check_output_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> 
     identity = read_identity(out)
     old_config = read_json(out / CONFIG_FILE)
     if identity is None or not isinstance(old_config, dict):
-        raise ConfigError(f"--resume: {out} holds checkpoints but no {CONFIG_FILE} to say which run made them; "
+        raise ConfigError(f"--resume: {out} holds {describe(out)} but no {CONFIG_FILE} to say which run made it; "
                           "pass --overwrite-output-dir to start again there")
     if identity["config_hash"] != identity_hash(config):
-        changes = changed_settings(old_config, config, names=None)
-        changes = [c for c in changes if c.split(":")[0].split(".", 1)[1] not in RUNTIME_SETTINGS | SCHEDULE_SETTINGS]
+        changes = changed_settings(old_config, config, exclude=RUNTIME_SETTINGS | SCHEDULE_SETTINGS)
         raise ConfigError(f"--resume: {out} holds {describe(out)} made with other settings "
                           f"({'; '.join(changes) or 'unknown differences'}); resume with the same settings, "
                           "or pass --overwrite-output-dir to replace it")
@@ -166,8 +176,6 @@ def remove_replaced_run(out: Path) -> None:
 
 
 # --- checkpoints --------------------------------------------------------------------------------
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-                "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
 
 
 def missing_checkpoint_files(ckpt: Path) -> list[str]:

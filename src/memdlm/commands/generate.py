@@ -75,7 +75,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
     if args.steps is None:
-        args.steps = min(SamplerConfig().steps, args.max_new_tokens) if args.max_new_tokens >= 1 else 1
+        args.steps = max(1, min(SamplerConfig().steps, args.max_new_tokens))
     config = SamplerConfig(**{f.name: getattr(args, f.name) for f in fields(SamplerConfig)})
     memory = load_memory_args(args.model, adapt_mask_ratio=args.adapt_mask_ratio) if args.memory else None
     texts = generate(model, tokenizer, prompts, config, memory_args=memory, batch_size=args.batch_size,
