@@ -291,15 +291,25 @@ def test_resume_from_the_last_finite_checkpoint_with_a_lower_learning_rate(tmp_p
 
 def test_huge_learning_rate_never_saves_nan_weights(tmp_path, capsys):
     """lr 1e6 (the issue's trial): before, checkpoint-3 held every weight NaN and was called
-    intact. Now every saved state is finite, whether or not the run diverges in 6 steps."""
+    intact. Now step 3's non-finite gradient is caught before it is applied, every saved
+    state is finite, and the advice names checkpoint-2."""
     out = tmp_path / "run"
-    rc = main(train_argv(out, "--learning-rate", "1e6", "--save-steps", "1", steps=6))
-    err = capsys.readouterr().err
-    assert rc in (0, 2), err
+    line = error_line(capsys, main(train_argv(out, "--learning-rate", "1e6", "--save-steps", "1", steps=6)))
+    assert "at step 3; the step was not applied" in line
+    assert f"the last finite checkpoint is {out / 'checkpoint-2'}" in line
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     for ckpt in out.glob("checkpoint-*"):
         assert all(torch.isfinite(t).all() for t in weights(ckpt).values()), ckpt
-    if rc == 2:
-        assert "non-finite" in err and "the step was not applied" in err
+    # checkpoint-2 is finite but already diverged (step 2 moved the weights by ~1e6): the
+    # advice says so, and resuming from checkpoint-1 at a sane rate finishes.
+    line = error_line(capsys, main(train_argv(out, "--resume", "--learning-rate", "1e-3", "--save-steps", "1",
+                                              steps=6)))
+    assert f"it is the first step after {out / 'checkpoint-2'}, whose weights are finite but already diverged" in line
+    shutil.move(out / "checkpoint-2", tmp_path / "aside")
+    assert main(train_argv(out, "--resume", "--learning-rate", "1e-3", "--save-steps", "1", steps=6)) == 0
+    summary = read(out / "run_complete.json")
+    assert summary["global_step"] == 6 and summary["segments"] == 2
+    assert all(torch.isfinite(t).all() for t in weights(out).values())
 
 
 def test_bounded_skips_drop_the_step_and_count_it(tmp_path, monkeypatch):
@@ -324,6 +334,9 @@ def test_inference_commands_refuse_an_unfinished_run(finished, capsys, tmp_path)
     assert "is an unfinished run" in error_line(capsys, rc, "eval")
     rc = main(["exposure-bias", "--run", f"a={finished}", "--output-dir", str(tmp_path / "x")])
     assert "is an unfinished run" in error_line(capsys, rc, "exposure-bias")
+    pytest.importorskip("lm_eval")
+    rc = main(["lm-eval", "--model-args", f"pretrained={finished}", "--tasks", "memdlm_kv_128"])
+    assert "is an unfinished run" in error_line(capsys, rc, "lm-eval")
     assert main(["generate", "--model", str(finished), "--prompt", "hi", "--max-new-tokens", "2",
                  "--allow-incomplete"]) == 0
     shutil.rmtree(tmp_path / "e", ignore_errors=True)
