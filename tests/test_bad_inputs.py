@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import pytest
 import torch
@@ -236,7 +237,9 @@ def test_non_finite_outer_loss_names_the_step_and_leaves_no_finished_run(tmp_pat
     out = tmp_path / "run"
     assert main(["train", "--method", "memdlm", "--output-dir", str(out), *TINY, *QUICK]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert re.search(r"error: non-finite loss (inf|nan) at step 1", err)
+    # the second optimiser step (global_step 1 while it runs), numbered as logs and checkpoints are
+    assert re.search(r"error: non-finite loss (inf|nan) .*at step 2; the step was not applied", err)
+    assert "no checkpoint was saved" in err
     assert not (out / "run_complete.json").exists()
 
 
@@ -254,7 +257,7 @@ def test_output_dir_under_a_regular_file(tmp_path, capsys):
 
 def test_interrupted_run_has_no_completion_marker(tmp_path, monkeypatch):
     """A run killed mid-training (KeyboardInterrupt at step 1) leaves no run_complete.json --
-    also when the directory held a finished run before: the marker is removed first."""
+    also when it replaced a finished run: the old marker is removed once the inputs are checked."""
     from memdlm.training.mdlm_trainer import MDLMTrainer
 
     out = tmp_path / "run"
@@ -269,7 +272,7 @@ def test_interrupted_run_has_no_completion_marker(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MDLMTrainer, "loss_on", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        main(["train", "--method", "mdlm", "--output-dir", str(out), *TINY, *QUICK])
+        main(["train", "--method", "mdlm", "--output-dir", str(out), "--overwrite-output-dir", *TINY, *QUICK])
     assert not (out / "run_complete.json").exists()
     assert (out / "run_config.json").is_file()  # it did start
 
@@ -309,3 +312,132 @@ def test_data_error_is_a_value_error_naming_the_row(tok, tmp_path):
     data.write_text(f'{GOOD}\n{{"prompt": 3, "response": "x"}}\n')
     with pytest.raises(DataError, match=r"d\.jsonl: row 1: field 'prompt' is a int"):
         load_file_examples(data, tok, max_length=64)
+
+
+# --- config files: the same checks as flags ----------------------------------------------------
+@pytest.mark.parametrize("text, needles", [
+    ("method: foo\n", ["argument --method: invalid choice: 'foo'", "mdlm", "memdlm"]),
+    ("memory_mode: per-sample\n", ["invalid choice: 'per-sample'", "per_sample"]),
+    ("inner_clip: perparam\n", ["invalid choice: 'perparam'", "per_param"]),
+    ("max_steps: 1.5\n", ["argument --max_steps/--max-steps: invalid int value: '1.5'"]),
+    ("max_steps: 0\n", ["--max-steps must be >= 1, got 0"]),
+    ("learning_rate: -1.0e-7\n", ["--learning-rate must be >= 0, got -1e-07"]),
+    ("method: memdlm\n  inner_lr: 2\n", ["is not valid YAML at line 2, column 11"]),
+], ids=["method", "memory_mode", "inner_clip", "max_steps-type", "max_steps-0", "negative-lr", "bad-yaml"])
+def test_config_file_values_are_checked_like_flags(tmp_path, capsys, text, needles):
+    """Before: values went in as parser defaults, unchecked -- method: foo trained MDLM,
+    memory_mode: per-sample silently used shared memory, inner_clip: perparam failed at step 1."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    out = tmp_path / "run"
+    line = one_error_line(capsys, main(["train", "--config", str(config), "--output-dir", str(out), *TINY]))
+    assert str(config) in line or "--" in line
+    for needle in needles:
+        assert needle in line, line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_config_file_json_errors_and_flags_override_the_file(tmp_path, capsys):
+    from memdlm.commands.train import parse
+
+    bad = tmp_path / "c.json"
+    bad.write_text('{"method": "memdlm",}')
+    line = one_error_line(capsys, main(["train", "--config", str(bad), "--output-dir", str(tmp_path / "r")]))
+    assert f"config file {bad} is not valid JSON at line 1, column 21" in line
+    good = tmp_path / "g.yaml"
+    good.write_text("method: memdlm\nmemory_mode: per_sample\ntrain_lengths: [64, 96]\nmax_steps: 7\n"
+                    "use_lora: false\nmemory_rank: null\n")
+    setup, _ = parse(["--config", str(good), "--output-dir", str(tmp_path / "r"), "--max-steps", "9"])
+    assert setup.train.method == "memdlm" and setup.memory.memory_mode == "per_sample"
+    assert setup.data.train_lengths == [64, 96] and setup.train.max_steps == 9  # the flag wins
+
+
+def test_dataclasses_check_choices_and_ranges_for_python_callers():
+    from memdlm.config import DataArguments
+    from memdlm.errors import ConfigError
+    from memdlm.memory.config import MemoryArguments
+    from memdlm.training.args import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"--memory-mode 'per-sample' is not one of: shared, per_sample"):
+        MemoryArguments(memory_mode="per-sample")
+    with pytest.raises(ConfigError, match=r"--method 'foo' is not one of: mdlm, memdlm"):
+        TrainConfig(output_dir="x", method="foo")
+    with pytest.raises(ConfigError, match=r"--train-lengths must be >= 1, got 0"):
+        DataArguments(train_lengths=[128, 0])
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+    (["--max-steps", "-5"], "--max-steps must be >= 1, got -5"),
+    (["--learning-rate", "-0.001"], "--learning-rate must be >= 0, got -0.001"),
+    (["--per-device-train-batch-size", "-2"], "--per-device-train-batch-size must be >= 1, got -2"),
+    (["--max-length", "0"], "--max-length must be >= 1, got 0"),
+    (["--memory-rank", "0"], "--memory-rank must be >= 1, got 0"),
+    (["--progressive-ratios", "0.8", "1.5"], "--progressive-ratios must be in (0, 1], got 1.5"),
+])
+def test_out_of_range_flags(tmp_path, capsys, flags, needle):
+    """Before: --max-steps 0 trained a step and was marked complete, -5 fell back to 3 epochs,
+    a negative batch size or learning rate ended in a traceback."""
+    out = tmp_path / "run"
+    assert needle in one_error_line(capsys, main(["train", "--output-dir", str(out), *TINY, *flags]))
+    assert not (out / "run_complete.json").exists()
+
+
+# --- data files: encoding and paths -----------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_non_utf8_data_names_line_and_byte(tmp_path, capsys, suffix):
+    data = tmp_path / f"d{suffix}"
+    data.write_bytes(f"{GOOD}\n".encode() + b'{"prompt": "caf\xe9", "response": "x"}\n')
+    line = one_error_line(capsys, main(["train", "--data", str(data), "--output-dir", str(tmp_path / "r"), *TINY]))
+    assert f"data file {data}: line 2 (byte {len(GOOD) + 16}) is not UTF-8" in line
+    assert "re-save the file as UTF-8" in line
+
+
+def test_data_path_that_is_a_directory(tmp_path, capsys):
+    line = one_error_line(capsys, main(["train", "--data", str(tmp_path), "--output-dir", str(tmp_path / "r"), *TINY]))
+    assert f"data file {tmp_path} is a directory" in line
+
+
+# --- models: remote code, positions ------------------------------------------------------------------
+@pytest.mark.parametrize("model_type, needle", [
+    ("llama", "but its model_type 'llama' is also a stock transformers class, which would be loaded instead"),
+    ("my_dlm", "holds its own model code (modeling_my.py, model_type 'my_dlm'); pass --trust-remote-code"),
+])
+def test_auto_map_without_trust_remote_code(tiny_model_dir, tmp_path, capsys, model_type, needle):
+    """Before: an unknown model_type gave transformers' message naming its own argument; a
+    stock model_type silently ignored the directory's code."""
+    path = tmp_path / "remote"
+    shutil.copytree(tiny_model_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config.update(model_type=model_type, auto_map={"AutoModel": "modeling_my.MyModel"})
+    (path / "config.json").write_text(json.dumps(config))
+    line = one_error_line(capsys, main(["generate", "--model", str(path), "--prompt", "x"]), "generate")
+    assert needle in line and "--trust-remote-code" in line
+
+
+def test_prompt_past_absolute_positions_is_an_error_and_past_rope_a_warning(tok, tmp_path, capsys, caplog,
+                                                                             tiny_model_dir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4, n_positions=32,
+                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    path = tmp_path / "gpt2"
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    prompt = "word " * 40
+    line = one_error_line(capsys, main(["generate", "--model", str(path), "--prompt", prompt,
+                                        "--max-new-tokens", "4"]), "generate")
+    assert re.search(r"prompt 0 is \d+ tokens \+ 4 new = \d+ positions, past the model's "
+                     r"max_position_embeddings 32 \(absolute position embeddings\)", line)
+    rope = tmp_path / "rope"
+    shutil.copytree(tiny_model_dir, rope)
+    config = json.loads((rope / "config.json").read_text())
+    config["max_position_embeddings"] = 16
+    (rope / "config.json").write_text(json.dumps(config))
+    assert main(["generate", "--model", str(rope), "--prompt", prompt, "--max-new-tokens", "2"]) == 0
+    assert "past the model's max_position_embeddings 16 (rotary positions" in caplog.text
+
+
+def test_generate_steps_default_follows_max_new_tokens(tiny_model_dir, capsys):
+    """Before: --max-new-tokens 4 alone failed on the default --steps 64."""
+    assert main(["generate", "--model", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "4"]) == 0

@@ -8,9 +8,10 @@ consumed batches, so nothing depends on where the run was cut.
 
 How checkpoints stay safe (transformers 5.24, ``Trainer._save_checkpoint``): the model
 (safetensors), optimizer, scheduler and RNG state are written first and
-``trainer_state.json`` last; ``memdlm.training.run.resume_checkpoint`` accepts only a
-checkpoint whose ``trainer_state.json`` parses and names the checkpoint's own step, so
-a checkpoint cut mid-save is never picked up.
+``trainer_state.json`` last; ``memdlm.run_dir.resume_checkpoint`` accepts only a
+checkpoint holding every file a resume reads, whose ``trainer_state.json`` parses and
+names the checkpoint's own step, so a checkpoint cut mid-save (or mid-rotation) is never
+picked up (tests/test_run_lifecycle.py covers the other files and the run identity).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from memdlm.cli import main
-from memdlm.training.run import resume_checkpoint
+from memdlm.run_dir import resume_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SAVE_STEPS, MAX_STEPS = 4, 12
@@ -99,7 +100,8 @@ def losses(run: Path) -> dict[int, float]:
 def _checkpoint(out: Path, step: int, state: str | None) -> Path:
     ckpt = out / f"checkpoint-{step}"
     ckpt.mkdir(parents=True)
-    (ckpt / "model.safetensors").write_bytes(b"")
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"):  # what a resume reads
+        (ckpt / name).write_bytes(b"")
     if state is not None:
         (ckpt / "trainer_state.json").write_text(state)
     return ckpt

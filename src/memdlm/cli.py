@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return module.run(argv[1:], prog=f"memdlm {argv[0]}") or 0
     except RuntimeError as err:
-        from memdlm.training.mdlm_trainer import NonFiniteLossError
+        from memdlm.training.nonfinite import NonFiniteStepError
 
-        if not isinstance(err, NonFiniteLossError):
+        if not isinstance(err, NonFiniteStepError):
             raise
         print(f"memdlm {argv[0]}: error: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from memdlm.errors import ConfigError
+from memdlm.validation import check_choices, check_range
+
 
 @dataclass
 class ModelArguments:
@@ -54,6 +57,11 @@ class ModelArguments:
         "help": "With --use-lora: also save RUN/merged, the base with the adapter merged in (a full model "
                 "copy, loaded instead of base + adapter; lets the run travel without its base)."})
 
+    def __post_init__(self):
+        check_range(self, "tiny_layers tiny_hidden_size tiny_intermediate_size tiny_heads", 1, optional=True)
+        check_range(self, "lora_r", 1)
+        check_range(self, "lora_alpha", 0, low_open=True)
+
 
 @dataclass
 class DataArguments:
@@ -87,6 +95,13 @@ class DataArguments:
     data_seed_offset: int = field(default=0, metadata={
         "help": "Shifts the generated training samples (a different draw of the same distribution)."})
 
+    def __post_init__(self):
+        if not self.tasks:
+            raise ConfigError("--tasks needs at least one task")
+        check_range(self, "train_lengths max_length num_train_samples", 1)
+        check_range(self, "block_size", 1, optional=True)
+        check_range(self, "num_eval_samples heldout_items", 0)
+
 
 @dataclass
 class DiffusionArguments:
@@ -102,6 +117,7 @@ class DiffusionArguments:
     time_eps: float = field(default=1e-3, metadata={"help": "t ~ U(eps, 1)."})
 
     def __post_init__(self):
+        check_choices(self)
         if not 0 < self.time_eps < 1:
             raise ValueError(f"time_eps must be in (0, 1), got {self.time_eps}")
 
@@ -118,12 +134,12 @@ def default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def dump_config(path, **parts) -> None:
-    """Write the resolved configuration (all parts) as JSON."""
+def config_dict(**parts) -> dict:
+    """The resolved configuration (all parts) in JSON types, as ``run_config.json`` holds it."""
     def as_dict(obj):
         if hasattr(obj, "to_dict"):
             return obj.to_dict()
         return dict(obj.__dict__)
 
-    with open(path, "w") as f:
-        json.dump({name: as_dict(obj) for name, obj in parts.items()}, f, indent=2, default=str)
+    return json.loads(json.dumps({name: as_dict(obj) for name, obj in parts.items()}, default=str))
+

@@ -80,6 +80,39 @@ def build_tiny_model(tokenizer, seed: int | None = None, config_path: Path | Non
     return model
 
 
+def check_remote_code(path: str, trust_remote_code: bool) -> None:
+    """A model directory with its own code (``auto_map`` in config.json) needs --trust-remote-code.
+
+    Without it transformers either refuses in a message naming its own argument
+    (a model_type it does not know) or, worse, silently loads its stock class for a
+    model_type it knows and ignores the directory's code. Both end here, in one line.
+    """
+    if trust_remote_code:
+        return
+    from transformers import CONFIG_MAPPING
+
+    from memdlm.errors import ConfigError
+
+    config_file = Path(path) / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return  # no readable config: transformers' own error is the clearer one
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not auto_map:
+        return
+    model_type = config.get("model_type")
+    code = ", ".join(sorted({str(v).split("--")[-1].split(".")[0] + ".py" for v in auto_map.values()
+                             if isinstance(v, str)}))
+    if model_type in CONFIG_MAPPING:
+        raise ConfigError(f"{config_file} maps to its own code ({code}, auto_map) but its model_type "
+                          f"{model_type!r} is also a stock transformers class, which would be loaded instead; "
+                          "pass --trust-remote-code to run the directory's code, or delete auto_map from "
+                          "config.json to use the stock class")
+    raise ConfigError(f"{path} holds its own model code ({code}, model_type {model_type!r}); "
+                      "pass --trust-remote-code to run it")
+
+
 def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None,
                quantization_config=None):
     """Load a local model directory or a shipped model by name (no hub downloads:
@@ -109,6 +142,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     path = resolve_model(path)
     if not Path(path).is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist{missing_model_hint()}")
+    check_remote_code(path, trust_remote_code)
     if is_lora_run(path):
         return load_lora_run(path, load_model, trust_remote_code=trust_remote_code, dtype=dtype,
                              quantization_config=quantization_config)

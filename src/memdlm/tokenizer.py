@@ -69,6 +69,9 @@ def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
             raise FileNotFoundError(
                 f"{path} has no tokenizer files" + (" (an unfinished run: no run_complete.json; "
                 "resume it with memdlm train --resume --output-dir ...)" if unfinished else ""))
+        from memdlm.modeling import check_remote_code
+
+        check_remote_code(path, trust_remote_code)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     return ensure_special_tokens(tok, source=path or str(ASSET_DIR))
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 
 from memdlm.errors import ConfigError
+from memdlm.run_dir import check_finished
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -60,6 +61,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: OMP_NUM_THREADS, else 1 on small CPUs).")
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from the run directories.")
+    p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     from memdlm.commands.sampler_flags import FAST_SAMPLING_FIELDS, add_sampler_flags
 
@@ -94,6 +96,8 @@ def resolve_runs(args) -> list:
 def run(argv: list[str], prog: str = "memdlm eval") -> int:
     args = build_parser(prog).parse_args(argv)
     runs = resolve_runs(args)
+    for spec in runs:
+        check_finished(spec.model_dir, args.allow_incomplete)
     if args.items < 1 or args.batch_size < 1:
         raise ConfigError("--items and --batch-size must be >= 1")
     if any(length < 1 for length in args.lengths):

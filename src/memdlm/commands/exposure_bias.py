@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from memdlm.errors import ConfigError
+from memdlm.run_dir import check_finished
 
 logger = logging.getLogger("memdlm")
 
@@ -69,6 +70,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         "config, else 0.2).")
     p.add_argument("--threads", type=int, default=None, help="CPU threads.")
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from DIR.")
+    p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     defaults = ExposureBiasConfig()
     for f in fields(ExposureBiasConfig):
         default = getattr(defaults, f.name)
@@ -110,6 +112,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
     for s in specs:
         if not Path(s.path).is_dir():
             raise FileNotFoundError(f"--run {s.name}: model directory {s.path} does not exist")
+        check_finished(s.path, args.allow_incomplete)
     import torch
 
     from memdlm.config import default_threads

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from memdlm.errors import ConfigError
+from memdlm.run_dir import check_finished
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -33,8 +34,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="Prompts per batch.")
     p.add_argument("--threads", type=int, default=None, help="CPU threads.")
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from --model.")
+    p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     p.add_argument("--json", action="store_true", help="Print a JSON list instead of plain text.")
     add_sampler_flags(p)
+    # unset --steps: as many as the sampler's default allows for --max-new-tokens
+    p.set_defaults(steps=None)
     return p
 
 
@@ -55,6 +59,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
         prompts += [line for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
     if not prompts:
         raise ConfigError("give at least one --prompt or a --prompt-file")
+    check_finished(args.model, args.allow_incomplete)
     torch.set_num_threads(args.threads or default_threads())
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
     model = load_model(args.model, args.trust_remote_code)
@@ -62,6 +67,8 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     if args.chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
+    if args.steps is None:
+        args.steps = max(1, min(SamplerConfig().steps, args.max_new_tokens))
     config = SamplerConfig(**sampler_values(args))
     memory = load_memory_args(args.model, adapt_mask_ratio=args.adapt_mask_ratio) if args.memory else None
     texts = generate(model, tokenizer, prompts, config, memory_args=memory, batch_size=args.batch_size,

@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from memdlm.errors import ConfigError
+from memdlm.run_dir import check_finished
 
 INSTALL_HINT = "lm-eval is not installed: pip install 'memdlm[lmeval]'"
 
@@ -58,6 +59,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--log-samples", action="store_true", help="Include per-item outputs in the JSON.")
     p.add_argument("--seed", type=int, default=0, help="lm-eval's Python/NumPy/torch seed.")
     p.add_argument("--threads", type=int, default=None, help="CPU threads.")
+    p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     p.add_argument("--output-path", default=None, help="Write the results as JSON here.")
     return p
 
@@ -98,6 +100,7 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
     model_args = simple_parse_args_string(args.model_args)
     if "pretrained" not in model_args:
         raise ConfigError("--model-args needs pretrained=DIR")
+    check_finished(model_args["pretrained"], args.allow_incomplete)
     register()
     model = MemdlmLM.create_from_arg_obj(model_args, {"batch_size": args.batch_size, "device": args.device})
     with tempfile.TemporaryDirectory(prefix="memdlm_lmeval_") as tmp:

@@ -31,12 +31,29 @@ class PromptResponse:
     response: str
 
 
+def check_data_path(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"data file {path} is a directory; give a .json, .jsonl or .txt file inside it")
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+
+
+def read_utf8(path: Path, what: str = "data file") -> str:
+    """The file's text; bytes that are not UTF-8 are a DataError naming the line and byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{what} {path}: line {line} (byte {err.start}) is not UTF-8 "
+                        f"({raw[err.start:err.start + 1]!r}: {err.reason}); re-save the file as UTF-8") from None
+
+
 def read_rows(path: str | Path) -> list[dict]:
     """Rows of a .json (a list of objects) or .jsonl file, validated line by line."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    check_data_path(path)
+    text = read_utf8(path)
     whole = _parse_whole(text) if path.suffix == ".json" else None
     if whole is not None:
         rows = whole if isinstance(whole, list) else [whole]

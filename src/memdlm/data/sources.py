@@ -14,7 +14,14 @@ from pathlib import Path
 import torch
 
 from memdlm.data.collate import encode_pair, pack_texts
-from memdlm.data.formats import DataError, PromptResponse, read_rows, row_to_example
+from memdlm.data.formats import (
+    DataError,
+    PromptResponse,
+    check_data_path,
+    read_rows,
+    read_utf8,
+    row_to_example,
+)
 from memdlm.tasks import get_task
 from memdlm.tokenizer import count_tokens_fn
 
@@ -113,7 +120,8 @@ def load_file_examples(path: str | Path, tokenizer, max_length: int,
     path = Path(path)
     report = DataReport(source=str(path))
     if path.suffix == ".txt":
-        texts = [path.read_text(encoding="utf-8")]
+        check_data_path(path)
+        texts = [read_utf8(path)]
         report.rows_read = 1
         return _packed(texts, tokenizer, block_size or max_length, report)
     rows = read_rows(path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from memdlm.validation import check_choices, check_range
+
 TRAJECTORIES = ("anchor_consistent", "progressive", "pre_anchor_only", "anchor_only")
 INNER_LOSSES = ("ce", "kl", "reverse_kl", "hidden_mse", "hidden_cosine")
 CLIPPINGS = ("per_param", "global", "none")
@@ -75,6 +77,12 @@ class MemoryArguments:
                 "memory (the memory is absorbing the answer; see docs/MEMDLM.md)."})
 
     def __post_init__(self):
+        check_choices(self)
+        check_range(self, "memory_rank", 1, optional=True)
+        check_range(self, "memory_alpha", 0, low_open=True, optional=True)
+        check_range(self, "inner_clip_norm", 0, low_open=True)
+        check_range(self, "progressive_ratios", 0, 1, low_open=True)
+        check_range(self, "absorption_warn", 0)
         if self.pre_anchor_steps < 1:
             raise ValueError("pre_anchor_steps must be >= 1")
         if self.pre_anchor_scale < 1:

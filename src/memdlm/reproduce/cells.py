@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memdlm.errors import ConfigError
+from memdlm.run_dir import holds_run
 from memdlm.training.run import write_json_atomic
 
 logger = logging.getLogger("memdlm")
@@ -69,7 +70,9 @@ def train_cell(cell: Path, options: dict, runtime: dict | None = None, progress:
     if done.is_file():
         logger.info("reusing %s", cell)
         return json.loads(done.read_text())
-    resume = any(cell.glob("checkpoint-*"))
+    # A cell killed midway (with or without a checkpoint) is continued; check_settings above
+    # made sure it is this cell's run.
+    resume = holds_run(cell)
     argv = to_argv({**options, **(runtime or {}), "output_dir": str(cell), "disable_tqdm": not progress})
     setup, _ = parse(argv)
     logger.info("training %s%s", cell, " (resuming)" if resume else "")

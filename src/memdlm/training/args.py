@@ -12,6 +12,8 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
+from memdlm.validation import check_choices, check_range
+
 
 @dataclass
 class TrainConfig(TrainingArguments):
@@ -22,6 +24,12 @@ class TrainConfig(TrainingArguments):
         "help": "Stop training after this many minutes of training (a compute-matched budget)."})
     threads: int | None = field(default=None, metadata={
         "help": "CPU threads (torch.set_num_threads). Default: OMP_NUM_THREADS if set, else every core up to 8."})
+    max_nonfinite_skips: int = field(default=0, metadata={
+        "help": "Optimiser steps with a non-finite loss or gradient that may be skipped (not applied, "
+                "counted in nonfinite_skipped and logged) before training stops; 0 stops at the first."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace another run already in --output-dir (its checkpoints and files are removed "
+                "once this run's inputs have been checked). Without it such a directory is refused."})
 
     # Defaults for the tiny from-scratch model (TrainingArguments' own defaults suit fine-tuning).
     output_dir: str | None = field(default=None, metadata={"help": "Run directory (model, logs, config)."})
@@ -45,6 +53,16 @@ class TrainConfig(TrainingArguments):
     seed: int = field(default=0, metadata={"help": "Seed for init, data order and masking."})
 
     def __post_init__(self):
+        check_choices(self)
+        # Ranges TrainingArguments leaves to fail later (or to fall back to epochs: max_steps <= 0).
+        check_range(self, "max_steps per_device_train_batch_size per_device_eval_batch_size "
+                          "gradient_accumulation_steps", 1)
+        check_range(self, "learning_rate warmup_steps weight_decay max_grad_norm adam_epsilon "
+                          "max_nonfinite_skips", 0)
+        check_range(self, "adam_beta1 adam_beta2", 0, 1, high_open=True)
+        check_range(self, "logging_steps save_steps", 0, low_open=True)
+        check_range(self, "eval_steps max_train_minutes", 0, low_open=True, optional=True)
+        check_range(self, "save_total_limit threads", 1, optional=True)
         # Without CUDA, Trainer sets up gloo DDP under torchrun and accepts --bf16 only with
         # use_cpu; a CPU-only machine has no other choice, so say it for the user.
         import torch

@@ -16,10 +16,7 @@ from transformers import Trainer
 from memdlm.diffusion import NoisedBatch, mdlm_loss, noise_batch
 from memdlm.masking import seeded_generator
 from memdlm.schedules import get_schedule
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
+from memdlm.training.nonfinite import NonFiniteGuard, NonFiniteStepError, first_nonfinite
 
 
 class MDLMTrainer(Trainer):
@@ -36,6 +33,9 @@ class MDLMTrainer(Trainer):
         self._micro_step = 0
         self._last_step = -1
         self._eval_batches = 0
+        self._nonfinite_loss: float | None = None  # a micro-batch's, until the step is checked
+        self.nonfinite_guard = NonFiniteGuard(self)
+        self.add_callback(self.nonfinite_guard)
 
     # --- batching -------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -81,13 +81,44 @@ class MDLMTrainer(Trainer):
         )
         loss = self.loss_on(model, batch, training)  # (2) loss at x_t
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite loss {loss.item()} at step {self.state.global_step}; "
-                "lower the learning rate or check the data (the last checkpoint is intact)")
+            if not training:
+                raise NonFiniteStepError(f"non-finite evaluation loss {loss.item()} at step {self.state.global_step}")
+            # Decided before the optimiser step, with the gradients (NonFiniteGuard).
+            self._nonfinite_loss = loss.item()
         mode = "train" if training else "eval"
         self._metrics[mode]["masked_fraction"].append(
             (batch.masked.sum() / batch.maskable.sum().clamp_min(1)).item())
         return (loss, {}) if return_outputs else loss
+
+    def take_nonfinite_loss(self) -> float | None:
+        """The non-finite loss of a micro-batch of the current step, if any (then forgotten)."""
+        value, self._nonfinite_loss = self._nonfinite_loss, None
+        return value
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        # Never save a non-finite state: a checkpoint is what --resume trusts.
+        bad = first_nonfinite(model.named_parameters())
+        if bad is not None:
+            raise NonFiniteStepError(f"weight {bad} is non-finite at step {self.state.global_step}; "
+                                     "checkpoint not saved")
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Resume with the learning rate asked for now: the scheduler state Trainer restores
+        carries the checkpoint's base rate, which would silently win over --learning-rate."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        scheduler = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)  # accelerate's wrapper
+        if checkpoint is None or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            return
+        new = self.args.learning_rate
+        if all(base == new for base in scheduler.base_lrs):
+            return
+        scheduler.base_lrs = [new] * len(scheduler.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, scheduler.lr_lambdas):
+            group["initial_lr"] = new
+            group["lr"] = new * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def loss_on(self, model, batch: NoisedBatch, training: bool) -> torch.Tensor:
         """The loss for one noised batch; subclasses add the memory step here."""

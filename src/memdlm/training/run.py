@@ -1,9 +1,11 @@
 """Build everything a training run needs from the parsed config, train, save.
 
-The run directory holds: the model and tokenizer (``save_pretrained``), the
-resolved config (``run_config.json``), the log history (``log_history.json``),
-the data report, the held-out answers (``heldout_eval.json``) and, written last,
-``run_complete.json`` -- a directory without it is not a finished run.
+The run directory holds: the model and tokenizer (``save_pretrained``), the run's
+identity (``run_identity.json``), the resolved config (``run_config.json``), the log
+history (``log_history.json``), the data report, the held-out answers
+(``heldout_eval.json``) and, written last, ``run_complete.json`` -- a directory without
+it is not a finished run. The contract (which directories may be trained into, which
+checkpoints resume) is ``memdlm.run_dir``'s.
 
 Under several processes (torchrun / accelerate) every rank trains, but only the
 main process (global rank 0) writes the run directory's files and runs the
@@ -15,14 +17,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import torch
 
-from memdlm.config import dump_config
+from memdlm.config import config_dict
 from memdlm.data.collate import DiffusionCollator
 from memdlm.data.sources import DataReport, SyntheticTaskDataset, load_file_examples
+from memdlm.run_dir import (
+    COMPLETE_FILE,
+    CONFIG_FILE,
+    IDENTITY_FILE,
+    check_output_dir,
+    remove_replaced_run,
+    resume_checkpoint,
+)
+from memdlm.training.callbacks import RunRecord
+from memdlm.training.nonfinite import NonFiniteStepError
 
 logger = logging.getLogger("memdlm")
 
@@ -176,30 +187,57 @@ def make_trainer(cfg, model, tokenizer, train, evals):
         trainer = MDLMTrainer(**kwargs)
     if cfg.train.max_train_minutes:
         trainer.add_callback(TimeBudgetCallback(cfg.train.max_train_minutes))
+    # Trainer would rebuild stateful callbacks from their saved arguments, dropping the ones
+    # this run holds (RunRecord, NonFiniteGuard); they restore their own state instead.
+    cfg.train.restore_callback_states_from_checkpoint = False
     return trainer
 
 
 def train(cfg, resume: bool = False) -> dict:
-    """Train according to ``cfg`` (a TrainingSetup); returns the run summary."""
+    """Train according to ``cfg`` (a TrainingSetup); returns the run summary.
+
+    Order matters: the output directory is judged first (another run there is refused
+    unless replaced or resumed), then every input is checked (model, tokenizer, data),
+    and only then is anything of an earlier run removed or the new run's files written.
+    """
     out = Path(cfg.train.output_dir)
     make_output_dir(out)
     main = is_main_process(cfg.train)
-    if main:
-        (out / "run_complete.json").unlink(missing_ok=True)
+    config = resolved_config(cfg)
+    plan = check_output_dir(out, config, resume, cfg.train.overwrite_output_dir)
+    identity = plan["identity"]
+    checkpoint = None
+    if plan["action"] == "resume":
+        checkpoint = resume_checkpoint(out, identity["run_id"])
+        if checkpoint:
+            logger.info("--resume: continuing run %s from %s", identity["run_id"], checkpoint)
     torch.set_num_threads(cfg.threads)
     model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
-    if main:
+    wait_for_all_ranks()  # every rank has judged the directory before rank 0 changes it
+    if main:  # inputs checked: now the directory may change
+        if plan["action"] == "replace":
+            remove_replaced_run(out)
+        (out / COMPLETE_FILE).unlink(missing_ok=True)  # a resumed run is unfinished until it ends
+        write_json_atomic(out / IDENTITY_FILE, identity)
         write_json_atomic(out / "data_report.json", report.to_dict())
         logger.info(report.summary())
-        dump_config(out / "run_config.json", model=cfg.model, data=cfg.data, diffusion=cfg.diffusion,
-                    memory=cfg.memory, train=cfg.train)
+        write_json_atomic(out / CONFIG_FILE, config)
+    wait_for_all_ranks()
+    if not main:  # one identity for all ranks: the one rank 0 drew and wrote
+        identity = json.loads((out / IDENTITY_FILE).read_text())
     trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set)
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_checkpoint(out) if resume else None)
-    train_seconds = time.perf_counter() - start
+    record = RunRecord(identity["run_id"], identity["config_hash"])
+    trainer.add_callback(record)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except NonFiniteStepError as err:
+        raise NonFiniteStepError(recovery_advice(err, out, identity["run_id"], checkpoint, model), err.step) from None
     save_final(trainer, tokenizer, out)
-    summary = {"train_seconds": round(train_seconds, 1), "global_step": trainer.state.global_step,
+    summary = {"run_id": identity["run_id"], "config_hash": identity["config_hash"],
+               "train_seconds": round(record.train_seconds(), 1), "global_step": trainer.state.global_step,
+               **whole_run_loss(trainer.state.log_history), "segments": record.segments,
+               "nonfinite_skipped": trainer.nonfinite_guard.skipped,
                "parameters": sum(p.numel() for p in model.parameters()), "method": cfg.train.method,
                "threads": cfg.threads}
     if not trainer.is_world_process_zero():
@@ -212,8 +250,52 @@ def train(cfg, resume: bool = False) -> dict:
         from memdlm.lora_run import save_merged
 
         save_merged(trainer.model, tokenizer, out)  # merges in place: after everything else
-    write_json_atomic(out / "run_complete.json", summary)  # last: marks the run finished
+    write_json_atomic(out / COMPLETE_FILE, summary)  # last: marks the run finished
     return summary
+
+
+def recovery_advice(err, out: Path, run_id: str, resumed_from: str | None, model) -> str:
+    """The error, plus where to go on from: the last finite checkpoint, or -- when the
+    very first step after resuming fails -- the news that that checkpoint's weights,
+    finite as they are, already diverged (a lower learning rate cannot save them)."""
+    last = resume_checkpoint(out, run_id, quiet=True)
+    if resumed_from and err.step == int(Path(resumed_from).name.split("-")[-1]) + 1:
+        largest = max(p.detach().abs().max().item() for p in model.parameters())
+        return (f"{err}; it is the first step after {resumed_from}, whose weights are finite but already "
+                f"diverged (largest |weight| {largest:.3g}): resume from an earlier checkpoint (move "
+                f"{Path(resumed_from).name} out of {out}) or start again with --overwrite-output-dir")
+    if last is None:
+        return f"{err}; no checkpoint was saved: start again with a lower --learning-rate"
+    return (f"{err}; the last finite checkpoint is {last}: resume from it with --resume and a lower "
+            "--learning-rate (or allow a few skipped steps with --max-nonfinite-skips)")
+
+
+def resolved_config(cfg) -> dict:
+    """The run's settings as ``run_config.json`` holds them (JSON types)."""
+    return config_dict(model=cfg.model, data=cfg.data, diffusion=cfg.diffusion, memory=cfg.memory, train=cfg.train)
+
+
+def whole_run_loss(log_history: list[dict]) -> dict:
+    """Mean training loss over every logged step of the run, resumed segments included.
+
+    Each logged ``loss`` is the mean over the steps since the previous log, so the
+    entries are weighted by the steps they cover. The log history is part of every
+    checkpoint, so it spans all segments; steps after the last log are not covered
+    (``train_loss_steps`` says how many are).
+    """
+    total, covered, previous = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            span = entry["step"] - previous
+            total += entry["loss"] * span
+            covered += span
+            previous = entry["step"]
+    return {"train_loss": round(total / covered, 6) if covered else None, "train_loss_steps": covered}
+
+
+def wait_for_all_ranks() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def is_main_process(args) -> bool:
@@ -229,30 +311,12 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def resume_checkpoint(out: Path) -> str | None:
-    """The newest complete checkpoint in ``out``.
-
-    Trainer (transformers 5.24, ``_save_checkpoint``) writes the model, optimizer,
-    scheduler and RNG state first and ``trainer_state.json`` last, so a checkpoint
-    counts as complete only when its ``trainer_state.json`` exists, parses and names
-    the directory's own step; one killed mid-save is skipped.
-    """
-    ckpts = sorted((p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]))
-    for ckpt in reversed(ckpts):
-        state = ckpt / "trainer_state.json"
-        try:
-            step = json.loads(state.read_text()).get("global_step")
-        except (OSError, ValueError, AttributeError):
-            step = None
-        if step == int(ckpt.name.split("-")[-1]):
-            return str(ckpt)
-        logger.warning("--resume: %s is incomplete (no valid trainer_state.json); skipping it", ckpt)
-    logger.warning("--resume: no complete checkpoint in %s; starting from scratch", out)
-    return None
-
-
 def save_final(trainer, tokenizer, out: Path) -> None:
+    from memdlm.training.nonfinite import first_nonfinite
+
+    bad = first_nonfinite(trainer.model.named_parameters())
+    if bad is not None:  # never save a non-finite state
+        raise NonFiniteStepError(f"weight {bad} is non-finite after training; the model was not saved")
     trainer.save_model(str(out))  # writes on the main process only
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))

@@ -1,0 +1,89 @@
+"""Non-finite steps: found before the optimiser applies them, never saved.
+
+A step is non-finite when any micro-batch's loss or any gradient is NaN/inf. It is
+checked after the gradients are complete (accumulated, all-reduced, clipped) and
+before ``optimizer.step()``, so a bad gradient never reaches the weights, and
+therefore never a checkpoint. Weights are checked again before every save (an update
+from finite gradients can still overflow in low precision).
+
+Policy (``--max-nonfinite-skips``, default 0): by default the first non-finite step
+stops training, naming the step and the last finite checkpoint to resume from (with
+a lower learning rate). A bounded number of such steps may instead be skipped: the
+gradients are dropped (AdamW leaves parameters without gradients untouched, moments
+included), the scheduler still advances, and each skip is logged and counted in
+``nonfinite_skipped`` (log history, checkpoints and ``run_complete.json``). Unbounded
+skipping is not offered: a run whose steps keep failing is diverging, and would finish
+looking fine.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from memdlm.training.callbacks import restored_attributes
+
+logger = logging.getLogger("memdlm")
+
+
+class NonFiniteStepError(RuntimeError):
+    """Training stopped at a non-finite loss, gradient or weight (reported in one line)."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
+
+
+def first_nonfinite(named_tensors) -> str | None:
+    """The name of the first tensor holding a NaN or inf (one device sync for all of them)."""
+    named = [(name, t) for name, t in named_tensors if t is not None]
+    if not named:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+    bad = (~finite).nonzero()
+    return named[int(bad[0])][0] if len(bad) else None
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """True on every rank when true on one (sharded gradients: each rank sees its part)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([float(flag)], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+    return flag
+
+
+class NonFiniteGuard(TrainerCallback, ExportableState):
+    """Checks each optimiser step before it is applied; skips or stops (see the module's policy)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.skipped = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0:  # resumed: the count goes on
+            self.skipped = int(restored_attributes(state, "NonFiniteGuard").get("skipped", 0))
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        loss = self.trainer.take_nonfinite_loss()
+        grad = first_nonfinite((n, p.grad) for n, p in model.named_parameters())
+        if not _any_rank(loss is not None or grad is not None, args.device):
+            return
+        step = state.global_step + 1  # the step being taken, numbered as logs and checkpoints number them
+        parts = ([f"loss {loss}"] if loss is not None else []) + ([f"gradient of {grad}"] if grad else [])
+        what = "non-finite " + " and ".join(parts) if parts else "non-finite gradient on another rank"
+        if self.skipped < args.max_nonfinite_skips:
+            for p in model.parameters():
+                p.grad = None  # AdamW skips parameters without a gradient: nothing is applied
+            self.skipped += 1
+            logger.warning("step %d: %s; skipped, not applied (%d of at most %d, --max-nonfinite-skips)",
+                           step, what, self.skipped, args.max_nonfinite_skips)
+            return
+        allowance = f" after {self.skipped} skipped" if self.skipped else ""
+        raise NonFiniteStepError(f"{what} at step {step}{allowance}; the step was not applied", step)
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"skipped": self.skipped}}
