@@ -417,12 +417,13 @@ def test_auto_map_without_trust_remote_code(tiny_model_dir, tmp_path, capsys, mo
 
 def test_prompt_past_absolute_positions_is_an_error_and_past_rope_a_warning(tok, tmp_path, capsys, caplog,
                                                                              tiny_model_dir):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import BertConfig, BertForMaskedLM
 
-    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=4, n_positions=32,
-                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    path = tmp_path / "gpt2"
-    GPT2LMHeadModel(config).save_pretrained(path)
+    # a bidirectional encoder with a 32-row absolute position table
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32, pad_token_id=tok.pad_token_id)
+    path = tmp_path / "bert"
+    BertForMaskedLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     prompt = "word " * 40
     line = one_error_line(capsys, main(["generate", "--model", str(path), "--prompt", prompt,
