@@ -413,6 +413,8 @@ def test_generate_flags_come_from_sampler_config():
     from memdlm.commands.generate import build_parser
 
     args = build_parser("memdlm generate").parse_args(["--model", "m"])
+    assert args.steps is None  # unset: min(default steps, --max-new-tokens), resolved by `run`
+    args.steps = SamplerConfig().steps
     assert SamplerConfig(**{f: getattr(args, f) for f in SamplerConfig.__dataclass_fields__}) == SamplerConfig()
     args = build_parser("memdlm generate").parse_args(
         ["--model", "m", "--unmask-rule", "threshold", "--threshold", "0.7", "--max-per-step", "4",
