@@ -32,6 +32,7 @@ p.add_argument("--threads", type=int, default=1)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--wd", type=float, default=0.0)
 p.add_argument("--noeq", type=int, default=0)
+p.add_argument("--infill", type=int, default=0, help="1: queries interleaved with their answer slots: | q1 a1 q2 a2 ...")
 p.add_argument("--mixq1", type=float, default=0.0, help="fraction of batches with Q=1")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -51,6 +52,13 @@ def batch(n, g, Q=Q):
     qa = torch.gather(vs, 1, order)
     fill = FILL[torch.randint(0, len(FILL), (n, a.filler), generator=g)]
     eq = [] if a.noeq else [torch.full((n, 1), SEP)]
+    if a.infill:  # | q1 a1 q2 a2 ...: every answer right after its own query
+        x = torch.cat([torch.stack([ks, vs], -1).flatten(1), fill, torch.full((n, 1), SEP),
+                       torch.stack([qk, qa], -1).flatten(1), torch.full((n, 1), EOS)], 1)
+        ans = torch.zeros_like(x, dtype=torch.bool)
+        start = x.shape[1] - 1 - 2 * Q
+        ans[:, start + 1:start + 2 * Q:2] = True
+        return x, ans
     x = torch.cat([torch.stack([ks, vs], -1).flatten(1), fill, torch.full((n, 1), SEP), qk,
                    *eq, qa, torch.full((n, 1), EOS)], 1)
     ans = torch.zeros_like(x, dtype=torch.bool)
