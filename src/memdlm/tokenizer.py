@@ -90,9 +90,16 @@ def ensure_special_tokens(tokenizer, source: str):
     return tokenizer
 
 
-def count_tokens_fn(tokenizer):
-    """A cheap text -> token count function for the task generators' length fitting."""
+def token_ids(tokenizer, text: str) -> list[int]:
+    """``tokenizer(text, add_special_tokens=False)["input_ids"]``, through the fast backend
+    when there is one (same ids, about 5x less overhead: generated data is tokenised on the
+    fly, once per sample, and counted several times while its length is fitted)."""
     core = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
     if core is not None:
-        return lambda text: len(core.encode(text, add_special_tokens=False).ids)
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return core.encode(text, add_special_tokens=False).ids
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def count_tokens_fn(tokenizer):
+    """A cheap text -> token count function for the task generators' length fitting."""
+    return lambda text: len(token_ids(tokenizer, text))
