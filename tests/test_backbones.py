@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,6 +29,8 @@ from memdlm.memory.targets import find_targets
 from memdlm.modeling import (
     build_tiny_model,
     forward_logits,
+    init_config_path,
+    logits_only_at,
     load_model,
     logits_shift,
     make_bidirectional,
@@ -85,8 +88,14 @@ def build_gemma3(tok, **kw):
     return build_tiny_model(tok, **SMALL, head_dim=8, query_pre_attn_scalar=8, **kw)
 
 
+def build_mobilebert(tok, **kw):
+    """The shipped recall base's class (trigram embedding; its LM head bypasses its decoder module)."""
+    return build_tiny_model(tok, config_path=init_config_path("recall"), **SMALL, embedding_size=32,
+                            true_hidden_size=32, **kw)
+
+
 BUILDERS = {"llama": build_llama, "qwen3": build_qwen3, "qwen3_moe": build_qwen3_moe,
-            "modernbert": build_modernbert, "gemma3": build_gemma3}
+            "modernbert": build_modernbert, "gemma3": build_gemma3, "mobilebert": build_mobilebert}
 
 
 def build(name, tok, seed=0):
@@ -180,6 +189,50 @@ def test_default_targets_are_the_last_layers_ffn(tok, name, expected):
     targets = find_targets(build(name, tok))
     assert [t.name for t in targets] == [f"model.layers.1.{e}" for e in expected]
     assert all(t.kind == "linear" for t in targets)
+
+
+def test_mobilebert_targets_are_the_last_layers_ffn_not_its_attention_output(tok):
+    names = [t.name for t in find_targets(build("mobilebert", tok))]
+    assert names == ["mobilebert.encoder.layer.1.intermediate.dense", "mobilebert.encoder.layer.1.output.dense"]
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_mobilebert_logits_are_gathered_before_its_head(tok, shift):
+    """MobileBERT's head multiplies by its decoder's weight without calling the decoder, so
+    the gather hook sits on the prediction head: the gathered (and shifted) logits equal
+    the full forward's logits at those positions."""
+    model = build("mobilebert", tok).eval()
+    model.config.logits_shift = shift
+    ids = random_ids(tok, (2, 10))
+    where = torch.zeros_like(ids, dtype=torch.bool)
+    where[0, 3], where[1, 7], where[1, 9] = True, True, True
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        with logits_only_at(model, where):
+            gathered = model(input_ids=ids).logits
+    source = torch.cat([full[:, :1], full[:, :-1]], dim=1) if shift else full
+    assert gathered.shape == (3, len(tok))
+    torch.testing.assert_close(gathered, source[where])
+
+
+def test_a_head_that_bypasses_the_hooked_module_is_an_error_not_full_logits():
+    class BypassingHead(torch.nn.Module):  # multiplies by its head's weight, never calls it
+        config = SimpleNamespace(model_type="not_in_the_table")
+
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(4, 7)
+
+        def get_output_embeddings(self):
+            return self.head
+
+        def forward(self, hidden):
+            return SimpleNamespace(logits=hidden @ self.head.weight.T)
+
+    model, hidden = BypassingHead(), torch.randn(1, 5, 4)
+    with pytest.raises(RuntimeError, match="never called Linear"):
+        with logits_only_at(model, torch.ones(1, 5, dtype=torch.bool)):
+            model(hidden)
 
 
 def test_modernbert_attention_output_is_not_an_ffn_target(tok):
@@ -453,7 +506,8 @@ def test_memdlm_step_writes_memory_and_trains(tok, tmp_path, name, mode):
     assert metrics["memory/relative_change"][0] > 0  # ... active in the outer forward
     assert metrics["inner/skipped_nonfinite"] == [0]
     loss.backward()
-    assert all(p.grad is not None for n, p in model.named_parameters() if ".layers.1.mlp" in n)
+    outer = [n for t in find_targets(model) for n, _ in t.module.named_parameters(prefix=t.name)]
+    assert outer and all(p.grad is not None for n, p in model.named_parameters() if n in outer)
 
 
 # --- Dream: right-shifted logits ---------------------------------------------------------------

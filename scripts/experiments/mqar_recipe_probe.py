@@ -33,6 +33,7 @@ p.add_argument("--seed", type=int, default=0)
 p.add_argument("--wd", type=float, default=0.0)
 p.add_argument("--noeq", type=int, default=0)
 p.add_argument("--infill", type=int, default=0, help="1: queries interleaved with their answer slots: | q1 a1 q2 a2 ...")
+p.add_argument("--qkbias", type=int, default=0, help="1: Llama with attention_bias (content-independent q/k terms: a learnable relative-position prior under RoPE)")
 p.add_argument("--mixq1", type=float, default=0.0, help="fraction of batches with Q=1")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -81,7 +82,7 @@ elif a.arch in ("llama", "gemma3"):
         from transformers import LlamaConfig, LlamaForCausalLM
         cfg = LlamaConfig(vocab_size=V, hidden_size=a.width, intermediate_size=2 * a.width, num_hidden_layers=a.layers,
                           num_attention_heads=a.heads, num_key_value_heads=a.heads, max_position_embeddings=4096,
-                          pad_token_id=PAD, tie_word_embeddings=True)
+                          pad_token_id=PAD, tie_word_embeddings=True, attention_bias=bool(a.qkbias))
         cfg.is_causal = False
         model = LlamaForCausalLM(cfg)
     else:
@@ -94,6 +95,25 @@ elif a.arch in ("llama", "gemma3"):
         model = Gemma3ForCausalLM(cfg)
     def hidden(x): return model.model(input_ids=x).last_hidden_state
     def head(h): return model.lm_head(h)
+elif a.arch == "convbert":  # span-based dynamic convolution heads beside attention in every layer
+    from transformers import ConvBertConfig, ConvBertForMaskedLM
+    cfg = ConvBertConfig(vocab_size=V, hidden_size=a.width, embedding_size=a.width, intermediate_size=2 * a.width,
+                         num_hidden_layers=a.layers, num_attention_heads=a.heads, conv_kernel_size=a.conv or 9,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=PAD,
+                         max_position_embeddings=512)
+    model = ConvBertForMaskedLM(cfg)
+    def hidden(x): return model.convbert(input_ids=x).last_hidden_state
+    def head(h): return model.generator_lm_head(model.generator_predictions(h))
+elif a.arch == "mobilebert":  # trigram input: every position's embedding also holds its two neighbours
+    from transformers import MobileBertConfig, MobileBertForMaskedLM
+    cfg = MobileBertConfig(vocab_size=V, hidden_size=a.width, embedding_size=a.width, true_hidden_size=a.width,
+                           intermediate_size=2 * a.width, num_hidden_layers=a.layers, num_attention_heads=a.heads,
+                           use_bottleneck=False, num_feedforward_networks=1, normalization_type="layer_norm",
+                           trigram_input=True, hidden_act="gelu", hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0, pad_token_id=PAD, max_position_embeddings=512)
+    model = MobileBertForMaskedLM(cfg)
+    def hidden(x): return model.mobilebert(input_ids=x).last_hidden_state
+    def head(h): return model.cls(h)
 elif a.arch == "modernbert":
     from transformers import ModernBertConfig, ModernBertForMaskedLM
     cfg = ModernBertConfig(vocab_size=V, hidden_size=a.width, intermediate_size=2 * a.width, num_hidden_layers=a.layers,

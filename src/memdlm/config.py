@@ -28,8 +28,9 @@ class ModelArguments:
                 "shipped tokenizer."})
     init_config: str | None = field(default=None, metadata={
         "help": "Without --model: the config of the model trained from scratch -- a shipped name "
-                "('tiny': the bidirectional Gemma3) or a config.json path naming a stock transformers "
-                "class in 'architectures' (e.g. configs/experiments/recall_llama.json). Default: tiny."})
+                "('tiny': the bidirectional Gemma3; 'recall': the 2-layer MobileBERT of the shipped "
+                "mqar-base) or a config.json path naming a stock transformers class in 'architectures' "
+                "(e.g. configs/experiments/recall_llama.json). Default: tiny."})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Allow model code from the model directory (LLaDA, Dream, LLaDA2). Off unless asked."})
     tiny_layers: int | None = field(default=None, metadata={

@@ -231,11 +231,12 @@ def logits_only_at(model, positions: torch.Tensor | None):
     if positions is None and not shift:
         yield
         return
-    head = unwrap(model).get_output_embeddings()
-    if head is None:
-        raise ValueError(f"{type(unwrap(model)).__name__} has no output embedding to hook")
+    base = unwrap(model)
+    head = logits_input_module(base)
+    fired = []
 
     def gather(_module, args):
+        fired.append(True)
         hidden = args[0]
         if shift:  # right-shifted logits (Dream): token i is read from position i - 1
             hidden = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
@@ -243,11 +244,35 @@ def logits_only_at(model, positions: torch.Tensor | None):
             hidden = hidden[positions]
         return (hidden,) + tuple(args[1:])
 
-    handle = head.register_forward_pre_hook(gather)
+    def check(_module, _args, _output):
+        # A head that bypasses the hooked module would return full, unshifted logits:
+        # wrong shapes at best, silently misaligned logits at worst.
+        if not fired:
+            raise RuntimeError(f"{type(base).__name__}: the LM head never called {type(head).__name__}, so "
+                               "logits could not be gathered/shifted; add the family to HEAD_INPUT_MODULES")
+        fired.clear()
+
+    handles = [head.register_forward_pre_hook(gather), base.register_forward_hook(check)]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+
+
+# Where the final hidden states enter the LM head, for families whose head does not call
+# its output embedding as a module (MobileBERT multiplies by ``decoder.weight`` directly).
+# Every module listed is applied position by position, so gathering before it is exact.
+HEAD_INPUT_MODULES = {"mobilebert": "cls.predictions"}
+
+
+def logits_input_module(model):
+    """The module whose first input is the final hidden state [b, l, d]."""
+    path = HEAD_INPUT_MODULES.get(str(getattr(getattr(model, "config", None), "model_type", "")))
+    head = model.get_submodule(path) if path else model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embedding to hook")
+    return head
 
 
 def unwrap(model):
