@@ -9,31 +9,154 @@ import pytest
 
 from memdlm.errors import ConfigError
 from memdlm.reproduce.cells import check_settings, json_cell, to_argv
-from memdlm.reproduce.stats import seed_item_bootstrap, verdict
+from memdlm.reproduce.stats import capability_gate, collapse_note, eb_measurable, score_verdict
+
+STD, TO, TI = "Standard", "MemDLM Train-Only", "MemDLM Train & Inference"
+RUNS = [("Standard", "standard", False), ("Standard + adaptation", "standard", True), (TO, "memdlm", False),
+        (TI, "memdlm", True)]
 
 
-def test_seed_item_bootstrap_estimate_is_mean_of_seed_means():
-    diffs = [[1.0, 0.0, 1.0, 0.0], [2.0, 2.0]]
-    est, (lo, hi) = seed_item_bootstrap(diffs, n_boot=500)
-    assert est == pytest.approx((0.5 + 2.0) / 2)
-    assert lo <= est <= hi
+def _suite(scores: dict[str, list[float]], task: str = "kv_d1", length: int = 128) -> dict:
+    """A suite result of one cell: run name -> per-item scores."""
+    n = len(next(iter(scores.values())))
+    return {"runs": [{"name": name, "model_dir": f"/x/seed0/{arm}", "memory": mem} for name, arm, mem in RUNS
+                     if name in scores],
+            "cells": [{"task": task, "length": length, "skipped": None, "item_keys": [f"k{i}" for i in range(n)],
+                       "results": {name: {"score": sum(v) / n, "item_scores": v} for name, v in scores.items()}}]}
 
 
-def test_seed_item_bootstrap_one_seed_is_item_bootstrap_and_constant_has_zero_width():
-    est, (lo, hi) = seed_item_bootstrap([[0.25] * 10])
-    assert (est, lo, hi) == (0.25, 0.25, 0.25)
-    rng = random.Random(1)
-    noisy = [[rng.gauss(1.0, 1.0) for _ in range(400)]]
-    est, (lo, hi) = seed_item_bootstrap(noisy)
-    assert lo < est < hi and 0.7 < lo and hi < 1.3  # about +-2 standard errors (0.05 each)
+def _eb(per_run: dict[str, tuple[float, float, float]], items: int = 6, steps: int = 4) -> dict:
+    """Exposure-bias results: run -> (l_seq, l_static, l_static_same) levels, a little noise per item."""
+    rng = random.Random(0)
+    out = {}
+    for run, (seq, static, same) in per_run.items():
+        per_item = {k: [[v + rng.uniform(-0.01, 0.01) for _ in range(steps)] for _ in range(items)]
+                    for k, v in (("l_seq", seq), ("l_static", static), ("l_static_same", same))}
+        means = {k: [sum(r[j] for r in v) / items for j in range(steps)] for k, v in per_item.items()}
+        out[run] = {**means, "per_item": per_item,
+                    "r_eb": [a / b for a, b in zip(means["l_seq"], means["l_static"])],
+                    "r_ctrl": [a / b for a, b in zip(means["l_seq"], means["l_static_same"])]}
+    return {"results": out}
 
 
-def test_verdict_follows_the_interval_and_the_papers_direction():
-    assert verdict(0.1, 0.5) == "reproduced"
-    assert verdict(-0.5, -0.1) == "opposite"
-    assert verdict(-0.1, 0.1) == "unresolved"
-    assert verdict(-0.5, -0.1, better="lower") == "reproduced"
-    assert verdict(0.1, 0.5, better="lower") == "opposite"
+def _fake_reproduction(tmp_path, dev_standard: float, absorption_late: float = 0.95,
+                       control_climbs: bool = True) -> dict:
+    """A one-seed reproduction's result dict and the run files its report reads: the arms'
+    log histories and summaries, no models."""
+    from memdlm.reproduce.presets import SMOKE
+
+    dirs = {}
+    for arm in ("standard", "memdlm"):
+        d = tmp_path / "seed0" / arm
+        d.mkdir(parents=True)
+        logs = [{"step": s, "loss": 1.0, "eval_loss": 0.9} for s in (5, 10)]
+        if arm == "memdlm":
+            logs = [{**r, "memory/absorption_ratio": a, "memory/relative_change": 0.1,
+                     "eval_loss_prompt_memory": 0.7} for r, a in zip(logs, (0.97, absorption_late))]
+        (d / "log_history.json").write_text(json.dumps(logs))
+        (d / "run_complete.json").write_text(json.dumps({"train_seconds": 10.0, "global_step": 10}))
+        dirs[arm] = str(d)
+    chance, strong = [50.0, 0.0] * 10, [100.0] * 20  # kv_d1: copy level 50
+    ev = _suite({STD: chance, "Standard + adaptation": chance, TO: strong, TI: strong})
+    same = 1.0 if control_climbs else 1.3
+    probe = {m: {c: {"item_digits": [0.5] * 4, "exact_match": 0.0, "digit_accuracy": 0.5}
+                 for c in ("needle_present", "removed", "removed_matched", "removed_mismatched")}
+             for m in ("Standard", "MemDLM")}
+    return {"preset": {**SMOKE.to_dict(), "eval_lengths": [128], "finetune": {**SMOKE.to_dict()["finetune"],
+                                                                                  "lengths": [128]}},
+            "calibration": {"floor": 0.8, "steps": 6, "modes": {"per_sample": {
+                "candidates": [{"rank": 2, "inner_lr": 0.1, "absorption_ratio": 0.9, "relative_change": 0.01}],
+                "chosen": {"rank": 2, "inner_lr": 0.1, "absorption_ratio": 0.9, "relative_change": 0.01},
+                "qualified": True}}},
+            "control_lr0": {"steps": 3, "max_abs_difference": 0.0},
+            "dev": _suite({STD: [dev_standard] * 10, TO: [dev_standard] * 10}),
+            "cost": None,
+            "seeds": {0: {"dirs": dirs, "eval": ev, "probe": {"results": probe},
+                          "exposure_bias": _eb({STD: (1.3, 1.0, same), TO: (1.2, 1.0, same),
+                                                TI: (1.1, 1.0, same)})}}}
+
+
+def test_capability_gate_refuses_a_verdict_on_a_chance_level_pair(tmp_path):
+    from memdlm.reproduce.report import claims, summarize
+
+    # Standard at the copy level of kv_d1 (50) on the dev items: MemDLM's large lead on the
+    # test items is not a retrieval result.
+    summary = summarize(tmp_path, _fake_reproduction(tmp_path, dev_standard=50.0))
+    gate = summary["capability"]["tasks"]["kv_d1"]
+    assert gate["copy"] == 50.0 and not gate["testable"] and "below the copy level" in gate["reason"]
+    rows = {r[0]: r for r in claims(summary)}
+    within = rows[f"{TO} retrieves better than Standard (trained lengths)"]
+    assert within[3].startswith("not testable here: Standard scores 50.0 on kv_d1's dev items")
+    assert within[2] == "n/a"
+
+
+def test_capability_gate_lets_a_capable_standard_through(tmp_path):
+    from memdlm.reproduce.report import claims, summarize
+
+    summary = summarize(tmp_path, _fake_reproduction(tmp_path, dev_standard=75.0))
+    assert summary["capability"]["testable"] == ["kv_d1"]
+    rows = {r[0]: r for r in claims(summary)}
+    verdict = rows[f"{TO} retrieves better than Standard (trained lengths)"][3]
+    assert verdict == "unresolved: one seed, no seed-level interval (items alone: reproduced)"
+
+
+def test_capability_gate_rule_and_tasks_without_levels():
+    dev = {"cells": [{"task": "kv", "skipped": None, "results": {STD: {"score": 34.9}}},
+                     {"task": "kv_d1", "skipped": None, "results": {STD: {"score": 60.0}}},
+                     {"task": "niah", "skipped": None, "results": {STD: {"score": 90.0}}}]}
+    gate = capability_gate(dev, margin=10.0)
+    assert not gate["kv"]["testable"] and gate["kv"]["copy"] == 25.0  # 34.9 < 25 + 10
+    assert gate["kv_d1"]["testable"]  # 60 >= 50 + 10
+    assert not gate["niah"]["testable"] and "no copy level" in gate["niah"]["reason"]
+    assert score_verdict({"not_testable": "why"}) == "not testable here: why"
+
+
+def test_exposure_bias_not_measurable_without_a_control_climb(tmp_path):
+    from memdlm.reproduce.report import claims, summarize
+
+    flat = summarize(tmp_path / "a", _fake_reproduction(tmp_path / "a", 75.0, control_climbs=False))
+    assert not flat["eb_measurable"]["measurable"]
+    assert "the control shows no climb" in flat["eb_measurable"]["reason"]
+    rows = {r[0]: r for r in claims(flat)}
+    for run in (TO, TI):
+        assert rows[f"{run}: flatter R_EB than Standard"][3].startswith("not measurable: ")
+        assert rows[f"{run}: smaller exposure-bias gap than Standard"][3].startswith("not measurable: ")
+    # the gap sits beside R_EB: MemDLM's gap 0.2 vs Standard's 0.3 nats
+    assert flat["eb_means"][TO]["gap"] == pytest.approx(0.2, abs=0.02)
+    assert flat["eb"][TO]["gap"]["estimate"] == pytest.approx(-0.1, abs=0.02)
+
+    climbs = summarize(tmp_path / "b", _fake_reproduction(tmp_path / "b", 75.0, control_climbs=True))
+    assert climbs["eb_measurable"]["measurable"]
+    rows = {r[0]: r for r in claims(climbs)}
+    assert rows[f"{TO}: flatter R_EB than Standard"][3].startswith("unresolved: one seed")
+    assert eb_measurable(None)[0] is False
+
+
+def test_collapsed_arm_is_reported_and_its_verdicts_say_so(tmp_path):
+    from memdlm.reproduce.markdown import render
+    from memdlm.reproduce.report import claims, summarize
+
+    result = _fake_reproduction(tmp_path, 75.0, absorption_late=0.3)
+    summary = summarize(tmp_path, result)
+    (row,) = summary["memory_trajectory"]
+    assert row["collapsed"] and row["absorption_late"] == 0.3
+    rows = claims(summary)
+    for claim, _, _, verdict in rows:
+        if claim.startswith("MemDLM"):
+            assert "memdlm collapsed (late absorption 0.30 < floor 0.8; seed 0)" in verdict, claim
+    # the held-out loss with memory off and with memory adapted on the prompt, per arm
+    assert summary["heldout_losses"]["memdlm"] == {"off": {0: 0.9}, "prompt_memory": {0: 0.7}}
+    assert summary["heldout_losses"]["standard"]["prompt_memory"] == {}
+    text = render(result, summary, _provenance(), {"score_vs_length": "s.png", "exposure_bias": "e.png"}, rows)
+    assert "| memdlm | 1 | 0.9000 | 0.7000 |" in text and "not logged (trained without memory)" in text
+    assert "### Capability gate" in text and "| kv_d1 | 75.0 | 50.0 |" in text
+    assert collapse_note([{"seed": 1, "arm": "x", "absorption_late": 0.9}], 0.8) is None
+
+
+def _provenance() -> dict:
+    return {"command": "memdlm reproduce", "commit": "abc", "dirty": False, "preset": "smoke",
+            "config_hash": "0" * 64, "versions": {"torch": "x"}, "machine": "test", "wall_seconds": 60,
+            "cell_seconds": 60}
 
 
 def test_to_argv_lists_and_scalars():
@@ -133,3 +256,38 @@ def test_smoke_report_numbers_come_from_the_runs_outputs(smoke_run):
     data = json.loads((smoke_run / "report.json").read_text())
     assert data["summary"]["mean_scores"]["Standard"][key] == 42.5
     assert (smoke_run / "seed0" / "standard" / "run_complete.json").stat().st_mtime_ns == stamp
+
+
+def test_calibration_judges_the_whole_fine_tune_per_memory_mode(tmp_path):
+    """Each candidate runs as long as the real fine-tune (with its warmup), once per memory
+    mode; a memory that looks fine early and collapses late is rejected."""
+    from memdlm.reproduce.pipeline import Reproduction
+    from memdlm.reproduce.presets import QUICK
+
+    steps = QUICK.finetune.steps
+    calls = []
+
+    def fake_train(self, cell, options):
+        calls.append(options)
+        collapses = options["memory_mode"] == "per_sample" and options["inner_lr"] == 1.0
+        logs = []
+        for step in range(20, steps + 1, 20):
+            late = step > steps * 0.6
+            logs.append({"step": step, "memory/relative_change": options["inner_lr"] * options["memory_rank"],
+                         "memory/absorption_ratio": 0.2 if (collapses and late) else 0.95})
+        cell.mkdir(parents=True)
+        (cell / "log_history.json").write_text(json.dumps(logs))
+
+    repro = Reproduction(QUICK, tmp_path, progress=False)
+    repro._train = fake_train.__get__(repro)
+    cal = repro.calibrate()
+    assert set(cal["modes"]) == {"per_sample", "shared"} and cal["steps"] == steps
+    assert len(calls) == 2 * len(QUICK.inner_candidates)
+    assert all("max_steps" in c and c["max_steps"] == steps and c["warmup_steps"] == QUICK.finetune.warmup
+               for c in calls)
+    # per-sample: the lr-1.0 memories collapse in the last fifth -> rank 8, lr 0.3 (largest change left)
+    per_sample = cal["modes"]["per_sample"]
+    assert (per_sample["chosen"]["rank"], per_sample["chosen"]["inner_lr"]) == (8, 0.3)
+    assert per_sample["qualified"]
+    # shared: nothing collapses -> the largest change, rank 8, lr 1.0
+    assert (cal["modes"]["shared"]["chosen"]["rank"], cal["modes"]["shared"]["chosen"]["inner_lr"]) == (8, 1.0)

@@ -91,15 +91,17 @@ def memory_args_for(run_dir: str, adapt_mask_ratio: float | None = None):
 
 
 def format_table(results: dict) -> str:
-    """Step, masked fraction, L_seq, L_static, R_EB, R_ctrl per run (results: name -> dict)."""
+    """Step, masked fraction, L_seq, L_static, their gap, R_EB, R_ctrl per run (name -> dict)."""
     lines = []
     for name, d in results.items():
         lines.append(f"{name}  ({d['items']} items, {d['steps']} steps"
                      f"{', memory on the prompt' if d['memory'] else ''})")
-        lines.append(f"{'step':>4} {'masked':>6} {'L_seq':>8} {'L_static':>8} {'R_EB':>6} {'R_ctrl':>6}")
+        lines.append(f"{'step':>4} {'masked':>6} {'L_seq':>8} {'L_static':>8} {'gap':>8} {'R_EB':>6} "
+                     f"{'R_ctrl':>6}")
         for k in d["step"]:
             lines.append(f"{k:>4} {d['masked_fraction'][k]:>6.2f} {d['l_seq'][k]:>8.4f} "
-                         f"{d['l_static'][k]:>8.4f} {d['r_eb'][k]:>6.3f} {d['r_ctrl'][k]:>6.3f}")
+                         f"{d['l_static'][k]:>8.4f} {d['l_seq'][k] - d['l_static'][k]:>+8.4f} "
+                         f"{d['r_eb'][k]:>6.3f} {d['r_ctrl'][k]:>6.3f}")
     return "\n".join(lines)
 
 

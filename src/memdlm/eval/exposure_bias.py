@@ -27,8 +27,10 @@ not listed. For every item and step, with ``CE(M | x)`` the mean cross-entropy o
 
 Per step, each loss is averaged over items (each item's mean over its masked
 positions, so items weigh equally), and the ratios are ratios of those means:
-``R_EB = L_seq / L_static``, ``R_ctrl = L_seq / L_static_same`` (and ``_random``).
-Percentile bootstrap intervals resample items (SPEC section 7).
+``R_EB = L_seq / L_static``, ``R_ctrl = L_seq / L_static_same`` (and ``_random``);
+beside them the absolute gaps ``gap = L_seq - L_static`` and ``gap_ctrl = L_seq -
+L_static_same`` (nats). The ratios' intervals are the project's one bootstrap over items
+(:mod:`memdlm.stats`; SPEC section 7).
 
 All five inputs of a step go through one batched forward. The core runs on any
 ``logits_fn(ids [r, L], attention_mask [r, L], positions [r, L] bool) -> [n, V]``
@@ -52,12 +54,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from memdlm.errors import ConfigError
 from memdlm.masking import seeded_generator
 from memdlm.sampling import propose_tokens, select_commits, tokens_per_step
+from memdlm.stats import RESAMPLES
 
 logger = logging.getLogger("memdlm")
 
@@ -71,6 +75,7 @@ RATIOS = {  # ratio name -> (numerator, denominator)
     "r_eb_random": ("l_seq_random", "l_static"),
     "r_ctrl_random": ("l_seq_random", "l_static_same_random"),
 }
+GAPS = {"gap": ("l_seq", "l_static"), "gap_ctrl": ("l_seq", "l_static_same")}  # name -> (minuend, subtrahend)
 EXPOSURE_SEED = 60_000  # held-out items: disjoint from the eval-loss (10_000+) and held-out (50_000) seeds
 
 
@@ -86,7 +91,7 @@ class ExposureBiasConfig:
         "help": "Base seed: item i uses seed + i for its random masks and random-order trajectory."})
     append_eos: bool = field(default=True, metadata={
         "help": "Score the response followed by EOS, as training targets it."})
-    bootstrap: int = field(default=1000, metadata={
+    bootstrap: int = field(default=RESAMPLES, metadata={
         "help": "Bootstrap resamples of the items for the ratios' 95 percent intervals (0 skips)."})
 
     def __post_init__(self):
@@ -130,23 +135,30 @@ class ExposureBiasResult:
         return {name: [a / b for a, b in zip(self.losses[num], self.losses[den])]
                 for name, (num, den) in RATIOS.items()}
 
-    def ratio_intervals(self, resamples: int = 1000, seed: int = 0, level: float = 0.95):
-        """Percentile bootstrap intervals of each ratio, resampling items: name -> [S][2]."""
-        per_item = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.per_item.items()}
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randint(self.items, (resamples, self.items), generator=g)  # [B, items]
-        q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    def gaps(self) -> dict[str, list[float]]:
+        """Absolute gaps per step (nats): ``gap = L_seq - L_static`` and its same-position
+        control ``gap_ctrl = L_seq - L_static_same``. A ratio flatters a model whose static
+        loss is worse (the same gap over a larger denominator); the gap does not."""
+        return {name: [a - b for a, b in zip(self.losses[num], self.losses[den])]
+                for name, (num, den) in GAPS.items()}
+
+    def ratio_intervals(self, resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95):
+        """Bootstrap intervals of each ratio per step, resampling items with the project's one
+        bootstrap (:func:`memdlm.stats.bootstrap`): name -> [S][2]."""
+        from memdlm.stats import bootstrap
+
+        per_item = {k: np.asarray(v, dtype=np.float64) for k, v in self.per_item.items()}
         out = {}
         for name, (num, den) in RATIOS.items():
-            ratio = per_item[num][idx].mean(1) / per_item[den][idx].mean(1)  # [B, S]
-            out[name] = ratio.quantile(q, dim=0).T.tolist()  # [S, 2]
+            _, lo, hi = bootstrap([per_item], self.items, ratio_of_means(num, den), resamples, seed, level)
+            out[name] = np.stack([lo, hi], -1).tolist()  # [S, 2]
         return out
 
-    def to_dict(self, bootstrap: int = 1000) -> dict:
-        """JSON-ready: metadata, per-step losses, ratios (with intervals) and per-item values."""
+    def to_dict(self, bootstrap: int = RESAMPLES) -> dict:
+        """JSON-ready: metadata, per-step losses, ratios (with intervals), gaps, per-item values."""
         d = {"steps": self.steps, "items": self.items, "memory": self.memory,
              "step": list(range(self.steps)), "masked_fraction": self.masked_fraction,
-             **self.losses, **self.ratios()}
+             **self.losses, **self.ratios(), **self.gaps()}
         if bootstrap and self.items > 1:
             d.update({f"{k}_ci": v for k, v in self.ratio_intervals(bootstrap).items()})
         d.update({"item_seeds": self.item_seeds, "response_tokens": self.response_tokens,
@@ -157,6 +169,16 @@ class ExposureBiasResult:
     def from_dict(cls, d: dict) -> ExposureBiasResult:
         return cls(d["steps"], d["item_seeds"], d["response_tokens"], {k: d[k] for k in LOSSES},
                    d["per_item"], d.get("memory", False), d.get("meta", {}))
+
+
+def ratio_of_means(num: str, den: str):
+    """The bootstrap statistic of one ratio per step: ``per_item`` (name -> ``[items, S]``
+    array) and item indices ``[B, n]`` -> ``[B, S]`` ratios of the selected items' means."""
+
+    def statistic(per_item: dict, idx: np.ndarray) -> np.ndarray:
+        return per_item[num][idx].mean(1) / per_item[den][idx].mean(1)
+
+    return statistic
 
 
 class BatchScores(NamedTuple):

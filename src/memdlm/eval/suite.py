@@ -45,6 +45,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from memdlm.stats import RESAMPLES
+
 logger = logging.getLogger("memdlm")
 
 SUITE_VERSION = 1
@@ -123,35 +125,20 @@ def _check_runs(runs: list[RunSpec]) -> None:
 # ---------------------------------------------------------------------------
 
 
-def paired_bootstrap(a_items, b_items, n_boot: int = 2000, seed: int = 0,
+def paired_bootstrap(a_items, b_items, n_boot: int = RESAMPLES, seed: int = 0,
                      confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
     """Mean paired difference ``mean(b - a)`` over items and its percentile bootstrap CI.
 
     ``a_items[i]`` and ``b_items[i]`` are the two runs' scores (or correctness,
-    bools count as 0/1) on the *same* item i. Items are resampled with replacement
-    ``n_boot`` times (seeded: same inputs, same interval); the interval is the
-    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the
-    resampled mean differences. A difference whose interval contains 0 is
-    unresolved (SPEC section 7).
+    bools count as 0/1) on the *same* item i. The interval is the project's one
+    bootstrap (:func:`memdlm.stats.paired_difference` with one seed: the same
+    random draw and quantile rule as the exposure-bias ratios and the reproduction's
+    claims). A difference whose interval contains 0 is unresolved (SPEC section 7).
     """
-    import numpy as np
+    from memdlm.stats import paired_difference
 
-    a = np.asarray(a_items, dtype=np.float64)
-    b = np.asarray(b_items, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired items need two equally long 1-d lists, got {a.shape} and {b.shape}")
-    if a.size == 0:
-        raise ValueError("paired_bootstrap needs at least one item")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    diff = b - a
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, diff.size, size=(n_boot, diff.size))
-    means = diff[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(diff.mean()), (float(lo), float(hi))
+    d = paired_difference([a_items], [b_items], resamples=n_boot, seed=seed, confidence=confidence)
+    return d["estimate"], (d["low"], d["high"])
 
 
 # ---------------------------------------------------------------------------
@@ -364,7 +351,7 @@ def run_means(result: dict) -> dict[str, float]:
     return out
 
 
-def to_markdown(result: dict, n_boot: int = 2000) -> str:
+def to_markdown(result: dict, n_boot: int = RESAMPLES) -> str:
     """The paper's Table-1 layout: a row per (task, length), a column per run.
 
     Then the exact-match table, paired differences of every run against the first

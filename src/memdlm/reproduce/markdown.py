@@ -13,12 +13,18 @@ def _f(x, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
-def ci(d: dict | None, scale: float = 1.0, digits: int = 1) -> str:
-    """``+x.x [+lo, +hi]`` of an estimate dict, or n/a."""
-    if d is None:
+def ci(d: dict | None, digits: int = 1, scale: float = 1.0) -> str:
+    """``+x.x; items [lo, hi]; seeds [lo, hi]`` of a :func:`memdlm.stats.compare` result: the
+    estimate, the paired-item bootstrap and the seed t-interval (undefined with one seed)."""
+    if d is None or (isinstance(d.get("estimate"), float) and math.isnan(d["estimate"])):
         return "n/a"
-    f = f"{{:+.{digits}f}}"
-    return f"{f.format(scale * d['estimate'])} [{f.format(scale * d['low'])}, {f.format(scale * d['high'])}]"
+    def f(x: float) -> str:
+        return f"{scale * x:+.{digits}f}"
+
+    text = f"{f(d['estimate'])}; items [{f(d['low'])}, {f(d['high'])}]"
+    if d["seeds"] < 2 or math.isnan(d["seed_low"]):
+        return text + f"; seeds: undefined ({d['seeds']} seed)"
+    return text + f"; seeds [{f(d['seed_low'])}, {f(d['seed_high'])}]"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -54,11 +60,61 @@ def _comparisons(summary: dict) -> str:
     for run, c in summary["comparisons"].items():
         for where in ("within", "beyond"):
             d = c.get(where)
-            if d:
-                rows.append([run, {"within": "<= trained", "beyond": "> trained"}[where], _f(d["run_mean"]), _f(d["base_mean"]), f"{d['estimate']:+.1f}",
-                             f"[{d['low']:+.1f}, {d['high']:+.1f}]", d["seeds"], d["items"], score_verdict(d)])
-    return _table(["run", "lengths", "run score", "Standard score", "difference", "95% interval", "seeds",
-                   "items", "verdict"], rows)
+            if d and not d.get("not_testable"):
+                rows.append([run, {"within": "<= trained", "beyond": "> trained"}[where], ", ".join(d["tasks"]),
+                             _f(d["run_mean"]), _f(d["base_mean"]), ci(d), d["seeds"], d["items"],
+                             score_verdict(d)])
+    if not rows:
+        return "No comparison: no task passed the capability gate (above)."
+    return _table(["run", "lengths", "tasks", "run score", "Standard score",
+                   "difference; 95% intervals", "seeds", "items", "verdict"], rows)
+
+
+def _capability(summary: dict) -> list[str]:
+    cap = summary["capability"]
+    rows = [[t, _f(r["score"]), _f(r["copy"]), _f(r["uniform"], 2), _f(None if r["copy"] is None else r["copy"] + r["margin"]),
+             "yes" if r["testable"] else "no: not testable here"] for t, r in cap["tasks"].items()]
+    return ["### Capability gate", "",
+            f"A retrieval verdict is given on a task only when Standard's score on the dev items "
+            f"(first seed, trained length) reaches the task's copy level (copying a random value of the "
+            f"context) plus {cap['margin']:g} points; below that, a difference between two models that "
+            "do not retrieve says nothing about retrieval. Comparisons pool the tasks that pass.", "",
+            _table(["task", "Standard (dev)", "copy level", "uniform level", "needed", "testable"], rows), ""]
+
+
+def _calibration(cal: dict, finetune_steps: int) -> list[str]:
+    length = "as long as the real fine-tune" if cal["steps"] == finetune_steps else \
+        f"shorter than the real fine-tune's {finetune_steps}"
+    parts = ["## Operating point (fixed before the test items were evaluated)", "",
+             f"Memory rank and inner lr come from MemDLM fine-tunes of {cal['steps']} steps ({length}), "
+             "one per candidate and memory mode: per mode, the candidate whose fast weights "
+             "change the adapted layers' outputs most while the late absorption ratio (anchor loss with "
+             f"memory / without, last fifth of the logged steps) stays at or above {cal['floor']}.", ""]
+    for mode, c in cal["modes"].items():
+        rows = [[r["rank"], r["inner_lr"], _f(r["absorption_ratio"], 3), f"{r['relative_change']:.2e}"]
+                for r in c["candidates"]]
+        ch = c["chosen"]
+        parts += [f"Memory mode `{mode}`:", "",
+                  _table(["rank", "inner lr", "late absorption ratio", "late relative change"], rows), "",
+                  f"Chosen: rank {ch['rank']}, inner lr {ch['inner_lr']}"
+                  + ("" if c["qualified"] else " (no candidate met the floor: the least-absorbing one)") + ".", ""]
+    return parts
+
+
+def _heldout(summary: dict) -> list[str]:
+    rows = []
+    for arm, d in summary["heldout_losses"].items():
+        seeds = sorted(d["off"], key=str)
+        on = [d["prompt_memory"][s] for s in seeds if s in d["prompt_memory"]]
+        rows.append([arm, len(seeds), _f(sum(d["off"][s] for s in seeds) / len(seeds), 4),
+                     _f(sum(on) / len(on), 4) if on else "not logged (trained without memory)",
+                     ", ".join(f"{d['off'][s]:.4f}" + (f" / {d['prompt_memory'][s]:.4f}" if s in d["prompt_memory"] else "")
+                               for s in seeds)])
+    if not rows:
+        return []
+    return ["Held-out loss of each arm on the fine-tuning tasks' held-out items (the run's last evaluation; "
+            "memory off, and with memory adapted on each item's prompt alone, as at inference):", "",
+            _table(["arm", "seeds", "memory off", "memory adapted on the prompt", "per seed (off / adapted)"], rows), ""]
 
 
 def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> str:
@@ -68,11 +124,13 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
     dev = result["dev"]
     parts = [f"# MemDLM mini reproduction: preset `{preset['name']}`", "",
              "Produced by `memdlm reproduce`; every number below is read from this directory's cached "
-             "outputs. Intervals are 95% bootstrap intervals resampling training seeds, then test items; "
-             "a difference whose interval contains zero is **unresolved**.", "", _provenance(prov), ""]
+             "outputs. Each difference has two 95% intervals: a bootstrap over the test items (the same item "
+             "indices resampled for every seed) and a t-interval over the seed means (undefined with one "
+             "seed). A verdict is **reproduced** or **opposite** only when both lie on that side of zero; "
+             "otherwise it is **unresolved** and says why.", "", _provenance(prov), ""]
 
     parts += ["## The paper's claims here", "",
-              _table(["claim", "measured as", "estimate [95% interval]", "verdict"],
+              _table(["claim", "measured as", "estimate; 95% intervals", "verdict"],
                      [list(r) for r in claim_rows]), ""]
 
     parts += ["## Setup", "",
@@ -86,26 +144,18 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
               f"- Test items: {preset['eval_items']} per (task, length), eval split (keys and values never "
               f"used in training); lengths {preset['eval_lengths']} (trained: {summary['trained_length']}).", ""]
 
-    rows = [[c["rank"], c["inner_lr"], _f(c["absorption_ratio"], 3), f"{c['relative_change']:.2e}"]
-            for c in cal["candidates"]]
-    ch = cal["chosen"]
-    parts += ["## Operating point (fixed before the test items were evaluated)", "",
-              "Memory rank and inner lr come from short MemDLM runs on training batches: the candidate "
-              f"whose fast weights change the adapted layers' outputs most while the absorption ratio "
-              f"(anchor loss with memory / without, second half of the run) stays at or above "
-              f"{cal['floor']}.", "",
-              _table(["rank", "inner lr", "absorption ratio", "relative change"], rows), "",
-              f"Chosen: rank {ch['rank']}, inner lr {ch['inner_lr']}"
-              + ("" if cal["qualified"] else " (no candidate met the floor: the least-absorbing one)") + ".", ""]
+    parts += _calibration(cal, preset["finetune"]["steps"])
     traj = summary.get("memory_trajectory", [])
     if traj:
-        parts += ["During fine-tuning (means over the first and last fifth of the logged steps; an "
-                  "absorption ratio near 0 is memorisation collapse -- the memory stores the targets and "
-                  "the model stops learning them):", "",
+        parts += ["During fine-tuning (means over the first and last fifth of the logged steps; a late "
+                  f"absorption ratio below the floor {summary['floor']} is memorisation collapse -- the "
+                  "memory stores the targets and the model stops learning them; the verdicts on a "
+                  "collapsed arm say so):", "",
                   _table(["seed", "arm", "absorption early", "absorption late", "relative change early",
-                          "relative change late"],
+                          "relative change late", "collapsed"],
                          [[r["seed"], r["arm"], _f(r["absorption_early"], 3), _f(r["absorption_late"], 3),
-                           _f(r["change_early"], 3), _f(r["change_late"], 3)] for r in traj]), ""]
+                           _f(r["change_early"], 3), _f(r["change_late"], 3), "yes" if r["collapsed"] else "no"]
+                          for r in traj]), ""]
     dev_rows = []
     for cell in dev["cells"]:
         if cell["skipped"] is None:
@@ -113,6 +163,7 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
     dev_runs = [r["name"] for r in dev["runs"]]
     parts += ["Dev items (a seed range disjoint from the test items), first seed:", "",
               _table(["task", "length"] + dev_runs, dev_rows), ""]
+    parts += _capability(summary)
 
     parts += ["## Retrieval: scores (mean over seeds)", "", _scores(summary, preset), "",
               f"![score against length]({plots['score_vs_length']})", "",
@@ -130,10 +181,21 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
     parts += ["MemDLM's training loss is measured after its inner loop wrote memory from the very targets "
               "being scored, so it is not comparable with Standard's; the held-out loss is computed with "
               "memory off.", "", _table(["seed", "arm", "last training loss", "last held-out loss"], loss_rows), ""]
+    parts += _heldout(summary)
 
+    eb_ok = summary["eb_measurable"]
     parts += ["## Exposure bias", "", f"![R_EB]({plots['exposure_bias']})", "",
-              _table(["run (first seed)", "mean R_EB", "mean R_ctrl (same positions)"],
-                     [[run, _f(v["r_eb"], 3), _f(v["r_ctrl"], 3)] for run, v in summary["eb_means"].items()]), ""]
+              _table(["run (first seed)", "mean R_EB", "mean gap L_seq - L_static (nats)",
+                      "mean R_ctrl (same positions)", "mean control gap L_seq - L_static_same (nats)"],
+                     [[run, _f(v["r_eb"], 3), _f(v["gap"], 3), _f(v["r_ctrl"], 3), _f(v["gap_ctrl"], 3)]
+                      for run, v in summary["eb_means"].items()]), "",
+              "R_EB is a ratio: a model with a worse static loss looks flatter for the same absolute gap, "
+              "so the gap is reported beside it. Measurability rule: exposure bias is measurable only when "
+              "Standard's same-position control gap (mean over steps) lies above zero by both intervals "
+              "(the item interval alone with one seed); otherwise the rise of R_EB is the low-confidence "
+              "order -- the hardest positions are decoded last -- and the flatness claims are \"not "
+              f"measurable\". Here: {eb_ok['reason']} -> "
+              + ("measurable." if eb_ok["measurable"] else "**not measurable**."), ""]
 
     probe_rows = []
     for seed, s in result["seeds"].items():
@@ -147,7 +209,7 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
               "context (matched) or on another item's context (mismatched). Exact match / digit accuracy, %.",
               "", _table(["seed", "model"] + list(first_probe), probe_rows), "",
               _table(["model", "matched - mismatched (digit acc.)", "matched - no memory"],
-                     [[m, ci(d["matched_vs_mismatched"], 100), ci(d["matched_vs_removed"], 100)]
+                     [[m, ci(d["matched_vs_mismatched"], scale=100), ci(d["matched_vs_removed"], scale=100)]
                       for m, d in pd.items()]), ""]
 
     parts += ["## Controls and cost", "",

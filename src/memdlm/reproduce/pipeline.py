@@ -1,7 +1,7 @@
 """The mini reproduction, stage by stage; every stage is a cached cell under ``out``.
 
     base/                       Standard MDLM from scratch on plain text + the task mix
-    calibrate/r{R}_lr{LR}/      short MemDLM fine-tunes: absorption ratio, relative change
+    calibrate/r{R}_lr{LR}[_shared]/  MemDLM fine-tunes per candidate and memory mode: absorption, change
     seed{S}/standard/           fine-tuned from base/ with Standard MDLM
     seed{S}/memdlm/             ... with MemDLM (per-sample memory, calibrated rank / lr)
     seed{S}/memdlm_shared/      ... batch-shared memory (first seed only, for parity)
@@ -60,46 +60,60 @@ class Reproduction:
     def memory_options(self, rank: int, inner_lr: float, mode: str = "per_sample") -> dict:
         return {"memory_mode": mode, "memory_rank": rank, "inner_lr": inner_lr}
 
+    def calibration_modes(self) -> tuple[str, ...]:
+        """The memory modes the arms train with: each gets its own operating point."""
+        return ("per_sample", "shared") if self.preset.shared_memory_arm else ("per_sample",)
+
     def calibrate(self) -> dict:
-        """Short MemDLM runs from the base, one per (rank, inner lr) candidate.
+        """MemDLM fine-tunes from the base, one per (rank, inner lr) candidate and memory mode.
 
-        Rule: among candidates whose absorption ratio, averaged over the second half of
-        the calibration run, stays at or above ``absorption_floor`` (the memory removes at
-        most a fifth of the anchor loss it was written from), take the one whose fast
-        weights change the adapted layers' outputs most (largest relative change); if none
-        qualifies, the one with the highest absorption ratio. The second half, because
-        the model learns to lean on its memory as training goes on: a first version of
-        this rule averaged 20 steps and chose a memory that collapsed by step 300
-        (docs/REPRODUCE.md).
+        Each candidate run is the real fine-tune of seed 0 (same steps, warmup, schedule
+        and data; no evaluation) unless the preset sets ``calibration_steps``: a memory
+        that collapses does so after ~100 steps, so a shorter or warm-up-free run cannot
+        show it (the first versions judged 20, then 100 steps without warmup, and chose
+        memories that collapsed in the real runs; docs/REPRODUCE.md).
+
+        Rule, per mode: among candidates whose late absorption ratio (mean over the last
+        fifth of the logged steps, :func:`late_mean`, the window the report's collapse
+        check uses) stays at or above ``absorption_floor`` (the memory removes at most a
+        fifth of the anchor loss it was written from), take the one whose fast weights
+        change the adapted layers' outputs most (largest late relative change); if none
+        qualifies, the one with the highest late absorption ratio.
         """
-        rows = []
-        for rank, lr in self.preset.inner_candidates:
-            cell = self.out / "calibrate" / f"r{rank}_lr{lr:g}"
-            options = self.finetune_options(0, "memdlm", **self.memory_options(rank, lr))
-            options.update(max_steps=self.preset.calibration_steps, logging_steps=1, eval_strategy="no",
-                           save_strategy="no", warmup_steps=0.0)
-            self._train(cell, options)
-            logs = log_history(cell)
-            late = [r for r in logs if r.get("step", 0) > self.preset.calibration_steps // 2]
-            absorption = _mean(late, "memory/absorption_ratio")
-            change = _mean(late, "memory/relative_change")
-            rows.append({"rank": rank, "inner_lr": lr, "absorption_ratio": absorption,
-                         "relative_change": change})
-        ok = [r for r in rows if r["absorption_ratio"] >= self.preset.absorption_floor]
-        chosen = max(ok, key=lambda r: r["relative_change"]) if ok else \
-            max(rows, key=lambda r: r["absorption_ratio"])
-        return {"candidates": rows, "chosen": chosen, "floor": self.preset.absorption_floor,
-                "qualified": bool(ok)}
+        modes = {}
+        for mode in self.calibration_modes():
+            rows = []
+            for rank, lr in self.preset.inner_candidates:
+                name = f"r{rank}_lr{lr:g}" + ("_shared" if mode == "shared" else "")
+                cell = self.out / "calibrate" / name
+                options = self.finetune_options(0, "memdlm", **self.memory_options(rank, lr, mode))
+                options.update(eval_strategy="no")
+                if self.preset.calibration_steps is not None:
+                    options.update(max_steps=self.preset.calibration_steps)
+                self._train(cell, options)
+                logs = log_history(cell)
+                rows.append({"rank": rank, "inner_lr": lr,
+                             "absorption_ratio": late_mean(logs, "memory/absorption_ratio"),
+                             "relative_change": late_mean(logs, "memory/relative_change")})
+            ok = [r for r in rows if r["absorption_ratio"] >= self.preset.absorption_floor]
+            chosen = max(ok, key=lambda r: r["relative_change"]) if ok else \
+                max(rows, key=lambda r: r["absorption_ratio"])
+            modes[mode] = {"candidates": rows, "chosen": chosen, "qualified": bool(ok)}
+        return {"modes": modes, "floor": self.preset.absorption_floor,
+                "steps": self.preset.calibration_steps or self.preset.finetune.steps}
 
-    def arms(self, seed: int, chosen: dict, first: bool) -> dict[str, Path]:
-        """Fine-tune every arm of one seed; returns arm name -> run directory."""
+    def arms(self, seed: int, chosen: dict[str, dict], first: bool) -> dict[str, Path]:
+        """Fine-tune every arm of one seed; returns arm name -> run directory.
+        ``chosen``: the operating point of each memory mode."""
         root = self.out / f"seed{seed}"
-        memory = self.memory_options(chosen["rank"], chosen["inner_lr"])
+        per_sample = chosen["per_sample"]
+        memory = self.memory_options(per_sample["rank"], per_sample["inner_lr"])
         runs = {"standard": self.finetune_options(seed, "mdlm"),
                 "memdlm": self.finetune_options(seed, "memdlm", **memory)}
         if first and self.preset.shared_memory_arm:
+            shared = chosen["shared"]
             runs["memdlm_shared"] = self.finetune_options(
-                seed, "memdlm", **self.memory_options(chosen["rank"], chosen["inner_lr"], "shared"))
+                seed, "memdlm", **self.memory_options(shared["rank"], shared["inner_lr"], "shared"))
         for name, overrides in self.preset.ablations.items():
             runs[f"ablation_{name}"] = self.finetune_options(seed, "memdlm", **memory, **overrides)
         summaries = {name: self._train(root / name, options) for name, options in runs.items()}
@@ -237,15 +251,17 @@ class Reproduction:
     def run(self) -> dict:
         start = time.perf_counter()
         self.base()
-        calibration = json_cell(self.out / "calibration.json", {"candidates": list(self.preset.inner_candidates),
-                                                                 "floor": self.preset.absorption_floor},
-                                self.calibrate)
-        chosen = calibration["chosen"]
+        calibration = json_cell(self.out / "calibration.json", {
+            "candidates": list(self.preset.inner_candidates), "floor": self.preset.absorption_floor,
+            "modes": list(self.calibration_modes()),
+            "steps": self.preset.calibration_steps or self.preset.finetune.steps}, self.calibrate)
+        by_mode = {mode: c["chosen"] for mode, c in calibration["modes"].items()}
+        chosen = by_mode["per_sample"]  # inference-time adaptation is per prompt
         control = json_cell(self.out / "control_lr0.json", {"steps": self.preset.lr0_control_steps},
                             self.lr0_control)
         seeds = {}
         for i, seed in enumerate(self.preset.seeds):
-            dirs = self.arms(seed, chosen, first=i == 0)
+            dirs = self.arms(seed, by_mode, first=i == 0)
             if i == 0:
                 dev = self.dev(dirs, chosen)
             seeds[seed] = {"dirs": {k: str(v) for k, v in dirs.items()},
@@ -271,6 +287,17 @@ def matched_steps(standard: dict, memdlm: dict) -> int:
     return max(1, round(memdlm["global_step"] * seconds_per_step(memdlm) / seconds_per_step(standard)))
 
 
-def _mean(logs: list[dict], key: str) -> float:
+def window_mean(logs: list[dict], key: str, part: str) -> float:
+    """Mean of ``key`` over the first (``part="early"``) or last (``"late"``) fifth of the
+    records that log it (at least one record); NaN when none do."""
     values = [r[key] for r in logs if key in r]
-    return sum(values) / len(values) if values else float("nan")
+    if not values:
+        return float("nan")
+    k = max(1, len(values) // 5)
+    chunk = values[:k] if part == "early" else values[-k:]
+    return sum(chunk) / len(chunk)
+
+
+def late_mean(logs: list[dict], key: str) -> float:
+    """:func:`window_mean` over the last fifth: where a memory that collapses has collapsed."""
+    return window_mean(logs, key, "late")

@@ -2,9 +2,14 @@
 
 Every number in the report is read from the cells' JSON files (training summaries
 and log histories, eval/probe/exposure-bias results); nothing is typed in. Each claim
-of the paper gets an estimate, a 95% interval (seeds, then items, resampled) and a
-verdict: ``reproduced`` (interval on the paper's side of zero), ``opposite`` (on the
-other side) or ``unresolved`` (it contains zero).
+of the paper gets an estimate, two 95% intervals -- the paired-item bootstrap (the same
+item indices resampled for every seed) and the t-interval over the seed means
+(:mod:`memdlm.stats`) -- and a verdict: ``reproduced`` / ``opposite`` only when both
+intervals lie on that side of zero, else ``unresolved``. The reading rules of
+:mod:`memdlm.reproduce.stats` come first: a retrieval claim is "not testable here" when
+Standard does not clear the copy level on the dev items, an exposure-bias claim "not
+measurable" when the same-position control shows no climb, and a verdict on a collapsed
+memory says so.
 """
 
 from __future__ import annotations
@@ -13,16 +18,22 @@ import json
 import math
 from pathlib import Path
 
-from memdlm.reproduce.markdown import ci as _ci
-from memdlm.reproduce.pipeline import log_history, seconds_per_step
+import numpy as np
+
+from memdlm.reproduce.markdown import ci
+from memdlm.reproduce.pipeline import log_history, seconds_per_step, window_mean
 from memdlm.reproduce.stats import (
     NEAR_ZERO,
+    capability_gate,
+    collapse_note,
+    eb_measurable,
+    gate_reason,
     nanmean,
     score_verdict,
-    seed_item_bootstrap,
-    seed_then_item_bootstrap,
-    verdict,
+    seed_item_comparison,
+    with_note,
 )
+from memdlm.stats import compare, verdict
 
 STANDARD = "Standard"
 
@@ -32,34 +43,61 @@ def _runs_of(eval_result: dict) -> list[str]:
     return [r["name"] for r in eval_result["runs"]]
 
 
-def _item_scores(eval_result: dict, run: str, lengths) -> list[float]:
-    """One run's per-item scores over every (task, length) cell with a length in ``lengths``."""
-    out: list[float] = []
-    for cell in eval_result["cells"]:
-        if cell["skipped"] is None and cell["length"] in lengths and run in cell["results"]:
-            out += cell["results"][run]["item_scores"]
-    return out
+def arm_of(eval_result: dict, run: str) -> str | None:
+    """The training arm (run directory name: ``memdlm``, ``ablation_...``) a run evaluates."""
+    for r in eval_result["runs"]:
+        if r["name"] == run:
+            return Path(r["model_dir"]).name
+    return None
 
 
-def score_difference(seeds: dict, run: str, lengths, base: str = STANDARD) -> dict | None:
-    """``run`` minus ``base`` on the same items (score points), over seeds and items."""
-    diffs, a_all, b_all = [], [], []
+def _cells(eval_result: dict, lengths, tasks=None):
+    return [c for c in eval_result["cells"] if c["skipped"] is None and c["length"] in lengths
+            and (tasks is None or c["task"] in tasks)]
+
+
+def score_difference(seeds: dict, run: str, lengths, base: str = STANDARD, tasks=None) -> dict | None:
+    """``run`` minus ``base`` on the same items (score points), over seeds and items, on the
+    (task, length) cells with a length in ``lengths`` (and a task in ``tasks``, if given).
+
+    Every seed must hold the same items (checked by the cells' item keys): the bootstrap
+    resamples the same item indices for every seed.
+    """
+    diffs, a_all, b_all, keys = [], [], [], None
     for s in seeds.values():
         ev = s["eval"]
         if run not in _runs_of(ev):
             continue
-        a, b = _item_scores(ev, base, lengths), _item_scores(ev, run, lengths)
-        if a and len(a) == len(b):
-            diffs.append([y - x for x, y in zip(a, b)])
-            a_all += a
-            b_all += b
+        cells = _cells(ev, lengths, tasks)
+        a = [x for c in cells for x in c["results"][base]["item_scores"]]
+        b = [x for c in cells for x in c["results"][run]["item_scores"]]
+        seed_keys = [k for c in cells for k in c["item_keys"]]
+        if not a or len(a) != len(b):
+            continue
+        if keys is not None and seed_keys != keys:
+            raise ValueError(f"seeds disagree on the test items of {run!r}: the bootstrap pairs items "
+                             "across seeds, so every seed must answer the same items")
+        keys, tasks_seen = seed_keys, sorted({c["task"] for c in cells})
+        diffs.append([y - x for x, y in zip(a, b)])
+        a_all += a
+        b_all += b
     if not diffs:
         return None
-    est, (lo, hi) = seed_item_bootstrap(diffs)
+    d = seed_item_comparison(diffs)
     base_mean, run_mean = sum(a_all) / len(a_all), sum(b_all) / len(b_all)
-    return {"estimate": est, "low": lo, "high": hi, "seeds": len(diffs), "items": sum(map(len, diffs)),
-            "base_mean": base_mean, "run_mean": run_mean,
-            "both_near_zero": max(base_mean, run_mean) < NEAR_ZERO}
+    d.update(base_mean=base_mean, run_mean=run_mean, both_near_zero=max(base_mean, run_mean) < NEAR_ZERO,
+             tasks=tasks_seen)
+    return d
+
+
+def gated_difference(seeds: dict, run: str, lengths, gate: dict, base: str = STANDARD) -> dict | None:
+    """:func:`score_difference` on the tasks that pass the capability gate; when none does,
+    a stub whose verdict is "not testable here" with the gate's reason."""
+    testable = [t for t, row in gate.items() if row["testable"]]
+    if not testable:
+        return {"not_testable": gate_reason(gate), "estimate": math.nan, "low": math.nan,
+                "high": math.nan, "seed_low": math.nan, "seed_high": math.nan, "seeds": 0, "items": 0}
+    return score_difference(seeds, run, lengths, base, tasks=testable)
 
 
 def mean_scores(seeds: dict) -> dict[str, dict[tuple[str, int], float]]:
@@ -85,47 +123,83 @@ def heldout_loss_difference(seeds: dict) -> dict | None:
         diffs.append([y - x for x, y in zip(a, b)])
     if not diffs:
         return None
-    est, (lo, hi) = seed_item_bootstrap(diffs)
-    return {"estimate": est, "low": lo, "high": hi, "seeds": len(diffs), "items": sum(map(len, diffs))}
+    return seed_item_comparison(diffs)
+
+
+def heldout_losses(seeds: dict) -> dict[str, dict]:
+    """Each arm's held-out loss on the fine-tuning tasks' held-out items (the training run's
+    last evaluation, ``num_eval_samples`` items of the eval split): memory off
+    (``eval_loss``) and, for MemDLM arms, with memory adapted on each item's prompt alone
+    (``eval_loss_prompt_memory``; Standard's trainer has no memory and logs none).
+    ``{arm: {"off": {seed: loss}, "prompt_memory": {seed: loss}}}``."""
+    out: dict[str, dict] = {}
+    for seed, s in seeds.items():
+        for arm, path in s["dirs"].items():
+            evals = [r for r in log_history(path) if "eval_loss" in r]
+            if not evals:
+                continue
+            row = out.setdefault(arm, {"off": {}, "prompt_memory": {}})
+            row["off"][seed] = evals[-1]["eval_loss"]
+            if "eval_loss_prompt_memory" in evals[-1]:
+                row["prompt_memory"][seed] = evals[-1]["eval_loss_prompt_memory"]
+    return out
 
 
 def mean_ratio(result: dict, key: str = "r_eb") -> float:
     return nanmean(result[key])
 
 
-def eb_flatness_difference(seeds: dict, run: str, key: str = "r_eb", n_boot: int = 1000) -> dict | None:
-    """Mean over steps of ``run``'s ratio minus Standard's, resampling seeds then items.
+EB_TERMS = {"r_eb": ("l_seq", "l_static"), "r_ctrl": ("l_seq", "l_static_same"),
+            "gap": ("l_seq", "l_static"), "gap_ctrl": ("l_seq", "l_static_same")}
 
-    The ratio per step is a ratio of item means, so each resample recomputes it from
-    the resampled items' losses (both runs share the items).
-    """
-    num, den = {"r_eb": ("l_seq", "l_static"), "r_ctrl": ("l_seq", "l_static_same")}[key]
-    groups = [(s["exposure_bias"]["results"][STANDARD]["per_item"], s["exposure_bias"]["results"][run]["per_item"])
-              for s in seeds.values() if run in s["exposure_bias"]["results"]]
+
+def _eb_over_steps(key: str):
+    """Bootstrap statistic: one run's per-item losses (name -> ``[items, S]``) and item
+    indices ``[B, n]`` -> ``[B]``: the mean over steps of the ratio of the selected items'
+    mean losses (``r_*``) or of their difference (``gap*``, nats)."""
+    num, den = EB_TERMS[key]
+
+    def statistic(per_item: dict, idx: np.ndarray) -> np.ndarray:
+        a, b = per_item[num][idx].mean(1), per_item[den][idx].mean(1)  # [B, S]
+        if key.startswith("gap"):
+            return np.nanmean(a - b, axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(b != 0, a / b, np.nan)
+        finite = ~np.isnan(ratio)
+        return np.where(finite, ratio, 0).sum(-1) / np.maximum(finite.sum(-1), 1)
+
+    return statistic
+
+
+def _eb_arrays(s: dict, run: str) -> dict:
+    return {k: np.asarray(v, dtype=np.float64)
+            for k, v in s["exposure_bias"]["results"][run]["per_item"].items()}
+
+
+def eb_difference(seeds: dict, run: str, key: str = "r_eb") -> dict | None:
+    """Mean over steps of ``run``'s ratio (or gap) minus Standard's, items paired across seeds
+    and runs. A ratio per step is a ratio of item means, so each resample recomputes it."""
+    groups = [(_eb_arrays(s, STANDARD), _eb_arrays(s, run)) for s in seeds.values()
+              if run in s["exposure_bias"]["results"]]
     if not groups:
         return None
+    stat = _eb_over_steps(key)
+    n = groups[0][0]["l_seq"].shape[0]
+    return compare(groups, lambda g, idx: stat(g[1], idx) - stat(g[0], idx), n_items=n)
 
-    def mean_ratio_over_steps(per_item, idx) -> float:
-        ratios = []
-        for k in range(len(per_item[num][0])):
-            n = [per_item[num][i][k] for i in idx]
-            d = [per_item[den][i][k] for i in idx]
-            if any(x is None or math.isnan(x) for x in n + d) or sum(d) == 0:
-                continue
-            ratios.append(sum(n) / sum(d))
-        return nanmean(ratios)
 
-    est, (lo, hi) = seed_then_item_bootstrap(
-        groups, lambda g: len(g[0][num]),
-        lambda g, idx: mean_ratio_over_steps(g[1], idx) - mean_ratio_over_steps(g[0], idx), n_boot)
-    return {"estimate": est, "low": lo, "high": hi, "seeds": len(groups)}
+def eb_level(seeds: dict, run: str, key: str) -> dict | None:
+    """One run's mean over steps of a ratio or gap (e.g. Standard's ``gap_ctrl``), both intervals."""
+    groups = [_eb_arrays(s, run) for s in seeds.values() if run in s["exposure_bias"]["results"]]
+    if not groups:
+        return None
+    return compare(groups, _eb_over_steps(key), n_items=groups[0]["l_seq"].shape[0])
 
 
 def probe_difference(seeds: dict, model: str, a: str, b: str, metric: str = "item_digits") -> dict:
     diffs = [[y - x for x, y in zip(s["probe"]["results"][model][a][metric], s["probe"]["results"][model][b][metric])]
              for s in seeds.values()]
-    est, (lo, hi) = seed_item_bootstrap(diffs)
-    return {"estimate": est, "low": lo, "high": hi, "seeds": len(diffs)}
+    return seed_item_comparison(diffs)
 
 
 def overhead(out: Path, seeds: dict) -> list[dict]:
@@ -138,22 +212,32 @@ def overhead(out: Path, seeds: dict) -> list[dict]:
     return rows
 
 
-def memory_trajectory(seeds: dict) -> list[dict]:
+def memory_trajectory(seeds: dict, floor: float) -> list[dict]:
     """Absorption ratio and relative change of each MemDLM arm early and late in fine-tuning
-    (means over the first and the last fifth of the logged steps): collapse shows here."""
+    (means over the first and the last fifth of the logged steps, the window calibration
+    judges): a late absorption below the calibration ``floor`` is reported as collapsed."""
     rows = []
     for seed, s in seeds.items():
         for arm, path in s["dirs"].items():
-            logs = [r for r in log_history(path) if "memory/absorption_ratio" in r]
-            if not logs:
+            logs = log_history(path)
+            if not any("memory/absorption_ratio" in r for r in logs):
                 continue
-            k = max(1, len(logs) // 5)
             row = {"seed": seed, "arm": arm}
-            for part, chunk in (("early", logs[:k]), ("late", logs[-k:])):
-                row[f"absorption_{part}"] = nanmean([r["memory/absorption_ratio"] for r in chunk])
-                row[f"change_{part}"] = nanmean([r.get("memory/relative_change", math.nan) for r in chunk])
+            for part in ("early", "late"):
+                row[f"absorption_{part}"] = window_mean(logs, "memory/absorption_ratio", part)
+                row[f"change_{part}"] = window_mean(logs, "memory/relative_change", part)
+            row["collapsed"] = bool(row["absorption_late"] < floor)
             rows.append(row)
     return rows
+
+
+def collapse_notes(summary: dict, floor: float) -> dict[str, str]:
+    """arm -> note, for every MemDLM arm that collapsed in some seed."""
+    by_arm: dict[str, list[dict]] = {}
+    for r in summary["memory_trajectory"]:
+        by_arm.setdefault(r["arm"], []).append(r)
+    notes = {arm: collapse_note(rows, floor) for arm, rows in by_arm.items()}
+    return {arm: note for arm, note in notes.items() if note}
 
 
 def final_losses(seeds: dict) -> list[dict]:
@@ -185,11 +269,17 @@ def make_plots(out: Path, result: dict, summary: dict) -> dict[str, str]:
     for key, fname, ylabel, title in (
             ("loss", "train_loss.png", "training loss",
              "Training loss (MemDLM's: after its inner loop, as in the paper's Fig. 4)"),
-            ("eval_loss", "heldout_loss.png", "held-out loss, memory off", "Held-out loss with memory off")):
+            ("eval_loss", "heldout_loss.png", "held-out loss",
+             "Held-out loss, memory off (MemDLM dashed: memory adapted on the prompt)")):
         xs_std, ys_std = _curve(logs["standard"], key)
         xs_mem, ys_mem = _curve(logs["memdlm"], key)
         if xs_std and xs_std == xs_mem:
-            plot_curves(xs_std, {"Standard MDLM": ys_std, "MemDLM": ys_mem}, out / fname, "step", ylabel, title)
+            series = {"Standard MDLM": ys_std, "MemDLM": ys_mem}
+            xs_on, ys_on = _curve(logs["memdlm"], "eval_loss_prompt_memory")
+            if key == "eval_loss" and xs_on == xs_std:
+                series["MemDLM, memory adapted on the prompt"] = ys_on
+            plot_curves(xs_std, series, out / fname, "step", ylabel, title,
+                        styles={"MemDLM, memory adapted on the prompt": {"linestyle": "--"}})
             files[key] = fname
     plot_exposure_bias(first["exposure_bias"]["results"], out / "exposure_bias.png",
                        title="Exposure-bias ratio (first seed; bands: 95% item bootstrap)")
@@ -204,30 +294,50 @@ def make_plots(out: Path, result: dict, summary: dict) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------- report
+def _eb_means(result: dict) -> dict[str, float]:
+    """One run's means over steps: R_EB, R_ctrl and the two absolute gaps (nats)."""
+    out = {k: mean_ratio(result, k) for k in ("r_eb", "r_ctrl")}
+    for key in ("gap", "gap_ctrl"):
+        num, den = EB_TERMS[key]
+        out[key] = nanmean([a - b for a, b in zip(result[num], result[den])])
+    return out
+
+
 def summarize(out: Path, result: dict) -> dict:
     preset = result["preset"]
     seeds = result["seeds"]
+    floor = result["calibration"]["floor"]
     trained = max(preset["finetune"]["lengths"])
     within = [n for n in preset["eval_lengths"] if n <= trained]
     beyond = [n for n in preset["eval_lengths"] if n > trained]
-    runs = _runs_of(next(iter(seeds.values()))["eval"])
+    first_eval = next(iter(seeds.values()))["eval"]
+    runs = _runs_of(first_eval)
+    gate = capability_gate(result["dev"], preset["capability_margin"])
     comparisons = {}
     for run in runs:
         if run == STANDARD:
             continue
-        comparisons[run] = {"within": score_difference(seeds, run, within),
-                            "beyond": score_difference(seeds, run, beyond) if beyond else None}
-    return {
+        comparisons[run] = {"within": gated_difference(seeds, run, within, gate),
+                            "beyond": gated_difference(seeds, run, beyond, gate) if beyond else None}
+    control = eb_level(seeds, STANDARD, "gap_ctrl")
+    measurable, why = eb_measurable(control)
+    summary = {
         "trained_length": trained,
+        "capability": {"margin": preset["capability_margin"], "tasks": gate,
+                       "testable": [t for t, row in gate.items() if row["testable"]]},
+        "arms": {run: arm_of(first_eval, run) for run in runs},
         "mean_scores": mean_scores(seeds),
         "comparisons": comparisons,
-        "ablations": {run: score_difference(seeds, run, within, base="MemDLM Train-Only")
+        "ablations": {run: gated_difference(seeds, run, within, gate, base="MemDLM Train-Only")
                       for run in runs if run.startswith("MemDLM ") and run.endswith(", Train-Only")
                       and "shared" not in run},
         "heldout_loss": heldout_loss_difference(seeds),
-        "eb": {run: {k: eb_flatness_difference(seeds, run, k) for k in ("r_eb", "r_ctrl")}
+        "heldout_losses": heldout_losses(seeds),
+        "eb": {run: {k: eb_difference(seeds, run, k) for k in ("r_eb", "r_ctrl", "gap", "gap_ctrl")}
                for run in ("MemDLM Train-Only", "MemDLM Train & Inference")},
-        "eb_means": {run: {k: mean_ratio(r, k) for k in ("r_eb", "r_ctrl")}
+        "eb_control": control,
+        "eb_measurable": {"measurable": measurable, "reason": why},
+        "eb_means": {run: _eb_means(r)
                      for run, r in next(iter(seeds.values()))["exposure_bias"]["results"].items()},
         "probe": {model: {"matched_vs_mismatched": probe_difference(seeds, model, "removed_mismatched",
                                                                     "removed_matched"),
@@ -235,32 +345,53 @@ def summarize(out: Path, result: dict) -> dict:
                   for model in ("Standard", "MemDLM")},
         "overhead": overhead(out, seeds),
         "final_losses": final_losses(seeds),
-        "memory_trajectory": memory_trajectory(seeds),
+        "memory_trajectory": memory_trajectory(seeds, floor),
+        "floor": floor,
     }
+    summary["collapsed"] = collapse_notes(summary, floor)
+    return summary
+
+
+def _note(summary: dict, *runs: str) -> str | None:
+    """The collapse notes of the arms behind ``runs`` (None when none collapsed)."""
+    arms = dict.fromkeys(summary["arms"].get(run, run) for run in runs)
+    notes = [summary["collapsed"][a] for a in arms if a in summary["collapsed"]]
+    return "; ".join(notes) or None
 
 
 def claims(summary: dict) -> list[tuple[str, str, str, str]]:
-    """(claim, our measurement, interval, verdict) rows."""
+    """(claim, our measurement, estimate with both intervals, verdict) rows."""
     rows = []
     hl = summary["heldout_loss"]
     rows.append(("MemDLM reaches a lower loss (held-out, memory off)", "MemDLM - Standard, nats/token",
-                 _ci(hl, digits=3), verdict(hl["low"], hl["high"], "lower") if hl else "not measured"))
+                 ci(hl, digits=3), with_note(verdict(hl, "lower"), _note(summary, "MemDLM Train-Only"))))
+    eb_ok = summary["eb_measurable"]
     for run in ("MemDLM Train-Only", "MemDLM Train & Inference"):
-        eb = summary["eb"][run]["r_eb"]
-        rows.append((f"{run}: flatter R_EB than Standard", "mean R_EB over steps, difference",
-                     _ci(eb, digits=3), verdict(eb["low"], eb["high"], "lower") if eb else "not measured"))
+        for key, what in (("r_eb", "mean R_EB over steps, difference"),
+                          ("gap", "mean gap L_seq - L_static over steps, difference (nats)")):
+            d = summary["eb"][run][key]
+            v = verdict(d, "lower") if eb_ok["measurable"] else f"not measurable: {eb_ok['reason']}"
+            label = "flatter R_EB" if key == "r_eb" else "smaller exposure-bias gap"
+            rows.append((f"{run}: {label} than Standard", what, ci(d, digits=3),
+                         with_note(v, _note(summary, run))))
     for run in ("MemDLM Train-Only", "MemDLM Train & Inference"):
         c = summary["comparisons"].get(run, {})
-        w = c.get("within")
-        rows.append((f"{run} retrieves better than Standard (trained lengths)", "score points",
-                     _ci(w), score_verdict(w)))
-        b = c.get("beyond")
-        rows.append((f"{run}: gains persist past the trained length", "score points",
-                     _ci(b), score_verdict(b)))
+        for where, label in (("within", "retrieves better than Standard (trained lengths)"),
+                             ("beyond", "gains persist past the trained length")):
+            d = c.get(where)
+            rows.append((f"{run} {label}" if where == "within" else f"{run}: {label}",
+                         _score_measure(d), ci(d), with_note(score_verdict(d), _note(summary, run))))
     for run, d in summary["ablations"].items():
         rows.append((f"{run} scores below anchor-consistent MemDLM (paper: every ablation lower)",
-                     "ablation - MemDLM Train-Only, score points", _ci(d), score_verdict(d, "lower")))
+                     "ablation - MemDLM Train-Only, " + _score_measure(d), ci(d),
+                     with_note(score_verdict(d, "lower"), _note(summary, run, "MemDLM Train-Only"))))
     return rows
+
+
+def _score_measure(d: dict | None) -> str:
+    if d and d.get("tasks"):
+        return f"score points ({', '.join(d['tasks'])})"
+    return "score points"
 
 
 def write_report(out: Path, result: dict, provenance: dict) -> Path:

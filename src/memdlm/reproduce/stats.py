@@ -1,10 +1,24 @@
-"""Intervals for paired comparisons over seeds and items, and the verdict they imply."""
+"""The reproduction's reading rules: when a comparison may be read at all, and how.
+
+The intervals themselves are the project's one bootstrap and the seed t-interval
+(:mod:`memdlm.stats`); this module adds the rules that belong to the reproduction:
+
+- **Capability gate** (:func:`capability_gate`): a retrieval comparison is testable on a
+  task only when Standard's score on the dev items clears the task's copy level
+  (copying a random value of the context) by a stated margin; otherwise its verdict is
+  "not testable here", with the two numbers.
+- **Both near 0**: when both arms score under ``NEAR_ZERO`` points, nothing is compared.
+- **Exposure bias is measurable** only when the same-position control climbs
+  (:func:`eb_measurable`).
+- **Collapse**: a MemDLM arm whose late absorption ratio fell below the calibration floor
+  (:func:`collapse_note`) has its verdicts say so.
+"""
 
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable, Sequence
+
+from memdlm.stats import compare, side, verdict
 
 NEAR_ZERO = 2.0  # score points: below this for both arms, a comparison says nothing
 
@@ -15,65 +29,99 @@ def nanmean(xs) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
-def seed_then_item_bootstrap(groups: Sequence, n_items: Callable[[object], int],
-                             statistic: Callable[[object, Sequence[int]], float], n_boot: int = 2000,
-                             seed: int = 0, confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
-    """An estimate over training seeds and its percentile interval, resampling seeds, then items.
-
-    ``groups[s]`` holds seed s's paired per-item data (``n_items(group)`` items) and
-    ``statistic(group, item_indices)`` reduces a selection of its items to a number.
-    The estimate is the mean over seeds of the statistic on all items; each resample
-    draws seeds with replacement, then items with replacement within each drawn seed,
-    so the interval carries both the training-seed and the test-item variance. With
-    one seed it is the plain bootstrap over items. NaN statistics are left out.
-    """
-    if not groups:
-        return math.nan, (math.nan, math.nan)
-    estimate = nanmean([statistic(g, range(n_items(g))) for g in groups])
-    rng = random.Random(seed)
-    stats = []
-    for _ in range(n_boot):
-        drawn = [groups[rng.randrange(len(groups))] for _ in groups]
-        values = []
-        for g in drawn:
-            n = n_items(g)
-            values.append(statistic(g, [rng.randrange(n) for _ in range(n)]))
-        stats.append(nanmean(values))
-    stats = sorted(x for x in stats if not math.isnan(x))
-    if not stats:
-        return estimate, (math.nan, math.nan)
-    lo = stats[int((1 - confidence) / 2 * (len(stats) - 1))]
-    hi = stats[int((1 + confidence) / 2 * (len(stats) - 1))]
-    return estimate, (lo, hi)
-
-
-def seed_item_bootstrap(diffs_by_seed: Sequence[Sequence[float]], n_boot: int = 2000, seed: int = 0,
-                        confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
-    """Mean paired difference over seeds and items: ``diffs_by_seed[s][i]`` is (arm B -
-    arm A) on item i with training seed s (:func:`seed_then_item_bootstrap` of the mean)."""
-    groups = [list(map(float, g)) for g in diffs_by_seed if len(g)]
-    return seed_then_item_bootstrap(groups, len, lambda g, idx: sum(g[i] for i in idx) / len(idx),
-                                    n_boot, seed, confidence)
-
-
-def verdict(low: float, high: float, better: str = "higher") -> str:
-    """``reproduced`` when the interval lies on the paper's side of zero, ``opposite``
-    when it lies on the other side, ``unresolved`` when it contains zero."""
-    if math.isnan(low) or math.isnan(high):
-        return "not measured"
-    sign = 1 if better == "higher" else -1
-    lo, hi = sorted((sign * low, sign * high))
-    if lo > 0:
-        return "reproduced"
-    if hi < 0:
-        return "opposite"
-    return "unresolved"
+def seed_item_comparison(diffs_by_seed, **kwargs) -> dict:
+    """:func:`memdlm.stats.compare` of per-item differences, one list per training seed
+    (every seed on the same items)."""
+    return compare([list(map(float, g)) for g in diffs_by_seed], **kwargs)
 
 
 def score_verdict(d: dict | None, better: str = "higher") -> str:
-    """:func:`verdict` of a score comparison, or "both near 0" when neither arm scores."""
+    """:func:`memdlm.stats.verdict` of a score comparison; "not testable here" when the
+    capability gate held it back, "both near 0" when neither arm scores."""
     if d is None:
         return "not measured"
+    if d.get("not_testable"):
+        return f"not testable here: {d['not_testable']}"
     if d["both_near_zero"]:
         return f"both near 0 (< {NEAR_ZERO:g} points): nothing to compare"
-    return verdict(d["low"], d["high"], better)
+    return verdict(d, better)
+
+
+# ------------------------------------------------------------------ capability
+def capability_gate(dev: dict, margin: float, run: str = "Standard") -> dict[str, dict]:
+    """Per task of the dev check: may a retrieval verdict be given on it?
+
+    Rule: ``run``'s mean dev score (items at the trained length) must reach the task's
+    copy level plus ``margin`` score points; a task with no copy level defined
+    (:func:`memdlm.tasks.scoring.reference_levels`) is not testable either. Returns
+    ``{task: {"score", "copy", "uniform", "margin", "testable", "reason"}}``.
+    """
+    from memdlm.tasks.scoring import reference_levels
+
+    gate = {}
+    for cell in dev["cells"]:
+        if cell["skipped"] is not None or run not in cell["results"]:
+            continue
+        task, score = cell["task"], cell["results"][run]["score"]
+        levels = reference_levels(task)
+        row = {"score": score, "margin": margin, "copy": None, "uniform": None}
+        if levels is None:
+            row.update(testable=False, reason=f"{task} has no copy level to clear")
+        else:
+            row.update(copy=levels["copy"], uniform=levels["uniform"])
+            need = levels["copy"] + margin
+            row["testable"] = score >= need
+            row["reason"] = (f"{run} scores {score:.1f} on {task}'s dev items, "
+                             f"{'at or above' if row['testable'] else 'below'} the copy level "
+                             f"{levels['copy']:.1f} + margin {margin:g} = {need:.1f}")
+        gate[task] = row
+    return gate
+
+
+def gate_reason(gate: dict[str, dict]) -> str:
+    """One line on why no task passed the capability gate."""
+    if not gate:
+        return "no dev scores to check Standard's capability against"
+    return "; ".join(row["reason"] for row in gate.values())
+
+
+# ----------------------------------------------------------------- exposure bias
+def eb_measurable(control_gap: dict | None) -> tuple[bool, str]:
+    """Whether there is exposure bias to reduce, from Standard's same-position control gap
+    (mean over steps of ``L_seq - L_static_same``, a :func:`memdlm.stats.compare` result).
+
+    Rule: the control climbs when its bootstrap interval lies above zero and, with two or
+    more seeds, its seed t-interval too. The control scores the very positions the model's
+    own trajectory left masked, with the true context instead of the model's own; with no
+    climb, the rise of R_EB is the low-confidence order (the hardest positions are
+    decoded last), not the model's own context, and a comparison of flatness says
+    nothing: "not measurable", not "unresolved".
+    """
+    if control_gap is None:
+        return False, "no exposure-bias result for Standard"
+    items = side(control_gap["low"], control_gap["high"])
+    seeds = side(control_gap["seed_low"], control_gap["seed_high"]) if control_gap["seeds"] > 1 else 1
+    text = (f"Standard's same-position control gap (L_seq - L_static_same, mean over steps) "
+            f"{control_gap['estimate']:+.3f} nats, item interval [{control_gap['low']:+.3f}, "
+            f"{control_gap['high']:+.3f}]")
+    if control_gap["seeds"] > 1:
+        text += f", seed interval [{control_gap['seed_low']:+.3f}, {control_gap['seed_high']:+.3f}]"
+    if items > 0 and seeds > 0:
+        return True, text
+    return False, text + ": the control shows no climb"
+
+
+# ---------------------------------------------------------------------- collapse
+def collapse_note(rows: list[dict], floor: float) -> str | None:
+    """``rows``: one arm's memory-trajectory rows (one per seed, ``absorption_late``). A note
+    naming the seeds whose late absorption fell below ``floor``, else None."""
+    bad = [r for r in rows if not math.isnan(r["absorption_late"]) and r["absorption_late"] < floor]
+    if not bad:
+        return None
+    seeds = ", ".join(str(r["seed"]) for r in bad)
+    values = ", ".join(f"{r['absorption_late']:.2f}" for r in bad)
+    return f"{rows[0]['arm']} collapsed (late absorption {values} < floor {floor:g}; seed {seeds})"
+
+
+def with_note(text: str, note: str | None) -> str:
+    return text if not note else f"{text}; {note}"

@@ -17,6 +17,8 @@ scores near zero on it at any length we can train on a CPU (docs/RESULTS.md).
 
 from __future__ import annotations
 
+from functools import cache
+
 from memdlm.data import words
 from memdlm.tasks.base import (
     Sample,
@@ -34,6 +36,12 @@ def needle(key: str, value: str) -> str:
     return f"The value of {key} is {value}."
 
 
+@cache
+def _value_pool_size(digits: int, split: str) -> int:
+    """How many ``digits``-digit values the split holds (:func:`random_number`'s pool)."""
+    return sum(split_of(str(v)) == split for v in range(10 ** (digits - 1), 10**digits))
+
+
 class KeyValueTask(Task):
     name = "kv"
     metric = "string_match_all"
@@ -49,6 +57,13 @@ class KeyValueTask(Task):
         self.digits = digits
         self.key_words = key_words
         self.name = name
+
+    def reference_levels(self) -> dict[str, float]:
+        """Expected score (0-100, per asked key) of the two non-solutions on the eval split:
+        ``copy`` a random one of the context's values (1 / keys in the context) and
+        ``uniform``-ly guess a value of the split's pool."""
+        return {"uniform": 100.0 / _value_pool_size(self.digits, "eval"),
+                "copy": 100.0 / (self.distractors + 1)}
 
     def _keys(self, rng, split, n):
         by_word = self.split_words or self.key_words == 1

@@ -97,6 +97,16 @@ def _fields(sample) -> tuple[tuple[str, ...], dict]:
     return tuple(sample.answers), sample.meta
 
 
+def reference_levels(task_name: str) -> dict[str, float] | None:
+    """The task's scores (0-100) of the two non-solutions every score is read against --
+    ``uniform`` guessing and ``copy``-ing a random value of the context -- or None for a
+    task that defines none (its ``reference_levels()`` method)."""
+    from memdlm.tasks.base import get_task
+
+    levels = getattr(get_task(task_name), "reference_levels", None)
+    return levels() if levels is not None else None
+
+
 def score_samples(task_name: str, predictions: Sequence[str], samples: Sequence) -> float:
     """Score predictions for generated samples (``Sample`` objects or their row dicts) with
     the task's metric; 0-100. ``babilong`` reads the question from ``meta["question"]``
