@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from memdlm.backbones import family_of
+
 logger = logging.getLogger("memdlm")
 INIT_DIR = Path(__file__).parent / "assets" / "init"  # configs of models trained from scratch
 TINY_CONFIG = INIT_DIR / "tiny.json"
@@ -179,16 +181,20 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
 def make_bidirectional(model) -> None:
     """Turn off causal masking where the architecture exposes a switch.
 
-    Gemma3 has ``use_bidirectional_attention`` (must be set at build time);
-    Llama/Qwen-style decoders read ``config.is_causal``; encoders are already
-    bidirectional. Remote-code DLMs (LLaDA, Dream) are bidirectional by design.
+    The switch is the family's (``memdlm.backbones``): Gemma3 reads
+    ``use_bidirectional_attention`` (set at build time, refused here when False);
+    Llama/Qwen-style decoders read ``config.is_causal``, set to False here (as for any
+    config that has the attribute); encoders and remote-code DLMs (LLaDA, Dream) are
+    bidirectional by design.
     """
+    from memdlm.errors import ConfigError
+
     config = model.config
     if getattr(config, "use_bidirectional_attention", None) is False:
-        raise ValueError(
+        raise ConfigError(
             "this Gemma3 checkpoint was built with causal attention; rebuild it with "
             "use_bidirectional_attention=True (it cannot be switched after loading)")
-    if hasattr(config, "is_causal") or config.model_type in {"llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "mixtral"}:
+    if family_of(config).bidirectional == "is_causal" or hasattr(config, "is_causal"):
         config.is_causal = False
     local = [i for i, kind in enumerate(getattr(config, "layer_types", None) or []) if kind == "sliding_attention"]
     if local:  # Gemma3 / ModernBERT: a position sees only a window of the sequence in these layers
@@ -201,16 +207,16 @@ def logits_shift(model) -> bool:
     """Whether position i's logits predict token i+1 (Dream's convention, from its AR init).
 
     ``config.logits_shift`` decides when set (any checkpoint can opt in or out);
-    otherwise it is on for ``model_type == "Dream"``. With it on, everything that
-    reads logits through :func:`logits_only_at` (loss, inner loop, sampler,
-    evaluation) gets, for position i, the logits the model computed at i - 1
+    otherwise the family's entry in ``memdlm.backbones`` (on for Dream). With it on,
+    everything that reads logits through :func:`logits_only_at` (loss, inner loop,
+    sampler, evaluation) gets, for position i, the logits the model computed at i - 1
     (position 0 keeps its own, as Dream's sampler does; it is never masked there).
     """
     config = getattr(unwrap(model), "config", None)  # test doubles may have none
     flag = getattr(config, "logits_shift", None)
     if flag is not None:
         return bool(flag)
-    return str(getattr(config, "model_type", "")).lower() == "dream"
+    return family_of(config).logits_shift
 
 
 def count_parameters(model) -> int:
@@ -313,10 +319,6 @@ def forward_logits(model, input_ids, attention_mask=None, positions=None) -> tor
     return out.logits
 
 
-# Families whose decoder accepts a prepared {layer type: mask} dict as ``attention_mask``.
-MASK_DICT_FAMILIES = {"gemma3_text", "qwen3"}
-
-
 @contextlib.contextmanager
 def reuse_attention_masks(model, attention_mask: torch.Tensor):
     """Build the decoder's attention masks once for several forwards over the same
@@ -324,13 +326,13 @@ def reuse_attention_masks(model, attention_mask: torch.Tensor):
 
     The first forward inside the block records, per layer type, the mask its layers
     receive; later forwards with the same 2-D mask get that dict instead of rebuilding
-    it (the decoder accepts a prepared dict). Families without that entry point, and
-    calls with another mask, run unchanged.
+    it (the decoder accepts a prepared dict). Families without that entry point
+    (``prepared_masks`` in ``memdlm.backbones``), and calls with another mask, run unchanged.
     """
     base = unwrap(model)
     decoder = getattr(base, "model", None)
     layers = getattr(decoder, "layers", None)
-    if base.config.model_type not in MASK_DICT_FAMILIES or layers is None:
+    if not family_of(base.config).prepared_masks or layers is None:
         yield
         return
     prepared: dict = {}
