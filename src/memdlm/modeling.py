@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from memdlm.backbones import family_of
+from memdlm.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger("memdlm")
 INIT_DIR = Path(__file__).parent / "assets" / "init"  # configs of models trained from scratch
@@ -34,7 +35,7 @@ def init_config_path(name_or_path: str | None) -> Path:
         return INIT_DIR / f"{name_or_path}.json"
     if Path(name_or_path).is_file():
         return Path(name_or_path)
-    raise FileNotFoundError(f"--init-config {name_or_path!r}: no such file, and not a shipped config "
+    raise MissingFileError(f"--init-config {name_or_path!r}: no such file, and not a shipped config "
                             f"(shipped: {', '.join(init_configs())})")
 
 
@@ -48,7 +49,7 @@ def tiny_head_overrides(heads: int, hidden_size: int | None = None) -> dict:
     """Config fields for ``heads`` attention heads that together span the hidden size."""
     hidden = hidden_size or tiny_config_dict()["hidden_size"]
     if heads < 2 or hidden % heads:
-        raise ValueError(f"--tiny-heads {heads}: need at least 2 heads that divide the hidden size {hidden}")
+        raise ConfigError(f"--tiny-heads {heads}: need at least 2 heads that divide the hidden size {hidden}")
     head_dim = hidden // heads
     # query_pre_attn_scalar = head_dim keeps the usual 1/sqrt(head_dim) attention scale
     return {"num_attention_heads": heads, "num_key_value_heads": heads // 2, "head_dim": head_dim,
@@ -92,8 +93,6 @@ def check_remote_code(path: str, trust_remote_code: bool) -> None:
     if trust_remote_code:
         return
     from transformers import CONFIG_MAPPING
-
-    from memdlm.errors import ConfigError
 
     config_file = Path(path) / "config.json"
     try:
@@ -143,7 +142,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
 
     path = resolve_model(path)
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"model directory {path} does not exist{missing_model_hint()}")
+        raise MissingFileError(f"model directory {path} does not exist{missing_model_hint()}")
     check_remote_code(path, trust_remote_code)
     if is_lora_run(path):
         return load_lora_run(path, load_model, trust_remote_code=trust_remote_code, dtype=dtype,
@@ -155,7 +154,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"{path}: encoder-decoder models are not supported")
+        raise ConfigError(f"{path}: encoder-decoder models are not supported")
     remote = remote_class_reference(config) if trust_remote_code else None
     if remote is not None:
         key, reference = remote
@@ -164,7 +163,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
         cls.register_for_auto_class(key)  # so save_pretrained copies the code into run directories
         model = cls.from_pretrained(path, config=config, **kwargs)
         if key == "AutoModel" and model.get_output_embeddings() is None:
-            raise ValueError(f"{path}: auto_map names only AutoModel ({reference}), and that class has no LM "
+            raise ConfigError(f"{path}: auto_map names only AutoModel ({reference}), and that class has no LM "
                              "head (get_output_embeddings() is None)")
         reset = reset_rotary_buffers(model)
         if reset:
@@ -187,8 +186,6 @@ def make_bidirectional(model) -> None:
     config that has the attribute); encoders and remote-code DLMs (LLaDA, Dream) are
     bidirectional by design.
     """
-    from memdlm.errors import ConfigError
-
     config = model.config
     if getattr(config, "use_bidirectional_attention", None) is False:
         raise ConfigError(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from memdlm.backbones import family_of
+from memdlm.errors import ConfigError
 from memdlm.memory.expert_lists import expert_list_blocks
 from memdlm.memory.experts import fused_expert_params, num_experts
 from memdlm.modeling import unwrap
@@ -93,7 +94,7 @@ def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
     try:
         regex = re.compile(pattern) if pattern else None
     except re.error as err:
-        raise ValueError(f"--memory_target_modules {pattern!r} is not a valid regex: {err}") from None
+        raise ConfigError(f"--memory_target_modules {pattern!r} is not a valid regex: {err}") from None
     targets = []
     for name, module in model.named_modules():
         if fused_expert_params(module) is not None:  # MoE experts: fused 3-D parameters
@@ -123,7 +124,7 @@ def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
                               linear.in_features, linear.out_features, block=blocks[0] if blocks else None))
     if not targets:
         what = f"pattern {pattern!r}" if pattern else f"{scope} projections {suffixes} in layers >= {first}"
-        raise ValueError(f"{type(model).__name__}: no module matches {what}; pass "
+        raise ConfigError(f"{type(model).__name__}: no module matches {what}; pass "
                          "--memory_target_modules with a regex over the model's module names")
     return targets
 
