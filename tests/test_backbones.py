@@ -30,8 +30,8 @@ from memdlm.modeling import (
     build_tiny_model,
     forward_logits,
     init_config_path,
-    logits_only_at,
     load_model,
+    logits_only_at,
     logits_shift,
     make_bidirectional,
 )

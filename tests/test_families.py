@@ -22,7 +22,10 @@ from memdlm.memory.targets import find_targets
 from memdlm.modeling import (
     build_tiny_model,
     forward_logits,
+    init_config_path,
     load_model,
+    logits_input_module,
+    logits_only_at,
     logits_shift,
     make_bidirectional,
     reuse_attention_masks,
@@ -68,6 +71,13 @@ def modernbert(tok, _tmp):
     return ModernBertForMaskedLM(config)
 
 
+def mobilebert(tok, _tmp):
+    """The shipped recall base's config (trigram embedding), narrowed."""
+    return build_tiny_model(tok, config_path=init_config_path("recall"), hidden_size=32, embedding_size=32,
+                            true_hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
+                            num_attention_heads=4)
+
+
 def remote(lookalike: str):
     """A builder that writes the look-alike's code and checkpoint and loads it as memdlm does."""
     def build(tok, tmp):
@@ -88,6 +98,7 @@ ROWS = {
     "mixtral": stock("MixtralConfig", "MixtralForCausalLM", head_dim=8, num_local_experts=4,
                      num_experts_per_tok=2),
     "modernbert": modernbert,
+    "mobilebert": mobilebert,
     "dream": remote("dream"),
     "llada": remote("llada"),
     "lladamoe": remote("llada_moe"),
@@ -213,6 +224,24 @@ def test_prepared_masks(tok, models, model_type):
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_logits_shift(models, model_type):
     assert logits_shift(models(model_type)) == FAMILIES[model_type].logits_shift
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_head_input_gathers_exactly(tok, models, model_type):
+    """The hooked module is where the head reads the final hidden states: logits gathered
+    there equal the full forward's logits at the chosen positions."""
+    model = models(model_type)
+    path = FAMILIES[model_type].head_input
+    expected = model.get_submodule(path) if path else model.get_output_embeddings()
+    assert logits_input_module(model) is expected
+    ids, mask = _batch(tok)
+    where = torch.zeros_like(ids, dtype=torch.bool)
+    where[0, 2], where[1, 5], where[1, 11] = True, True, True
+    with torch.no_grad():
+        full = forward_logits(model, ids, mask)
+        with logits_only_at(model, where):
+            gathered = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(gathered, full[where], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))

@@ -11,6 +11,8 @@ Every family-specific decision reads :data:`FAMILIES` through :func:`family_of`:
   (``block_cache``);
 - ``modeling.logits_shift`` -- whether position i's logits predict token i + 1
   (``logits_shift``, Dream);
+- ``modeling.logits_only_at`` -- where the final hidden states enter the LM head
+  (``head_input``, for heads that do not call their output embedding as a module);
 - ``memory.targets.find_targets`` -- the module-name suffixes of FFN and attention
   projections that get fast weights (``ffn``, ``attn``).
 
@@ -53,6 +55,10 @@ class Family:
     # prepared 4-D mask (memdlm.block_cache)
     block_cache: bool = False
     logits_shift: bool = False  # position i's logits predict token i + 1 (Dream's AR init)
+    # The module (path from the model) whose first input is the final hidden state, when the
+    # head does not call its output embedding as a module; None: the output embedding. It
+    # must act position by position, so gathering positions before it is exact.
+    head_input: str | None = None
     # module-name suffixes (dot-separated; a name matches when it ends with one)
     ffn: tuple[str, ...] = LLAMA_FFN
     attn: tuple[str, ...] = LLAMA_ATTN
@@ -72,6 +78,11 @@ _ENTRIES = (
     Family("qwen3_moe", "Qwen3-MoE", "is_causal", block_cache=True),
     Family("mixtral", "Mixtral", "is_causal", ffn=("w1", "w2", "w3")),
     Family("modernbert", "ModernBERT", "native", ffn=("Wi", "Wo"), attn=("Wqkv", "Wo")),
+    # MobileBERT's head multiplies by ``decoder.weight`` without calling the decoder. Its
+    # attention output projection (attention.output.dense) is an FFN-named module kept out of
+    # scope ffn as an attention module; ffn_attn adds it (q/k/v are named query/key/value).
+    Family("mobilebert", "MobileBERT", "native", ffn=("intermediate.dense", "output.dense"),
+           attn=("attention.output.dense",), head_input="cls.predictions"),
     # remote code written for transformers 4 (memdlm/remote_code.py; docs/BACKBONES.md)
     Family("dream", "Dream", "native", logits_shift=True),
     Family("llada", "LLaDA", "native", ffn=("ff_proj", "up_proj", "ff_out"),
@@ -82,9 +93,9 @@ _ENTRIES = (
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
 
 # Suffixes of architectures outside the table, matched (with every family's) for a model
-# whose family is unknown: BERT / DeBERTa FFNs (attention.output.dense is excluded as an
-# attention module), GPT-2-style c_fc / c_proj, OPT / Phi fc1 / fc2, DeBERTa's attention.
-OTHER_FFN = ("fc1", "fc2", "c_fc", "c_proj", "intermediate.dense", "output.dense")
+# whose family is unknown: GPT-2-style c_fc / c_proj, OPT / Phi fc1 / fc2, DeBERTa's
+# attention (BERT / DeBERTa FFNs are named like MobileBERT's, listed above).
+OTHER_FFN = ("fc1", "fc2", "c_fc", "c_proj")
 OTHER_ATTN = ("query_proj", "key_proj", "value_proj")
 
 
@@ -115,14 +126,16 @@ def markdown_table() -> str:
         return ", ".join(f"`{n}`" for n in group)
 
     rows = ["| family (`model_type`) | bidirectional by | prepared masks | split forward | block cache | "
-            "logits shift | FFN targets (and any fused MoE experts) | attention targets (`ffn_attn`) |",
-            "|---|---|---|---|---|---|---|---|"]
+            "logits shift | LM head input | FFN targets (and any fused MoE experts) | attention targets "
+            "(`ffn_attn`) |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for f in _ENTRIES:
+        head = f"`{f.head_input}`" if f.head_input else "output embedding"
         rows.append(f"| {f.name} (`{f.model_type}`) | {f.bidirectional} | {yes(f.prepared_masks)} "
-                    f"| {yes(f.split_forward)} | {yes(f.block_cache)} | {yes(f.logits_shift)} | {names(f.ffn)} "
-                    f"| {names(f.attn)} |")
-    rows.append(f"| any other | `is_causal` set if the config has it | - | - | - | - | all of the above, "
-                f"{names(OTHER_FFN)} | all of the above, {names(OTHER_ATTN)} |")
+                    f"| {yes(f.split_forward)} | {yes(f.block_cache)} | {yes(f.logits_shift)} | {head} "
+                    f"| {names(f.ffn)} | {names(f.attn)} |")
+    rows.append(f"| any other | `is_causal` set if the config has it | - | - | - | - | output embedding "
+                f"| all of the above, {names(OTHER_FFN)} | all of the above, {names(OTHER_ATTN)} |")
     return "\n".join(rows)
 
 

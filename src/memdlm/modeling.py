@@ -252,7 +252,8 @@ def logits_only_at(model, positions: torch.Tensor | None):
         # wrong shapes at best, silently misaligned logits at worst.
         if not fired:
             raise RuntimeError(f"{type(base).__name__}: the LM head never called {type(head).__name__}, so "
-                               "logits could not be gathered/shifted; add the family to HEAD_INPUT_MODULES")
+                               "logits could not be gathered/shifted; set head_input in the family's entry "
+                               "in memdlm.backbones")
         fired.clear()
 
     handles = [head.register_forward_pre_hook(gather), base.register_forward_hook(check)]
@@ -263,15 +264,11 @@ def logits_only_at(model, positions: torch.Tensor | None):
             handle.remove()
 
 
-# Where the final hidden states enter the LM head, for families whose head does not call
-# its output embedding as a module (MobileBERT multiplies by ``decoder.weight`` directly).
-# Every module listed is applied position by position, so gathering before it is exact.
-HEAD_INPUT_MODULES = {"mobilebert": "cls.predictions"}
-
-
 def logits_input_module(model):
-    """The module whose first input is the final hidden state [b, l, d]."""
-    path = HEAD_INPUT_MODULES.get(str(getattr(getattr(model, "config", None), "model_type", "")))
+    """The module whose first input is the final hidden state [b, l, d]: the output
+    embedding, or the family's ``head_input`` (``memdlm.backbones``) for heads that do not
+    call their output embedding as a module."""
+    path = family_of(getattr(model, "config", None)).head_input
     head = model.get_submodule(path) if path else model.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embedding to hook")
