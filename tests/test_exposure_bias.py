@@ -155,7 +155,7 @@ def test_memory_mode(model, tok, result):
                                 memory_args=MemoryArguments(inner_lr=1.0))
     assert with_memory.memory and with_memory.per_item["l_seq"] != result.per_item["l_seq"]
     assert all(v == v for v in with_memory.losses["l_static"])
-    # SPEC section 7: inner lr 0 adds nothing but the memory machinery.
+    # inner lr 0 adds nothing but the memory machinery: the numbers of no memory.
     inert = exposure_bias(model, tok, PAIRS, ExposureBiasConfig(steps=STEPS, batch_size=2),
                           memory_args=MemoryArguments(inner_lr=0.0))
     for key, values in result.per_item.items():

@@ -105,7 +105,7 @@ class DataArguments:
 
 @dataclass
 class DiffusionArguments:
-    """The MDLM objective (SPEC section 2)."""
+    """The MDLM objective (Sahoo et al. 2024; the weighting and normalisation of memdlm.loss)."""
 
     schedule: Literal["linear", "cosine"] = field(default="linear", metadata={
         "help": "Noise schedule alpha(t): linear (masked fraction = t) or cosine."})
@@ -119,7 +119,7 @@ class DiffusionArguments:
     def __post_init__(self):
         check_choices(self)
         if not 0 < self.time_eps < 1:
-            raise ValueError(f"time_eps must be in (0, 1), got {self.time_eps}")
+            raise ConfigError(f"time_eps must be in (0, 1), got {self.time_eps}")
 
 
 def default_threads() -> int:

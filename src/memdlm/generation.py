@@ -30,7 +30,9 @@ def _encode_prompts(tokenizer, prompts, what: str = "prompt") -> list[list[int]]
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
            for p in prompts]
     if any(len(p) == 0 for p in ids):
-        raise ValueError(f"{what} {next(i for i, p in enumerate(ids) if not p)} is empty")
+        from memdlm.errors import DataError
+
+        raise DataError(f"{what} {next(i for i, p in enumerate(ids) if not p)} is empty")
     return ids
 
 

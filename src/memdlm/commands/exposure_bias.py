@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from memdlm.errors import ConfigError
+from memdlm.errors import ConfigError, MissingFileError
 from memdlm.run_dir import check_finished
 
 logger = logging.getLogger("memdlm")
@@ -113,7 +113,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
         raise ConfigError(f"run names must be distinct, got {names}")
     for s in specs:
         if not Path(s.path).is_dir():
-            raise FileNotFoundError(f"--run {s.name}: model directory {s.path} does not exist")
+            raise MissingFileError(f"--run {s.name}: model directory {s.path} does not exist")
         check_finished(s.path, args.allow_incomplete)
     import torch
 

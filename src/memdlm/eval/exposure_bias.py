@@ -1,4 +1,4 @@
-"""Exposure-bias ratio per denoising step (SPEC section 5; MemDLM paper, Sec. 5 and Fig. 3).
+"""Exposure-bias ratio per denoising step (MemDLM paper, Sec. 5 and Fig. 3).
 
     result = exposure_bias(model, tokenizer, pairs, ExposureBiasConfig(steps=16))
     result = exposure_bias_from_predictor(logits_fn, prompts, responses, steps=16, mask_id=...)
@@ -30,7 +30,7 @@ positions, so items weigh equally), and the ratios are ratios of those means:
 ``R_EB = L_seq / L_static``, ``R_ctrl = L_seq / L_static_same`` (and ``_random``);
 beside them the absolute gaps ``gap = L_seq - L_static`` and ``gap_ctrl = L_seq -
 L_static_same`` (nats). The ratios' intervals are the project's one bootstrap over items
-(:mod:`memdlm.stats`; SPEC section 7).
+(:mod:`memdlm.stats`; items are the independent unit).
 
 All five inputs of a step go through one batched forward. The core runs on any
 ``logits_fn(ids [r, L], attention_mask [r, L], positions [r, L] bool) -> [n, V]``
@@ -96,11 +96,11 @@ class ExposureBiasConfig:
 
     def __post_init__(self):
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.bootstrap < 0:
-            raise ValueError(f"bootstrap must be >= 0, got {self.bootstrap}")
+            raise ConfigError(f"bootstrap must be >= 0, got {self.bootstrap}")
 
 
 @dataclass
@@ -452,12 +452,12 @@ def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = N
 
 def heldout_pairs(tokenizer, items: int, length: int, task: str = "longresp", seed: int = EXPOSURE_SEED):
     """Held-out samples (eval split) of a generated task; falls back to ``kv`` without ``longresp``."""
-    from memdlm.data.sources import SyntheticTaskDataset
     from memdlm.tasks import task_names
+    from memdlm.tasks.dataset import SyntheticTaskDataset
 
     if task not in task_names():
         if task != "longresp":
-            raise ValueError(f"unknown task {task!r}; choose one of {task_names()}")
+            raise ConfigError(f"unknown task {task!r}; choose one of {task_names()}")
         logger.warning("task 'longresp' is not available; using 'kv' (short responses)")
         task = "kv"
     ds = SyntheticTaskDataset(tokenizer, [task], [length], "eval", items, seed=seed)

@@ -19,7 +19,7 @@ HELDOUT_SEED = 50_000
 
 def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int = HELDOUT_SEED,
                     haystack: str = "prose"):
-    from memdlm.data.sources import SyntheticTaskDataset
+    from memdlm.tasks.dataset import SyntheticTaskDataset
     from memdlm.tasks.haystack import get_haystack
 
     ds = SyntheticTaskDataset(tokenizer, tasks, [length], "eval", n, seed=seed, haystack=get_haystack(haystack))

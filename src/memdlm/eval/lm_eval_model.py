@@ -68,6 +68,8 @@ import torch
 from lm_eval.api.model import LM
 from tqdm.auto import tqdm
 
+from memdlm.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 MODEL_NAME = "memdlm"
 GREEDY_CHECKS = ("decode", "none")
@@ -134,7 +136,7 @@ class MemdlmLM(LM):
         if unused:
             logger.warning("memdlm model: ignoring unknown model arguments %s", sorted(unused))
         if greedy_check not in GREEDY_CHECKS:
-            raise ValueError(f"unknown greedy_check {greedy_check!r}; choose one of {GREEDY_CHECKS}")
+            raise ConfigError(f"unknown greedy_check {greedy_check!r}; choose one of {GREEDY_CHECKS}")
         if int(mc_samples) < 1 or int(batch_size) < 1:
             raise ValueError("mc_samples and batch_size must be >= 1")
         self.model, self.tokenizer = self._load(pretrained, tokenizer, device, dtype, trust_remote_code)

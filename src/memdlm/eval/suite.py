@@ -1,7 +1,7 @@
 """Long-context evaluation suite: several runs, several tasks, several context lengths.
 
 The paper's Table 1 compares three modes -- Standard MDLM, MemDLM Train-Only and
-MemDLM Train & Inference -- on the same tasks over context lengths. SPEC section 7
+MemDLM Train & Inference -- on the same tasks over context lengths. This suite
 adds a fourth cell, "Standard + adaptation", so the 2 x 2 {Standard, MemDLM
 training} x {no adaptation, adaptation at inference} separates what training buys
 from what test-time adaptation buys::
@@ -95,7 +95,8 @@ TRAIN_ONLY, TRAIN_AND_INFERENCE = "MemDLM Train-Only", "MemDLM Train & Inference
 
 
 def default_runs(standard_dir: str | None, memdlm_dir: str | None) -> list[RunSpec]:
-    """The 2 x 2 of SPEC section 7, in table order.
+    """The 2 x 2 {Standard, MemDLM training} x {no adaptation, adaptation at inference}, in
+    table order.
 
     Either directory may be None: then only the other model's two runs are given.
     """
@@ -133,7 +134,8 @@ def paired_bootstrap(a_items, b_items, n_boot: int = RESAMPLES, seed: int = 0,
     bools count as 0/1) on the *same* item i. The interval is the project's one
     bootstrap (:func:`memdlm.stats.paired_difference` with one seed: the same
     random draw and quantile rule as the exposure-bias ratios and the reproduction's
-    claims). A difference whose interval contains 0 is unresolved (SPEC section 7).
+    claims). A difference whose interval contains 0 is unresolved: the items do not
+    tell the two runs apart.
     """
     from memdlm.stats import paired_difference
 

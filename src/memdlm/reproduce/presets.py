@@ -12,6 +12,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from memdlm.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class TrainSpec:
@@ -117,7 +119,8 @@ QUICK = Preset(
 FULL = replace(
     QUICK, name="full", seeds=(0, 1, 2),
     ablations={
-        # the trajectory's consistency and the two stages' roles (SPEC section 3)
+        # the trajectory's consistency (progressive: fresh masks independent of the anchor) and
+        # the roles of its two parts (only the pre-anchor stages, only the anchor stage)
         "anchor_only": {"trajectory": "anchor_only"},
         "pre_anchor_only": {"trajectory": "pre_anchor_only"},
         "progressive": {"trajectory": "progressive"},
@@ -132,4 +135,4 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

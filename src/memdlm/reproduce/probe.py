@@ -1,4 +1,4 @@
-"""In-weight retrieval probe (SPEC section 6): is the needle in the fast weights?
+"""In-weight retrieval probe: is the needle in the fast weights?
 
 For each held-out key-value item the model answers the question from the context
 with the queried fact's sentence ("The value of K is V.") *removed*, in four ways:

@@ -12,6 +12,7 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
+from memdlm.errors import ConfigError
 from memdlm.validation import check_choices, check_range
 
 
@@ -69,4 +70,7 @@ class TrainConfig(TrainingArguments):
 
         if not self.use_cpu and not torch.cuda.is_available() and not torch.backends.mps.is_available():
             self.use_cpu = True
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as err:  # TrainingArguments' own checks of the flags and their combinations
+            raise ConfigError(str(err)) from err
