@@ -66,8 +66,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="Generated task supplying the items (eval split); needs responses of at "
                         "least --steps tokens.")
     p.add_argument("--adapt-mask-ratio", type=float, default=None,
-                   help="Memory runs: prompt fraction masked for adaptation (default: the run's "
-                        "config, else 0.2).")
+                   help="Memory runs: prompt fraction masked for adaptation (default: the run's own "
+                        "setting; a plain model's is MemoryArguments' default).")
     p.add_argument("--threads", type=int, default=None, help="CPU threads.")
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from DIR.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
@@ -81,13 +81,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         else:
             p.add_argument(flag, type=type(default), default=default, help=f.metadata["help"])
     return p
-
-
-def memory_args_for(run_dir: str, adapt_mask_ratio: float | None = None):
-    """The run's memory settings (``run_config.json``'s ``memory`` part), else the defaults."""
-    from memdlm.memory.config import load_memory_args
-
-    return load_memory_args(run_dir, adapt_mask_ratio=adapt_mask_ratio)
 
 
 def format_table(results: dict) -> str:
@@ -119,8 +112,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
 
     from memdlm.config import default_threads
     from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
-    from memdlm.modeling import load_model
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.run import Run
 
     torch.set_num_threads(args.threads or default_threads())
     config = ExposureBiasConfig(**{f.name: getattr(args, f.name) for f in fields(ExposureBiasConfig)})
@@ -129,14 +121,14 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
     results, loaded = {}, {}
     for spec in specs:
         if spec.path not in loaded:  # keep one model at a time; DIR, DIR:memory in a row load once
-            tokenizer = load_tokenizer(spec.path, args.trust_remote_code)
-            model = load_model(spec.path, args.trust_remote_code)
-            loaded = {spec.path: (model, tokenizer)}
-        model, tokenizer = loaded[spec.path]
+            loaded = {spec.path: Run.load(spec.path, args.trust_remote_code)}
+        current = loaded[spec.path]
+        model, tokenizer = current.model, current.tokenizer
         pairs = heldout_pairs(tokenizer, args.items, args.length, args.task)
-        memory = memory_args_for(spec.path, args.adapt_mask_ratio) if spec.memory else None
-        logger.info("exposure bias: %s (%s%s)", spec.name, spec.path, ", memory" if memory else "")
-        result = exposure_bias(model, tokenizer, pairs, config, memory_args=memory, progress=True,
+        memory = current.memory(adapt_mask_ratio=args.adapt_mask_ratio) if spec.memory else None
+        logger.info("exposure bias: %s (%s%s)", spec.name, spec.path,
+                    f", memory: {memory.describe()}" if memory else "")
+        result = exposure_bias(model, tokenizer, pairs, config, memory=memory, progress=True,
                                meta={"run": spec.path, "task": args.task, "length": args.length})
         results[spec.name] = result.to_dict(config.bootstrap)
     (out / "exposure_bias.json").write_text(json.dumps(

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from memdlm.errors import ConfigError
 from memdlm.run_dir import check_finished
+
+logger = logging.getLogger("memdlm")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -49,10 +52,8 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     from memdlm.commands.sampler_flags import sampler_values
     from memdlm.config import default_threads
     from memdlm.generation import generate
-    from memdlm.memory.config import load_memory_args
-    from memdlm.modeling import load_model
+    from memdlm.run import Run
     from memdlm.sampling import SamplerConfig
-    from memdlm.tokenizer import load_tokenizer
 
     prompts = list(args.prompt)
     if args.prompt_file:
@@ -61,17 +62,19 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
         raise ConfigError("give at least one --prompt or a --prompt-file")
     check_finished(args.model, args.allow_incomplete)
     torch.set_num_threads(args.threads or default_threads())
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    model = load_model(args.model, args.trust_remote_code)
-    model.eval()
+    loaded = Run.load(args.model, args.trust_remote_code)
+    tokenizer = loaded.tokenizer
     if args.chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
     if args.steps is None:
         args.steps = max(1, min(SamplerConfig().steps, args.max_new_tokens))
     config = SamplerConfig(**sampler_values(args))
-    memory = load_memory_args(args.model, adapt_mask_ratio=args.adapt_mask_ratio) if args.memory else None
-    texts = generate(model, tokenizer, prompts, config, memory_args=memory, batch_size=args.batch_size,
+    memory = None
+    if args.memory:
+        memory = loaded.memory(adapt_mask_ratio=args.adapt_mask_ratio)
+        logger.info("memory: %s", memory.describe())
+    texts = generate(loaded.model, tokenizer, prompts, config, memory=memory, batch_size=args.batch_size,
                      progress=len(prompts) > args.batch_size)
     if args.json:
         print(json.dumps([{"prompt": p, "response": t} for p, t in zip(prompts, texts)], indent=2))

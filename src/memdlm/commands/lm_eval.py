@@ -117,6 +117,8 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
             numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
     if results is None:  # a non-zero rank in a distributed run
         return 0
+    if model.memory_record is not None:  # the memory settings the run adapted with
+        results["memdlm_memory"] = model.memory_record
     print(make_table(results))
     if "groups" in results:
         print(make_table(results, "groups"))

@@ -35,8 +35,8 @@ L_static_same`` (nats). The ratios' intervals are the project's one bootstrap ov
 All five inputs of a step go through one batched forward. The core runs on any
 ``logits_fn(ids [r, L], attention_mask [r, L], positions [r, L] bool) -> [n, V]``
 (logits at the selected positions, row-major): the r rows are groups of the batch's
-b items, row j belonging to item ``j % b``. With ``memory_args`` each prompt gets a
-memory adapted on the prompt alone (:func:`memdlm.memory.adapt.adapt_on_prompts`),
+b items, row j belonging to item ``j % b``. With ``memory`` (a run's prompt memory,
+:meth:`memdlm.run.Run.memory`) each prompt gets a memory adapted on the prompt alone,
 active for the trajectory and every loss forward ("Train & Inference" mode).
 
 Randomness is per item: the random-order trajectory draws from
@@ -408,35 +408,28 @@ def encode_pairs(tokenizer, pairs, append_eos: bool = True) -> tuple[list[list[i
 
 
 def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = None,
-                  memory_args=None, progress: bool = False, meta: dict | None = None
+                  memory=None, progress: bool = False, meta: dict | None = None
                   ) -> ExposureBiasResult:
-    """The analysis for a model on (prompt, response) pairs; ``memory_args``: Train & Inference."""
-    from memdlm.generation import _prompt_batch
-
+    """The analysis for a model on (prompt, response) pairs; ``memory`` (a
+    :class:`~memdlm.memory.adapt.PromptMemory` for ``model``): Train & Inference, its
+    settings recorded in ``meta``."""
     config = config or ExposureBiasConfig()
     prompts, responses = encode_pairs(tokenizer, pairs, config.append_eos)
-    if any(not p for p in prompts) and memory_args is not None:
+    if any(not p for p in prompts) and memory is not None:
         raise ValueError(f"item {next(i for i, p in enumerate(prompts) if not p)}: empty prompt; "
                          "memory mode adapts on the prompt")
     device = next(model.parameters()).device
     mask_id, eos_id = tokenizer.mask_token_id, tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     forbidden = sorted({mask_id} | ({pad_id} - {eos_id}))  # what the sampler never proposes
-    loop = None
-    if memory_args is not None:
-        from memdlm.memory.adapt import build_adaptation_loop
-
-        loop = build_adaptation_loop(model, memory_args, mask_id)
+    if memory is not None:
+        memory.check_model(model)
+        meta = {**(meta or {}), **memory.record()}
 
     def predictor_for_batch(batch_prompts, seeds):
-        if loop is None:
+        if memory is None:
             return model_logits_fn(model)
-        from memdlm.memory.adapt import adapt_on_prompts
-
-        ids, attn = _prompt_batch(tokenizer, batch_prompts, device)
-        memory = adapt_on_prompts(loop, ids, attn, attn.bool(), memory_args.adapt_mask_ratio,
-                                  torch.tensor(seeds))
-        return model_logits_fn(model, memory.detached())
+        return model_logits_fn(model, memory.adapt(batch_prompts, seeds).detached())
 
     was_training = model.training
     model.eval()
@@ -445,7 +438,7 @@ def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = N
             predictor_for_batch, prompts, responses, steps=config.steps, mask_id=mask_id,
             pad_id=pad_id, item_seeds=[config.seed + i for i in range(len(prompts))],
             forbidden=forbidden, batch_size=config.batch_size, device=device, progress=progress,
-            memory=memory_args is not None, meta={**dataclasses.asdict(config), **(meta or {})})
+            memory=memory is not None, meta={**dataclasses.asdict(config), **(meta or {})})
     finally:
         model.train(was_training)
 

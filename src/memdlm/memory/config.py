@@ -104,19 +104,3 @@ class MemoryArguments:
         alpha = self.memory_alpha if self.memory_alpha is not None else 2.0 * rank
         return 1.0 if self.memory_dense else alpha / rank
 
-
-def load_memory_args(run_dir: str | None, **overrides) -> MemoryArguments:
-    """A run's memory settings (the ``memory`` part of its ``run_config.json``), else
-    the defaults, with ``overrides`` applied. Inference-time adaptation must use the
-    same targets, rank and inner loop as training did."""
-    import json
-    from dataclasses import fields
-    from pathlib import Path
-
-    known = {f.name for f in fields(MemoryArguments)}
-    saved: dict = {}
-    config_file = Path(run_dir) / "run_config.json" if run_dir else None
-    if config_file is not None and config_file.is_file():
-        saved = {k: v for k, v in json.loads(config_file.read_text()).get("memory", {}).items() if k in known}
-    saved.update({k: v for k, v in overrides.items() if v is not None})
-    return MemoryArguments(**saved)

@@ -246,8 +246,9 @@ def train(cfg, resume: bool = False) -> dict:
         return summary  # rank 0 evaluates and writes the run directory
     if cfg.data.data is None and cfg.data.heldout_items:
         from memdlm.eval.heldout import evaluate_heldout
+        from memdlm.run import Run
 
-        summary["heldout"] = evaluate_heldout(trainer.model, tokenizer, cfg.data, out)
+        summary["heldout"] = evaluate_heldout(Run(trainer.model, tokenizer, out, config))
     if cfg.model.use_lora and cfg.model.save_merged_lora:
         from memdlm.lora_run import save_merged
         from memdlm.modeling import strip_ddp
