@@ -2,7 +2,7 @@
 
 The layers, top to bottom (a module may import its own layer and the layers below):
 
-    cli -> commands -> reproduce -> training -> eval -> generation -> memory | tasks -> data -> core
+    cli -> commands -> reproduce -> training -> eval -> generation | run -> memory | tasks -> data -> core
 
 ``memory`` and ``tasks`` share a rank and import neither each other. ``core`` is every
 module directly in ``memdlm/`` (modeling, sampling, masking, loss, ...). Every import
@@ -17,7 +17,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "src" / "memdlm"
 
 # rank per top-level part (lower = higher up); modules directly in memdlm/ are "core"
-RANKS = {"cli": 0, "commands": 1, "reproduce": 2, "training": 3, "eval": 4, "generation": 5,
+# ``run`` (a finished run: model, tokenizer, settings, its prompt memory) sits with
+# generation: every inference path above uses it, and it builds on memory below.
+RANKS = {"cli": 0, "commands": 1, "reproduce": 2, "training": 3, "eval": 4, "generation": 5, "run": 5,
          "memory": 6, "tasks": 6, "data": 7}
 CORE = 8
 
