@@ -23,13 +23,8 @@ RANKS = {"cli": 0, "commands": 1, "reproduce": 2, "training": 3, "eval": 4, "gen
          "run": 6, "memory": 7, "tasks": 7, "data": 8}
 CORE = 9
 
-# Imports that go up or sideways, each with the reason it is still there.
-ALLOWED = {
-    # reproduce builds a training run by turning its spec into `memdlm train` flags and
-    # parsing them with the command's own parser; removing this needs the argument parsing
-    # moved below commands/ (issue 12, deliverable 3).
-    ("memdlm.reproduce.cells", "memdlm.commands.train"),
-}
+# Imports that go up or sideways, each with the reason it is still there (none at present).
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def modules() -> dict[str, Path]:

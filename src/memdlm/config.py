@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Literal
 
 from memdlm.errors import ConfigError
@@ -143,3 +143,11 @@ def config_dict(**parts) -> dict:
 
     return json.loads(json.dumps({name: as_dict(obj) for name, obj in parts.items()}, default=str))
 
+
+def field_default(cls, name: str):
+    """The default of dataclass ``cls``'s field ``name``, for code that needs it as a value
+    (a preset's default) and must not retype it."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.default_factory() if f.default is MISSING else f.default
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
