@@ -32,8 +32,8 @@ import argparse
 from memdlm.errors import ConfigError
 from memdlm.run_dir import check_finished
 
-TASKS = ["kv", "niah"]
-LENGTHS = [128, 256, 512]
+TASKS = ("kv", "niah")  # defaults of --tasks and --lengths
+LENGTHS = (128, 256, 512)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -52,9 +52,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     runs.add_argument("--memdlm", metavar="DIR",
                       help="A MemDLM-trained model: adds 'MemDLM Train-Only' and "
                            "'MemDLM Train & Inference'.")
-    p.add_argument("--tasks", nargs="+", default=TASKS, metavar="TASK",
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK",
                    help=f"Tasks (default: {' '.join(TASKS)}). Registered: {' '.join(task_names())}.")
-    p.add_argument("--lengths", nargs="+", type=int, default=LENGTHS, metavar="TOKENS",
+    p.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS), metavar="TOKENS",
                    help=f"Context lengths in tokens, prompt plus answer (default: {' '.join(map(str, LENGTHS))}).")
     p.add_argument("--items", type=int, default=50, help="Held-out items per (task, length) (default %(default)s).")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
