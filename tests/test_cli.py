@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,31 @@ def test_train_help_in_process(capsys):
     for flag in ("--method {mdlm,memdlm}", "--memory_rank", "--memory-rank", "--schedule",
                  "--normalization", "--output-dir", "--config"):
         assert flag in out, flag
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_help_lists_every_registered_task(monkeypatch, capsys, command):
+    """From the registry, not a hand list: a task registered now is listed too."""
+    from memdlm.tasks import base, task_names
+
+    names = task_names()
+    monkeypatch.setitem(base._REGISTRY, "zz_just_registered", base._REGISTRY[names[0]])
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    words = set(re.findall(r"[\w-]+", capsys.readouterr().out))
+    assert not [name for name in [*names, "zz_just_registered"] if name not in words]
+
+
+def test_help_lists_presets_and_shipped_init_configs_from_their_registries(capsys):
+    from memdlm.modeling import init_configs
+    from memdlm.reproduce.presets import PRESETS
+
+    for command, names in (("reproduce", list(PRESETS)), ("train", init_configs())):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        words = set(re.findall(r"[\w-]+", capsys.readouterr().out))
+        assert names and set(names) <= words, command
 
 
 @pytest.mark.slow

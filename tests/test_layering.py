@@ -2,10 +2,12 @@
 
 The layers, top to bottom (a module may import its own layer and the layers below):
 
-    cli -> commands -> reproduce -> training -> eval -> generation | run -> memory | tasks -> data -> core
+    cli -> commands -> reproduce -> training -> eval -> generation -> run -> memory | tasks -> data -> core
 
-``memory`` and ``tasks`` share a rank and import neither each other. ``core`` is every
-module directly in ``memdlm/`` (modeling, sampling, masking, loss, ...). Every import
+``memory`` and ``tasks`` share a rank and import neither each other. ``run`` is
+``memdlm/run.py`` (a finished run: its model, config parts and prompt memory), which
+eval, training and the commands load and which builds on memory/. ``core`` is every
+other module directly in ``memdlm/`` (modeling, sampling, masking, loss, ...). Every import
 counts, also the ones inside functions (they are deferred for speed, not for layering).
 """
 
@@ -17,19 +19,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "src" / "memdlm"
 
 # rank per top-level part (lower = higher up); modules directly in memdlm/ are "core"
-# ``run`` (a finished run: model, tokenizer, settings, its prompt memory) sits with
-# generation: every inference path above uses it, and it builds on memory below.
-RANKS = {"cli": 0, "commands": 1, "reproduce": 2, "training": 3, "eval": 4, "generation": 5, "run": 5,
-         "memory": 6, "tasks": 6, "data": 7}
-CORE = 8
+RANKS = {"cli": 0, "commands": 1, "reproduce": 2, "training": 3, "eval": 4, "generation": 5,
+         "run": 6, "memory": 7, "tasks": 7, "data": 8}
+CORE = 9
 
-# Imports that go up or sideways, each with the reason it is still there.
-ALLOWED = {
-    # reproduce builds a training run by turning its spec into `memdlm train` flags and
-    # parsing them with the command's own parser; removing this needs the argument parsing
-    # moved below commands/ (issue 12, deliverable 3).
-    ("memdlm.reproduce.cells", "memdlm.commands.train"),
-}
+# Imports that go up or sideways, each with the reason it is still there (none at present).
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def modules() -> dict[str, Path]:

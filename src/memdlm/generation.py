@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 
 from memdlm.sampling import Sampler, SamplerConfig
 
+BATCH_SIZE = 16  # prompts per batch unless the caller says (memdlm generate --batch-size)
+
 
 def _encode_prompts(tokenizer, prompts, what: str = "prompt") -> list[list[int]]:
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
@@ -50,7 +52,7 @@ def check_positions(model, prompt_ids: list[list[int]], max_new_tokens: int, wha
 
 
 def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: SamplerConfig,
-             memory=None, seeds: list[int] | None = None, batch_size: int = 16,
+             memory=None, seeds: list[int] | None = None, batch_size: int = BATCH_SIZE,
              progress: bool = False, adapt_on: list[str] | list[list[int]] | None = None,
              stats: dict | None = None) -> list[str]:
     """Texts of the responses, in prompt order.

@@ -86,6 +86,7 @@ import torch
 
 from memdlm.block_cache import BlockForward
 from memdlm.errors import ConfigError
+from memdlm.validation import literal_choices
 
 # ---------------------------------------------------------------------------
 # Pure kernels: schedules and selection
@@ -270,10 +271,6 @@ class BlockPlan(NamedTuple):
     counts: torch.Tensor | None  # [steps in block] tokens per step; None under the threshold rule
 
 
-UNMASK_RULES = ("fixed", "threshold")
-CACHE_MODES = ("none", "prefix", "dual")
-
-
 @dataclass
 class SamplerConfig:
     """Generation settings; see the module docstring for the rules they drive.
@@ -372,6 +369,11 @@ class SamplerConfig:
             plans.append(BlockPlan(start, start + size, tokens_per_step(size, n_steps)))
             start += size
         return plans
+
+
+# The fast-sampling choices as values (for the checks above): read from the annotations.
+UNMASK_RULES = literal_choices(SamplerConfig, "unmask_rule")
+CACHE_MODES = literal_choices(SamplerConfig, "cache")
 
 
 class SamplerStep(NamedTuple):

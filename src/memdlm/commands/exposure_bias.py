@@ -7,7 +7,7 @@ Examples:
     memdlm exposure-bias --run base=DIR --run base+inf=DIR:memory --items 64 --steps 48 \\
         --length 1024 --output-dir OUT                                    # one GPU, paper's 48 steps
 
-For each run, held-out items of a generated task (default ``longresp``, eval split)
+For each run, held-out items of a generated task (``--task``, eval split)
 are decoded from all-mask in ``--steps`` steps and scored at every step (definitions:
 :mod:`memdlm.eval.exposure_bias`): L_seq on the model's own trajectory, L_static on a
 random mask of the same size, L_static_same on the trajectory's masked positions with
@@ -50,7 +50,8 @@ def parse_run(text: str) -> RunSpec:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    from memdlm.eval.exposure_bias import ExposureBiasConfig
+    from memdlm.config import THREADS_HELP
+    from memdlm.eval.exposure_bias import EXPOSURE_TASK, ExposureBiasConfig
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,13 +63,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=32, help="Held-out prompt/response pairs per run.")
     p.add_argument("--length", type=int, default=256,
                    help="Total length (prompt + response, tokens) of the generated items.")
-    p.add_argument("--task", default="longresp",
+    p.add_argument("--task", default=EXPOSURE_TASK,
                    help="Generated task supplying the items (eval split); needs responses of at "
-                        "least --steps tokens.")
+                        "least --steps tokens (default %(default)s).")
     p.add_argument("--adapt-mask-ratio", type=float, default=None,
                    help="Memory runs: prompt fraction masked for adaptation (default: the run's own "
                         "setting; a plain model's is MemoryArguments' default).")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads.")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from DIR.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     defaults = ExposureBiasConfig()

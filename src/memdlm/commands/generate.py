@@ -23,6 +23,8 @@ logger = logging.getLogger("memdlm")
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     from memdlm.commands.sampler_flags import add_sampler_flags
+    from memdlm.config import THREADS_HELP
+    from memdlm.generation import BATCH_SIZE
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,8 +36,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="Inference-time adaptation: write a per-prompt memory from the prompt, then sample.")
     p.add_argument("--adapt-mask-ratio", type=float, default=None,
                    help="Prompt fraction masked for adaptation. Default: the run's own training setting.")
-    p.add_argument("--batch-size", type=int, default=16, help="Prompts per batch.")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads.")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="Prompts per batch (default %(default)s).")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from --model.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     p.add_argument("--json", action="store_true", help="Print a JSON list instead of plain text.")

@@ -76,6 +76,7 @@ RATIOS = {  # ratio name -> (numerator, denominator)
     "r_ctrl_random": ("l_seq_random", "l_static_same_random"),
 }
 GAPS = {"gap": ("l_seq", "l_static"), "gap_ctrl": ("l_seq", "l_static_same")}  # name -> (minuend, subtrahend)
+EXPOSURE_TASK = "longresp"  # held-out responses long enough for many denoising steps
 EXPOSURE_SEED = 60_000  # held-out items: disjoint from the eval-loss (10_000+) and held-out (50_000) seeds
 
 
@@ -443,7 +444,7 @@ def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = N
         model.train(was_training)
 
 
-def heldout_pairs(tokenizer, items: int, length: int, task: str = "longresp", seed: int = EXPOSURE_SEED):
+def heldout_pairs(tokenizer, items: int, length: int, task: str = EXPOSURE_TASK, seed: int = EXPOSURE_SEED):
     """Held-out samples (eval split) of a generated task; falls back to ``kv`` without ``longresp``."""
     from memdlm.tasks import task_names
     from memdlm.tasks.dataset import SyntheticTaskDataset

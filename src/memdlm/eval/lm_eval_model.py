@@ -74,8 +74,9 @@ from memdlm.errors import ConfigError
 logger = logging.getLogger(__name__)
 MODEL_NAME = "memdlm"
 GREEDY_CHECKS = ("decode", "none")
-# lm-eval passes model arguments as strings or guessed scalars: the fast-sampling ones, typed
-_FAST_TYPES = {"unmask_rule": str, "threshold": float, "max_per_step": int, "cache": str}
+# lm-eval passes model arguments as strings or guessed scalars: the sampler ones, typed
+_SAMPLER_TYPES = {"temperature": float, "remasking": str, "unmask_rule": str, "threshold": float,
+                  "max_per_step": int, "cache": str}
 
 
 def register() -> None:
@@ -112,7 +113,7 @@ class MemdlmLM(LM):
     def __init__(self, pretrained, tokenizer=None, memory: bool = False,
                  adapt_mask_ratio: float | None = None, steps: int | None = None,
                  max_new_tokens: int = 256, block_length: int | None = None,
-                 temperature: float = 0.0, remasking: str = "low_confidence", unmask_rule: str | None = None,
+                 temperature: float | None = None, remasking: str | None = None, unmask_rule: str | None = None,
                  threshold: float | None = None, max_per_step: int | None = None, cache: str | None = None,
                  batch_size: int = 16,
                  mc_samples: int = 32, seed: int = 0, greedy_check: str = "decode",
@@ -129,9 +130,10 @@ class MemdlmLM(LM):
         self.model, self.tokenizer = self.run.model, self.run.tokenizer
         self._device = next(self.model.parameters()).device
         self.steps, self.max_new_tokens = steps, int(max_new_tokens)
-        self.block_length, self.temperature, self.remasking = block_length, float(temperature), remasking
-        given = dict(unmask_rule=unmask_rule, threshold=threshold, max_per_step=max_per_step, cache=cache)
-        self.fast_sampling = {k: _FAST_TYPES[k](v) for k, v in given.items() if v is not None}  # else SamplerConfig's
+        self.block_length = block_length
+        given = dict(temperature=temperature, remasking=remasking, unmask_rule=unmask_rule, threshold=threshold,
+                     max_per_step=max_per_step, cache=cache)
+        self.sampler_args = {k: _SAMPLER_TYPES[k](v) for k, v in given.items() if v is not None}  # else SamplerConfig's
         self.batch_size, self.mc_samples, self.seed = int(batch_size), int(mc_samples), int(seed)
         self.greedy_check = greedy_check
         self.sampler_config()  # validate the sampler settings now, not at the first request
@@ -342,9 +344,9 @@ class MemdlmLM(LM):
         block = self.block_length if self.block_length and self.block_length < n else None
         n_blocks = -(-n // block) if block else 1
         steps = max(n_blocks, min(int(self.steps or n), n))
-        temperature = self.temperature if temperature is None else float(temperature)
-        return SamplerConfig(max_new_tokens=n, steps=steps, block_length=block, temperature=temperature,
-                             remasking=self.remasking, stop_at_eos=True, seed=self.seed, **self.fast_sampling)
+        args = {**self.sampler_args, **({} if temperature is None else {"temperature": float(temperature)})}
+        return SamplerConfig(max_new_tokens=n, steps=steps, block_length=block, stop_at_eos=True, seed=self.seed,
+                             **args)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         from memdlm.generation import generate

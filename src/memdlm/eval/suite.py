@@ -50,6 +50,7 @@ from memdlm.stats import RESAMPLES
 logger = logging.getLogger("memdlm")
 
 SUITE_VERSION = 1
+BATCH_SIZE = 8  # prompts per generation batch unless the caller says (memdlm eval --batch-size)
 
 
 # ---------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def _tokenizer_signature(tokenizer) -> str:
 
 
 def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n: int,
-                   seed: int | None = None, batch_size: int = 8,
+                   seed: int | None = None, batch_size: int = BATCH_SIZE,
                    memory_overrides: dict | None = None,
                    progress: bool = True, trust_remote_code: bool = False,
                    loader=None, sampler: dict | None = None) -> dict:
