@@ -14,8 +14,9 @@ iterative denoising with that memory active. Two ways:
   one fast-weight slot per prompt, all prompts of a batch in one forward;
 - sequential: ``batch_size=1`` -- one prompt at a time, the reference's way.
 
-Both go through the library's own code path (``generation._adapted_context`` then
-``Sampler.generate`` with the memory as forward context). The script warms up,
+Both go through the library's own code path (the run's prompt memory,
+``memdlm.run.Run.memory().adapt``, then ``Sampler.generate`` with the memory as forward
+context); a trained run adapts with its own memory settings, a fresh model with the defaults. The script warms up,
 interleaves the two modes for ``--rounds`` rounds (alternating which goes first) and
 reports medians. It checks that both modes give each prompt the same fast weights
 (within 1e-5), the same logits on the prompt + mask canvas with the memory active
@@ -75,12 +76,11 @@ class ForwardCounter:
         self.handle.remove()
 
 
-def answer(model, tokenizer, loop, prompts, config, memory_args, batch_size, keep=False):
+def answer(model, tokenizer, memory, prompts, config, batch_size, keep=False):
     """Adapt + generate for every prompt, ``batch_size`` at a time (generate()'s loop).
 
     With ``keep`` also returns each prompt's fast weights (one slot each) and response ids.
     """
-    from memdlm.generation import _adapted_context
     from memdlm.sampling import Sampler
 
     sampler = Sampler(model, tokenizer, config)
@@ -89,11 +89,10 @@ def answer(model, tokenizer, loop, prompts, config, memory_args, batch_size, kee
     memories, responses = [], []
     for start in range(0, len(prompts), batch_size):
         chunk, chunk_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
-        context = _adapted_context(loop, tokenizer, chunk, chunk_seeds, memory_args, device)
-        out = sampler.generate(chunk, seeds=chunk_seeds, forward_context=context)
+        fast = memory.adapt(chunk, chunk_seeds)
+        out = sampler.generate(chunk, seeds=chunk_seeds, forward_context=fast.active)
         if keep:
-            memory = context.__self__  # the FastWeights whose .active this is
-            memories += [memory.slot(i) for i in range(len(chunk))]
+            memories += [fast.slot(i) for i in range(len(chunk))]
             responses += out.responses
     if device.type == "cuda":
         import torch
@@ -137,23 +136,22 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from memdlm.memory.adapt import build_adaptation_loop
-    from memdlm.memory.config import MemoryArguments
-    from memdlm.modeling import build_tiny_model, load_model
+    from memdlm.modeling import build_tiny_model
+    from memdlm.run import Run
     from memdlm.sampling import SamplerConfig
     from memdlm.tokenizer import load_tokenizer
 
     device = torch.device(args.device)
     if args.model:
-        tokenizer, model = load_tokenizer(args.model), load_model(args.model)
+        run = Run.load(args.model, device=device)
         model_name = args.model
     else:
         tokenizer = load_tokenizer()
-        model = build_tiny_model(tokenizer, seed=0)
+        run = Run(build_tiny_model(tokenizer, seed=0).to(device).eval(), tokenizer)
         model_name = "fresh tiny model (seed 0)"
-    model.to(device).eval()
-    memory_args = MemoryArguments()
-    loop = build_adaptation_loop(model, memory_args, tokenizer.mask_token_id)
+    model, tokenizer = run.model, run.tokenizer
+    memory = run.memory()  # a trained run's own settings (the defaults used to be taken for any run)
+    memory_args = memory.settings
     config = SamplerConfig(max_new_tokens=args.new_tokens, steps=args.new_tokens, temperature=0.0)
     prompts = make_prompts(tokenizer, args.prompts, args.min_length, args.max_length, args.seed)
     plens = [len(p) for p in prompts]
@@ -161,14 +159,13 @@ def main(argv=None) -> int:
 
     # Warm-up: both modes on a couple of prompts (allocator, kernels, lazy imports).
     for bs in modes.values():
-        answer(model, tokenizer, loop, prompts[:2], config, memory_args, min(bs, 2))
+        answer(model, tokenizer, memory, prompts[:2], config, min(bs, 2))
 
     # Forward calls and outputs (untimed): one pass per mode with a counter.
     forwards, memories, responses = {}, {}, {}
     for mode, bs in modes.items():
         counter = ForwardCounter(model)
-        memories[mode], responses[mode] = answer(model, tokenizer, loop, prompts, config,
-                                                 memory_args, bs, keep=True)
+        memories[mode], responses[mode] = answer(model, tokenizer, memory, prompts, config, bs, keep=True)
         forwards[mode] = counter.calls
         counter.remove()
 
@@ -178,7 +175,7 @@ def main(argv=None) -> int:
         order = list(modes) if r % 2 == 0 else list(modes)[::-1]
         for mode in order:
             start = time.perf_counter()
-            answer(model, tokenizer, loop, prompts, config, memory_args, modes[mode])
+            answer(model, tokenizer, memory, prompts, config, modes[mode])
             times[mode].append(time.perf_counter() - start)
 
     # Equivalence: fast weights per prompt, logits with the memory active, tokens.
@@ -222,7 +219,7 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(), "device": str(device),
         "max_abs_fast_weight_diff": fw_diff, "max_abs_logit_diff": logit_diff,
         "same_tokens": same_tokens, "prompts": len(prompts), "batch_size": args.batch_size,
-        "new_tokens": args.new_tokens, "rounds": args.rounds, "model": model_name,
+        "new_tokens": args.new_tokens, "rounds": args.rounds, "model": model_name, **memory.record(),
     }
     print(json.dumps(summary))
     return 0 if ok else 1

@@ -52,7 +52,7 @@ def label(overrides: dict) -> str:
     return f"{rule}, cache {overrides['cache']}"
 
 
-def run_config(model, tok, samples, base_config, overrides, memory_args, batch_size) -> dict:
+def run_config(model, tok, samples, base_config, overrides, memory, batch_size) -> dict:
     """Answer every item with one sampler configuration; score, calls, seconds."""
     import dataclasses
 
@@ -62,12 +62,12 @@ def run_config(model, tok, samples, base_config, overrides, memory_args, batch_s
     config = dataclasses.replace(base_config, **overrides)
     stats: dict = {}
     start = time.perf_counter()
-    texts = generate(model, tok, [s.prompt for s in samples], config, memory_args=memory_args,
+    texts = generate(model, tok, [s.prompt for s in samples], config, memory=memory,
                      seeds=list(range(len(samples))), batch_size=batch_size, stats=stats)
     seconds = time.perf_counter() - start
     exact = [t.strip() == s.response.strip() for t, s in zip(texts, samples)]
     return {
-        "config": label(overrides), **overrides, "memory": memory_args is not None,
+        "config": label(overrides), **overrides, "memory": memory is not None,
         "cache_used": stats["cache_used"],
         "score": round(score_samples(samples[0].task, texts, samples), 2),
         "exact_match": round(sum(exact) / len(exact), 4),
@@ -175,20 +175,18 @@ def main() -> None:
     import torch
 
     from memdlm.eval.heldout import HELDOUT_SEED, answer_sampler_config, heldout_samples
-    from memdlm.memory.config import load_memory_args
-    from memdlm.modeling import load_model
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.run import Run
 
     torch.set_num_threads(args.threads)
-    tok = load_tokenizer(args.model)
-    model = load_model(args.model).to(args.device).eval()
+    run = Run.load(args.model, device=args.device)
+    tok, model = run.tokenizer, run.model
     samples = heldout_samples(tok, [args.task], args.length, args.items,
                               HELDOUT_SEED if args.seed is None else args.seed)
     base = answer_sampler_config(tok, samples, block_length=args.block_length)
     if args.max_new_tokens:
         base = dataclasses.replace(base, max_new_tokens=args.max_new_tokens, steps=args.max_new_tokens)
     grid = sampler_grid(base.max_new_tokens, args.taus, args.caches)
-    memories = [None] if args.no_memory else [None, load_memory_args(args.model)]
+    memories = [None] if args.no_memory else [None, run.memory()]
     run_config(model, tok, samples[: args.batch_size], base, grid[0], None, args.batch_size)  # warm-up
     start = time.perf_counter()
     rounds = [[run_config(model, tok, samples, base, overrides, memory, args.batch_size)
@@ -204,7 +202,8 @@ def main() -> None:
         print(f"wrote {args.plot}")
     print(json.dumps({"task": args.task, "length": args.length, "items": len(samples),
                       "max_new_tokens": base.max_new_tokens, "tolerance": args.tolerance,
-                      **speedups(rows, args.tolerance), "rows": rows}))
+                      **speedups(rows, args.tolerance), "rows": rows,
+                      "memory_settings": memories[-1].record() if memories[-1] is not None else None}))
 
 
 if __name__ == "__main__":

@@ -38,9 +38,9 @@ def build(layers: int, method: str, device: str, seq_len: int, batch: int, rank:
 
     from memdlm.config import DiffusionArguments
     from memdlm.data.collate import DiffusionCollator
-    from memdlm.data.sources import SyntheticTaskDataset
     from memdlm.memory.config import MemoryArguments
     from memdlm.modeling import build_tiny_model
+    from memdlm.tasks.dataset import SyntheticTaskDataset
     from memdlm.tokenizer import load_tokenizer
     from memdlm.training.args import TrainConfig
     from memdlm.training.mdlm_trainer import MDLMTrainer

@@ -44,11 +44,11 @@ def make_model(tok, layers: int = 2):
 def rank_inputs(tok, rank: int):
     """Rank ``rank``'s samples as the trainer sees them: (NoisedBatch, InnerLoopInputs)."""
     from memdlm.data.collate import DiffusionCollator
-    from memdlm.data.sources import SyntheticTaskDataset
     from memdlm.diffusion import noise_batch
     from memdlm.masking import seeded_generator
     from memdlm.memory.inner_loop import InnerLoopInputs, step_seed_of
     from memdlm.schedules import get_schedule
+    from memdlm.tasks.dataset import SyntheticTaskDataset
 
     data = SyntheticTaskDataset(tok, ["kv"], [LENGTH], "train", 64, seed=SEED)
     collate = DiffusionCollator(tok.pad_token_id, tok.eos_token_id)

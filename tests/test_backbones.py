@@ -22,16 +22,16 @@ from memdlm.config import DiffusionArguments
 from memdlm.diffusion import NoisedBatch, mdlm_loss
 from memdlm.masking import apply_mask, mask_with_probability
 from memdlm.memory.config import MemoryArguments
-from memdlm.memory.experts import expert_targets, slot_delta
+from memdlm.memory.experts import slot_delta
 from memdlm.memory.fast_weights import FastWeights
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs
-from memdlm.memory.targets import find_targets
+from memdlm.memory.targets import expert_targets, find_targets
 from memdlm.modeling import (
     build_tiny_model,
     forward_logits,
     init_config_path,
-    logits_only_at,
     load_model,
+    logits_only_at,
     logits_shift,
     make_bidirectional,
 )

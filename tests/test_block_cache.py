@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from memdlm.block_cache import BlockForward, cache_unsupported
-from memdlm.generation import _adapted_context, generate
-from memdlm.memory.adapt import build_adaptation_loop
-from memdlm.memory.config import MemoryArguments
+from memdlm.generation import generate
 from memdlm.modeling import build_tiny_model
+from memdlm.run import Run
 from memdlm.sampling import Sampler, SamplerConfig
 
 torch.set_num_threads(1)
@@ -136,10 +135,8 @@ def test_query_widths_per_mode(model, tok):
 
 
 def test_cached_steps_run_with_per_sample_memory(model, tok):
-    args = MemoryArguments(inner_lr=1.0)
-    loop = build_adaptation_loop(model, args, tok.mask_token_id)
     enc = tok(PROMPTS, add_special_tokens=False)["input_ids"]
-    memory = _adapted_context(loop, tok, enc, [0, 1, 2], args, torch.device("cpu"))
+    memory = Run(model, tok).memory(inner_lr=1.0).adapt(enc, [0, 1, 2]).active
     x, mask, resp_pos = canvas(tok, model)
     active = torch.ones(3, dtype=torch.bool)
     with_memory = BlockForward(model, mask, "dual", memory)
@@ -154,9 +151,9 @@ def test_cached_steps_run_with_per_sample_memory(model, tok):
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_per_sample_memory_batched_equals_alone_with_cache(model, tok, mode):
     cfg = SamplerConfig(max_new_tokens=8, block_length=4, unmask_rule="threshold", threshold=5e-4, cache=mode)
-    args = MemoryArguments(inner_lr=1.0)
-    batched = generate(model, tok, PROMPTS, cfg, memory_args=args, seeds=[3, 4, 5], batch_size=3)
-    alone = [generate(model, tok, [p], cfg, memory_args=args, seeds=[3 + i], batch_size=1)[0]
+    memory = Run(model, tok).memory(inner_lr=1.0)
+    batched = generate(model, tok, PROMPTS, cfg, memory=memory, seeds=[3, 4, 5], batch_size=3)
+    alone = [generate(model, tok, [p], cfg, memory=memory, seeds=[3 + i], batch_size=1)[0]
              for i, p in enumerate(PROMPTS)]
     assert batched == alone
     assert batched != generate(model, tok, PROMPTS, cfg, seeds=[3, 4, 5], batch_size=3)  # memory mattered

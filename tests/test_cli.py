@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,31 @@ def test_train_help_in_process(capsys):
     for flag in ("--method {mdlm,memdlm}", "--memory_rank", "--memory-rank", "--schedule",
                  "--normalization", "--output-dir", "--config"):
         assert flag in out, flag
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_help_lists_every_registered_task(monkeypatch, capsys, command):
+    """From the registry, not a hand list: a task registered now is listed too."""
+    from memdlm.tasks import base, task_names
+
+    names = task_names()
+    monkeypatch.setitem(base._REGISTRY, "zz_just_registered", base._REGISTRY[names[0]])
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    words = set(re.findall(r"[\w-]+", capsys.readouterr().out))
+    assert not [name for name in [*names, "zz_just_registered"] if name not in words]
+
+
+def test_help_lists_presets_and_shipped_init_configs_from_their_registries(capsys):
+    from memdlm.modeling import init_configs
+    from memdlm.reproduce.presets import PRESETS
+
+    for command, names in (("reproduce", list(PRESETS)), ("train", init_configs())):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        words = set(re.findall(r"[\w-]+", capsys.readouterr().out))
+        assert names and set(names) <= words, command
 
 
 @pytest.mark.slow
@@ -170,3 +196,67 @@ def test_missing_model_dir_exits_2(tmp_path, capsys):
     missing = tmp_path / "no_such_model"
     rc = main(["train", "--model", str(missing), "--output-dir", str(tmp_path / "run")])
     assert_one_line_error(capsys, rc, str(missing), "does not exist")
+
+
+# --- what counts as a user error: its type, not its message ------------------------------
+
+
+def test_user_errors_are_recognised_by_type_alone():
+    from memdlm.bidirectional import CausalAttentionError
+    from memdlm.errors import ConfigError, DataError, MissingFileError, UserError, is_user_error
+    from memdlm.remote_code import RemoteCodeError
+    from memdlm.training.nonfinite import NonFiniteStepError
+
+    for cls in (ConfigError, DataError, MissingFileError, CausalAttentionError, RemoteCodeError,
+                NonFiniteStepError):
+        assert issubclass(cls, UserError) and is_user_error(cls("x")), cls
+    assert issubclass(ConfigError, ValueError) and issubclass(DataError, ValueError)
+    assert issubclass(MissingFileError, FileNotFoundError) and issubclass(RemoteCodeError, ImportError)
+    assert is_user_error(FileNotFoundError("a path the user gave"))
+    # what the old message / traceback heuristics took for the user's: now bugs, with tracebacks
+    for text in ("unknown thing", "the mask token is gone", "no module matches", "list is empty"):
+        assert not is_user_error(ValueError(text))
+
+    class Options:
+        def __post_init__(self):
+            raise ValueError("raised in a __post_init__")
+
+    with pytest.raises(ValueError) as info:
+        Options().__post_init__()
+    assert not is_user_error(info.value)
+
+
+@pytest.mark.parametrize("error, user", [
+    ("ConfigError", True), ("DataError", True), ("MissingFileError", True), ("NonFiniteStepError", True),
+    ("ValueError", False), ("KeyError", False), ("RuntimeError", False),
+])
+def test_cli_reports_user_errors_in_one_line_and_lets_bugs_through(monkeypatch, capsys, error, user):
+    import memdlm.commands.train as train_command
+    from memdlm import errors
+    from memdlm.training.nonfinite import NonFiniteStepError
+
+    cls = {"NonFiniteStepError": NonFiniteStepError, "ValueError": ValueError, "KeyError": KeyError,
+           "RuntimeError": RuntimeError}.get(error) or getattr(errors, error)
+
+    def run(argv, prog):
+        raise cls("unknown option: the mask token is empty")  # every old heuristic's keyword
+
+    monkeypatch.setattr(train_command, "run", run)
+    if not user:
+        with pytest.raises(cls):
+            main(["train"])
+        return
+    assert_one_line_error(capsys, main(["train"]), "unknown option: the mask token is empty")
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--inner-lr", "-1"], "inner_lr must be >= 0"),  # MemoryArguments
+    (["--time-eps", "2"], "time_eps must be in (0, 1), got 2.0"),  # DiffusionArguments
+    (["--load-best-model-at-end", "true", "--save-strategy", "no"],  # TrainingArguments' own check
+     "--load_best_model_at_end requires the save and eval strategy to match"),
+])
+def test_option_checks_in_dataclasses_exit_2(tmp_path, capsys, flags, needle):
+    """Once recognised by the name of the frame that raised them (``__post_init__``)."""
+    rc = main(["train", "--output-dir", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and f"memdlm train: error: {needle}" in err, err

@@ -11,7 +11,8 @@ from transformers import PreTrainedTokenizerFast
 
 from memdlm.data.collate import IGNORE, DiffusionCollator, encode_pair, pack_texts
 from memdlm.data.formats import DataError, PromptResponse, row_to_example
-from memdlm.data.sources import SyntheticTaskDataset, load_file_examples
+from memdlm.data.sources import load_file_examples
+from memdlm.tasks.dataset import SyntheticTaskDataset
 from memdlm.tokenizer import count_tokens_fn, ensure_special_tokens, load_tokenizer
 
 # --- DiffusionCollator ------------------------------------------------------------------

@@ -150,23 +150,22 @@ def test_cli_eval_help_and_errors(capsys):
         run(["--run", "a=x", "--run", "a=y", "--output-dir", "x"])  # duplicate names
 
 
-def test_adapted_runs_use_their_own_memory_settings(tmp_path):
+def test_adapted_runs_use_their_own_memory_settings(tmp_path, tok, make_tiny_model):
     """`memdlm eval ... NAME=DIR:memory` adapts with the run's rank, scope and trajectory
     (it used the defaults); an explicit override changes only what it names."""
     import json
 
-    from memdlm.eval.suite import RunSpec, _memory_of
-    from memdlm.memory.config import MemoryArguments
+    from memdlm.eval.suite import _load
 
+    make_tiny_model(seed=0).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
     saved = {"memory_rank": 4, "memory_scope": "ffn_attn", "trajectory": "progressive", "adapt_mask_ratio": 0.3}
     (tmp_path / "run_config.json").write_text(json.dumps({"memory": saved}))
-    run = RunSpec("mem", str(tmp_path), True)
-    own = _memory_of(run, None, {"adapt_mask_ratio": None})
+    run = _load(str(tmp_path), False)
+    own = run.memory(adapt_mask_ratio=None).settings
     assert (own.memory_rank, own.memory_scope, own.trajectory, own.adapt_mask_ratio) == (4, "ffn_attn", "progressive", 0.3)
-    assert _memory_of(run, None, {"adapt_mask_ratio": 0.5}).adapt_mask_ratio == 0.5
-    assert _memory_of(run, None, {"adapt_mask_ratio": 0.5}).memory_rank == 4
-    fixed = MemoryArguments(memory_rank=2)
-    assert _memory_of(run, fixed, None) is fixed
+    assert run.memory(adapt_mask_ratio=0.5).settings.adapt_mask_ratio == 0.5
+    assert run.memory(adapt_mask_ratio=0.5).settings.memory_rank == 4
 
 
 def test_suite_fast_sampling_settings(model_dir):

@@ -149,15 +149,15 @@ def test_too_short_response_names_the_item(model, tok):
 
 
 def test_memory_mode(model, tok, result):
-    from memdlm.memory.config import MemoryArguments
+    from memdlm.run import Run
 
     with_memory = exposure_bias(model, tok, PAIRS, ExposureBiasConfig(steps=STEPS, batch_size=2),
-                                memory_args=MemoryArguments(inner_lr=1.0))
+                                memory=Run(model, tok).memory(inner_lr=1.0))
     assert with_memory.memory and with_memory.per_item["l_seq"] != result.per_item["l_seq"]
     assert all(v == v for v in with_memory.losses["l_static"])
-    # SPEC section 7: inner lr 0 adds nothing but the memory machinery.
+    # inner lr 0 adds nothing but the memory machinery: the numbers of no memory.
     inert = exposure_bias(model, tok, PAIRS, ExposureBiasConfig(steps=STEPS, batch_size=2),
-                          memory_args=MemoryArguments(inner_lr=0.0))
+                          memory=Run(model, tok).memory(inner_lr=0.0))
     for key, values in result.per_item.items():
         assert torch.allclose(torch.tensor(inert.per_item[key]), torch.tensor(values), atol=1e-5), key
 

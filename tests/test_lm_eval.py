@@ -147,14 +147,16 @@ def test_rolling_is_finite_and_windows_cover_the_text(lm, tok):
     assert all(len(c) + len(p) <= 16 for c, p in windows)
 
 
-def test_memory_settings_come_from_the_run(tmp_path):
-    from memdlm.eval.lm_eval_model import memory_arguments
-
+def test_memory_settings_come_from_the_run(tmp_path, tiny, tok):
+    tiny.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
     (tmp_path / "run_config.json").write_text(json.dumps(
         {"memory": {"inner_lr": 0.3, "memory_rank": 4, "not_a_field": 1}, "train": {}}))
-    args = memory_arguments(str(tmp_path), adapt_mask_ratio=0.5)
+    lm_mem = MemdlmLM(str(tmp_path), memory=True, adapt_mask_ratio=0.5, device="cpu")
+    args = lm_mem.memory.settings
     assert (args.inner_lr, args.memory_rank, args.adapt_mask_ratio) == (0.3, 4, 0.5)
-    assert memory_arguments(None, None).inner_lr == 0.1
+    assert lm_mem.memory_record["memory_overrides"] == {"adapt_mask_ratio": 0.5}
+    assert MemdlmLM(tiny, tokenizer=tok, memory=True, device="cpu").memory.settings.inner_lr == 0.1
 
 
 def test_cut_at_stop():

@@ -32,6 +32,25 @@ def test_registry_has_every_task():
         assert name in TASKS
 
 
+def test_every_generator_module_registers_by_existing_and_lookup_stays_light():
+    """The registry imports every module of memdlm.tasks (no hand list) except the torch
+    Dataset, so looking a task up pulls in neither torch nor transformers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import memdlm.tasks
+    from memdlm.tasks.base import _REGISTRY, NOT_GENERATORS
+
+    modules = {p.stem for p in Path(memdlm.tasks.__file__).parent.glob("*.py")} - {"__init__"}
+    registering = {type(t).__module__.rsplit(".", 1)[1] for t in _REGISTRY.values()}
+    assert registering <= modules - NOT_GENERATORS
+    assert {"kv", "recall", "ruler", "babilong", "longresponse", "prose"} <= registering
+    code = ("import sys; from memdlm.tasks import task_names; task_names(); "
+            "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
 # ---------------------------------------------------------------- answers from the prompt
 
 
@@ -312,7 +331,7 @@ def test_babi_question_forms_cover_upstream():
 
 
 def test_prose_is_plain_text_every_token_a_target(tok, count):
-    from memdlm.data.sources import SyntheticTaskDataset
+    from memdlm.tasks.dataset import SyntheticTaskDataset
 
     s = get_task("prose").sample(0, "train", 128, count)
     assert s.prompt == "" and s.answers == () and 120 <= count(s.response) <= 128

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from memdlm.cli import main
 from memdlm.config import DiffusionArguments
 from memdlm.data.collate import DiffusionCollator
-from memdlm.data.sources import SyntheticTaskDataset
+from memdlm.tasks.dataset import SyntheticTaskDataset
 from memdlm.training.args import TrainConfig
 from memdlm.training.mdlm_trainer import MDLMTrainer
 

@@ -57,9 +57,13 @@ def pass_4d_key_padding_masks(model) -> None:
 
 
 def position_zero_sees_last_token(model, padded: bool, seed: int = 0) -> bool:
-    """Whether row 0's position-0 logits move when its last real token changes."""
-    from memdlm.modeling import forward_logits
+    """Whether row 0's position-0 logits move when its last real token changes.
 
+    The model is called directly, not through ``modeling.forward_logits``: ``modeling``
+    imports this module (``load_model`` runs the check), so importing it back would be a
+    cycle. Position 0's logits are its own also with right-shifted logits (Dream), so the
+    shift ``forward_logits`` would apply changes nothing here.
+    """
     vocab = model.get_input_embeddings().num_embeddings
     length, pad = 8, 2
     g = torch.Generator().manual_seed(seed)
@@ -77,8 +81,8 @@ def position_zero_sees_last_token(model, padded: bool, seed: int = 0) -> bool:
     model.eval()
     try:
         with torch.no_grad():
-            a = forward_logits(model, ids.to(device), mask.to(device))[0, 0]
-            b = forward_logits(model, edited.to(device), mask.to(device))[0, 0]
+            a = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits[0, 0]
+            b = model(input_ids=edited.to(device), attention_mask=mask.to(device), use_cache=False).logits[0, 0]
     finally:
         model.train(was_training)
     # a tolerance, not equality: in MoE models the edit re-routes other tokens, and expert

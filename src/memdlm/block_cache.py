@@ -40,9 +40,9 @@ number of columns, so per-sample memory keeps working in a batch (tested).
 
 Families: the cached path needs attention layers that call ``cache.update(k, v,
 layer_idx)``, take ``position_ids`` and accept a prepared 4-D mask, and a full
-attention in every layer: ``CACHE_FAMILIES`` (Gemma3 with full attention only, Llama,
-Mistral, Qwen2, Qwen3 and their MoE variants) under the ``sdpa`` or ``eager``
-attention. Everything else (ModernBERT, remote-code LLaDA/Dream, right-shifted
+attention in every layer: the families marked ``block_cache`` in ``memdlm.backbones``
+(Gemma3 with full attention only, Llama, Mistral, Qwen2, Qwen3 and their MoE variants)
+under the ``sdpa`` or ``eager`` attention. Everything else (ModernBERT, remote-code LLaDA/Dream, right-shifted
 logits, sliding-window layers, other attention kernels) falls back to no cache with
 a warning; the output's ``cache_used`` says which was used.
 """
@@ -53,20 +53,20 @@ import logging
 
 import torch
 
+from memdlm.backbones import FAMILIES, family_of
 from memdlm.modeling import logits_only_at, logits_shift, unwrap
 
 logger = logging.getLogger("memdlm")
 
-CACHE_FAMILIES = frozenset({"gemma3_text", "llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe"})
 CACHE_ATTENTION = frozenset({"sdpa", "eager"})
 
 
 def cache_unsupported(model) -> str | None:
     """Why ``model`` cannot use the block cache, or None when it can."""
     config = getattr(unwrap(model), "config", None)
-    family = getattr(config, "model_type", None)
-    if family not in CACHE_FAMILIES:
-        return f"family {family!r} has no cache path here (supported: {sorted(CACHE_FAMILIES)})"
+    if not family_of(config).block_cache:
+        supported = sorted(f.model_type for f in FAMILIES.values() if f.block_cache)
+        return f"family {getattr(config, 'model_type', None)!r} has no cache path here (supported: {supported})"
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
         return "some layers use local (sliding-window) attention"
     if logits_shift(model):

@@ -12,6 +12,8 @@ import argparse
 import logging
 import sys
 
+from memdlm.errors import USER_ERRORS
+
 COMMANDS = {
     "train": ("memdlm.commands.train", "Train a masked diffusion LM (Standard MDLM or MemDLM)."),
     "generate": ("memdlm.commands.generate", "Generate with iterative denoising (optionally with memory)."),
@@ -47,19 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(commands[argv[0]][0])
     try:
         return module.run(argv[1:], prog=f"memdlm {argv[0]}") or 0
-    except RuntimeError as err:
-        from memdlm.training.nonfinite import NonFiniteStepError
-
-        if not isinstance(err, NonFiniteStepError):
-            raise
-        print(f"memdlm {argv[0]}: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        # Expected user errors (bad data rows, missing mask token, bad flags): one clear line.
-        from memdlm.errors import is_user_error
-
-        if not is_user_error(err):
-            raise
+    except USER_ERRORS as err:  # the user's to fix (memdlm.errors): one line, exit code 2
         print(f"memdlm {argv[0]}: error: {err}", file=sys.stderr)
         return 2
 

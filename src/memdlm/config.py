@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Literal
 
 from memdlm.errors import ConfigError
@@ -27,10 +27,11 @@ class ModelArguments:
                 "name (e.g. mqar-base). Default: a freshly initialised model from --init-config and the "
                 "shipped tokenizer."})
     init_config: str | None = field(default=None, metadata={
-        "help": "Without --model: the config of the model trained from scratch -- a shipped name "
-                "('tiny': the bidirectional Gemma3; 'recall': the 2-layer MobileBERT of the shipped "
-                "mqar-base) or a config.json path naming a stock transformers class in 'architectures' "
-                "(e.g. configs/experiments/recall_llama.json). Default: tiny."})
+        "help": "Without --model: the config of the model trained from scratch -- a shipped config's "
+                "name (assets/init/, listed at the end; 'tiny' is the bidirectional Gemma3, 'recall' the "
+                "2-layer MobileBERT of the shipped mqar-base) or a config.json path naming "
+                "a stock transformers class in 'architectures' (e.g. configs/experiments/recall_llama.json). "
+                "Default: tiny."})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Allow model code from the model directory (LLaDA, Dream, LLaDA2). Off unless asked."})
     tiny_layers: int | None = field(default=None, metadata={
@@ -71,7 +72,8 @@ class DataArguments:
         "help": "A .json/.jsonl file (prompt/response, instruction/input/output, messages, or text rows) "
                 "or a .txt file for pre-training. Default: generated tasks (see --tasks)."})
     tasks: list[str] = field(default_factory=lambda: ["kv"], metadata={
-        "help": "Generated tasks to train on (when --data is not given): kv, niah, mv, vt, cwe, qa1..qa5."})
+        "help": "Generated tasks to train on (when --data is not given), by registered name "
+                "(memdlm.tasks.task_names(); listed at the end)."})
     train_lengths: list[int] = field(default_factory=lambda: [128], metadata={
         "help": "Context lengths (tokens) of generated training samples, cycled."})
     num_train_samples: int = field(default=200_000, metadata={
@@ -105,7 +107,7 @@ class DataArguments:
 
 @dataclass
 class DiffusionArguments:
-    """The MDLM objective (SPEC section 2)."""
+    """The MDLM objective (Sahoo et al. 2024; the weighting and normalisation of memdlm.loss)."""
 
     schedule: Literal["linear", "cosine"] = field(default="linear", metadata={
         "help": "Noise schedule alpha(t): linear (masked fraction = t) or cosine."})
@@ -119,7 +121,10 @@ class DiffusionArguments:
     def __post_init__(self):
         check_choices(self)
         if not 0 < self.time_eps < 1:
-            raise ValueError(f"time_eps must be in (0, 1), got {self.time_eps}")
+            raise ConfigError(f"time_eps must be in (0, 1), got {self.time_eps}")
+
+
+THREADS_HELP = "CPU threads (torch.set_num_threads). Default: OMP_NUM_THREADS if set, else every core up to 8."
 
 
 def default_threads() -> int:
@@ -143,3 +148,11 @@ def config_dict(**parts) -> dict:
 
     return json.loads(json.dumps({name: as_dict(obj) for name, obj in parts.items()}, default=str))
 
+
+def field_default(cls, name: str):
+    """The default of dataclass ``cls``'s field ``name``, for code that needs it as a value
+    (a preset's default) and must not retype it."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.default_factory() if f.default is MISSING else f.default
+    raise KeyError(f"{cls.__name__} has no field {name!r}")

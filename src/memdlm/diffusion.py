@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memdlm.data.collate import IGNORE
-from memdlm.loss import loss_weights, reduce_loss, scatter_token_nll
+from memdlm.loss import IGNORE, loss_weights, reduce_loss, scatter_token_nll
 from memdlm.masking import apply_mask, mask_with_probability, sample_times
 from memdlm.modeling import forward_logits
 

@@ -1,34 +1,40 @@
-"""Which exceptions are the user's to fix (reported in one line by the CLI)."""
+"""Which exceptions are the user's to fix: the ``UserError`` family.
+
+A ``UserError`` says what the user gave that cannot be used (a flag, a config file
+entry, a data row, a model directory or checkpoint) and how to fix it. The CLI prints
+it as one ``memdlm <command>: error: ...`` line and exits with code 2; every other
+exception is a bug and keeps its traceback. Each subclass also derives from the
+built-in exception callers would expect (``ValueError``, ``FileNotFoundError``,
+``ImportError``, ``RuntimeError``), so ``except ValueError`` keeps working.
+
+Subclasses elsewhere: ``bidirectional.CausalAttentionError`` (a ConfigError),
+``remote_code.RemoteCodeError`` (an ImportError), ``training.nonfinite.NonFiniteStepError``
+(a RuntimeError).
+"""
 
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
-    """A bad flag or config file entry."""
+class UserError(Exception):
+    """Something the user gave cannot be used; the message names it and the fix."""
 
 
-# Messages of plain ValueErrors that describe the user's input, not a bug.
-USER_ERROR_TEXT = ("mask token", "no module matches", "unknown ", "is empty")
+class ConfigError(UserError, ValueError):
+    """A bad flag, config file entry or option value, or a model / tokenizer that does not fit."""
+
+
+class DataError(UserError, ValueError):
+    """A data row or file that cannot be used; the message names the row."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or directory the user named does not exist."""
+
+
+# FileNotFoundError as such too: a path the user gave that ``open()`` found missing.
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def is_user_error(err: BaseException) -> bool:
-    from memdlm.data.formats import DataError
-    from memdlm.remote_code import RemoteCodeError
-
-    if isinstance(err, (DataError, ConfigError, FileNotFoundError, RemoteCodeError)):
-        return True
-    if isinstance(err, ValueError) and _raised_by_option_validation(err):
-        return True
-    text = str(err)
-    return any(key in text for key in USER_ERROR_TEXT)
-
-
-def _raised_by_option_validation(err: BaseException) -> bool:
-    """Raised directly in a dataclass ``__post_init__`` (SamplerConfig, MemoryArguments,
-    DiffusionArguments, ...): an option value out of range."""
-    tb = err.__traceback__
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
-    return last is not None and last.tb_frame.f_code.co_name == "__post_init__"
+    """Whether the CLI reports ``err`` in one line (exit code 2) instead of a traceback."""
+    return isinstance(err, USER_ERRORS)

@@ -1,36 +1,28 @@
 """Generation with optional inference-time memory, in batches.
 
-    outputs = generate(model, tokenizer, prompts, SamplerConfig(...), memory_args=None)
+    outputs = generate(model, tokenizer, prompts, SamplerConfig(...), memory=None)
 
-With ``memory_args`` each prompt gets its own memory, adapted on the prompt alone
-(``memdlm.memory.adapt``) with the request's seed, and kept active while its
-response is sampled; the next batch starts from fresh memory.
+With ``memory`` (a :class:`memdlm.memory.adapt.PromptMemory`, e.g. ``run.memory()``)
+each prompt gets its own memory, adapted on the prompt alone with the request's seed,
+and kept active while its response is sampled; the next batch starts from fresh memory.
 """
 
 from __future__ import annotations
 
-import torch
 from tqdm.auto import tqdm
 
 from memdlm.sampling import Sampler, SamplerConfig
 
-
-def _prompt_batch(tokenizer, prompt_ids: list[list[int]], device):
-    """Right-padded prompts and their positions."""
-    length = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), length), tokenizer.pad_token_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for i, p in enumerate(prompt_ids):
-        ids[i, :len(p)] = torch.tensor(p)
-        attn[i, :len(p)] = 1
-    return ids.to(device), attn.to(device)
+BATCH_SIZE = 16  # prompts per batch unless the caller says (memdlm generate --batch-size)
 
 
 def _encode_prompts(tokenizer, prompts, what: str = "prompt") -> list[list[int]]:
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
            for p in prompts]
     if any(len(p) == 0 for p in ids):
-        raise ValueError(f"{what} {next(i for i, p in enumerate(ids) if not p)} is empty")
+        from memdlm.errors import DataError
+
+        raise DataError(f"{what} {next(i for i, p in enumerate(ids) if not p)} is empty")
     return ids
 
 
@@ -60,12 +52,13 @@ def check_positions(model, prompt_ids: list[list[int]], max_new_tokens: int, wha
 
 
 def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: SamplerConfig,
-             memory_args=None, seeds: list[int] | None = None, batch_size: int = 16,
+             memory=None, seeds: list[int] | None = None, batch_size: int = BATCH_SIZE,
              progress: bool = False, adapt_on: list[str] | list[list[int]] | None = None,
              stats: dict | None = None) -> list[str]:
     """Texts of the responses, in prompt order.
 
-    ``adapt_on`` (with ``memory_args``): the texts each prompt's memory is adapted on,
+    ``memory``: a :class:`~memdlm.memory.adapt.PromptMemory` built for ``model``, or None.
+    ``adapt_on`` (with ``memory``): the texts each prompt's memory is adapted on,
     one per prompt, instead of the prompt itself -- the in-weight retrieval probe
     adapts on a full context and answers from a context with the needle removed.
     ``stats``: a dict that receives the sampler's counts: ``model_calls`` (forward
@@ -79,21 +72,16 @@ def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: Sam
         raise ValueError(f"adapt_on has {len(adapt_ids)} texts for {len(prompt_ids)} prompts")
     seeds = list(seeds) if seeds is not None else list(range(len(prompt_ids)))
     sampler = Sampler(model, tokenizer, config)
-    loop = None
-    if memory_args is not None:
-        from memdlm.memory.adapt import build_adaptation_loop
-
-        loop = build_adaptation_loop(model, memory_args, tokenizer.mask_token_id)
-    device = next(model.parameters()).device
+    if memory is not None:
+        memory.check_model(model)
     texts: list[str] = []
     starts = range(0, len(prompt_ids), batch_size)
     for start in tqdm(starts, desc="generate", disable=not progress):
         chunk = prompt_ids[start:start + batch_size]
         chunk_seeds = seeds[start:start + batch_size]
         context = None
-        if loop is not None:
-            context = _adapted_context(loop, tokenizer, adapt_ids[start:start + batch_size], chunk_seeds,
-                                       memory_args, device)
+        if memory is not None:
+            context = memory.adapt(adapt_ids[start:start + batch_size], chunk_seeds).active
         out = sampler.generate(chunk, seeds=chunk_seeds, forward_context=context)
         texts += out.texts
         if stats is not None:
@@ -105,15 +93,3 @@ def _add_counts(stats: dict, out) -> None:
     stats["model_calls"] = stats.get("model_calls", 0) + out.model_calls
     stats.setdefault("calls_per_sample", []).extend(out.calls_per_sample)
     stats["cache_used"] = out.cache_used
-
-
-def _adapted_context(loop, tokenizer, chunk, chunk_seeds, memory_args, device):
-    from memdlm.memory.adapt import adapt_on_prompts
-
-    ids, attn = _prompt_batch(tokenizer, chunk, device)
-    was_training = loop.model.training
-    loop.model.eval()
-    memory = adapt_on_prompts(loop, ids, attn, attn.bool(), memory_args.adapt_mask_ratio,
-                              torch.tensor(chunk_seeds))
-    loop.model.train(was_training)
-    return memory.active

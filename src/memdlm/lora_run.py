@@ -39,7 +39,7 @@ def is_lora_run(path) -> bool:
 
 def write_base_record(out: Path, model_args) -> None:
     """``lora_base.json``: which base the adapter in ``out`` needs."""
-    from memdlm.training.run import write_json_atomic
+    from memdlm.run_dir import write_json_atomic
 
     built = model_args.model is None
     record = {"base": BASE_DIR if built else str(Path(model_args.model).resolve()),
@@ -84,9 +84,8 @@ def load_lora_run(run, load, **kwargs):
 
 
 def save_merged(model, tokenizer, out: Path) -> None:
-    """``RUN/merged``: the adapter merged into the base (in place: call last)."""
-    from memdlm.modeling import strip_ddp
-
-    merged = strip_ddp(model).merge_and_unload()
+    """``RUN/merged``: the adapter merged into the base (in place: call last). ``model`` is the
+    PEFT model without DDP wrappers (``modeling.strip_ddp``)."""
+    merged = model.merge_and_unload()
     merged.save_pretrained(out / MERGED_DIR)
     tokenizer.save_pretrained(out / MERGED_DIR)

@@ -19,15 +19,21 @@ MemDLM inner loop needs exactly that for per-sample memory.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
+from memdlm.errors import ConfigError
+
+# The label of positions that are never masked nor scored (the prompt, padding): the
+# maskable set is ``labels != IGNORE`` (torch's cross-entropy ignore index).
+IGNORE = -100
+
 Normalization = Literal["token", "sequence", "batch"]
 Weighting = Literal["scheduler", "uniform"]
-NORMALIZATIONS = ("token", "sequence", "batch")
-WEIGHTINGS = ("scheduler", "uniform")
+NORMALIZATIONS = get_args(Normalization)
+WEIGHTINGS = get_args(Weighting)
 
 
 def loss_weights(t: torch.Tensor, weighting: str, schedule) -> torch.Tensor:
@@ -36,7 +42,7 @@ def loss_weights(t: torch.Tensor, weighting: str, schedule) -> torch.Tensor:
         return schedule.elbo_weight(t)
     if weighting == "uniform":
         return torch.ones_like(t)
-    raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    raise ConfigError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
 
 
 def scatter_token_nll(
@@ -70,7 +76,7 @@ def reduce_loss(
         return (sums / n_maskable.clamp_min(1.0)).mean()
     if normalization == "batch":
         return sums.sum() / nll.shape[0]
-    raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+    raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
 
 
 def per_sample_loss(nll: torch.Tensor, weight: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from memdlm.backbones import family_of
+from memdlm.errors import ConfigError, MissingFileError
+
 logger = logging.getLogger("memdlm")
 INIT_DIR = Path(__file__).parent / "assets" / "init"  # configs of models trained from scratch
 TINY_CONFIG = INIT_DIR / "tiny.json"
@@ -32,7 +35,7 @@ def init_config_path(name_or_path: str | None) -> Path:
         return INIT_DIR / f"{name_or_path}.json"
     if Path(name_or_path).is_file():
         return Path(name_or_path)
-    raise FileNotFoundError(f"--init-config {name_or_path!r}: no such file, and not a shipped config "
+    raise MissingFileError(f"--init-config {name_or_path!r}: no such file, and not a shipped config "
                             f"(shipped: {', '.join(init_configs())})")
 
 
@@ -46,7 +49,7 @@ def tiny_head_overrides(heads: int, hidden_size: int | None = None) -> dict:
     """Config fields for ``heads`` attention heads that together span the hidden size."""
     hidden = hidden_size or tiny_config_dict()["hidden_size"]
     if heads < 2 or hidden % heads:
-        raise ValueError(f"--tiny-heads {heads}: need at least 2 heads that divide the hidden size {hidden}")
+        raise ConfigError(f"--tiny-heads {heads}: need at least 2 heads that divide the hidden size {hidden}")
     head_dim = hidden // heads
     # query_pre_attn_scalar = head_dim keeps the usual 1/sqrt(head_dim) attention scale
     return {"num_attention_heads": heads, "num_key_value_heads": heads // 2, "head_dim": head_dim,
@@ -90,8 +93,6 @@ def check_remote_code(path: str, trust_remote_code: bool) -> None:
     if trust_remote_code:
         return
     from transformers import CONFIG_MAPPING
-
-    from memdlm.errors import ConfigError
 
     config_file = Path(path) / "config.json"
     try:
@@ -141,7 +142,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
 
     path = resolve_model(path)
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"model directory {path} does not exist{missing_model_hint()}")
+        raise MissingFileError(f"model directory {path} does not exist{missing_model_hint()}")
     check_remote_code(path, trust_remote_code)
     if is_lora_run(path):
         return load_lora_run(path, load_model, trust_remote_code=trust_remote_code, dtype=dtype,
@@ -153,7 +154,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"{path}: encoder-decoder models are not supported")
+        raise ConfigError(f"{path}: encoder-decoder models are not supported")
     remote = remote_class_reference(config) if trust_remote_code else None
     if remote is not None:
         key, reference = remote
@@ -162,7 +163,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
         cls.register_for_auto_class(key)  # so save_pretrained copies the code into run directories
         model = cls.from_pretrained(path, config=config, **kwargs)
         if key == "AutoModel" and model.get_output_embeddings() is None:
-            raise ValueError(f"{path}: auto_map names only AutoModel ({reference}), and that class has no LM "
+            raise ConfigError(f"{path}: auto_map names only AutoModel ({reference}), and that class has no LM "
                              "head (get_output_embeddings() is None)")
         reset = reset_rotary_buffers(model)
         if reset:
@@ -179,16 +180,18 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
 def make_bidirectional(model) -> None:
     """Turn off causal masking where the architecture exposes a switch.
 
-    Gemma3 has ``use_bidirectional_attention`` (must be set at build time);
-    Llama/Qwen-style decoders read ``config.is_causal``; encoders are already
-    bidirectional. Remote-code DLMs (LLaDA, Dream) are bidirectional by design.
+    The switch is the family's (``memdlm.backbones``): Gemma3 reads
+    ``use_bidirectional_attention`` (set at build time, refused here when False);
+    Llama/Qwen-style decoders read ``config.is_causal``, set to False here (as for any
+    config that has the attribute); encoders and remote-code DLMs (LLaDA, Dream) are
+    bidirectional by design.
     """
     config = model.config
     if getattr(config, "use_bidirectional_attention", None) is False:
-        raise ValueError(
+        raise ConfigError(
             "this Gemma3 checkpoint was built with causal attention; rebuild it with "
             "use_bidirectional_attention=True (it cannot be switched after loading)")
-    if hasattr(config, "is_causal") or config.model_type in {"llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "mixtral"}:
+    if family_of(config).bidirectional == "is_causal" or hasattr(config, "is_causal"):
         config.is_causal = False
     local = [i for i, kind in enumerate(getattr(config, "layer_types", None) or []) if kind == "sliding_attention"]
     if local:  # Gemma3 / ModernBERT: a position sees only a window of the sequence in these layers
@@ -201,16 +204,16 @@ def logits_shift(model) -> bool:
     """Whether position i's logits predict token i+1 (Dream's convention, from its AR init).
 
     ``config.logits_shift`` decides when set (any checkpoint can opt in or out);
-    otherwise it is on for ``model_type == "Dream"``. With it on, everything that
-    reads logits through :func:`logits_only_at` (loss, inner loop, sampler,
-    evaluation) gets, for position i, the logits the model computed at i - 1
+    otherwise the family's entry in ``memdlm.backbones`` (on for Dream). With it on,
+    everything that reads logits through :func:`logits_only_at` (loss, inner loop,
+    sampler, evaluation) gets, for position i, the logits the model computed at i - 1
     (position 0 keeps its own, as Dream's sampler does; it is never masked there).
     """
     config = getattr(unwrap(model), "config", None)  # test doubles may have none
     flag = getattr(config, "logits_shift", None)
     if flag is not None:
         return bool(flag)
-    return str(getattr(config, "model_type", "")).lower() == "dream"
+    return family_of(config).logits_shift
 
 
 def count_parameters(model) -> int:
@@ -249,7 +252,8 @@ def logits_only_at(model, positions: torch.Tensor | None):
         # wrong shapes at best, silently misaligned logits at worst.
         if not fired:
             raise RuntimeError(f"{type(base).__name__}: the LM head never called {type(head).__name__}, so "
-                               "logits could not be gathered/shifted; add the family to HEAD_INPUT_MODULES")
+                               "logits could not be gathered/shifted; set head_input in the family's entry "
+                               "in memdlm.backbones")
         fired.clear()
 
     handles = [head.register_forward_pre_hook(gather), base.register_forward_hook(check)]
@@ -260,15 +264,11 @@ def logits_only_at(model, positions: torch.Tensor | None):
             handle.remove()
 
 
-# Where the final hidden states enter the LM head, for families whose head does not call
-# its output embedding as a module (MobileBERT multiplies by ``decoder.weight`` directly).
-# Every module listed is applied position by position, so gathering before it is exact.
-HEAD_INPUT_MODULES = {"mobilebert": "cls.predictions"}
-
-
 def logits_input_module(model):
-    """The module whose first input is the final hidden state [b, l, d]."""
-    path = HEAD_INPUT_MODULES.get(str(getattr(getattr(model, "config", None), "model_type", "")))
+    """The module whose first input is the final hidden state [b, l, d]: the output
+    embedding, or the family's ``head_input`` (``memdlm.backbones``) for heads that do not
+    call their output embedding as a module."""
+    path = family_of(getattr(model, "config", None)).head_input
     head = model.get_submodule(path) if path else model.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output embedding to hook")
@@ -313,10 +313,6 @@ def forward_logits(model, input_ids, attention_mask=None, positions=None) -> tor
     return out.logits
 
 
-# Families whose decoder accepts a prepared {layer type: mask} dict as ``attention_mask``.
-MASK_DICT_FAMILIES = {"gemma3_text", "qwen3"}
-
-
 @contextlib.contextmanager
 def reuse_attention_masks(model, attention_mask: torch.Tensor):
     """Build the decoder's attention masks once for several forwards over the same
@@ -324,13 +320,13 @@ def reuse_attention_masks(model, attention_mask: torch.Tensor):
 
     The first forward inside the block records, per layer type, the mask its layers
     receive; later forwards with the same 2-D mask get that dict instead of rebuilding
-    it (the decoder accepts a prepared dict). Families without that entry point, and
-    calls with another mask, run unchanged.
+    it (the decoder accepts a prepared dict). Families without that entry point
+    (``prepared_masks`` in ``memdlm.backbones``), and calls with another mask, run unchanged.
     """
     base = unwrap(model)
     decoder = getattr(base, "model", None)
     layers = getattr(decoder, "layers", None)
-    if base.config.model_type not in MASK_DICT_FAMILIES or layers is None:
+    if not family_of(base.config).prepared_masks or layers is None:
         yield
         return
     prepared: dict = {}

@@ -27,6 +27,8 @@ import logging
 
 import torch
 
+from memdlm.errors import UserError
+
 logger = logging.getLogger("memdlm")
 
 # auto_map keys in the order they are tried (the masked-LM key only for *MaskedLM architectures)
@@ -39,7 +41,7 @@ REMOVED_MODULES = {
 }
 
 
-class RemoteCodeError(ImportError):
+class RemoteCodeError(UserError, ImportError):
     """The model directory's own code cannot be imported under this transformers."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import uuid
 from pathlib import Path
 
@@ -248,3 +249,10 @@ def check_finished(path: str | Path, allow_incomplete: bool = False, flag: str =
     if not allow_incomplete:
         raise ConfigError(f"{message}, or pass {flag} to use them anyway")
     logger.warning("%s; using them anyway (%s)", message, flag)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temporary file, then rename it: a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)

@@ -85,6 +85,8 @@ from typing import Literal, NamedTuple
 import torch
 
 from memdlm.block_cache import BlockForward
+from memdlm.errors import ConfigError
+from memdlm.validation import literal_choices
 
 # ---------------------------------------------------------------------------
 # Pure kernels: schedules and selection
@@ -269,10 +271,6 @@ class BlockPlan(NamedTuple):
     counts: torch.Tensor | None  # [steps in block] tokens per step; None under the threshold rule
 
 
-UNMASK_RULES = ("fixed", "threshold")
-CACHE_MODES = ("none", "prefix", "dual")
-
-
 @dataclass
 class SamplerConfig:
     """Generation settings; see the module docstring for the rules they drive.
@@ -319,19 +317,18 @@ class SamplerConfig:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.block_length is not None and not 1 <= self.block_length <= self.max_new_tokens:
-            raise ValueError(
+            raise ConfigError(
                 f"block_length must lie in [1, max_new_tokens={self.max_new_tokens}] or be None, "
                 f"got {self.block_length}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if self.remasking not in REMASKING:
-            raise ValueError(f"unknown remasking {self.remasking!r}; choose from {sorted(REMASKING)}")
-        # raised here, not in a helper: the CLI reports __post_init__ errors as the user's (errors.py)
+            raise ConfigError(f"unknown remasking {self.remasking!r}; choose from {sorted(REMASKING)}")
         problem = self._fast_option_problem() or (self._steps_problem() if self.unmask_rule == "fixed" else None)
         if problem:
-            raise ValueError(problem)
+            raise ConfigError(problem)
 
     def _steps_problem(self) -> str | None:
         if self.steps < 1 or self.steps > self.max_new_tokens:
@@ -372,6 +369,11 @@ class SamplerConfig:
             plans.append(BlockPlan(start, start + size, tokens_per_step(size, n_steps)))
             start += size
         return plans
+
+
+# The fast-sampling choices as values (for the checks above): read from the annotations.
+UNMASK_RULES = literal_choices(SamplerConfig, "unmask_rule")
+CACHE_MODES = literal_choices(SamplerConfig, "cache")
 
 
 class SamplerStep(NamedTuple):
@@ -417,7 +419,7 @@ class Sampler:
         self.mask_id, self.eos_id = tokenizer.mask_token_id, tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         if self.mask_id is None or self.eos_id is None:
-            raise ValueError("the tokenizer needs a mask token and an EOS token")
+            raise ConfigError("the tokenizer needs a mask token and an EOS token")
         # Never propose mask or pad; pad may double as EOS, which must stay proposable.
         self.forbidden = sorted({self.mask_id} | ({self.pad_id} - {self.eos_id}))
 

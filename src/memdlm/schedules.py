@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from memdlm.errors import ConfigError
+
 
 class Schedule:
     """Base class: validates ``t`` and derives the masking probability and ELBO weight."""
@@ -81,4 +83,4 @@ def get_schedule(name: str) -> Schedule:
     try:
         return SCHEDULES[name]()
     except KeyError:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}") from None
+        raise ConfigError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}") from None

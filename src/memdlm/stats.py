@@ -1,5 +1,5 @@
 """Intervals for paired comparisons: one bootstrap for the whole project, and a seed-level
-t-interval beside it (SPEC section 7).
+t-interval beside it (a claim is reproduced only when both intervals exclude zero).
 
     d = compare([[b - a for a, b in zip(std_items, mem_items)] for each training seed])
     d["low"], d["high"]            # paired-item bootstrap interval

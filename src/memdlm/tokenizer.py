@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from memdlm.errors import ConfigError, MissingFileError
+
 ASSET_DIR = Path(__file__).parent / "assets" / "tokenizer"
 PAD, MASK, EOS = "<|pad|>", "<|mask|>", "<|eos|>"
 CHAT_TEMPLATE = (
@@ -62,11 +64,11 @@ def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
 
         path = resolve_model(path)
         if not Path(path).is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"model directory {path} does not exist (no hub downloads here){missing_model_hint()}")
         if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
             unfinished = (Path(path) / "run_config.json").is_file() and not (Path(path) / "run_complete.json").is_file()
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path} has no tokenizer files" + (" (an unfinished run: no run_complete.json; "
                 "resume it with memdlm train --resume --output-dir ...)" if unfinished else ""))
         from memdlm.modeling import check_remote_code
@@ -79,13 +81,13 @@ def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
 def ensure_special_tokens(tokenizer, source: str):
     """Check for a mask token; fall back eos -> pad if there is no pad token."""
     if tokenizer.mask_token_id is None:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer at {source} has no mask token: a masked diffusion model needs one. "
             "Add it (tokenizer.add_special_tokens({'mask_token': '<|mask|>'})) and resize the "
             "model's embeddings, or pick a DLM tokenizer (LLaDA, Dream) that has one.")
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
-            raise ValueError(f"tokenizer at {source} has neither a pad nor an eos token")
+            raise ConfigError(f"tokenizer at {source} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

@@ -29,6 +29,18 @@ def _choices(cls, field_type) -> tuple | None:
     return None
 
 
+def literal_choices(cls, name: str) -> tuple:
+    """The choices of ``cls``'s ``Literal``-typed field ``name``: the one place they are
+    written, for code that needs them as values."""
+    for f in fields(cls):
+        if f.name == name:
+            choices = _choices(cls, f.type)
+            if choices is None:
+                raise TypeError(f"{cls.__name__}.{name} is not a Literal field")
+            return choices
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
 def check_choices(obj) -> None:
     """Every ``Literal``-typed field holds one of its choices (argparse checks flags, not Python
     callers or values set as defaults)."""

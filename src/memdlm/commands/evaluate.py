@@ -32,8 +32,15 @@ import argparse
 from memdlm.errors import ConfigError
 from memdlm.run_dir import check_finished
 
+TASKS = ("kv", "niah")  # defaults of --tasks and --lengths
+LENGTHS = (128, 256, 512)
+
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
+    from memdlm.config import THREADS_HELP
+    from memdlm.eval.suite import BATCH_SIZE
+    from memdlm.tasks import task_names
+
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     runs = p.add_argument_group("runs (a column each)")
@@ -45,12 +52,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     runs.add_argument("--memdlm", metavar="DIR",
                       help="A MemDLM-trained model: adds 'MemDLM Train-Only' and "
                            "'MemDLM Train & Inference'.")
-    p.add_argument("--tasks", nargs="+", default=["kv", "niah"], metavar="TASK",
-                   help="Tasks (default: kv niah). Known: " + " ".join(_task_names()) + ".")
-    p.add_argument("--lengths", nargs="+", type=int, default=[128, 256, 512], metavar="TOKENS",
-                   help="Context lengths in tokens, prompt plus answer (default: 128 256 512).")
-    p.add_argument("--items", type=int, default=50, help="Held-out items per (task, length) (default 50).")
-    p.add_argument("--batch-size", type=int, default=8, help="Prompts per generation batch (default 8).")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK",
+                   help=f"Tasks (default: {' '.join(TASKS)}). Registered: {' '.join(task_names())}.")
+    p.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS), metavar="TOKENS",
+                   help=f"Context lengths in tokens, prompt plus answer (default: {' '.join(map(str, LENGTHS))}).")
+    p.add_argument("--items", type=int, default=50, help="Held-out items per (task, length) (default %(default)s).")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="Prompts per generation batch (default %(default)s).")
     p.add_argument("--seed", type=int, default=None,
                    help="Seed of the held-out items (default: memdlm.eval.heldout.HELDOUT_SEED).")
     p.add_argument("--output-dir", required=True, metavar="OUT", help="Where the report goes.")
@@ -58,8 +66,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="Inference-time adaptation: fraction of the prompt masked as the anchor. "
                         "Default: each run's own training setting (paper: 0.2). Every other memory "
                         "setting (targets, rank, inner loop) is always the run's own.")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: OMP_NUM_THREADS, else 1 on small CPUs).")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from the run directories.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
@@ -67,12 +74,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
     add_sampler_flags(p.add_argument_group("fast sampling (defaults: today's decoding)"), FAST_SAMPLING_FIELDS)
     return p
-
-
-def _task_names() -> list[str]:
-    from memdlm.tasks import task_names
-
-    return task_names()
 
 
 def resolve_runs(args) -> list:

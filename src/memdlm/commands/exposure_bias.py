@@ -7,7 +7,7 @@ Examples:
     memdlm exposure-bias --run base=DIR --run base+inf=DIR:memory --items 64 --steps 48 \\
         --length 1024 --output-dir OUT                                    # one GPU, paper's 48 steps
 
-For each run, held-out items of a generated task (default ``longresp``, eval split)
+For each run, held-out items of a generated task (``--task``, eval split)
 are decoded from all-mask in ``--steps`` steps and scored at every step (definitions:
 :mod:`memdlm.eval.exposure_bias`): L_seq on the model's own trajectory, L_static on a
 random mask of the same size, L_static_same on the trajectory's masked positions with
@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from memdlm.errors import ConfigError
+from memdlm.errors import ConfigError, MissingFileError
 from memdlm.run_dir import check_finished
 
 logger = logging.getLogger("memdlm")
@@ -50,7 +50,8 @@ def parse_run(text: str) -> RunSpec:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    from memdlm.eval.exposure_bias import ExposureBiasConfig
+    from memdlm.config import THREADS_HELP
+    from memdlm.eval.exposure_bias import EXPOSURE_TASK, ExposureBiasConfig
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,13 +63,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=32, help="Held-out prompt/response pairs per run.")
     p.add_argument("--length", type=int, default=256,
                    help="Total length (prompt + response, tokens) of the generated items.")
-    p.add_argument("--task", default="longresp",
+    p.add_argument("--task", default=EXPOSURE_TASK,
                    help="Generated task supplying the items (eval split); needs responses of at "
-                        "least --steps tokens.")
+                        "least --steps tokens (default %(default)s).")
     p.add_argument("--adapt-mask-ratio", type=float, default=None,
-                   help="Memory runs: prompt fraction masked for adaptation (default: the run's "
-                        "config, else 0.2).")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads.")
+                   help="Memory runs: prompt fraction masked for adaptation (default: the run's own "
+                        "setting; a plain model's is MemoryArguments' default).")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from DIR.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     defaults = ExposureBiasConfig()
@@ -81,13 +82,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         else:
             p.add_argument(flag, type=type(default), default=default, help=f.metadata["help"])
     return p
-
-
-def memory_args_for(run_dir: str, adapt_mask_ratio: float | None = None):
-    """The run's memory settings (``run_config.json``'s ``memory`` part), else the defaults."""
-    from memdlm.memory.config import load_memory_args
-
-    return load_memory_args(run_dir, adapt_mask_ratio=adapt_mask_ratio)
 
 
 def format_table(results: dict) -> str:
@@ -113,14 +107,13 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
         raise ConfigError(f"run names must be distinct, got {names}")
     for s in specs:
         if not Path(s.path).is_dir():
-            raise FileNotFoundError(f"--run {s.name}: model directory {s.path} does not exist")
+            raise MissingFileError(f"--run {s.name}: model directory {s.path} does not exist")
         check_finished(s.path, args.allow_incomplete)
     import torch
 
     from memdlm.config import default_threads
     from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
-    from memdlm.modeling import load_model
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.run import Run
 
     torch.set_num_threads(args.threads or default_threads())
     config = ExposureBiasConfig(**{f.name: getattr(args, f.name) for f in fields(ExposureBiasConfig)})
@@ -129,14 +122,14 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
     results, loaded = {}, {}
     for spec in specs:
         if spec.path not in loaded:  # keep one model at a time; DIR, DIR:memory in a row load once
-            tokenizer = load_tokenizer(spec.path, args.trust_remote_code)
-            model = load_model(spec.path, args.trust_remote_code)
-            loaded = {spec.path: (model, tokenizer)}
-        model, tokenizer = loaded[spec.path]
+            loaded = {spec.path: Run.load(spec.path, args.trust_remote_code)}
+        current = loaded[spec.path]
+        model, tokenizer = current.model, current.tokenizer
         pairs = heldout_pairs(tokenizer, args.items, args.length, args.task)
-        memory = memory_args_for(spec.path, args.adapt_mask_ratio) if spec.memory else None
-        logger.info("exposure bias: %s (%s%s)", spec.name, spec.path, ", memory" if memory else "")
-        result = exposure_bias(model, tokenizer, pairs, config, memory_args=memory, progress=True,
+        memory = current.memory(adapt_mask_ratio=args.adapt_mask_ratio) if spec.memory else None
+        logger.info("exposure bias: %s (%s%s)", spec.name, spec.path,
+                    f", memory: {memory.describe()}" if memory else "")
+        result = exposure_bias(model, tokenizer, pairs, config, memory=memory, progress=True,
                                meta={"run": spec.path, "task": args.task, "length": args.length})
         results[spec.name] = result.to_dict(config.bootstrap)
     (out / "exposure_bias.json").write_text(json.dumps(

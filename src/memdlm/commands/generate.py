@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from memdlm.errors import ConfigError
 from memdlm.run_dir import check_finished
 
+logger = logging.getLogger("memdlm")
+
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     from memdlm.commands.sampler_flags import add_sampler_flags
+    from memdlm.config import THREADS_HELP
+    from memdlm.generation import BATCH_SIZE
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,8 +36,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="Inference-time adaptation: write a per-prompt memory from the prompt, then sample.")
     p.add_argument("--adapt-mask-ratio", type=float, default=None,
                    help="Prompt fraction masked for adaptation. Default: the run's own training setting.")
-    p.add_argument("--batch-size", type=int, default=16, help="Prompts per batch.")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads.")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="Prompts per batch (default %(default)s).")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from --model.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     p.add_argument("--json", action="store_true", help="Print a JSON list instead of plain text.")
@@ -49,10 +54,8 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     from memdlm.commands.sampler_flags import sampler_values
     from memdlm.config import default_threads
     from memdlm.generation import generate
-    from memdlm.memory.config import load_memory_args
-    from memdlm.modeling import load_model
+    from memdlm.run import Run
     from memdlm.sampling import SamplerConfig
-    from memdlm.tokenizer import load_tokenizer
 
     prompts = list(args.prompt)
     if args.prompt_file:
@@ -61,17 +64,19 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
         raise ConfigError("give at least one --prompt or a --prompt-file")
     check_finished(args.model, args.allow_incomplete)
     torch.set_num_threads(args.threads or default_threads())
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
-    model = load_model(args.model, args.trust_remote_code)
-    model.eval()
+    loaded = Run.load(args.model, args.trust_remote_code)
+    tokenizer = loaded.tokenizer
     if args.chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
     if args.steps is None:
         args.steps = max(1, min(SamplerConfig().steps, args.max_new_tokens))
     config = SamplerConfig(**sampler_values(args))
-    memory = load_memory_args(args.model, adapt_mask_ratio=args.adapt_mask_ratio) if args.memory else None
-    texts = generate(model, tokenizer, prompts, config, memory_args=memory, batch_size=args.batch_size,
+    memory = None
+    if args.memory:
+        memory = loaded.memory(adapt_mask_ratio=args.adapt_mask_ratio)
+        logger.info("memory: %s", memory.describe())
+    texts = generate(loaded.model, tokenizer, prompts, config, memory=memory, batch_size=args.batch_size,
                      progress=len(prompts) > args.batch_size)
     if args.json:
         print(json.dumps([{"prompt": p, "response": t} for p, t in zip(prompts, texts)], indent=2))

@@ -34,6 +34,9 @@ INSTALL_HINT = "lm-eval is not installed: pip install 'memdlm[lmeval]'"
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
+    from memdlm.config import THREADS_HELP
+    from memdlm.eval.lm_eval_tasks import EXPORT_SEED
+
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-args", required=True,
@@ -44,8 +47,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--export-lengths", type=int, nargs="+", default=[],
                    help="Context lengths (tokens) for memdlm_<task> names given without a length.")
     p.add_argument("--export-n", type=int, default=100, help="Items exported per memdlm task and length.")
-    p.add_argument("--export-seed", type=int, default=None,
-                   help="First eval-split seed of the exported items (default 70000).")
+    p.add_argument("--export-seed", type=int, default=EXPORT_SEED,
+                   help="First eval-split seed of the exported items (default %(default)s).")
     p.add_argument("--export-dir", default=None,
                    help="Keep the exported JSONL/YAML task files here (default: a temporary folder).")
     p.add_argument("--include-path", default=None, help="A folder of extra lm-eval task YAMLs.")
@@ -58,7 +61,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="Wrap prompts in the tokenizer's chat template.")
     p.add_argument("--log-samples", action="store_true", help="Include per-item outputs in the JSON.")
     p.add_argument("--seed", type=int, default=0, help="lm-eval's Python/NumPy/torch seed.")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads.")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     p.add_argument("--output-path", default=None, help="Write the results as JSON here.")
     return p
@@ -117,6 +120,8 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
             numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
     if results is None:  # a non-zero rank in a distributed run
         return 0
+    if model.memory_record is not None:  # the memory settings the run adapted with
+        results["memdlm_memory"] = model.memory_record
     print(make_table(results))
     if "groups" in results:
         print(make_table(results, "groups"))
@@ -129,13 +134,12 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
 
 
 def _export(pairs: list[tuple[str, int]], args, tokenizer, out_dir: Path) -> list[str]:
-    from memdlm.eval.lm_eval_tasks import EXPORT_SEED, export_tasks
+    from memdlm.eval.lm_eval_tasks import export_tasks
 
-    seed = EXPORT_SEED if args.export_seed is None else args.export_seed
     n = args.export_n if args.limit is None or args.limit < 1 else min(args.export_n, int(args.limit))
     names = []
     for task, length in dict.fromkeys(pairs):  # order kept, duplicates dropped
-        names += export_tasks([task], [length], n, out_dir, tokenizer, seed=seed)
+        names += export_tasks([task], [length], n, out_dir, tokenizer, seed=args.export_seed)
     return names
 
 

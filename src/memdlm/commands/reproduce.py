@@ -42,14 +42,16 @@ logger = logging.getLogger("memdlm")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
+    from memdlm.config import THREADS_HELP
+    from memdlm.reproduce.presets import PRESETS
+
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=["smoke", "quick", "full"], default="quick",
-                   help="How much to run (default: quick).")
+    p.add_argument("--preset", choices=list(PRESETS), default="quick",
+                   help="How much to run (default: %(default)s).")
     p.add_argument("--output-dir", required=True, metavar="DIR",
                    help="Where every cell, the plots and REPORT.md go (reused when rerun).")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: OMP_NUM_THREADS, else every core up to 8).")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     return p
 

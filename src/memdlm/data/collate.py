@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from memdlm.loss import IGNORE
 from memdlm.tokenizer import token_ids
-
-IGNORE = -100
 
 
 def encode_pair(tokenizer, prompt: str, response: str) -> dict:

@@ -20,9 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class DataError(ValueError):
-    """A data row or file that cannot be used; the message names the row."""
+from memdlm.errors import DataError  # defined with the other user errors; imported from here too
 
 
 @dataclass(frozen=True)

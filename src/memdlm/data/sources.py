@@ -1,8 +1,8 @@
-"""Training/evaluation example sources: generated tasks, user files, plain text.
+"""Training/evaluation examples from user files and plain text.
 
 Each source yields tokenised examples (see :mod:`memdlm.data.collate`) and a
 ``DataReport`` of what was read, kept and dropped (with row indices), so nothing
-is lost silently.
+is lost silently. Generated tasks are :class:`memdlm.tasks.dataset.SyntheticTaskDataset`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 from memdlm.data.collate import encode_pair, pack_texts
 from memdlm.data.formats import (
@@ -22,8 +20,6 @@ from memdlm.data.formats import (
     read_utf8,
     row_to_example,
 )
-from memdlm.tasks import get_task
-from memdlm.tokenizer import count_tokens_fn
 
 logger = logging.getLogger(__name__)
 
@@ -48,65 +44,6 @@ class DataReport:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-class SyntheticTaskDataset(torch.utils.data.Dataset):
-    """Generated samples, made on demand: item i is (task, length) i mod the mix, seed i.
-
-    Lazy generation costs nothing up front, and item i is the same on every
-    process and after a resume.
-    """
-
-    def __init__(self, tokenizer, tasks: list[str], lengths: list[int], split: str,
-                 num_samples: int, seed: int = 0, haystack=None, mask_prompt: bool = False):
-        if not tasks or not lengths:
-            raise ValueError("need at least one task and one length")
-        self.tokenizer = tokenizer
-        self.tasks = [get_task(t) for t in tasks]
-        self.lengths = list(lengths)
-        self.split = split
-        self.num_samples = num_samples
-        self.seed = seed
-        self.haystack = haystack
-        self.count = count_tokens_fn(tokenizer)
-        self.mask_prompt = mask_prompt
-        self._check_lengths()
-
-    def _check_lengths(self) -> None:
-        """Fail before training starts if a (task, length) pair cannot be generated."""
-        from memdlm.errors import ConfigError
-
-        for task in self.tasks:
-            for length in self.lengths:
-                try:
-                    task.sample(self.seed, self.split, length, self.count, self.haystack)
-                except ValueError as err:
-                    raise ConfigError(f"task {task.name!r} at {length} tokens: {err}") from None
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def length_of(self, i: int) -> int:
-        """Item i's context length in tokens, known without generating it."""
-        return self.lengths[(i // len(self.tasks)) % len(self.lengths)]
-
-    def nominal_lengths(self) -> list[int]:
-        """Every item's length (for length-grouped batches: ``--train-sampling-strategy group_by_length``)."""
-        return [self.length_of(i) for i in range(self.num_samples)]
-
-    def sample(self, i: int):
-        task = self.tasks[i % len(self.tasks)]
-        length = self.length_of(i)
-        return task.sample(self.seed * 1_000_003 + i, self.split, length, self.count, self.haystack)
-
-    def __getitem__(self, i: int) -> dict:
-        s = self.sample(i)
-        ex = encode_pair(self.tokenizer, s.prompt, s.response)
-        if self.mask_prompt or getattr(self.tasks[i % len(self.tasks)], "plain_text", False):
-            # plain-text view: every token is a target
-            ex["labels"] = list(ex["input_ids"])
-        ex["sample_seed"] = self.seed * 1_000_003 + i
-        return ex
 
 
 def load_file_examples(path: str | Path, tokenizer, max_length: int,

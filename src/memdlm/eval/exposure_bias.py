@@ -1,4 +1,4 @@
-"""Exposure-bias ratio per denoising step (SPEC section 5; MemDLM paper, Sec. 5 and Fig. 3).
+"""Exposure-bias ratio per denoising step (MemDLM paper, Sec. 5 and Fig. 3).
 
     result = exposure_bias(model, tokenizer, pairs, ExposureBiasConfig(steps=16))
     result = exposure_bias_from_predictor(logits_fn, prompts, responses, steps=16, mask_id=...)
@@ -30,13 +30,13 @@ positions, so items weigh equally), and the ratios are ratios of those means:
 ``R_EB = L_seq / L_static``, ``R_ctrl = L_seq / L_static_same`` (and ``_random``);
 beside them the absolute gaps ``gap = L_seq - L_static`` and ``gap_ctrl = L_seq -
 L_static_same`` (nats). The ratios' intervals are the project's one bootstrap over items
-(:mod:`memdlm.stats`; SPEC section 7).
+(:mod:`memdlm.stats`; items are the independent unit).
 
 All five inputs of a step go through one batched forward. The core runs on any
 ``logits_fn(ids [r, L], attention_mask [r, L], positions [r, L] bool) -> [n, V]``
 (logits at the selected positions, row-major): the r rows are groups of the batch's
-b items, row j belonging to item ``j % b``. With ``memory_args`` each prompt gets a
-memory adapted on the prompt alone (:func:`memdlm.memory.adapt.adapt_on_prompts`),
+b items, row j belonging to item ``j % b``. With ``memory`` (a run's prompt memory,
+:meth:`memdlm.run.Run.memory`) each prompt gets a memory adapted on the prompt alone,
 active for the trajectory and every loss forward ("Train & Inference" mode).
 
 Randomness is per item: the random-order trajectory draws from
@@ -76,6 +76,7 @@ RATIOS = {  # ratio name -> (numerator, denominator)
     "r_ctrl_random": ("l_seq_random", "l_static_same_random"),
 }
 GAPS = {"gap": ("l_seq", "l_static"), "gap_ctrl": ("l_seq", "l_static_same")}  # name -> (minuend, subtrahend)
+EXPOSURE_TASK = "longresp"  # held-out responses long enough for many denoising steps
 EXPOSURE_SEED = 60_000  # held-out items: disjoint from the eval-loss (10_000+) and held-out (50_000) seeds
 
 
@@ -96,11 +97,11 @@ class ExposureBiasConfig:
 
     def __post_init__(self):
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.bootstrap < 0:
-            raise ValueError(f"bootstrap must be >= 0, got {self.bootstrap}")
+            raise ConfigError(f"bootstrap must be >= 0, got {self.bootstrap}")
 
 
 @dataclass
@@ -408,35 +409,28 @@ def encode_pairs(tokenizer, pairs, append_eos: bool = True) -> tuple[list[list[i
 
 
 def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = None,
-                  memory_args=None, progress: bool = False, meta: dict | None = None
+                  memory=None, progress: bool = False, meta: dict | None = None
                   ) -> ExposureBiasResult:
-    """The analysis for a model on (prompt, response) pairs; ``memory_args``: Train & Inference."""
-    from memdlm.generation import _prompt_batch
-
+    """The analysis for a model on (prompt, response) pairs; ``memory`` (a
+    :class:`~memdlm.memory.adapt.PromptMemory` for ``model``): Train & Inference, its
+    settings recorded in ``meta``."""
     config = config or ExposureBiasConfig()
     prompts, responses = encode_pairs(tokenizer, pairs, config.append_eos)
-    if any(not p for p in prompts) and memory_args is not None:
+    if any(not p for p in prompts) and memory is not None:
         raise ValueError(f"item {next(i for i, p in enumerate(prompts) if not p)}: empty prompt; "
                          "memory mode adapts on the prompt")
     device = next(model.parameters()).device
     mask_id, eos_id = tokenizer.mask_token_id, tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     forbidden = sorted({mask_id} | ({pad_id} - {eos_id}))  # what the sampler never proposes
-    loop = None
-    if memory_args is not None:
-        from memdlm.memory.adapt import build_adaptation_loop
-
-        loop = build_adaptation_loop(model, memory_args, mask_id)
+    if memory is not None:
+        memory.check_model(model)
+        meta = {**(meta or {}), **memory.record()}
 
     def predictor_for_batch(batch_prompts, seeds):
-        if loop is None:
+        if memory is None:
             return model_logits_fn(model)
-        from memdlm.memory.adapt import adapt_on_prompts
-
-        ids, attn = _prompt_batch(tokenizer, batch_prompts, device)
-        memory = adapt_on_prompts(loop, ids, attn, attn.bool(), memory_args.adapt_mask_ratio,
-                                  torch.tensor(seeds))
-        return model_logits_fn(model, memory.detached())
+        return model_logits_fn(model, memory.adapt(batch_prompts, seeds).detached())
 
     was_training = model.training
     model.eval()
@@ -445,19 +439,19 @@ def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = N
             predictor_for_batch, prompts, responses, steps=config.steps, mask_id=mask_id,
             pad_id=pad_id, item_seeds=[config.seed + i for i in range(len(prompts))],
             forbidden=forbidden, batch_size=config.batch_size, device=device, progress=progress,
-            memory=memory_args is not None, meta={**dataclasses.asdict(config), **(meta or {})})
+            memory=memory is not None, meta={**dataclasses.asdict(config), **(meta or {})})
     finally:
         model.train(was_training)
 
 
-def heldout_pairs(tokenizer, items: int, length: int, task: str = "longresp", seed: int = EXPOSURE_SEED):
+def heldout_pairs(tokenizer, items: int, length: int, task: str = EXPOSURE_TASK, seed: int = EXPOSURE_SEED):
     """Held-out samples (eval split) of a generated task; falls back to ``kv`` without ``longresp``."""
-    from memdlm.data.sources import SyntheticTaskDataset
     from memdlm.tasks import task_names
+    from memdlm.tasks.dataset import SyntheticTaskDataset
 
     if task not in task_names():
         if task != "longresp":
-            raise ValueError(f"unknown task {task!r}; choose one of {task_names()}")
+            raise ConfigError(f"unknown task {task!r}; choose one of {task_names()}")
         logger.warning("task 'longresp' is not available; using 'kv' (short responses)")
         task = "kv"
     ds = SyntheticTaskDataset(tokenizer, [task], [length], "eval", items, seed=seed)

@@ -19,7 +19,7 @@ HELDOUT_SEED = 50_000
 
 def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int = HELDOUT_SEED,
                     haystack: str = "prose"):
-    from memdlm.data.sources import SyntheticTaskDataset
+    from memdlm.tasks.dataset import SyntheticTaskDataset
     from memdlm.tasks.haystack import get_haystack
 
     ds = SyntheticTaskDataset(tokenizer, tasks, [length], "eval", n, seed=seed, haystack=get_haystack(haystack))
@@ -52,9 +52,10 @@ def fixed_slots(task_name: str) -> bool:
     return bool(getattr(get_task(task_name), "fixed_slots", False))
 
 
-def evaluate_samples(model, tokenizer, samples, memory_args=None, batch_size: int = 16,
+def evaluate_samples(model, tokenizer, samples, memory=None, batch_size: int = 16,
                      progress: bool = True) -> dict:
-    """Answer and score ``samples``, each task's group with its own decoding rule.
+    """Answer and score ``samples``, each task's group with its own decoding rule;
+    ``memory``: a prompt memory for ``model`` (``run.memory()``) or None.
 
     Tasks with reference levels (associative recall) also get ``recall_by_task``:
     per-query and all-correct accuracy beside the uniform and copy levels, and where
@@ -71,7 +72,7 @@ def evaluate_samples(model, tokenizer, samples, memory_args=None, batch_size: in
     for ix in groups.values():
         group = [samples[i] for i in ix]
         config = answer_sampler_config(tokenizer, group)
-        outs = generate(model, tokenizer, [s.prompt for s in group], config, memory_args=memory_args,
+        outs = generate(model, tokenizer, [s.prompt for s in group], config, memory=memory,
                         seeds=ix, batch_size=batch_size, progress=progress)
         for i, text in zip(ix, outs):
             texts[i] = text
@@ -109,14 +110,20 @@ def describe_recall(report: dict) -> str:
             f"context value, {report['chose']['outside']:.1f}% outside the context)")
 
 
-def evaluate_heldout(model, tokenizer, data_args, out_dir: Path, memory_args=None) -> dict:
+def evaluate_heldout(run, memory=None) -> dict:
+    """A trained run (:class:`memdlm.run.Run`) on held-out items of its own task mix at its
+    longest training length; writes ``heldout_eval.json`` into the run directory.
+    ``memory``: the run's prompt memory (``run.memory()``) to answer with, or None."""
+    data_args, model, tokenizer = run.data_args, run.model, run.tokenizer
     length = max(data_args.train_lengths)
     samples = heldout_samples(tokenizer, data_args.tasks, length, data_args.heldout_items,
                               haystack=data_args.haystack)
     model.eval()
-    result = evaluate_samples(model, tokenizer, samples, memory_args)
+    result = evaluate_samples(model, tokenizer, samples, memory)
     result["length"] = length
-    (Path(out_dir) / "heldout_eval.json").write_text(json.dumps(result, indent=2))
+    if memory is not None:
+        result.update(memory.record())
+    (Path(run.path) / "heldout_eval.json").write_text(json.dumps(result, indent=2))
     logger.info("held-out exact match at %d tokens: %.1f%% of %d items (%.0fs)", length,
                 100 * result["exact_match"], result["items"], result["seconds"])
     for task, report in result.get("recall_by_task", {}).items():

@@ -52,14 +52,15 @@ add up (a chain-rule decomposition, each factor bounded by its ELBO).
 With ``memory=True`` every request first writes a memory from its context alone
 (the ``memdlm generate --memory`` recipe), which stays active for all of that
 request's forward passes; requests without a context (rolling windows at the
-start of a text) run without memory. The memory settings come from the run's
-``run_config.json`` when ``pretrained`` is a memdlm run, else the defaults.
+start of a text) run without memory. The memory is the run's
+(:meth:`memdlm.run.Run.memory`: its ``run_config.json`` settings when ``pretrained`` is a
+memdlm run, else the defaults) with ``adapt_mask_ratio`` overriding when given;
+``memory_record`` holds the settings used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import zlib
 from pathlib import Path
@@ -68,11 +69,14 @@ import torch
 from lm_eval.api.model import LM
 from tqdm.auto import tqdm
 
+from memdlm.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 MODEL_NAME = "memdlm"
 GREEDY_CHECKS = ("decode", "none")
-# lm-eval passes model arguments as strings or guessed scalars: the fast-sampling ones, typed
-_FAST_TYPES = {"unmask_rule": str, "threshold": float, "max_per_step": int, "cache": str}
+# lm-eval passes model arguments as strings or guessed scalars: the sampler ones, typed
+_SAMPLER_TYPES = {"temperature": float, "remasking": str, "unmask_rule": str, "threshold": float,
+                  "max_per_step": int, "cache": str}
 
 
 def register() -> None:
@@ -103,28 +107,13 @@ def mask_draws(length: int, n: int, generator: torch.Generator) -> tuple[torch.T
     return masked, length / counts.float()
 
 
-def memory_arguments(pretrained: str | None, adapt_mask_ratio: float | None):
-    """Memory settings of a memdlm run (its ``run_config.json``) or the defaults."""
-    from memdlm.memory.config import MemoryArguments
-
-    values = {}
-    config_file = Path(pretrained) / "run_config.json" if pretrained else None
-    if config_file is not None and config_file.is_file():
-        saved = json.loads(config_file.read_text()).get("memory") or {}
-        known = {f.name for f in dataclasses.fields(MemoryArguments)}
-        values = {k: v for k, v in saved.items() if k in known}
-    if adapt_mask_ratio is not None:
-        values["adapt_mask_ratio"] = adapt_mask_ratio
-    return MemoryArguments(**values)
-
-
 class MemdlmLM(LM):
     """lm-eval model for masked diffusion LMs (see the module docstring)."""
 
     def __init__(self, pretrained, tokenizer=None, memory: bool = False,
                  adapt_mask_ratio: float | None = None, steps: int | None = None,
                  max_new_tokens: int = 256, block_length: int | None = None,
-                 temperature: float = 0.0, remasking: str = "low_confidence", unmask_rule: str | None = None,
+                 temperature: float | None = None, remasking: str | None = None, unmask_rule: str | None = None,
                  threshold: float | None = None, max_per_step: int | None = None, cache: str | None = None,
                  batch_size: int = 16,
                  mc_samples: int = 32, seed: int = 0, greedy_check: str = "decode",
@@ -134,43 +123,44 @@ class MemdlmLM(LM):
         if unused:
             logger.warning("memdlm model: ignoring unknown model arguments %s", sorted(unused))
         if greedy_check not in GREEDY_CHECKS:
-            raise ValueError(f"unknown greedy_check {greedy_check!r}; choose one of {GREEDY_CHECKS}")
+            raise ConfigError(f"unknown greedy_check {greedy_check!r}; choose one of {GREEDY_CHECKS}")
         if int(mc_samples) < 1 or int(batch_size) < 1:
             raise ValueError("mc_samples and batch_size must be >= 1")
-        self.model, self.tokenizer = self._load(pretrained, tokenizer, device, dtype, trust_remote_code)
+        self.run = self._load(pretrained, tokenizer, device, dtype, trust_remote_code)
+        self.model, self.tokenizer = self.run.model, self.run.tokenizer
         self._device = next(self.model.parameters()).device
         self.steps, self.max_new_tokens = steps, int(max_new_tokens)
-        self.block_length, self.temperature, self.remasking = block_length, float(temperature), remasking
-        given = dict(unmask_rule=unmask_rule, threshold=threshold, max_per_step=max_per_step, cache=cache)
-        self.fast_sampling = {k: _FAST_TYPES[k](v) for k, v in given.items() if v is not None}  # else SamplerConfig's
+        self.block_length = block_length
+        given = dict(temperature=temperature, remasking=remasking, unmask_rule=unmask_rule, threshold=threshold,
+                     max_per_step=max_per_step, cache=cache)
+        self.sampler_args = {k: _SAMPLER_TYPES[k](v) for k, v in given.items() if v is not None}  # else SamplerConfig's
         self.batch_size, self.mc_samples, self.seed = int(batch_size), int(mc_samples), int(seed)
         self.greedy_check = greedy_check
         self.sampler_config()  # validate the sampler settings now, not at the first request
         self.max_length = int(max_length or getattr(self.model.config, "max_position_embeddings", 0) or 2048)
-        self.memory_args = self.loop = None
-        if memory:
-            from memdlm.memory.adapt import build_adaptation_loop
-
-            self.memory_args = memory_arguments(pretrained if isinstance(pretrained, str) else None,
-                                                adapt_mask_ratio)
-            self.loop = build_adaptation_loop(self.model, self.memory_args, self.tokenizer.mask_token_id)
+        self.memory = self.run.memory(adapt_mask_ratio=adapt_mask_ratio) if memory else None
+        self.memory_record = self.memory.record() if self.memory is not None else None
 
     @staticmethod
     def _load(pretrained, tokenizer, device, dtype, trust_remote_code):
-        from memdlm.modeling import load_model
-        from memdlm.tokenizer import ensure_special_tokens, load_tokenizer
+        """The :class:`memdlm.run.Run` of ``pretrained`` (a directory, or an in-memory model
+        with its tokenizer), on ``device``, in eval mode."""
+        from memdlm.run import Run
+        from memdlm.tokenizer import ensure_special_tokens
 
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(pretrained, (str, Path)):
             torch_dtype = getattr(torch, dtype) if dtype not in (None, "auto") else None
-            model = load_model(str(pretrained), trust_remote_code, dtype=torch_dtype)
-            tokenizer = tokenizer or load_tokenizer(str(pretrained), trust_remote_code)
+            run = Run.load(str(pretrained), trust_remote_code, dtype=torch_dtype, device=device)
+            if tokenizer is not None:
+                run.tokenizer = tokenizer
         elif tokenizer is None:
             raise ValueError("pass the tokenizer along with an in-memory model")
         else:
-            model = pretrained
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(device).eval()
-        return model, ensure_special_tokens(tokenizer, source="lm-eval model")
+            run = Run(pretrained, tokenizer)
+            run.model.to(device).eval()
+        ensure_special_tokens(run.tokenizer, source="lm-eval model")
+        return run
 
     # -- lm-eval metadata ----------------------------------------------------------
 
@@ -213,13 +203,9 @@ class MemdlmLM(LM):
 
     def _adapt(self, contexts: list[list[int]], seeds: list[int]):
         """Per-context fast weights (slot i <-> context i), or None without memory."""
-        if self.loop is None:
+        if self.memory is None:
             return None
-        from memdlm.memory.adapt import adapt_on_prompts
-
-        ids, attn = self._right_pad(contexts)
-        return adapt_on_prompts(self.loop, ids, attn, attn.bool(), self.memory_args.adapt_mask_ratio,
-                                torch.tensor(seeds))
+        return self.memory.adapt(contexts, seeds)
 
     def _right_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -358,9 +344,9 @@ class MemdlmLM(LM):
         block = self.block_length if self.block_length and self.block_length < n else None
         n_blocks = -(-n // block) if block else 1
         steps = max(n_blocks, min(int(self.steps or n), n))
-        temperature = self.temperature if temperature is None else float(temperature)
-        return SamplerConfig(max_new_tokens=n, steps=steps, block_length=block, temperature=temperature,
-                             remasking=self.remasking, stop_at_eos=True, seed=self.seed, **self.fast_sampling)
+        args = {**self.sampler_args, **({} if temperature is None else {"temperature": float(temperature)})}
+        return SamplerConfig(max_new_tokens=n, steps=steps, block_length=block, stop_at_eos=True, seed=self.seed,
+                             **args)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         from memdlm.generation import generate
@@ -378,7 +364,7 @@ class MemdlmLM(LM):
             members.sort(key=lambda i: -len(requests[i].args[0]))
             prompts = [self._prompt_ids(requests[i].args[0], config.max_new_tokens) for i in members]
             seeds = [request_seed(self.seed, requests[i].args[0]) for i in members]
-            texts = generate(self.model, self.tokenizer, prompts, config, memory_args=self.memory_args,
+            texts = generate(self.model, self.tokenizer, prompts, config, memory=self.memory,
                              seeds=seeds, batch_size=self.batch_size, progress=not disable_tqdm)
             for i, text in zip(members, texts):
                 outputs[i] = cut_at_stop(text, until)

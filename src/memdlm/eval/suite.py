@@ -1,7 +1,7 @@
 """Long-context evaluation suite: several runs, several tasks, several context lengths.
 
 The paper's Table 1 compares three modes -- Standard MDLM, MemDLM Train-Only and
-MemDLM Train & Inference -- on the same tasks over context lengths. SPEC section 7
+MemDLM Train & Inference -- on the same tasks over context lengths. This suite
 adds a fourth cell, "Standard + adaptation", so the 2 x 2 {Standard, MemDLM
 training} x {no adaptation, adaptation at inference} separates what training buys
 from what test-time adaptation buys::
@@ -50,6 +50,7 @@ from memdlm.stats import RESAMPLES
 logger = logging.getLogger("memdlm")
 
 SUITE_VERSION = 1
+BATCH_SIZE = 8  # prompts per generation batch unless the caller says (memdlm eval --batch-size)
 
 
 # ---------------------------------------------------------------------------
@@ -95,7 +96,8 @@ TRAIN_ONLY, TRAIN_AND_INFERENCE = "MemDLM Train-Only", "MemDLM Train & Inference
 
 
 def default_runs(standard_dir: str | None, memdlm_dir: str | None) -> list[RunSpec]:
-    """The 2 x 2 of SPEC section 7, in table order.
+    """The 2 x 2 {Standard, MemDLM training} x {no adaptation, adaptation at inference}, in
+    table order.
 
     Either directory may be None: then only the other model's two runs are given.
     """
@@ -133,7 +135,8 @@ def paired_bootstrap(a_items, b_items, n_boot: int = RESAMPLES, seed: int = 0,
     bools count as 0/1) on the *same* item i. The interval is the project's one
     bootstrap (:func:`memdlm.stats.paired_difference` with one seed: the same
     random draw and quantile rule as the exposure-bias ratios and the reproduction's
-    claims). A difference whose interval contains 0 is unresolved (SPEC section 7).
+    claims). A difference whose interval contains 0 is unresolved: the items do not
+    tell the two runs apart.
     """
     from memdlm.stats import paired_difference
 
@@ -167,7 +170,7 @@ def _suite_items(tokenizer, tasks, lengths, n, seed):
     return items
 
 
-def _answer_cell(model, tokenizer, samples, memory_args, batch_size, progress, sampler=None) -> dict:
+def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sampler=None) -> dict:
     """Generate and score one run on one cell's items."""
     from memdlm.eval.heldout import answer_sampler_config, recall_of
     from memdlm.generation import generate
@@ -176,7 +179,7 @@ def _answer_cell(model, tokenizer, samples, memory_args, batch_size, progress, s
     config = answer_sampler_config(tokenizer, samples, **(sampler or {}))  # the held-out decoding
     start = time.perf_counter()
     counts: dict = {}
-    texts = generate(model, tokenizer, [s.prompt for s in samples], config, memory_args=memory_args,
+    texts = generate(model, tokenizer, [s.prompt for s in samples], config, memory=memory,
                      seeds=list(range(len(samples))), batch_size=batch_size, progress=progress,
                      stats=counts)
     seconds = time.perf_counter() - start
@@ -207,23 +210,23 @@ def _tokenizer_signature(tokenizer) -> str:
 
 
 def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n: int,
-                   seed: int | None = None, batch_size: int = 8, memory_args=None,
+                   seed: int | None = None, batch_size: int = BATCH_SIZE,
                    memory_overrides: dict | None = None,
                    progress: bool = True, trust_remote_code: bool = False,
                    loader=None, sampler: dict | None = None) -> dict:
     """Evaluate every run on every (task, length) cell, on shared held-out items.
 
-    Runs with ``memory=True`` adapt with their own training run's memory settings
-    (``run_config.json``; the defaults for a model that has none) updated by
-    ``memory_overrides``, unless ``memory_args`` (a
-    :class:`~memdlm.memory.config.MemoryArguments`) fixes one for every run. ``seed`` selects the
-    held-out items (default ``memdlm.eval.heldout.HELDOUT_SEED``). ``loader(dir) ->
-    (model, tokenizer)`` replaces loading from disk (tests, in-memory models).
+    Runs with ``memory=True`` adapt with their own run's prompt memory
+    (:meth:`memdlm.run.Run.memory`: the settings in ``run_config.json``, the defaults for a
+    model that has none) with ``memory_overrides`` applied (None values keep the run's own).
+    ``seed`` selects the held-out items (default ``memdlm.eval.heldout.HELDOUT_SEED``).
+    ``loader(dir) -> Run`` replaces loading from disk (tests, in-memory models).
     ``sampler`` overrides SamplerConfig fields of the held-out decoding (the fast-sampling
     flags of ``memdlm eval``: unmask rule, threshold, cap, cache); None keeps it as is.
 
     Returns a JSON-ready dict: ``runs``, ``tasks``, ``lengths``, ``n``, ``seed``,
-    ``memory_args`` and ``cells``, one per (task, length) in task-major order, each
+    ``memory_args`` and ``memory_overrides`` (per adapted run: the settings used, and which
+    differ from the run's own) and ``cells``, one per (task, length) in task-major order, each
     ``{"task", "length", "skipped": None | reason, "item_keys", "answers",
     "results": {run name: {"score", "exact_match", "n", "seconds", "model_calls",
     "mean_calls_per_item", "item_keys", "item_scores", "item_correct", "predictions"}}}``.
@@ -253,12 +256,14 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
 
     items = None
     memory_by_run: dict[str, dict] = {}
+    overrides_by_run: dict[str, dict] = {}
     reference_signature = None
     results: dict[tuple[str, int, str], dict] = {}
     total = len(runs) * len(tasks) * len(lengths)
     bar = tqdm(total=total, desc="eval", disable=not progress)
     for model_dir, group in groups.items():
-        model, tokenizer = loader(model_dir)
+        loaded = loader(model_dir)
+        model, tokenizer = loaded.model, loaded.tokenizer
         model.eval()
         signature = _tokenizer_signature(tokenizer)
         if items is None:  # the first run's tokenizer sizes the items
@@ -268,9 +273,11 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
             logger.warning("%s has a different tokenizer from %s: its items' lengths are counted "
                            "in the first run's tokens", model_dir, runs[0].model_dir)
         for run in group:
-            run_memory = _memory_of(run, memory_args, memory_overrides) if run.memory else None
+            run_memory = loaded.memory(**(memory_overrides or {})) if run.memory else None
             if run_memory is not None:
-                memory_by_run[run.name] = asdict(run_memory)
+                record = run_memory.record()
+                memory_by_run[run.name] = record["memory_args"]
+                overrides_by_run[run.name] = record["memory_overrides"]
             for (task, length), samples in items.items():
                 bar.set_description(f"{run.name} | {task}@{length}")
                 if not isinstance(samples, str):
@@ -280,7 +287,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
                     results[(task, length, run.name)] = cell
                     bar.set_postfix(score=f"{cell['score']:.1f}")
                 bar.update(1)
-        del model
+        del model, loaded
     bar.close()
 
     cells = []
@@ -299,31 +306,17 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         "tasks": list(tasks), "lengths": list(lengths), "n": n, "seed": seed,
         "batch_size": batch_size,
         "memory_args": memory_by_run,  # per adapted run: the settings it was adapted with
+        "memory_overrides": overrides_by_run,  # ... and which of them differ from the run's own
         "sampler": dict(sampler or {}),
         "cells": cells,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
 
-def _memory_of(run: RunSpec, memory_args, overrides: dict | None):
-    """The memory a run adapts with: ``memory_args`` when the caller fixes one for every
-    run, else the run's own training settings (``run_config.json``) with ``overrides``
-    (e.g. an explicit ``--adapt-mask-ratio``): inference-time adaptation must use the
-    targets, rank and inner loop the run was trained with."""
-    from memdlm.memory.config import load_memory_args
-
-    if memory_args is not None:
-        return memory_args
-    return load_memory_args(run.model_dir, **(overrides or {}))
-
-
 def _load(model_dir: str, trust_remote_code: bool):
-    from memdlm.modeling import load_model
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.run import Run
 
-    tokenizer = load_tokenizer(model_dir, trust_remote_code)
-    model = load_model(model_dir, trust_remote_code)
-    return model, tokenizer
+    return Run.load(model_dir, trust_remote_code)
 
 
 def get_cell(result: dict, task: str, length: int) -> dict:

@@ -4,12 +4,20 @@ The prompt becomes the maskable part; the anchor is the prompt with a random
 ``mask_ratio`` (paper: 0.2) masked; the trajectory (pre-anchor at 1.5x, then
 anchor-to-target: two SGD steps by default) runs with uniform weights, one memory
 per prompt, each from its own seed. Generate inside ``memory.active()``.
+
+Every inference path adapts through one :class:`PromptMemory`, normally a run's
+(``memdlm.run.Run.memory``), so generation, the evaluation suite, the exposure-bias
+analysis, the lm-eval model, the probe and the benchmarks all adapt with the same
+settings as training did, plus only the overrides the caller names.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 
+from memdlm.memory.fast_weights import FastWeights
 from memdlm.memory.inner_loop import InnerLoop, prompt_anchor
 
 
@@ -35,3 +43,63 @@ def build_adaptation_loop(model, memory_args, mask_token_id: int) -> InnerLoop:
     return InnerLoop(model, targets, a, hidden_size=unwrap(model).config.hidden_size,
                      mask_token_id=mask_token_id, schedule=get_schedule("linear"), per_sample=True,
                      weighting="uniform")
+
+
+def right_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids ``[b, l]`` and their attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        attn[i, :len(r)] = 1
+    return ids.to(device), attn.to(device)
+
+
+class PromptMemory:
+    """Adapts per-prompt memories for one model with one set of memory settings.
+
+    ``settings`` (:class:`~memdlm.memory.config.MemoryArguments`) are complete: a run's
+    own with ``overrides`` applied (``overrides`` only say which were changed, for the
+    record). The inner loop is built once, here; :meth:`adapt` is the one call every
+    inference path makes.
+    """
+
+    def __init__(self, model, tokenizer, settings, overrides: dict | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.overrides = dict(overrides or {})
+        self.loop = build_adaptation_loop(model, settings, tokenizer.mask_token_id)
+
+    def adapt(self, prompts: list[list[int]], seeds) -> FastWeights:
+        """Fast weights with slot i adapted on ``prompts[i]`` (token ids) from ``seeds[i]``.
+
+        The model runs in eval mode meanwhile (dropout off); its mode is restored.
+        """
+        device = next(self.model.parameters()).device
+        ids, attn = right_pad(prompts, self.tokenizer.pad_token_id, device)
+        seeds = seeds if isinstance(seeds, torch.Tensor) else torch.tensor(list(seeds))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return adapt_on_prompts(self.loop, ids, attn, attn.bool(), self.settings.adapt_mask_ratio,
+                                    seeds)
+        finally:
+            self.model.train(was_training)
+
+    def check_model(self, model) -> None:
+        """Refuse to adapt for another model than the one the loop hooks."""
+        if model is not self.model:
+            raise ValueError("this PromptMemory was built for another model; build it from the run "
+                             "whose model generates (run.memory())")
+
+    def record(self) -> dict:
+        """The settings used and which of them were overridden (JSON-ready)."""
+        return {"memory_args": asdict(self.settings), "memory_overrides": dict(self.overrides)}
+
+    def describe(self) -> str:
+        s = self.settings
+        text = (f"rank {self.loop.rank}, scope {s.memory_scope}, trajectory {s.trajectory}, inner lr "
+                f"{s.inner_lr}, adapt mask ratio {s.adapt_mask_ratio}")
+        return text + (f" (overridden: {self.overrides})" if self.overrides else "")

@@ -1,8 +1,11 @@
-"""MemDLM inner-loop settings (SPEC section 3). Defaults are the paper's.
+"""MemDLM inner-loop settings (the paper's bi-level memory: targets, rank, inner SGD,
+simulated trajectory). Defaults are the paper's.
 
-Each choice-valued field maps to one small strategy class (trajectories,
-inner losses, clipping); the table in docs/MEMDLM.md lists the paper's score for
-each variant.
+Each choice-valued field maps to one small strategy class, looked up by name in its
+registry (``trajectories.TRAJECTORY_CLASSES``, ``inner_losses.INNER_LOSS_CLASSES``,
+``fast_weights.CLIPPERS``); the field's ``Literal`` is where the names are written, and
+``tests/test_choices.py`` checks it against the registry. The table in docs/MEMDLM.md
+lists the paper's score for each variant.
 """
 
 from __future__ import annotations
@@ -10,11 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from memdlm.errors import ConfigError
 from memdlm.validation import check_choices, check_range
-
-TRAJECTORIES = ("anchor_consistent", "progressive", "pre_anchor_only", "anchor_only")
-INNER_LOSSES = ("ce", "kl", "reverse_kl", "hidden_mse", "hidden_cosine")
-CLIPPINGS = ("per_param", "global", "none")
 
 
 @dataclass
@@ -84,15 +84,15 @@ class MemoryArguments:
         check_range(self, "progressive_ratios", 0, 1, low_open=True)
         check_range(self, "absorption_warn", 0)
         if self.pre_anchor_steps < 1:
-            raise ValueError("pre_anchor_steps must be >= 1")
+            raise ConfigError("pre_anchor_steps must be >= 1")
         if self.pre_anchor_scale < 1:
-            raise ValueError("pre_anchor_scale must be >= 1 (the pre-anchor state is noisier)")
+            raise ConfigError("pre_anchor_scale must be >= 1 (the pre-anchor state is noisier)")
         if not 0 < self.memory_layer_fraction <= 1:
-            raise ValueError("memory_layer_fraction must be in (0, 1]")
+            raise ConfigError("memory_layer_fraction must be in (0, 1]")
         if self.inner_lr < 0:
-            raise ValueError("inner_lr must be >= 0")
+            raise ConfigError("inner_lr must be >= 0")
         if not 0 < self.adapt_mask_ratio <= 1:
-            raise ValueError("adapt_mask_ratio must be in (0, 1]")
+            raise ConfigError("adapt_mask_ratio must be in (0, 1]")
 
     def rank_for(self, hidden_size: int) -> int:
         if self.memory_rank is not None:
@@ -104,19 +104,3 @@ class MemoryArguments:
         alpha = self.memory_alpha if self.memory_alpha is not None else 2.0 * rank
         return 1.0 if self.memory_dense else alpha / rank
 
-
-def load_memory_args(run_dir: str | None, **overrides) -> MemoryArguments:
-    """A run's memory settings (the ``memory`` part of its ``run_config.json``), else
-    the defaults, with ``overrides`` applied. Inference-time adaptation must use the
-    same targets, rank and inner loop as training did."""
-    import json
-    from dataclasses import fields
-    from pathlib import Path
-
-    known = {f.name for f in fields(MemoryArguments)}
-    saved: dict = {}
-    config_file = Path(run_dir) / "run_config.json" if run_dir else None
-    if config_file is not None and config_file.is_file():
-        saved = {k: v for k, v in json.loads(config_file.read_text()).get("memory", {}).items() if k in known}
-    saved.update({k: v for k, v in overrides.items() if v is not None})
-    return MemoryArguments(**saved)

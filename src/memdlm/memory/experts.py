@@ -70,19 +70,6 @@ def num_experts(module: nn.Module) -> int:
     return int(module.down_proj.shape[0])
 
 
-def expert_targets(name: str, module: nn.Module, layer: int) -> list:
-    """One target per (expert, projection) of a fused experts module, expert-major."""
-    from memdlm.memory.targets import Target
-
-    params = fused_expert_params(module)
-    if params is None:
-        raise ValueError(f"{name}: not a fused experts module")
-    if getattr(module, "has_post_expert_norm", False) and not hasattr(module, "post_expert_norm"):
-        raise ValueError(f"{name}: post-expert norm without a post_expert_norm module")
-    return [Target(f"{name}.{param}.{e}", module, layer, in_f, out_f, kind="expert", param=param, expert=e)
-            for e in range(num_experts(module)) for param, in_f, out_f in params]
-
-
 # --- applying the deltas ------------------------------------------------------------
 def _weight(module: nn.Module, param: str, e: int) -> torch.Tensor:
     """Expert e's weight as ``[out, in]``, float32."""

@@ -114,13 +114,14 @@ class InnerLoop:
 
         ``anchor_hidden``: the anchor's hidden states entering the first adapted layer
         (from ``split_forward.lower``); the anchor stage then runs only the upper
-        layers on them instead of a full forward (CE loss only).
+        layers on them instead of a full forward, when the inner loss accepts that
+        (``InnerLoss.accepts_split_forward``: cross-entropy).
         """
         memory, stats = self.fresh_memory(x), InnerLoopStats()
         stages = self.trajectory.stages(TrajectoryInputs(x.anchor, x.maskable, x.sample_seeds, x.step_seed))
         for stage in stages:
             forward = None
-            if anchor_hidden is not None and stage.name == "anchor" and self.args.inner_loss == "ce":
+            if anchor_hidden is not None and stage.name == "anchor" and self.loss_fn.accepts_split_forward:
                 from memdlm.split_forward import upper
 
                 hidden = anchor_hidden.detach()

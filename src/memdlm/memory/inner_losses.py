@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from memdlm.errors import ConfigError
 from memdlm.masking import apply_mask
 from memdlm.modeling import capture_final_hidden, forward_logits, logits_only_at
 
@@ -36,6 +37,10 @@ class InnerLoss:
     """``teacher`` runs first (no grad, caller's memory active); ``student`` gives [b, l]."""
 
     name = "base"
+    # Whether ``student`` can take the anchor stage's logits from a given ``forward(positions)``
+    # (the split forward: the upper layers on hidden states the outer loss computes anyway)
+    # instead of running the model: true when the loss needs only the student's logits.
+    accepts_split_forward = False
 
     def teacher(self, model, clean_ids, attention_mask, stage, mask_token_id):
         teacher_ids = apply_mask(clean_ids, stage.teacher_masked, mask_token_id)
@@ -52,6 +57,7 @@ class InnerLoss:
 
 class CrossEntropy(InnerLoss):
     name = "ce"
+    accepts_split_forward = True
 
     def teacher(self, *args):
         return None  # the clean tokens are the target
@@ -104,4 +110,4 @@ def get_inner_loss(name: str) -> InnerLoss:
     try:
         return INNER_LOSS_CLASSES[name]()
     except KeyError:
-        raise ValueError(f"unknown inner loss {name!r}; choose one of {sorted(INNER_LOSS_CLASSES)}") from None
+        raise ConfigError(f"unknown inner loss {name!r}; choose one of {sorted(INNER_LOSS_CLASSES)}") from None

@@ -1,9 +1,10 @@
 """Which modules get fast weights: chosen from data (names, layer indices), PEFT-style.
 
-Default (SPEC section 3): the FFN projections of the last ``fraction`` of layers,
-first adapted layer ``floor(L * (1 - fraction))`` and at least one layer. FFN
-names per family live in one table; ``--memory_target_modules`` (a regex over
-module names) overrides the table for anything else.
+Default (the MemDLM paper's setting): the FFN projections of the last ``fraction``
+of layers, first adapted layer ``floor(L * (1 - fraction))`` and at least one layer.
+FFN and attention names per family live in the backbone table (``memdlm.backbones``);
+``--memory_target_modules`` (a regex over module names) overrides the table for
+anything else.
 """
 
 from __future__ import annotations
@@ -14,17 +15,12 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from memdlm.backbones import family_of
+from memdlm.errors import ConfigError
 from memdlm.memory.expert_lists import expert_list_blocks
-from memdlm.memory.experts import expert_targets, fused_expert_params
+from memdlm.memory.experts import fused_expert_params, num_experts
+from memdlm.modeling import unwrap
 
-# Module-name suffixes of FFN / attention projections, by family.
-# A name matches when it ends with one of these (dot-separated) suffixes.
-FFN_NAMES = ("gate_proj", "up_proj", "down_proj",  # Llama, Qwen, Gemma, Mistral
-             "w1", "w2", "w3",  # Mixtral experts (legacy), LLaDA
-             "ff_proj", "ff_out", "Wi", "Wo", "fc1", "fc2", "c_fc", "c_proj",
-             "intermediate.dense", "output.dense")  # BERT / DeBERTa (attention.output.dense excluded below)
-ATTN_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "Wqkv", "att_proj", "attn_out",
-              "query_proj", "key_proj", "value_proj")
 LAYER_PATTERN = re.compile(r"\.(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
 
@@ -44,6 +40,23 @@ class Target:
     # the MoE block owning the expert list this linear layer is part of (LLaDA-MoE / LLaDA2
     # style experts; memdlm.memory.expert_lists maps its rows to memory slots), else None
     block: nn.Module | None = None
+
+
+def expert_targets(name: str, module: nn.Module, layer: int) -> list[Target]:
+    """One target per (expert, projection) of a fused experts module, expert-major."""
+    params = fused_expert_params(module)
+    if params is None:
+        raise ValueError(f"{name}: not a fused experts module")
+    if getattr(module, "has_post_expert_norm", False) and not hasattr(module, "post_expert_norm"):
+        raise ValueError(f"{name}: post-expert norm without a post_expert_norm module")
+    return [Target(f"{name}.{param}.{e}", module, layer, in_f, out_f, kind="expert", param=param, expert=e)
+            for e in range(num_experts(module)) for param, in_f, out_f in params]
+
+
+def target_suffixes(model: nn.Module, scope: str) -> tuple[str, ...]:
+    """Module-name suffixes of the projections ``scope`` adapts, from the model's family entry."""
+    family = family_of(getattr(unwrap(model), "config", None))
+    return family.ffn + (family.attn if scope == "ffn_attn" else ())
 
 
 def linear_of(module: nn.Module) -> nn.Linear | None:
@@ -77,11 +90,11 @@ def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
     """Linear modules that get fast weights, in module order. Raises if none match."""
     n_layers = num_layers(model)
     first = first_adapted_layer(n_layers, fraction)
-    suffixes = FFN_NAMES + (ATTN_NAMES if scope == "ffn_attn" else ())
+    suffixes = target_suffixes(model, scope)
     try:
         regex = re.compile(pattern) if pattern else None
     except re.error as err:
-        raise ValueError(f"--memory_target_modules {pattern!r} is not a valid regex: {err}") from None
+        raise ConfigError(f"--memory_target_modules {pattern!r} is not a valid regex: {err}") from None
     targets = []
     for name, module in model.named_modules():
         if fused_expert_params(module) is not None:  # MoE experts: fused 3-D parameters
@@ -111,7 +124,7 @@ def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
                               linear.in_features, linear.out_features, block=blocks[0] if blocks else None))
     if not targets:
         what = f"pattern {pattern!r}" if pattern else f"{scope} projections {suffixes} in layers >= {first}"
-        raise ValueError(f"{type(model).__name__}: no module matches {what}; pass "
+        raise ConfigError(f"{type(model).__name__}: no module matches {what}; pass "
                          "--memory_target_modules with a regex over the model's module names")
     return targets
 

@@ -1,4 +1,5 @@
-"""Simulated denoising trajectories for the inner loop (SPEC section 3).
+"""Simulated denoising trajectories for the inner loop (the MemDLM paper's anchor-consistent
+trajectory and its ablations).
 
 A trajectory turns the anchor (the outer loss's masked state x_t) into a list of
 ``Stage``s; each stage is one inner SGD step. All randomness is hashed from each
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from memdlm.errors import ConfigError
 from memdlm.masking import extend_mask_to_fraction, hashed_uniform, masked_fraction, random_ranks
 
 
@@ -125,5 +127,5 @@ def get_trajectory(args) -> Trajectory:
     try:
         return TRAJECTORY_CLASSES[args.trajectory](args)
     except KeyError:
-        raise ValueError(f"unknown trajectory {args.trajectory!r}; choose one of "
+        raise ConfigError(f"unknown trajectory {args.trajectory!r}; choose one of "
                          f"{sorted(TRAJECTORY_CLASSES)}") from None

@@ -43,26 +43,13 @@ def check_settings(cell: Path, settings: dict) -> None:
     write_json_atomic(path, canonical)
 
 
-def to_argv(options: dict) -> list[str]:
-    """``memdlm train`` flags from option names and values (lists become several values)."""
-    argv: list[str] = []
-    for name, value in options.items():
-        if value is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
 def train_cell(cell: Path, options: dict, runtime: dict | None = None, progress: bool = True) -> dict:
     """Train (or reuse) the run in ``cell``; returns its ``run_complete.json`` summary.
 
+    ``options`` are training options by field name (:mod:`memdlm.training.options`);
     ``runtime`` options (threads) change how fast, not what, and are not recorded.
     """
-    from memdlm.commands.train import parse
+    from memdlm.training.options import setup_from_options
     from memdlm.training.run import train
 
     check_settings(cell, options)
@@ -73,8 +60,7 @@ def train_cell(cell: Path, options: dict, runtime: dict | None = None, progress:
     # A cell killed midway (with or without a checkpoint) is continued; check_settings above
     # made sure it is this cell's run.
     resume = holds_run(cell)
-    argv = to_argv({**options, **(runtime or {}), "output_dir": str(cell), "disable_tqdm": not progress})
-    setup, _ = parse(argv)
+    setup = setup_from_options({**options, **(runtime or {}), "output_dir": str(cell), "disable_tqdm": not progress})
     logger.info("training %s%s", cell, " (resuming)" if resume else "")
     return train(setup, resume=resume)
 

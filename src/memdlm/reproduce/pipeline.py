@@ -141,10 +141,10 @@ class Reproduction:
         return {"steps": steps, "standard_loss": a, "memdlm_lr0_loss": b, "max_abs_difference": diff}
 
     # ---------------------------------------------------------------- evaluation
-    def memory_args(self, chosen: dict):
-        from memdlm.memory.config import MemoryArguments
-
-        return MemoryArguments(memory_mode="per_sample", memory_rank=chosen["rank"], inner_lr=chosen["inner_lr"])
+    def memory_overrides(self, chosen: dict) -> dict:
+        """Inference-time memory of every adapted arm: the MemDLM arm's own settings, which the
+        Standard arm (trained with the defaults) is given too, so both adapt alike."""
+        return self.memory_options(chosen["rank"], chosen["inner_lr"])
 
     def evaluate(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
         from memdlm.eval.suite import (
@@ -165,8 +165,8 @@ class Reproduction:
         settings = {"runs": [asdict(r) for r in runs], "tasks": list(p.eval_tasks),
                     "lengths": list(p.eval_lengths), "n": p.eval_items, "memory": chosen}
         return json_cell(self.out / f"seed{seed}" / "eval.json", settings, lambda: evaluate_suite(
-            runs, list(p.eval_tasks), list(p.eval_lengths), p.eval_items, memory_args=self.memory_args(chosen),
-            progress=self.progress))
+            runs, list(p.eval_tasks), list(p.eval_lengths), p.eval_items,
+            memory_overrides=self.memory_overrides(chosen), progress=self.progress))
 
     def dev(self, dirs: dict[str, Path], chosen: dict) -> dict:
         """Standard and MemDLM on dev items at the trained length: the operating-point check."""
@@ -179,7 +179,7 @@ class Reproduction:
                     "n": p.dev_items, "seed": DEV_SEED}
         return json_cell(self.out / "dev.json", settings, lambda: evaluate_suite(
             runs, list(p.eval_tasks), [length], p.dev_items, seed=DEV_SEED,
-            memory_args=self.memory_args(chosen), progress=self.progress))
+            memory_overrides=self.memory_overrides(chosen), progress=self.progress))
 
     def exposure_bias(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
         p = self.preset
@@ -188,19 +188,18 @@ class Reproduction:
 
         def compute():
             from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
-            from memdlm.modeling import load_model
-            from memdlm.tokenizer import load_tokenizer
+            from memdlm.run import Run
 
             config = ExposureBiasConfig(steps=p.eb_steps)
             out = {}
-            for arm, modes in (("standard", (("Standard", None),)),
-                               ("memdlm", (("MemDLM Train-Only", None),
-                                           ("MemDLM Train & Inference", self.memory_args(chosen))))):
-                tokenizer = load_tokenizer(str(dirs[arm]))
-                model = load_model(str(dirs[arm]))
-                pairs = [(s.prompt, s.response) for s in heldout_pairs(tokenizer, p.eb_items, p.eb_length, p.eb_task)]
-                for label, memory in modes:
-                    out[label] = exposure_bias(model, tokenizer, pairs, config, memory_args=memory,
+            for arm, modes in (("standard", (("Standard", False),)),
+                               ("memdlm", (("MemDLM Train-Only", False), ("MemDLM Train & Inference", True)))):
+                run = Run.load(dirs[arm])
+                pairs = [(s.prompt, s.response)
+                         for s in heldout_pairs(run.tokenizer, p.eb_items, p.eb_length, p.eb_task)]
+                for label, adapt in modes:
+                    memory = run.memory(**self.memory_overrides(chosen)) if adapt else None
+                    out[label] = exposure_bias(run.model, run.tokenizer, pairs, config, memory=memory,
                                                progress=self.progress).to_dict()
             return {"results": out}
 
@@ -211,18 +210,17 @@ class Reproduction:
         settings = {"items": p.probe_items, "length": p.probe_length, "task": p.probe_task, "memory": chosen}
 
         def compute():
-            from memdlm.modeling import load_model
             from memdlm.reproduce.probe import probe_items, run_probe
-            from memdlm.tokenizer import load_tokenizer
+            from memdlm.run import Run
 
-            out = {}
+            out, memory_used = {}, {}
             for label, arm in (("Standard", "standard"), ("MemDLM", "memdlm")):
-                tokenizer = load_tokenizer(str(dirs[arm]))
-                model = load_model(str(dirs[arm])).eval()
-                samples = probe_items(tokenizer, p.probe_items, p.probe_length, p.probe_task)
-                out[label] = run_probe(model, tokenizer, samples, self.memory_args(chosen),
-                                       progress=self.progress)
-            return {"results": out}
+                run = Run.load(dirs[arm])
+                samples = probe_items(run.tokenizer, p.probe_items, p.probe_length, p.probe_task)
+                memory = run.memory(**self.memory_overrides(chosen))
+                out[label] = run_probe(run, samples, memory, progress=self.progress)
+                memory_used[label] = memory.record()
+            return {"results": out, "memory": memory_used}
 
         return json_cell(self.out / f"seed{seed}" / "probe.json", settings, compute)
 

@@ -12,24 +12,32 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from memdlm.config import DiffusionArguments, field_default
+from memdlm.errors import ConfigError
+from memdlm.training.args import TrainConfig
+
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """One training stage: generated tasks, lengths, steps and optimiser settings."""
+    """One training stage: generated tasks, lengths, steps and optimiser settings.
+
+    Batch size, warmup and normalisation default to ``memdlm train``'s own defaults (read
+    from the dataclass fields, not retyped); logging, evaluation cadence and held-out
+    samples are the reproduction's own, smaller than a standalone run's."""
 
     tasks: tuple[str, ...]
     lengths: tuple[int, ...]
     steps: int
     learning_rate: float
-    batch_size: int = 16
-    warmup: float = 0.05
+    batch_size: int = field_default(TrainConfig, "per_device_train_batch_size")
+    warmup: float = field_default(TrainConfig, "warmup_steps")
     logging_steps: int = 10
     eval_steps: int = 100
     eval_samples: int = 32
-    normalization: str = "token"  # "sequence" when plain text is mixed in (below)
+    normalization: str = field_default(DiffusionArguments, "normalization")  # "sequence" with plain text (below)
 
     def options(self) -> dict:
-        """``memdlm train`` options (flag name -> value) for this stage."""
+        """Training options of this stage by field name (``training.options.setup_from_options``)."""
         return {"tasks": list(self.tasks), "train_lengths": list(self.lengths),
                 "max_steps": self.steps, "learning_rate": self.learning_rate,
                 "per_device_train_batch_size": self.batch_size, "warmup_steps": self.warmup,
@@ -117,7 +125,8 @@ QUICK = Preset(
 FULL = replace(
     QUICK, name="full", seeds=(0, 1, 2),
     ablations={
-        # the trajectory's consistency and the two stages' roles (SPEC section 3)
+        # the trajectory's consistency (progressive: fresh masks independent of the anchor) and
+        # the roles of its two parts (only the pre-anchor stages, only the anchor stage)
         "anchor_only": {"trajectory": "anchor_only"},
         "pre_anchor_only": {"trajectory": "pre_anchor_only"},
         "progressive": {"trajectory": "progressive"},
@@ -132,4 +141,4 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

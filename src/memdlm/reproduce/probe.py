@@ -1,4 +1,4 @@
-"""In-weight retrieval probe (SPEC section 6): is the needle in the fast weights?
+"""In-weight retrieval probe: is the needle in the fast weights?
 
 For each held-out key-value item the model answers the question from the context
 with the queried fact's sentence ("The value of K is V.") *removed*, in four ways:
@@ -42,10 +42,12 @@ def probe_items(tokenizer, n: int, length: int, task: str = "kv"):
     return heldout_samples(tokenizer, [task], length, n, seed=PROBE_SEED)
 
 
-def run_probe(model, tokenizer, samples, memory_args, batch_size: int = 8, progress: bool = False) -> dict:
-    """Every condition's per-item predictions and scores for one model."""
+def run_probe(run, samples, memory, batch_size: int = 8, progress: bool = False) -> dict:
+    """Every condition's per-item predictions and scores for one run (:class:`memdlm.run.Run`);
+    ``memory``: its prompt memory (``run.memory(...)``)."""
     from memdlm.generation import generate
 
+    model, tokenizer = run.model, run.tokenizer
     config = answer_sampler_config(tokenizer, samples)
     full = [s.prompt for s in samples]
     removed = [remove_needle(s) for s in samples]
@@ -54,8 +56,8 @@ def run_probe(model, tokenizer, samples, memory_args, batch_size: int = 8, progr
     runs = {
         "needle_present": dict(prompts=full),
         "removed": dict(prompts=removed),
-        "removed_matched": dict(prompts=removed, memory_args=memory_args, adapt_on=full),
-        "removed_mismatched": dict(prompts=removed, memory_args=memory_args, adapt_on=others),
+        "removed_matched": dict(prompts=removed, memory=memory, adapt_on=full),
+        "removed_mismatched": dict(prompts=removed, memory=memory, adapt_on=others),
     }
     out = {}
     for name, kwargs in runs.items():

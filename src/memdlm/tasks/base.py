@@ -7,6 +7,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from memdlm.errors import ConfigError
+
 TokenCounter = Callable[[str], int]
 SPLITS = ("train", "eval")
 EVAL_FRACTION_PERCENT = 25  # of every item pool (keys, values, names) held out for evaluation
@@ -178,15 +180,22 @@ def register_task(task: Task) -> Task:
     return task
 
 
-def _load_builtin() -> None:
-    import importlib
+# Modules of this package that define no tasks and are not imported to register them:
+# ``dataset`` (the torch Dataset over registered tasks) imports torch, which looking tasks
+# up does not need. Every other module is imported, so a new generator module registers
+# its tasks by existing.
+NOT_GENERATORS = frozenset({"dataset"})
 
-    for module in ("kv", "recall", "ruler", "babilong", "longresponse", "prose"):
-        try:
-            importlib.import_module(f"memdlm.tasks.{module}")
-        except ModuleNotFoundError as err:  # a generator not shipped yet
-            if err.name != f"memdlm.tasks.{module}":
-                raise
+
+def _load_builtin() -> None:
+    """Import every generator module of ``memdlm.tasks`` (each registers its tasks)."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name not in NOT_GENERATORS:
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def task_names() -> list[str]:
@@ -199,4 +208,4 @@ def get_task(name: str) -> Task:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(_REGISTRY)}") from None
+        raise ConfigError(f"unknown task {name!r}; choose one of {sorted(_REGISTRY)}") from None

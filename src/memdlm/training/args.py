@@ -12,6 +12,8 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
+from memdlm.config import THREADS_HELP
+from memdlm.errors import ConfigError
 from memdlm.validation import check_choices, check_range
 
 
@@ -22,8 +24,7 @@ class TrainConfig(TrainingArguments):
                 "memory (the inner loop's settings are the --inner_* / memory flags)."})
     max_train_minutes: float | None = field(default=None, metadata={
         "help": "Stop training after this many minutes of training (a compute-matched budget)."})
-    threads: int | None = field(default=None, metadata={
-        "help": "CPU threads (torch.set_num_threads). Default: OMP_NUM_THREADS if set, else every core up to 8."})
+    threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
     max_nonfinite_skips: int = field(default=0, metadata={
         "help": "Optimiser steps with a non-finite loss or gradient that may be skipped (not applied, "
                 "counted in nonfinite_skipped and logged) before training stops; 0 stops at the first."})
@@ -69,4 +70,7 @@ class TrainConfig(TrainingArguments):
 
         if not self.use_cpu and not torch.cuda.is_available() and not torch.backends.mps.is_available():
             self.use_cpu = True
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as err:  # TrainingArguments' own checks of the flags and their combinations
+            raise ConfigError(str(err)) from err

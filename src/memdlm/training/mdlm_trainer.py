@@ -21,7 +21,8 @@ from memdlm.training.nonfinite import NonFiniteGuard, NonFiniteStepError, first_
 
 class MDLMTrainer(Trainer):
     # Our loss is a per-micro-batch mean: let Trainer divide it by the accumulation steps.
-    # (Left as None, Trainer would assume the model scaled it -- REFERENCE.md's GA trap.)
+    # (Left as None, Trainer would assume the model scaled it and not divide: with gradient
+    # accumulation over k micro-batches the gradient would be k times too large.)
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, diffusion_args, mask_token_id: int, **kwargs):

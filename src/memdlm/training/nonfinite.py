@@ -24,13 +24,15 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from memdlm.errors import UserError
 from memdlm.training.callbacks import restored_attributes
 
 logger = logging.getLogger("memdlm")
 
 
-class NonFiniteStepError(RuntimeError):
-    """Training stopped at a non-finite loss, gradient or weight (reported in one line)."""
+class NonFiniteStepError(UserError, RuntimeError):
+    """Training stopped at a non-finite loss, gradient or weight (reported in one line: the
+    user resumes from the named checkpoint with a lower learning rate)."""
 
     def __init__(self, message: str, step: int | None = None):
         super().__init__(message)

@@ -23,7 +23,7 @@ import torch
 
 from memdlm.config import config_dict
 from memdlm.data.collate import DiffusionCollator
-from memdlm.data.sources import DataReport, SyntheticTaskDataset, load_file_examples
+from memdlm.data.sources import DataReport, load_file_examples
 from memdlm.run_dir import (
     COMPLETE_FILE,
     CONFIG_FILE,
@@ -31,7 +31,9 @@ from memdlm.run_dir import (
     check_output_dir,
     remove_replaced_run,
     resume_checkpoint,
+    write_json_atomic,
 )
+from memdlm.tasks.dataset import SyntheticTaskDataset
 from memdlm.training.callbacks import RunRecord
 from memdlm.training.nonfinite import NonFiniteStepError
 
@@ -244,12 +246,14 @@ def train(cfg, resume: bool = False) -> dict:
         return summary  # rank 0 evaluates and writes the run directory
     if cfg.data.data is None and cfg.data.heldout_items:
         from memdlm.eval.heldout import evaluate_heldout
+        from memdlm.run import Run
 
-        summary["heldout"] = evaluate_heldout(trainer.model, tokenizer, cfg.data, out)
+        summary["heldout"] = evaluate_heldout(Run(trainer.model, tokenizer, out, config))
     if cfg.model.use_lora and cfg.model.save_merged_lora:
         from memdlm.lora_run import save_merged
+        from memdlm.modeling import strip_ddp
 
-        save_merged(trainer.model, tokenizer, out)  # merges in place: after everything else
+        save_merged(strip_ddp(trainer.model), tokenizer, out)  # merges in place: after everything else
     write_json_atomic(out / COMPLETE_FILE, summary)  # last: marks the run finished
     return summary
 
@@ -302,13 +306,6 @@ def is_main_process(args) -> bool:
     """Global rank 0 (also True without distributed training)."""
     _ = args.device  # sets up the distributed state, so process_index is the real rank
     return args.process_index == 0
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temporary file, then rename it: a reader (or a kill) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def save_final(trainer, tokenizer, out: Path) -> None:

@@ -1,0 +1,143 @@
+"""What memdlm knows about each backbone family, in one table (keyed by ``config.model_type``).
+
+Every family-specific decision reads :data:`FAMILIES` through :func:`family_of`:
+
+- ``modeling.make_bidirectional`` -- how causal masking is switched off (``bidirectional``);
+- ``modeling.reuse_attention_masks`` -- whether the decoder takes a prepared mask dict
+  (``prepared_masks``);
+- ``split_forward.supports_split`` -- whether the layers below / from layer k can run as
+  two calls of the model's own forward (``split_forward``);
+- ``block_cache.cache_unsupported`` -- whether the block-wise key/value cache has a path
+  (``block_cache``);
+- ``modeling.logits_shift`` -- whether position i's logits predict token i + 1
+  (``logits_shift``, Dream);
+- ``modeling.logits_only_at`` -- where the final hidden states enter the LM head
+  (``head_input``, for heads that do not call their output embedding as a module);
+- ``memory.targets.find_targets`` -- the module-name suffixes of FFN and attention
+  projections that get fast weights (``ffn``, ``attn``).
+
+Adding a family is one entry here plus one row in ``tests/test_families.py`` (a test
+checks that every entry has a row and that each fact holds on a tiny model of that
+family); ``docs/BACKBONES.md`` holds :func:`markdown_table`'s output (checked by a test).
+A model whose family is not listed gets :data:`OTHER`: no switches, and every listed
+family's names plus those of other architectures as target suffixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# How attention becomes bidirectional:
+#   "use_bidirectional_attention": a config flag read when the model is built (Gemma3); a
+#       checkpoint built without it is refused (it cannot be switched after loading);
+#   "is_causal": make_bidirectional sets ``config.is_causal = False`` (transformers'
+#       create_causal_mask reads it), saved with the config;
+#   "native": bidirectional already (encoders, diffusion LMs' own code);
+#   "unknown": not in the table -- a config that has ``is_causal`` gets it set to False.
+Bidirectional = Literal["use_bidirectional_attention", "is_causal", "native", "unknown"]
+
+LLAMA_FFN = ("gate_proj", "up_proj", "down_proj")
+LLAMA_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str  # config.model_type, lower-cased
+    name: str  # for people: docs and messages
+    bidirectional: Bidirectional
+    # the decoder accepts a prepared {layer type: mask} dict as ``attention_mask``
+    prepared_masks: bool = False
+    # forward loops over ``model.model.layers[:config.num_hidden_layers]`` and feeds
+    # ``inputs_embeds`` straight to the first layer (memdlm.split_forward)
+    split_forward: bool = False
+    # attention layers call ``cache.update(k, v, layer_idx)``, take ``position_ids`` and a
+    # prepared 4-D mask (memdlm.block_cache)
+    block_cache: bool = False
+    logits_shift: bool = False  # position i's logits predict token i + 1 (Dream's AR init)
+    # The module (path from the model) whose first input is the final hidden state, when the
+    # head does not call its output embedding as a module; None: the output embedding. It
+    # must act position by position, so gathering positions before it is exact.
+    head_input: str | None = None
+    # module-name suffixes (dot-separated; a name matches when it ends with one)
+    ffn: tuple[str, ...] = LLAMA_FFN
+    attn: tuple[str, ...] = LLAMA_ATTN
+
+
+_ENTRIES = (
+    Family("gemma3_text", "Gemma3", "use_bidirectional_attention", prepared_masks=True, split_forward=True,
+           block_cache=True),
+    Family("llama", "Llama", "is_causal", split_forward=True, block_cache=True),
+    Family("mistral", "Mistral", "is_causal", split_forward=True, block_cache=True),
+    Family("qwen2", "Qwen2", "is_causal", split_forward=True, block_cache=True),
+    Family("qwen3", "Qwen3", "is_causal", prepared_masks=True, split_forward=True, block_cache=True),
+    # MoE: routed experts are fused 3-D parameters, found by memory/experts.py whatever
+    # their names; the names here are the dense / shared-expert MLPs'. 4.x-era Mixtral code
+    # kept each expert as w1 (gate), w3 (up), w2 (down) linear layers.
+    Family("qwen2_moe", "Qwen2-MoE", "is_causal", block_cache=True),
+    Family("qwen3_moe", "Qwen3-MoE", "is_causal", block_cache=True),
+    Family("mixtral", "Mixtral", "is_causal", ffn=("w1", "w2", "w3")),
+    Family("modernbert", "ModernBERT", "native", ffn=("Wi", "Wo"), attn=("Wqkv", "Wo")),
+    # MobileBERT's head multiplies by ``decoder.weight`` without calling the decoder. Its
+    # attention output projection (attention.output.dense) is an FFN-named module kept out of
+    # scope ffn as an attention module; ffn_attn adds it (q/k/v are named query/key/value).
+    Family("mobilebert", "MobileBERT", "native", ffn=("intermediate.dense", "output.dense"),
+           attn=("attention.output.dense",), head_input="cls.predictions"),
+    # remote code written for transformers 4 (memdlm/remote_code.py; docs/BACKBONES.md)
+    Family("dream", "Dream", "native", logits_shift=True),
+    Family("llada", "LLaDA", "native", ffn=("ff_proj", "up_proj", "ff_out"),
+           attn=("q_proj", "k_proj", "v_proj", "att_proj", "attn_out")),
+    Family("lladamoe", "LLaDA-MoE", "native"),
+    Family("llada2_moe", "LLaDA2", "native"),
+)
+FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
+
+# Suffixes of architectures outside the table, matched (with every family's) for a model
+# whose family is unknown: GPT-2-style c_fc / c_proj, OPT / Phi fc1 / fc2, DeBERTa's
+# attention (BERT / DeBERTa FFNs are named like MobileBERT's, listed above).
+OTHER_FFN = ("fc1", "fc2", "c_fc", "c_proj")
+OTHER_ATTN = ("query_proj", "key_proj", "value_proj")
+
+
+def _union(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for group in groups for name in group))  # ordered, no repeats
+
+
+OTHER = Family("other", "any other", "unknown",
+               ffn=_union(*(f.ffn for f in _ENTRIES), OTHER_FFN),
+               attn=_union(*(f.attn for f in _ENTRIES), OTHER_ATTN))
+
+
+def family_of(config) -> Family:
+    """The table entry for ``config.model_type`` (any case), else :data:`OTHER`.
+
+    ``config`` may be None or lack ``model_type`` (test doubles): :data:`OTHER`.
+    """
+    model_type = str(getattr(config, "model_type", "") or "").lower()
+    return FAMILIES.get(model_type, OTHER)
+
+
+def markdown_table() -> str:
+    """The family table of docs/BACKBONES.md (a test keeps the two equal)."""
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "-"
+
+    def names(group: tuple[str, ...]) -> str:
+        return ", ".join(f"`{n}`" for n in group)
+
+    rows = ["| family (`model_type`) | bidirectional by | prepared masks | split forward | block cache | "
+            "logits shift | LM head input | FFN targets (and any fused MoE experts) | attention targets "
+            "(`ffn_attn`) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for f in _ENTRIES:
+        head = f"`{f.head_input}`" if f.head_input else "output embedding"
+        rows.append(f"| {f.name} (`{f.model_type}`) | {f.bidirectional} | {yes(f.prepared_masks)} "
+                    f"| {yes(f.split_forward)} | {yes(f.block_cache)} | {yes(f.logits_shift)} | {head} "
+                    f"| {names(f.ffn)} | {names(f.attn)} |")
+    rows.append(f"| any other | `is_causal` set if the config has it | - | - | - | - | output embedding "
+                f"| all of the above, {names(OTHER_FFN)} | all of the above, {names(OTHER_ATTN)} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

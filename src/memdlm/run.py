@@ -1,0 +1,105 @@
+"""A run as one object: its model, tokenizer, resolved settings and prompt memory.
+
+    run = Run.load("runs/tiny-mem")              # model, tokenizer and run_config.json
+    memory = run.memory()                        # adaptation with the run's own settings
+    memory = run.memory(adapt_mask_ratio=0.3)    # ... one of them overridden, explicitly
+    texts = generate(run.model, run.tokenizer, prompts, config, memory=memory)
+
+Every inference path takes its prompt memory from here -- ``memdlm generate --memory``,
+the evaluation suite (``memdlm eval``), the exposure-bias analysis, the lm-eval model,
+the retrieval probe, the trainer's held-out evaluation and the benchmarks -- so each
+adapts with the targets, rank and inner loop the run was trained with, as
+inference-time adaptation must. An override is a keyword the caller names; ``None`` means
+"the run's own value", and :meth:`PromptMemory.record` says which settings were used and
+which were overridden, for the outputs to store.
+
+The directory contract (identity, finished or not) is :mod:`memdlm.run_dir`'s; loading
+a LoRA run as base plus adapter is :mod:`memdlm.lora_run`'s (through
+:func:`memdlm.modeling.load_model`); a shipped model's name resolves as in
+:mod:`memdlm.shipped`. A plain model directory (no ``run_config.json``) is a run with
+no saved settings: its memory uses the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from memdlm.config import DataArguments, DiffusionArguments, ModelArguments
+from memdlm.errors import ConfigError
+from memdlm.memory.config import MemoryArguments
+from memdlm.run_dir import CONFIG_FILE, read_json
+
+
+def read_run_config(path) -> dict:
+    """``run_config.json`` of a run directory; ``{}`` for a plain model directory."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        return {}
+    config = read_json(file)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{file} is not a JSON object of settings: restore it from the run, or "
+                          "remove it to use the directory as a plain model")
+    return config
+
+
+def _part(cls, saved: dict | None):
+    """``cls`` from a saved part; settings this version does not know are left out."""
+    if saved is None:
+        return None
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in saved.items() if k in known})
+
+
+@dataclass
+class Run:
+    """A model and tokenizer with the settings they were trained with.
+
+    ``config`` is ``run_config.json`` as saved (``{}`` for a plain model). Its parts are
+    ``model_args``, ``data_args``, ``diffusion_args`` (None when not saved),
+    ``memory_args`` (the defaults when not saved) and ``train_args`` (a dict: the part is
+    transformers' ``TrainingArguments``, which sets up devices when built).
+    """
+
+    model: Any
+    tokenizer: Any
+    path: Path | None = None
+    config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.path = Path(self.path) if self.path is not None else None
+        self.model_args = _part(ModelArguments, self.config.get("model"))
+        self.data_args = _part(DataArguments, self.config.get("data"))
+        self.diffusion_args = _part(DiffusionArguments, self.config.get("diffusion"))
+        self.memory_args = _part(MemoryArguments, self.config.get("memory")) or MemoryArguments()
+        self.train_args = dict(self.config.get("train") or {})
+
+    @classmethod
+    def load(cls, path, trust_remote_code: bool = False, dtype=None, device=None) -> Run:
+        """The run (or model) directory ``path``, or a shipped model's name, in eval mode."""
+        from memdlm.modeling import load_model
+        from memdlm.shipped import resolve_model
+        from memdlm.tokenizer import load_tokenizer
+
+        resolved = resolve_model(str(path))
+        tokenizer = load_tokenizer(resolved, trust_remote_code)
+        model = load_model(resolved, trust_remote_code, dtype=dtype)
+        if device is not None:
+            model.to(device)
+        model.eval()
+        return cls(model, tokenizer, Path(resolved), read_run_config(resolved))
+
+    def memory(self, **overrides):
+        """The prompt memory (:class:`~memdlm.memory.adapt.PromptMemory`) with this run's
+        memory settings; each keyword that is not None overrides the setting it names."""
+        from memdlm.memory.adapt import PromptMemory
+
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - {f.name for f in fields(MemoryArguments)})
+        if unknown:
+            raise ValueError(f"unknown memory settings {unknown}; see memdlm.memory.config.MemoryArguments")
+        return PromptMemory(self.model, self.tokenizer, replace(self.memory_args, **given), given)
+
+
+__all__ = ["Run", "read_run_config"]
