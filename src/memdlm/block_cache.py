@@ -49,6 +49,7 @@ a warning; the output's ``cache_used`` says which was used.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -97,6 +98,12 @@ def _column_layer_class():
     return ColumnLayer
 
 
+@functools.lru_cache(maxsize=None)
+def warn_no_cache(mode: str, reason: str) -> None:
+    """Once per (mode, reason) and process: a generation calls the sampler batch by batch."""
+    logger.warning("cache %r is not available (%s); sampling without a cache", mode, reason)
+
+
 class BlockForward:
     """The model calls of one ``Sampler.generate``: logits of the current block, call counts.
 
@@ -107,7 +114,7 @@ class BlockForward:
     def __init__(self, model, attn: torch.Tensor, mode: str, context, refresh_steps: int | None = None):
         reason = cache_unsupported(model) if mode != "none" else None
         if reason is not None:
-            logger.warning("cache %r is not available (%s); sampling without a cache", mode, reason)
+            warn_no_cache(mode, reason)
             mode = "none"
         self.model, self.attn, self.mode, self.context = model, attn, mode, context
         self.refresh_steps = refresh_steps
