@@ -143,13 +143,21 @@ def babi_answer(prompt: str, question: str) -> set[str]:
 
 
 def recall_answers(prompt: str) -> list[str]:
-    """The values of the asked keys, read from an associative-recall prompt's words."""
+    """The values of the asked keys, read from an associative-recall prompt's words: a key
+    is followed by its value's words (one or more values-pool words)."""
     context, asked = prompt.split(" | ")
     key_pool, value_pool, _ = pools()
     found = [w for w in context.split() if w in key_pool or w in value_pool]
-    pairs = dict(zip(found[::2], found[1::2]))
-    assert all(k in key_pool and v in value_pool for k, v in pairs.items())  # keys precede values
-    return [pairs[k] for k in asked.split()]
+    pairs, key = {}, None
+    for word in found:
+        if word in key_pool:
+            key = word
+            pairs[key] = []
+        else:
+            assert key is not None  # a value word before any key
+            pairs[key].append(word)
+    assert all(pairs.values()) and len({len(v) for v in pairs.values()}) == 1  # equal-length values
+    return [" ".join(pairs[k]) for k in asked.split()]
 
 
 def check_answers(s: Sample, count) -> None:
@@ -394,15 +402,38 @@ def test_recall_pools_are_disjoint_single_tokens(tok):
 @pytest.mark.parametrize("name", RECALL)
 def test_recall_answer_j_sits_q_tokens_after_query_j(name, tok, count):
     task = get_task(name)
-    s = task.sample(3, "eval", task.pairs * 2 + task.queries * 2 + 1, count)  # bare: no filler
+    w = task.value_words
+    s = task.sample(3, "eval", task.pairs * (1 + w) + task.queries * (1 + w) + 1, count)  # bare: no filler
     prompt = tok(s.prompt, add_special_tokens=False)["input_ids"]
     ids = prompt + tok(s.response, add_special_tokens=False)["input_ids"]
-    assert len(ids) == len(prompt) + task.queries  # one token per answer
+    assert len(ids) == len(prompt) + task.queries * w  # one token per answer word
     for j in range(task.queries):
-        query, answer = len(prompt) - task.queries + j, len(prompt) + j
-        assert answer - query == task.queries
+        query, answer = len(prompt) - task.queries + j, len(prompt) + j * w
+        assert answer - query == task.queries + j * (w - 1)
         assert tok.decode([ids[query]]).strip() == s.meta["keys"][s.meta["asked"][j]]
-        assert tok.decode([ids[answer]]).strip() == s.answers[j]
+        assert tok.decode(ids[answer:answer + w]).strip() == s.answers[j]
+
+
+def test_multi_word_values_are_distinct_words_each_next_to_the_previous(tok, count):
+    task = get_task("mqar_v3")
+    s = task.sample(5, "train", 128, count)
+    words_ = [word for value in s.meta["values"] for word in value.split()]
+    assert len(words_) == 8 * 3 and len(set(words_)) == len(words_)
+    asked = s.meta["values"][s.meta["asked"][0]]
+    assert f" {asked} " in s.prompt + " "  # the words of a value sit together, in order
+    assert s.response == " " + asked
+    # uniform guessing names all three words: (1/|values|)^3
+    assert task.reference_levels()["uniform"] == pytest.approx(100 / len(pools()[1]) ** 3)
+
+
+def test_multi_word_answers_are_scored_whole(count):
+    s = get_task("mqar_v3").sample(0, "eval", 64, count)
+    right = s.answers[0]
+    other = next(v for v in s.meta["values"] if v != right)
+    half = " ".join(right.split()[:2] + other.split()[2:])
+    report = recall_report([f" {right}", f" {other}", f" {half}", f" {right.upper()}"], [s] * 4)
+    assert report["per_query"] == pytest.approx(50.0)  # right twice (case ignored), half-right is wrong
+    assert report["chose"] == pytest.approx({"queried": 50.0, "other_context": 25.0, "outside": 25.0})
 
 
 @pytest.mark.parametrize("name", RECALL)
@@ -440,3 +471,14 @@ def test_recall_report_hand_computed(count):
     assert report["chose"] == pytest.approx({"queried": 37.5, "other_context": 25.0, "outside": 37.5})
     assert report["reference"]["copy"] == pytest.approx(12.5)
     assert report["reference"]["uniform"] == pytest.approx(100 / len(pools()[1]))
+
+
+@pytest.mark.parametrize("name, steps", [("mqar", 1), ("mqar_q4", 1), ("mqar_v3", 3)])
+def test_held_out_decoding_commits_one_word_of_each_answer_per_step(tok, count, name, steps):
+    from memdlm.eval.heldout import answer_sampler_config
+
+    task = get_task(name)
+    samples = [task.sample(i, "eval", 64, count) for i in range(3)]
+    config = answer_sampler_config(tok, samples)
+    assert config.steps == steps
+    assert config.max_new_tokens == task.queries * task.value_words + 1  # the answer slots and EOS

@@ -31,9 +31,10 @@ def answer_sampler_config(tokenizer, samples, **overrides):
 
     Free-form tasks: one token per step, room for the longest answer plus 2 tokens, so
     the model, not the slot count, decides where its answer stops (it must commit EOS).
-    Fixed-slot tasks (associative recall: exactly Q answer words): the answer slots plus
-    EOS, every one masked at once and committed in a single step -- the model cannot use
-    one of its own answers to find another.
+    Fixed-slot tasks (associative recall: exactly Q answers of W words): the answer slots
+    plus EOS, every one masked at the start and committed in W steps (one for one-word
+    answers) -- the model cannot use one of its own answers to find another, only an
+    answer's earlier words to find its next.
 
     ``overrides`` replace SamplerConfig fields (e.g. the fast-sampling ones of ``memdlm eval``).
     """
@@ -41,7 +42,8 @@ def answer_sampler_config(tokenizer, samples, **overrides):
 
     longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
     if all(fixed_slots(s.task) for s in samples):
-        return SamplerConfig(**{"max_new_tokens": longest + 1, "steps": 1, "temperature": 0.0, **overrides})
+        steps = max(decode_steps(s.task) for s in samples)
+        return SamplerConfig(**{"max_new_tokens": longest + 1, "steps": steps, "temperature": 0.0, **overrides})
     new_tokens = longest + 2
     return SamplerConfig(**{"max_new_tokens": new_tokens, "steps": new_tokens, "temperature": 0.0, **overrides})
 
@@ -50,6 +52,12 @@ def fixed_slots(task_name: str) -> bool:
     from memdlm.tasks import get_task
 
     return bool(getattr(get_task(task_name), "fixed_slots", False))
+
+
+def decode_steps(task_name: str) -> int:
+    from memdlm.tasks import get_task
+
+    return int(getattr(get_task(task_name), "decode_steps", 1))
 
 
 def evaluate_samples(model, tokenizer, samples, memory=None, batch_size: int = 16,

@@ -19,7 +19,12 @@ Why this shape:
   made this the default. ``mqar_q4`` keeps the four-query layout (answers 4 tokens
   after their queries) as the harder variant.
 - **Fixed N and Q per variant**, so every answer sits at a fixed offset from its query
-  and the response has exactly Q slots.
+  and the response has exactly Q slots (Q x W with W-word values).
+- **Multi-word values** (``mqar_v3``: every value three adjectives, all words of a sample
+  distinct): the first word sits next to the query, each later word next to the previous
+  one, so an answer is found one word at a time -- a response whose tokens depend on
+  each other, for the samplers (held-out decoding commits one word of each answer per
+  step, W steps).
 - **Fresh assignments, no held-out tokens.** The key-to-value assignment is random in
   every sample, so it cannot be memorised; held-out items are fresh seeds of the same
   pools (holding tokens out would test untrained embeddings instead).
@@ -63,20 +68,29 @@ class AssociativeRecallTask(Task):
     metric = "recall"
     fixed_slots = True  # exactly Q answer words: held-out decoding fills them all at once
 
-    def __init__(self, name: str, pairs: int, queries: int = 1):
+    def __init__(self, name: str, pairs: int, queries: int = 1, value_words: int = 1):
+        if value_words < 1:
+            raise ValueError(f"{name}: value_words must be >= 1 (got {value_words})")
         if not 1 <= queries < pairs:
             raise ValueError(f"{name}: need 1 <= queries < pairs (got {queries} of {pairs}); "
                              "asking every key lets answers be found by elimination")
-        self.name, self.pairs, self.queries = name, pairs, queries
+        self.name, self.pairs, self.queries, self.value_words = name, pairs, queries, value_words
+
+    @property
+    def decode_steps(self) -> int:
+        """Held-out decoding steps: one word of every answer per step (1 for one-word values)."""
+        return self.value_words
 
     def reference_levels(self) -> dict[str, float]:
         """Per-query accuracy (0-100) of the two non-solutions every score is read against."""
-        return {"uniform": 100.0 / len(pools()[1]), "copy": 100.0 / self.pairs}
+        return {"uniform": 100.0 / len(pools()[1]) ** self.value_words, "copy": 100.0 / self.pairs}
 
     def build(self, rng, split, length, count, haystack):
         key_pool, value_pool, filler_pool = pools()
         keys = rng.sample(key_pool, self.pairs)
-        values = rng.sample(value_pool, self.pairs)
+        words_ = rng.sample(value_pool, self.pairs * self.value_words)  # = rng.sample(pool, N) for W = 1
+        w = self.value_words
+        values = [" ".join(words_[i * w:(i + 1) * w]) for i in range(self.pairs)]
         asked = rng.sample(range(self.pairs), self.queries)
         pair_texts = [f"{k} {v}" for k, v in zip(keys, values)]
         filler_seed, depth_seed = rng.random(), rng.random()
@@ -93,11 +107,13 @@ class AssociativeRecallTask(Task):
         return fit_filler(build_n, length, count)
 
 
-def prediction_words(text: str, n: int) -> list[str]:
-    """The first ``n`` words of a prediction, lower-cased (as every scorer here compares),
-    padded with "" (a missing answer is wrong)."""
-    found = text.lower().split()[:n]
-    return found + [""] * (n - len(found))
+def prediction_words(text: str, n: int, words_per_answer: int = 1) -> list[str]:
+    """The first ``n`` answers of a prediction, each ``words_per_answer`` words, lower-cased
+    (as every scorer here compares), padded with "" (a missing answer is wrong)."""
+    found = text.lower().split()[:n * words_per_answer]
+    found += [""] * (n * words_per_answer - len(found))
+    w = words_per_answer
+    return [" ".join(found[i * w:(i + 1) * w]).strip() for i in range(n)]
 
 
 def recall_report(predictions: Sequence[str], samples: Sequence) -> dict:
@@ -115,7 +131,7 @@ def recall_report(predictions: Sequence[str], samples: Sequence) -> dict:
         task = task or get_recall_task(row["task"])
         answers = [a.lower() for a in row["answers"]]
         context_values = {v.lower() for v in row["meta"]["values"]}
-        guesses = prediction_words(text, len(answers))
+        guesses = prediction_words(text, len(answers), task.value_words)
         hits = [g == a for g, a in zip(guesses, answers)]
         all_correct += all(hits)
         for guess, hit in zip(guesses, hits):
@@ -148,3 +164,4 @@ register_task(AssociativeRecallTask("mqar4", pairs=4))
 register_task(AssociativeRecallTask("mqar16", pairs=16))
 register_task(AssociativeRecallTask("mqar32", pairs=32))
 register_task(AssociativeRecallTask("mqar_q4", pairs=8, queries=4))
+register_task(AssociativeRecallTask("mqar_v3", pairs=8, value_words=3))
