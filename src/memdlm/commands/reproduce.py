@@ -3,7 +3,7 @@
 Every arm starts from the same shipped base (``mqar-base``, a 2-layer MobileBERT that
 answers multi-query associative recall at ~95%) and trains the same outer LoRA adapter
 (PEFT) with the same steps, data and learning rate on the base's long-context regime
-(``mqar32``: 32 key-value pairs in 256 tokens, where the base answers ~42%): Standard
+(``mqar64``: 64 key-value pairs in 256 tokens, where the base answers ~55%): Standard
 MDLM; MemDLM with a batch-shared memory (the paper's; the headline); MemDLM with a
 per-sample memory. Each memory mode's rank and inner lr are calibrated on training
 batches before any test item is seen. Then: the 2 x 2 {Standard, MemDLM} x {no
