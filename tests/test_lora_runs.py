@@ -106,3 +106,21 @@ def test_merged_copy_is_loaded_instead(tok, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(forward_logits(loaded, ids), forward_logits(_in_memory_twin(tok, run), ids),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_init_follows_the_run_seed(tok, tmp_path):
+    """A LoRA run on a saved model draws its adapter's random half from the run's seed, not
+    from whatever the global generator holds: two runs of one seed start from the same
+    adapter (the inner-lr-0 control compares Standard and MemDLM runs step by step)."""
+    from memdlm.training.run import build_model_and_tokenizer
+
+    base = tmp_path / "base"
+    build_tiny_model(tok, seed=0, num_hidden_layers=1).save_pretrained(base)
+    tok.save_pretrained(base)
+    args = ModelArguments(model=str(base), use_lora=True, lora_r=4)
+    adapters = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)
+        model, _ = build_model_and_tokenizer(args, seed=7)
+        adapters.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n})
+    assert adapters[0] and all(torch.equal(adapters[0][n], adapters[1][n]) for n in adapters[0])

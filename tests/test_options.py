@@ -14,8 +14,9 @@ from memdlm.training.run import resolved_config
 
 
 def reproduction_options(tmp_path) -> dict[str, dict]:
-    """Cell -> training options of the smoke reproduction's base, calibration, arms and
-    lr-0 control (recorded, not trained)."""
+    """Cell -> training options of the smoke reproduction's calibration, arms (seed 0, whose
+    MemDLM arms are calibration cells, and a second seed) and lr-0 control (recorded, not
+    trained)."""
     from memdlm.reproduce.pipeline import Reproduction
     from memdlm.reproduce.presets import SMOKE
 
@@ -30,9 +31,9 @@ def reproduction_options(tmp_path) -> dict[str, dict]:
 
     repro = Reproduction(SMOKE, tmp_path, progress=False)
     repro._train = record.__get__(repro)
-    repro.base()
     chosen = {mode: row["chosen"] for mode, row in repro.calibrate()["modes"].items()}
-    repro.arms(0, chosen, first=True)
+    repro.arms(0, chosen)
+    repro.arms(1, chosen)
     repro.lr0_control()
     return recorded
 
@@ -44,7 +45,8 @@ def as_json(setup) -> str:
 
 def test_python_values_give_what_a_config_file_with_them_gives(tmp_path):
     cells = reproduction_options(tmp_path / "repro")
-    assert {"base", "calibrate/r2_lr0.1_shared", "seed0/memdlm", "control_lr0/memdlm_lr0"} <= set(cells)
+    assert {"calibrate/r2_lr0.1_shared", "seed0/standard", "seed1/memdlm", "seed1/memdlm_per_sample",
+            "control_lr0/memdlm_lr0"} <= set(cells)
     for name, options in cells.items():
         options = {**options, "output_dir": str(tmp_path / "run"), "threads": 1, "disable_tqdm": True}
         config = tmp_path / "config.json"

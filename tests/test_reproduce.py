@@ -59,7 +59,7 @@ def _fake_reproduction(tmp_path, dev_standard: float, absorption_late: float = 0
     chance, strong = [50.0, 0.0] * 10, [100.0] * 20  # kv_d1: copy level 50
     ev = _suite({STD: chance, "Standard + adaptation": chance, TO: strong, TI: strong})
     same = 1.0 if control_climbs else 1.3
-    probe = {m: {c: {"item_digits": [0.5] * 4, "exact_match": 0.0, "digit_accuracy": 0.5}
+    probe = {m: {c: {"item_scores": [0.5] * 4, "exact_match": 0.0, "score": 0.5}
                  for c in ("needle_present", "removed", "removed_matched", "removed_mismatched")}
              for m in ("Standard", "MemDLM")}
     return {"preset": {**SMOKE.to_dict(), "eval_lengths": [128], "finetune": {**SMOKE.to_dict()["finetune"],
@@ -161,15 +161,15 @@ def _provenance() -> dict:
 
 def test_preset_hashes_are_unchanged():
     """A preset's hash names the settings its cached cells were made with (and its report);
-    a change makes every cached reproduction of it stale. The TrainSpec defaults read from
-    the training dataclasses (issue 12) left all three as they were. If a preset is changed
-    on purpose, update the hash here and say so in the commit."""
+    a change makes every cached reproduction of it stale. Changed on purpose by issue 16
+    (the shipped base, an outer LoRA adapter, mqar64 at 256 tokens, the batch-shared headline).
+    If a preset is changed on purpose, update the hash here and say so in the commit."""
     from memdlm.reproduce.presets import PRESETS
 
     assert {name: p.config_hash() for name, p in PRESETS.items()} == {
-        "smoke": "82e741c8231da18d626f30f74309bedfd698a654e0846c983f2dd61e62299a16",
-        "quick": "b2e38c8eb4274d0a940ad6ce1ec35a7c3c9b1d1ca7e763e594ef24075a176940",
-        "full": "79837fe3e790f3abd0e5f0cfc65c9c2ad152e67186d1703e6513d5b681afe4ea",
+        "smoke": "7d062a64353c1be1716f0f6f9ba7c2056cc7689f124e6cfeec8bab26b4a73718",
+        "quick": "e8bd915d8f444cd2fc1d32b3f27ffa2c36ceb3eb3f59724f6be285b03fee7bbc",
+        "full": "416f77405099f38cc73b2d8bee4f7a4f76f99491a9ca6910aa6ac0779bd93425",
     }
 
 
@@ -194,6 +194,23 @@ def test_probe_removes_exactly_the_queried_needle(tok):
         others = [v for v in s.meta["values"] if v != value]
         assert all(f"is {v}." in removed for v in others)  # the distractors stay
         assert len(removed) < len(s.prompt)
+
+
+def test_probe_removes_exactly_the_queried_pair_on_recall_tasks(tok):
+    from memdlm.reproduce.probe import exact, item_score, probe_items, remove_needle
+    from memdlm.tasks.recall import QUERY_MARK
+
+    for s in probe_items(tok, 10, 128, "mqar16"):
+        removed = remove_needle(s)
+        (i,) = s.meta["asked"]
+        key, value = s.meta["keys"][i], s.meta["values"][i]
+        body, _, tail = removed.partition(f" {QUERY_MARK} ")
+        assert value not in removed.split() and key not in body.split()  # the pair is gone ...
+        assert tail == key  # ... the query stays
+        others = [f"{k} {v}" for j, (k, v) in enumerate(zip(s.meta["keys"], s.meta["values"])) if j != i]
+        assert all(pair in body for pair in others)  # every other pair stays
+        assert item_score(f" {value.upper()}", s) == 1.0 and exact(f" {value} x", s) == 1.0
+        assert item_score(" " + s.meta["values"][(i + 1) % 16], s) == 0.0
 
 
 def test_digit_accuracy():
@@ -250,7 +267,13 @@ def test_smoke_report_numbers_come_from_the_runs_outputs(smoke_run):
     key = f"{cell['task']}@{cell['length']}"
     assert data["summary"]["mean_scores"]["Standard"][key] == cell["results"]["Standard"]["score"]
     # overhead is the runs' own measured seconds per step
-    runs = {a: json.loads((smoke_run / "seed0" / a / "run_complete.json").read_text()) for a in ("standard", "memdlm")}
+    # seed 0's headline MemDLM arm is the chosen batch-shared calibration run, not trained twice
+    point = data["calibration"]["modes"]["shared"]["chosen"]
+    arm_dirs = {"standard": smoke_run / "seed0" / "standard",
+                "memdlm": smoke_run / "calibrate" / f"r{point['rank']}_lr{point['inner_lr']:g}_shared"}
+    assert not (smoke_run / "seed0" / "memdlm").exists()
+    runs = {a: json.loads((d / "run_complete.json").read_text()) for a, d in arm_dirs.items()}
+    assert json.loads((arm_dirs["memdlm"] / "lora_base.json").read_text())["base"].endswith("mqar-base")
     per = {a: r["train_seconds"] / r["global_step"] for a, r in runs.items()}
     assert data["summary"]["overhead"][0]["ratio"] == pytest.approx(per["memdlm"] / per["standard"])
     # the inner-lr-0 control is read from the two runs' log histories
@@ -294,9 +317,46 @@ def test_calibration_judges_the_whole_fine_tune_per_memory_mode(tmp_path):
     assert len(calls) == 2 * len(QUICK.inner_candidates)
     assert all("max_steps" in c and c["max_steps"] == steps and c["warmup_steps"] == QUICK.finetune.warmup
                for c in calls)
-    # per-sample: the lr-1.0 memories collapse in the last fifth -> rank 8, lr 0.3 (largest change left)
+    # every candidate fine-tunes the shipped base with the arms' outer adapter
+    assert all(c["model"] == QUICK.base_model and c["use_lora"] and c["lora_r"] == QUICK.lora.r for c in calls)
+    # per-sample: the lr-1.0 memory collapses in the last fifth -> lr 0.3 (largest change left)
     per_sample = cal["modes"]["per_sample"]
-    assert (per_sample["chosen"]["rank"], per_sample["chosen"]["inner_lr"]) == (8, 0.3)
+    assert (per_sample["chosen"]["rank"], per_sample["chosen"]["inner_lr"]) == (2, 0.3)
     assert per_sample["qualified"]
-    # shared: nothing collapses -> the largest change, rank 8, lr 1.0
-    assert (cal["modes"]["shared"]["chosen"]["rank"], cal["modes"]["shared"]["chosen"]["inner_lr"]) == (8, 1.0)
+    # shared: nothing collapses -> the largest change, lr 1.0
+    assert (cal["modes"]["shared"]["chosen"]["rank"], cal["modes"]["shared"]["chosen"]["inner_lr"]) == (2, 1.0)
+
+
+def test_arms_share_base_adapter_and_data_and_reuse_the_chosen_calibration_runs(tmp_path):
+    """Every arm fine-tunes the shipped base with the same adapter, steps, data and lr; seed 0's
+    MemDLM arms are the chosen calibration cells (the same run), later seeds train their own."""
+    from memdlm.reproduce.pipeline import Reproduction
+    from memdlm.reproduce.presets import FULL
+
+    trained = {}
+
+    def fake_train(self, cell, options):
+        trained[cell] = options
+        steps = options["max_steps"]
+        return {"train_seconds": steps * (2.0 if options["method"] == "memdlm" else 1.0), "global_step": steps}
+
+    repro = Reproduction(FULL, tmp_path, progress=False)
+    repro._train = fake_train.__get__(repro)
+    chosen = {"shared": {"rank": 2, "inner_lr": 1.0}, "per_sample": {"rank": 2, "inner_lr": 0.3}}
+    dirs0 = repro.arms(0, chosen)
+    assert dirs0["memdlm"] == tmp_path / "calibrate" / "r2_lr1_shared"
+    assert dirs0["memdlm_per_sample"] == tmp_path / "calibrate" / "r2_lr0.3"
+    dirs1 = repro.arms(1, chosen)
+    assert dirs1["memdlm"] == tmp_path / "seed1" / "memdlm"
+    assert set(dirs1) == {"standard", "memdlm", "memdlm_per_sample", "standard_matched",
+                          "ablation_anchor_only", "ablation_pre_anchor_only", "ablation_progressive"}
+    shared_keys = ("model", "use_lora", "lora_r", "lora_alpha", "lora_target_modules", "tasks",
+                   "train_lengths", "learning_rate", "per_device_train_batch_size", "warmup_steps")
+    runs = [trained[d] for d in dirs1.values()]
+    for key in shared_keys:
+        assert len({json.dumps(r[key]) for r in runs}) == 1, key
+    assert {r["max_steps"] for r in runs if r is not trained[dirs1["standard_matched"]]} == {FULL.finetune.steps}
+    assert trained[dirs1["standard_matched"]]["max_steps"] == 2 * FULL.finetune.steps  # twice the s/step
+    assert trained[dirs1["memdlm"]]["memory_mode"] == "shared"
+    assert trained[dirs1["ablation_progressive"]]["memory_mode"] == "shared"  # ablations of the headline
+    assert trained[dirs1["memdlm_per_sample"]]["memory_mode"] == "per_sample"

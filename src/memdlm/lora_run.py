@@ -40,9 +40,11 @@ def is_lora_run(path) -> bool:
 def write_base_record(out: Path, model_args) -> None:
     """``lora_base.json``: which base the adapter in ``out`` needs."""
     from memdlm.run_dir import write_json_atomic
+    from memdlm.shipped import resolve_model
 
     built = model_args.model is None
-    record = {"base": BASE_DIR if built else str(Path(model_args.model).resolve()),
+    # a shipped model's name (``mqar-base``) is recorded as the directory it resolves to
+    record = {"base": BASE_DIR if built else str(Path(resolve_model(model_args.model)).resolve()),
               "built_tiny_default": built, "trust_remote_code": bool(model_args.trust_remote_code)}
     write_json_atomic(out / LORA_BASE_FILE, record)
 

@@ -1,19 +1,22 @@
 """``memdlm reproduce``: the paper's claims, measured on a CPU with controls.
 
-One seed, init and data: a tiny base is pre-trained with Standard MDLM (plain text and
-the synthetic task mix), then fine-tuned from that same checkpoint with Standard MDLM
-and with MemDLM (per-sample memory; batch-shared once for parity). The memory's rank
-and inner lr are calibrated on training batches before any test item is seen. Then:
-the 2 x 2 {Standard, MemDLM} x {no adaptation, adaptation at inference} over context
-lengths (including lengths past the trained one), a compute-matched Standard baseline,
-inner lr 0 against Standard, the exposure-bias analysis, and the in-weight retrieval
-probe. DIR/REPORT.md gathers it with plots, the command, commit, config hash,
-versions, machine and wall time.
+Every arm starts from the same shipped base (``mqar-base``, a 2-layer MobileBERT that
+answers multi-query associative recall at ~95%) and trains the same outer LoRA adapter
+(PEFT) with the same steps, data and learning rate on the base's long-context regime
+(``mqar64``: 64 key-value pairs in 256 tokens, where the base answers ~55%): Standard
+MDLM; MemDLM with a batch-shared memory (the paper's; the headline); MemDLM with a
+per-sample memory. Each memory mode's rank and inner lr are calibrated on training
+batches before any test item is seen. Then: the 2 x 2 {Standard, MemDLM} x {no
+adaptation, adaptation at inference} at the fine-tuning length, 2x and 4x it, a
+compute-matched Standard baseline, inner lr 0 against Standard, the trajectory
+ablations (full), the exposure-bias analysis, and the in-weight retrieval probe (the
+queried pair removed from the context). DIR/REPORT.md gathers it with plots, the
+command, commit, config hash, versions, machine and wall time.
 
-Presets (times measured on a 2-core CPU, see README):
-    smoke   a few steps of everything: checks the pipeline (about 3 minutes)
-    quick   one seed at a useful scale (about 20 minutes)
-    full    three paired seeds, trajectory ablations (hours; resumable)
+Presets (docs/REPRODUCE.md has the measured and estimated times on a 2-core CPU):
+    smoke   a few steps of everything: checks the pipeline (about a minute)
+    quick   one seed, 100 fine-tuning steps (target: 25 minutes)
+    full    three paired seeds and the trajectory ablations (target: 90 minutes; resumable)
 
 Every stage is cached in DIR: rerunning the same command skips finished cells and
 resumes an interrupted training run from its newest checkpoint, so the full preset
@@ -22,7 +25,7 @@ can span sessions. A cell made with other settings is an error, never reused.
 Examples:
     memdlm reproduce --preset smoke --output-dir runs/repro-smoke
     memdlm reproduce --preset quick --output-dir runs/repro-quick
-    memdlm reproduce --preset full --output-dir runs/repro-full --report-only
+    memdlm reproduce --preset full --output-dir runs/repro-full   # rerun: reuses every finished cell
 """
 
 from __future__ import annotations

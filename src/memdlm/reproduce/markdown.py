@@ -134,15 +134,15 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
                      [list(r) for r in claim_rows]), ""]
 
     parts += ["## Setup", "",
-              f"- Base: a {preset['tiny_intermediate_size']}-FFN tiny bidirectional Gemma3 trained from scratch "
-              f"with Standard MDLM for {preset['base']['steps']} steps on {', '.join(preset['base']['tasks'])} "
-              f"at {preset['base']['lengths']} tokens.",
-              f"- Fine-tuning (every arm from that checkpoint): {preset['finetune']['steps']} steps on "
+              f"- Base: the shipped `{preset['base_model']}` (a model trained once by a project command; "
+              "its PROVENANCE.json says how), loaded frozen; every arm trains the same outer LoRA adapter "
+              f"(rank {preset['lora']['r']}, alpha {preset['lora']['alpha']}, on {preset['lora']['targets']}).",
+              f"- Fine-tuning (every arm from that base): {preset['finetune']['steps']} steps on "
               f"{', '.join(preset['finetune']['tasks'])} at {preset['finetune']['lengths']} tokens, "
               f"lr {preset['finetune']['learning_rate']}, batch {preset['finetune']['batch_size']}; "
               f"seeds {preset['seeds']}.",
-              f"- Test items: {preset['eval_items']} per (task, length), eval split (keys and values never "
-              f"used in training); lengths {preset['eval_lengths']} (trained: {summary['trained_length']}).", ""]
+              f"- Test items: {preset['eval_items']} per (task, length), eval split (seeds never used in "
+              f"training); lengths {preset['eval_lengths']} (trained: {summary['trained_length']}).", ""]
 
     parts += _calibration(cal, preset["finetune"]["steps"])
     traj = summary.get("memory_trajectory", [])
@@ -200,15 +200,17 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
     probe_rows = []
     for seed, s in result["seeds"].items():
         for model, conds in s["probe"]["results"].items():
-            probe_rows.append([seed, model] + [f"{_f(100 * c['exact_match'])} / {_f(100 * c['digit_accuracy'])}"
+            probe_rows.append([seed, model] + [f"{_f(100 * c['exact_match'])} / {_f(100 * c['score'])}"
                                                for c in conds.values()])
     first_probe = next(iter(result["seeds"].values()))["probe"]["results"]["MemDLM"]
     pd = summary["probe"]
     parts += ["## In-weight retrieval probe", "",
               "Answer the question with the needle removed from the context; memory adapted on the full "
-              "context (matched) or on another item's context (mismatched). Exact match / digit accuracy, %.",
+              f"context (matched) or on another item's context (mismatched); task `{preset['probe_task']}` at "
+              f"{preset['probe_length']} tokens. Exact match / item score (per-query accuracy on the recall "
+              "tasks, digit accuracy on the key-value tasks), %.",
               "", _table(["seed", "model"] + list(first_probe), probe_rows), "",
-              _table(["model", "matched - mismatched (digit acc.)", "matched - no memory"],
+              _table(["model", "matched - mismatched (item score)", "matched - no memory"],
                      [[m, ci(d["matched_vs_mismatched"], scale=100), ci(d["matched_vs_removed"], scale=100)]
                       for m, d in pd.items()]), ""]
 

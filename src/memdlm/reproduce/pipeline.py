@@ -1,18 +1,24 @@
 """The mini reproduction, stage by stage; every stage is a cached cell under ``out``.
 
-    base/                       Standard MDLM from scratch on plain text + the task mix
+Every arm fine-tunes the shipped base (``Preset.base_model``, ``mqar-base``) with the same
+outer LoRA adapter, steps, data and learning rate; only the objective differs.
+
     calibrate/r{R}_lr{LR}[_shared]/  MemDLM fine-tunes per candidate and memory mode: absorption, change
-    seed{S}/standard/           fine-tuned from base/ with Standard MDLM
-    seed{S}/memdlm/             ... with MemDLM (per-sample memory, calibrated rank / lr)
-    seed{S}/memdlm_shared/      ... batch-shared memory (first seed only, for parity)
+    seed{S}/standard/           Standard MDLM
+    seed{S}/memdlm/             MemDLM, batch-shared memory at its calibrated rank / lr (the headline)
+    seed{S}/memdlm_per_sample/  MemDLM, per-sample memory at its own calibrated rank / lr
     seed{S}/standard_matched/   Standard with as many steps as fit in MemDLM's wall time
-    seed{S}/ablation_{name}/    MemDLM with one inner-loop knob changed (full preset)
+    seed{S}/ablation_{name}/    the headline MemDLM with one inner-loop knob changed (full preset)
     control_lr0/{standard,memdlm_lr0}/   inner lr 0 against Standard, step by step
     dev.json                    Standard and MemDLM on the dev items (operating-point check)
     cost.json                   step time and peak memory side by side (full preset)
     seed{S}/eval.json           the 2 x 2 (and extra arms) on the test items, over lengths
     seed{S}/exposure_bias.json  R_EB and its control, three modes
     seed{S}/probe.json          the in-weight retrieval probe
+
+Seed 0's two MemDLM arms *are* the chosen calibration runs: a candidate runs the real
+fine-tune of seed 0 (same options, evaluation included), so its cell is reused instead of
+training the same run twice (the settings check guarantees the options are equal).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ logger = logging.getLogger("memdlm")
 # their "seconds" add to the report's compute time without counting a run twice.
 MEASUREMENT_CELLS = ("dev.json", "eval.json", "exposure_bias.json", "probe.json", "cost.json")
 DEV_SEED = 60_000  # dev items: the eval split, seeds disjoint from the test items (50_000)
+CALIBRATION_SEED = 0  # the seed the calibration candidates fine-tune with
+PER_SAMPLE = "MemDLM per-sample, Train-Only"
 
 
 @dataclass
@@ -45,30 +53,26 @@ class Reproduction:
         runtime = {"threads": self.threads} if self.threads else {}
         return train_cell(cell, options, runtime, progress=self.progress)
 
-    def base(self) -> Path:
-        cell = self.out / "base"
-        options = {"method": "mdlm", "seed": 0, **self.preset.base.options(),
-                   "tiny_layers": self.preset.tiny_layers,
-                   "tiny_intermediate_size": self.preset.tiny_intermediate_size}
-        self._train(cell, options)
-        return cell
-
     def finetune_options(self, seed: int, method: str, **extra) -> dict:
-        return {"model": str(self.out / "base"), "method": method, "seed": seed,
-                **self.preset.finetune.options(), **extra}
+        """One arm's training options: the shipped base, the outer adapter, the fine-tune."""
+        return {"model": self.preset.base_model, "method": method, "seed": seed,
+                **self.preset.finetune.options(), **self.preset.lora.options(), **extra}
 
     def memory_options(self, rank: int, inner_lr: float, mode: str = "per_sample") -> dict:
         return {"memory_mode": mode, "memory_rank": rank, "inner_lr": inner_lr}
 
     def calibration_modes(self) -> tuple[str, ...]:
         """The memory modes the arms train with: each gets its own operating point."""
-        return ("per_sample", "shared") if self.preset.shared_memory_arm else ("per_sample",)
+        return ("shared", "per_sample")
+
+    def calibration_cell(self, rank: int, lr: float, mode: str) -> Path:
+        return self.out / "calibrate" / (f"r{rank}_lr{lr:g}" + ("_shared" if mode == "shared" else ""))
 
     def calibrate(self) -> dict:
         """MemDLM fine-tunes from the base, one per (rank, inner lr) candidate and memory mode.
 
-        Each candidate run is the real fine-tune of seed 0 (same steps, warmup, schedule
-        and data; no evaluation) unless the preset sets ``calibration_steps``: a memory
+        Each candidate run is the real fine-tune of seed 0 (same steps, warmup, schedule,
+        data and evaluation; the chosen one is seed 0's arm) unless the preset sets ``calibration_steps``: a memory
         that collapses does so after ~100 steps, so a shorter or warm-up-free run cannot
         show it (the first versions judged 20, then 100 steps without warmup, and chose
         memories that collapsed in the real runs; docs/REPRODUCE.md).
@@ -84,10 +88,8 @@ class Reproduction:
         for mode in self.calibration_modes():
             rows = []
             for rank, lr in self.preset.inner_candidates:
-                name = f"r{rank}_lr{lr:g}" + ("_shared" if mode == "shared" else "")
-                cell = self.out / "calibrate" / name
-                options = self.finetune_options(0, "memdlm", **self.memory_options(rank, lr, mode))
-                options.update(eval_strategy="no")
+                cell = self.calibration_cell(rank, lr, mode)
+                options = self.finetune_options(CALIBRATION_SEED, "memdlm", **self.memory_options(rank, lr, mode))
                 if self.preset.calibration_steps is not None:
                     options.update(max_steps=self.preset.calibration_steps)
                 self._train(cell, options)
@@ -102,22 +104,23 @@ class Reproduction:
         return {"modes": modes, "floor": self.preset.absorption_floor,
                 "steps": self.preset.calibration_steps or self.preset.finetune.steps}
 
-    def arms(self, seed: int, chosen: dict[str, dict], first: bool) -> dict[str, Path]:
+    def arms(self, seed: int, chosen: dict[str, dict]) -> dict[str, Path]:
         """Fine-tune every arm of one seed; returns arm name -> run directory.
         ``chosen``: the operating point of each memory mode."""
         root = self.out / f"seed{seed}"
-        per_sample = chosen["per_sample"]
-        memory = self.memory_options(per_sample["rank"], per_sample["inner_lr"])
+        points = {mode: (c["rank"], c["inner_lr"]) for mode, c in chosen.items()}
+        headline = self.memory_options(*points["shared"], "shared")
         runs = {"standard": self.finetune_options(seed, "mdlm"),
-                "memdlm": self.finetune_options(seed, "memdlm", **memory)}
-        if first and self.preset.shared_memory_arm:
-            shared = chosen["shared"]
-            runs["memdlm_shared"] = self.finetune_options(
-                seed, "memdlm", **self.memory_options(shared["rank"], shared["inner_lr"], "shared"))
+                "memdlm": self.finetune_options(seed, "memdlm", **headline),
+                "memdlm_per_sample": self.finetune_options(
+                    seed, "memdlm", **self.memory_options(*points["per_sample"], "per_sample"))}
         for name, overrides in self.preset.ablations.items():
-            runs[f"ablation_{name}"] = self.finetune_options(seed, "memdlm", **memory, **overrides)
-        summaries = {name: self._train(root / name, options) for name, options in runs.items()}
+            runs[f"ablation_{name}"] = self.finetune_options(seed, "memdlm", **{**headline, **overrides})
         dirs = {name: root / name for name in runs}
+        if seed == CALIBRATION_SEED and self.preset.calibration_steps is None:
+            dirs["memdlm"] = self.calibration_cell(*points["shared"], "shared")
+            dirs["memdlm_per_sample"] = self.calibration_cell(*points["per_sample"], "per_sample")
+        summaries = {name: self._train(dirs[name], options) for name, options in runs.items()}
         if self.preset.compute_matched:
             steps = matched_steps(summaries["standard"], summaries["memdlm"])
             options = self.finetune_options(seed, "mdlm")
@@ -142,8 +145,10 @@ class Reproduction:
 
     # ---------------------------------------------------------------- evaluation
     def memory_overrides(self, chosen: dict) -> dict:
-        """Inference-time memory of every adapted arm: the MemDLM arm's own settings, which the
-        Standard arm (trained with the defaults) is given too, so both adapt alike."""
+        """Inference-time memory of every adapted arm: the headline MemDLM arm's rank and inner
+        lr, which the Standard arm (trained without memory) is given too, so both adapt alike;
+        per-sample, since at inference each prompt gets its own memory (a batch-shared one
+        would mix the prompts of a batch)."""
         return self.memory_options(chosen["rank"], chosen["inner_lr"])
 
     def evaluate(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
@@ -159,7 +164,7 @@ class Reproduction:
         p = self.preset
         runs = [RunSpec(STANDARD, str(dirs["standard"])), RunSpec(STANDARD_ADAPT, str(dirs["standard"]), True),
                 RunSpec(TRAIN_ONLY, str(dirs["memdlm"])), RunSpec(TRAIN_AND_INFERENCE, str(dirs["memdlm"]), True)]
-        extra = {"standard_matched": "Standard, compute-matched", "memdlm_shared": "MemDLM shared, Train-Only"}
+        extra = {"memdlm_per_sample": PER_SAMPLE, "standard_matched": "Standard, compute-matched"}
         extra.update({k: f"MemDLM {k.removeprefix('ablation_')}, Train-Only" for k in dirs if k.startswith("ablation_")})
         runs += [RunSpec(label, str(dirs[k])) for k, label in extra.items() if k in dirs]
         settings = {"runs": [asdict(r) for r in runs], "tasks": list(p.eval_tasks),
@@ -248,18 +253,18 @@ class Reproduction:
     # ----------------------------------------------------------------- the whole
     def run(self) -> dict:
         start = time.perf_counter()
-        self.base()
         calibration = json_cell(self.out / "calibration.json", {
             "candidates": list(self.preset.inner_candidates), "floor": self.preset.absorption_floor,
             "modes": list(self.calibration_modes()),
             "steps": self.preset.calibration_steps or self.preset.finetune.steps}, self.calibrate)
         by_mode = {mode: c["chosen"] for mode, c in calibration["modes"].items()}
-        chosen = by_mode["per_sample"]  # inference-time adaptation is per prompt
+        # inference-time adaptation (per prompt) uses the headline arm's rank and inner lr
+        chosen = by_mode["shared"]
         control = json_cell(self.out / "control_lr0.json", {"steps": self.preset.lr0_control_steps},
                             self.lr0_control)
         seeds = {}
         for i, seed in enumerate(self.preset.seeds):
-            dirs = self.arms(seed, by_mode, first=i == 0)
+            dirs = self.arms(seed, by_mode)
             if i == 0:
                 dev = self.dev(dirs, chosen)
             seeds[seed] = {"dirs": {k: str(v) for k, v in dirs.items()},
@@ -267,7 +272,8 @@ class Reproduction:
                            "exposure_bias": self.exposure_bias(seed, dirs, chosen),
                            "probe": self.probe(seed, dirs, chosen)}
         return {"preset": self.preset.to_dict(), "calibration": calibration, "control_lr0": control,
-                "dev": dev, "cost": self.cost(chosen), "seeds": seeds, "seconds_this_invocation": round(time.perf_counter() - start, 1)}
+                "dev": dev, "cost": self.cost(chosen), "seeds": seeds,
+                "seconds_this_invocation": round(time.perf_counter() - start, 1)}
 
 
 def log_history(run_dir) -> list[dict]:

@@ -1,7 +1,8 @@
 """In-weight retrieval probe: is the needle in the fast weights?
 
-For each held-out key-value item the model answers the question from the context
-with the queried fact's sentence ("The value of K is V.") *removed*, in four ways:
+For each held-out item the model answers the query from the context with the queried
+fact *removed* -- on the recall tasks (``mqar*``) the queried key-value pair(s), on the
+key-value prose tasks the sentence "The value of K is V." -- in four ways:
 
 - ``needle_present``: the full context, no adaptation (how well it can answer at all);
 - ``removed``: the needle-less context, no adaptation (the floor: nothing to copy);
@@ -10,8 +11,10 @@ with the queried fact's sentence ("The value of K is V.") *removed*, in four way
   (the control: any memory at all, but not one that saw this needle).
 
 Above-control answers in ``removed_matched`` mean the value was carried by the fast
-weights. Scores: exact match and digit accuracy (the share of the value's digits right
-in place; chance is about 10%), per item, so conditions are compared paired.
+weights. Scores per item, so conditions are compared paired: exact match and the task's
+partial score (``item_scores``) -- per-query accuracy on the recall tasks (the share of
+the queried values named in place), digit accuracy on the key-value tasks (the share of
+the value's digits right in place; chance about 10%).
 """
 
 from __future__ import annotations
@@ -22,8 +25,22 @@ PROBE_SEED = 70_000
 CONDITIONS = ("needle_present", "removed", "removed_matched", "removed_mismatched")
 
 
+def _is_recall(sample) -> bool:
+    return "asked" in sample.meta
+
+
 def remove_needle(sample) -> str:
-    """The sample's prompt without the sentence stating the queried value."""
+    """The sample's prompt without the fact(s) stating the queried value(s)."""
+    if _is_recall(sample):
+        from memdlm.tasks.recall import QUERY_MARK
+
+        body, mark, tail = sample.prompt.rpartition(f" {QUERY_MARK} ")
+        for i in sample.meta["asked"]:
+            pair = f" {sample.meta['keys'][i]} {sample.meta['values'][i]}"
+            if body.count(pair) != 1:
+                raise ValueError(f"pair {pair!r} not found exactly once in the context")
+            body = body.replace(pair, "")
+        return body + mark + tail
     from memdlm.tasks.kv import needle
 
     fact = needle(sample.meta["key"], sample.response.strip())
@@ -37,8 +54,25 @@ def digit_accuracy(prediction: str, answer: str) -> float:
     return sum(a == b for a, b in zip(pred, answer)) / len(answer)
 
 
+def item_score(prediction: str, sample) -> float:
+    """Per-query accuracy (recall tasks) or digit accuracy (key-value tasks), 0-1."""
+    if _is_recall(sample):
+        from memdlm.tasks.recall import prediction_words
+
+        answers = [a.lower() for a in sample.answers]
+        guesses = prediction_words(prediction, len(answers))
+        return sum(g == a for g, a in zip(guesses, answers)) / len(answers)
+    return digit_accuracy(prediction, sample.response.strip())
+
+
+def exact(prediction: str, sample) -> float:
+    if _is_recall(sample):
+        return float(item_score(prediction, sample) == 1.0)
+    return float(prediction.strip() == sample.response.strip())
+
+
 def probe_items(tokenizer, n: int, length: int, task: str = "kv"):
-    """Held-out key-value items (a seed range of their own) for the probe."""
+    """Held-out items of ``task`` (a seed range of their own) for the probe."""
     return heldout_samples(tokenizer, [task], length, n, seed=PROBE_SEED)
 
 
@@ -63,9 +97,8 @@ def run_probe(run, samples, memory, batch_size: int = 8, progress: bool = False)
     for name, kwargs in runs.items():
         texts = generate(model, tokenizer, config=config, seeds=seeds, batch_size=batch_size,
                          progress=progress, **kwargs)
-        answers = [s.response.strip() for s in samples]
-        exact = [float(t.strip() == a) for t, a in zip(texts, answers)]
-        digits = [digit_accuracy(t, a) for t, a in zip(texts, answers)]
-        out[name] = {"exact_match": sum(exact) / len(exact), "digit_accuracy": sum(digits) / len(digits),
-                     "item_exact": exact, "item_digits": digits, "predictions": texts}
+        exacts = [exact(t, s) for t, s in zip(texts, samples)]
+        scores = [item_score(t, s) for t, s in zip(texts, samples)]
+        out[name] = {"exact_match": sum(exacts) / len(exacts), "score": sum(scores) / len(scores),
+                     "item_exact": exacts, "item_scores": scores, "predictions": texts}
     return out

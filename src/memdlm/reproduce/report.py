@@ -43,11 +43,14 @@ def _runs_of(eval_result: dict) -> list[str]:
     return [r["name"] for r in eval_result["runs"]]
 
 
-def arm_of(eval_result: dict, run: str) -> str | None:
-    """The training arm (run directory name: ``memdlm``, ``ablation_...``) a run evaluates."""
+def arm_of(eval_result: dict, run: str, dirs: dict[str, str] | None = None) -> str | None:
+    """The training arm (``memdlm``, ``ablation_...``) a run evaluates: the key of ``dirs``
+    (arm -> run directory) holding its model, else the directory's name (seed 0's MemDLM
+    arms live in their calibration cells, so the name alone is not the arm)."""
+    by_dir = {str(v): k for k, v in (dirs or {}).items()}
     for r in eval_result["runs"]:
         if r["name"] == run:
-            return Path(r["model_dir"]).name
+            return by_dir.get(str(r["model_dir"]), Path(r["model_dir"]).name)
     return None
 
 
@@ -196,7 +199,7 @@ def eb_level(seeds: dict, run: str, key: str) -> dict | None:
     return compare(groups, _eb_over_steps(key), n_items=groups[0]["l_seq"].shape[0])
 
 
-def probe_difference(seeds: dict, model: str, a: str, b: str, metric: str = "item_digits") -> dict:
+def probe_difference(seeds: dict, model: str, a: str, b: str, metric: str = "item_scores") -> dict:
     diffs = [[y - x for x, y in zip(s["probe"]["results"][model][a][metric], s["probe"]["results"][model][b][metric])]
              for s in seeds.values()]
     return seed_item_comparison(diffs)
@@ -310,9 +313,11 @@ def summarize(out: Path, result: dict) -> dict:
     trained = max(preset["finetune"]["lengths"])
     within = [n for n in preset["eval_lengths"] if n <= trained]
     beyond = [n for n in preset["eval_lengths"] if n > trained]
-    first_eval = next(iter(seeds.values()))["eval"]
+    first = next(iter(seeds.values()))
+    first_eval = first["eval"]
     runs = _runs_of(first_eval)
     gate = capability_gate(result["dev"], preset["capability_margin"])
+    arms = {run: arm_of(first_eval, run, first["dirs"]) for run in runs}
     comparisons = {}
     for run in runs:
         if run == STANDARD:
@@ -325,12 +330,11 @@ def summarize(out: Path, result: dict) -> dict:
         "trained_length": trained,
         "capability": {"margin": preset["capability_margin"], "tasks": gate,
                        "testable": [t for t, row in gate.items() if row["testable"]]},
-        "arms": {run: arm_of(first_eval, run) for run in runs},
+        "arms": arms,
         "mean_scores": mean_scores(seeds),
         "comparisons": comparisons,
         "ablations": {run: gated_difference(seeds, run, within, gate, base="MemDLM Train-Only")
-                      for run in runs if run.startswith("MemDLM ") and run.endswith(", Train-Only")
-                      and "shared" not in run},
+                      for run in runs if (arms[run] or "").startswith("ablation_")},
         "heldout_loss": heldout_loss_difference(seeds),
         "heldout_losses": heldout_losses(seeds),
         "eb": {run: {k: eb_difference(seeds, run, k) for k in ("r_eb", "r_ctrl", "gap", "gap_ctrl")}

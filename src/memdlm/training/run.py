@@ -78,6 +78,12 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
             if model_args.model is None:
                 save_built_base(model, tokenizer, out)
             write_base_record(out, model_args)
+        import torch
+
+        # The adapter's random half (A) is drawn here, before Trainer seeds anything: seed it
+        # from the run's seed, or two runs of the same seed (Standard and MemDLM with inner
+        # lr 0, say) start from different adapters.
+        torch.manual_seed(seed)
         model = wrap_lora(model, model_args)
     return model, tokenizer
 
