@@ -256,6 +256,18 @@ def test_smoke_preset_writes_report_with_provenance(smoke_run):
         assert (smoke_run / png).stat().st_size > 0 and png in report
 
 
+def test_loss_claim_names_its_task_when_it_is_not_the_fine_tuning_task(smoke_run):
+    """The per-item losses come from the exposure-bias cell (SMOKE: mqar_q4) while the arms
+    fine-tune on another task: the claim row must say so, not pass for the fine-tuning loss."""
+    from memdlm.reproduce.presets import SMOKE
+
+    assert SMOKE.eb_task not in SMOKE.finetune.tasks  # the case this test is about
+    row = next(line for line in (smoke_run / "REPORT.md").read_text().splitlines()
+               if line.startswith("| MemDLM reaches a lower loss"))
+    assert f"exposure-bias items ({SMOKE.eb_task})" in row
+    assert f"measured on {SMOKE.eb_task}, not the fine-tuning task ({SMOKE.finetune.tasks[0]})" in row
+
+
 @pytest.mark.slow
 def test_smoke_report_numbers_come_from_the_runs_outputs(smoke_run):
     from memdlm.cli import main
