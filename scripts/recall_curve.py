@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from memdlm.errors import ConfigError
 from memdlm.eval.heldout import evaluate_samples, heldout_samples
 from memdlm.modeling import load_model
 from memdlm.shipped import resolve_model
@@ -34,7 +35,7 @@ def measure(model, tok, pairs: int, length: int, items: int) -> dict | None:
     task = VARIANTS[pairs]
     try:
         samples = heldout_samples(tok, [task], length, items, seed=CURVE_SEED)
-    except Exception as err:  # the bare sample does not fit: nothing to measure here
+    except ConfigError as err:  # the bare sample does not fit: nothing to measure here
         return {"pairs": pairs, "length": length, "skipped": str(err)}
     result = evaluate_samples(model, tok, samples, progress=False, batch_size=32)
     report = result["recall_by_task"][task]
