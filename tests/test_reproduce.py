@@ -46,11 +46,11 @@ def _fake_reproduction(tmp_path, dev_standard: float, absorption_late: float = 0
     from memdlm.reproduce.presets import SMOKE
 
     dirs = {}
-    for arm in ("standard", "memdlm"):
+    for arm in ("standard", "memdlm", "eb_standard", "eb_memdlm"):
         d = tmp_path / "seed0" / arm
         d.mkdir(parents=True)
         logs = [{"step": s, "loss": 1.0, "eval_loss": 0.9} for s in (5, 10)]
-        if arm == "memdlm":
+        if arm.endswith("memdlm"):
             logs = [{**r, "memory/absorption_ratio": a, "memory/relative_change": 0.1,
                      "eval_loss_prompt_memory": 0.7} for r, a in zip(logs, (0.97, absorption_late))]
         (d / "log_history.json").write_text(json.dumps(logs))
@@ -72,6 +72,9 @@ def _fake_reproduction(tmp_path, dev_standard: float, absorption_late: float = 0
             "dev": _suite({STD: [dev_standard] * 10, TO: [dev_standard] * 10}),
             "cost": None,
             "seeds": {0: {"dirs": dirs, "eval": ev, "probe": {"results": probe},
+                          "heldout_loss": {"results": {  # per-item losses: MemDLM 0.1 nats lower on every item
+                              "standard": {"off": [1.0, 1.2, 0.8, 1.0], "prompt_memory": [0.9, 1.1, 0.7, 0.9]},
+                              "memdlm": {"off": [0.9, 1.1, 0.7, 0.9], "prompt_memory": [0.6, 0.8, 0.4, 0.6]}}},
                           "exposure_bias": _eb({STD: (1.3, 1.0, same), TO: (1.2, 1.0, same),
                                                 TI: (1.1, 1.0, same)})}}}
 
@@ -138,19 +141,44 @@ def test_collapsed_arm_is_reported_and_its_verdicts_say_so(tmp_path):
 
     result = _fake_reproduction(tmp_path, 75.0, absorption_late=0.3)
     summary = summarize(tmp_path, result)
-    (row,) = summary["memory_trajectory"]
-    assert row["collapsed"] and row["absorption_late"] == 0.3
+    rows_by_arm = {r["arm"]: r for r in summary["memory_trajectory"]}
+    assert set(rows_by_arm) == {"memdlm", "eb_memdlm"}
+    assert rows_by_arm["memdlm"]["collapsed"] and rows_by_arm["memdlm"]["absorption_late"] == 0.3
     rows = claims(summary)
     for claim, _, _, verdict in rows:
-        if claim.startswith("MemDLM"):
+        if "exposure-bias" in claim or "R_EB" in claim:  # the exposure-bias pair's own MemDLM arm
+            assert "eb_memdlm collapsed (late absorption 0.30 < floor 0.8; seed 0)" in verdict, claim
+        elif claim.startswith("MemDLM"):
             assert "memdlm collapsed (late absorption 0.30 < floor 0.8; seed 0)" in verdict, claim
-    # the held-out loss with memory off and with memory adapted on the prompt, per arm
-    assert summary["heldout_losses"]["memdlm"] == {"off": {0: 0.9}, "prompt_memory": {0: 0.7}}
-    assert summary["heldout_losses"]["standard"]["prompt_memory"] == {}
+    # the held-out loss with memory off and with memory adapted on the prompt: item means per arm
+    assert summary["heldout_losses"]["memdlm"]["off"][0] == pytest.approx(0.9)
+    assert summary["heldout_losses"]["memdlm"]["prompt_memory"][0] == pytest.approx(0.6)
+    assert summary["heldout_losses"]["standard"]["prompt_memory"][0] == pytest.approx(0.9)
     text = render(result, summary, _provenance(), {"score_vs_length": "s.png", "exposure_bias": "e.png"}, rows)
-    assert "| memdlm | 1 | 0.9000 | 0.7000 |" in text and "not logged (trained without memory)" in text
+    assert "| memdlm | 1 | 0.9000 | 0.6000 |" in text
     assert "### Capability gate" in text and "| kv_d1 | 75.0 | 50.0 |" in text
     assert collapse_note([{"seed": 1, "arm": "x", "absorption_late": 0.9}], 0.8) is None
+
+
+def test_loss_claims_pair_the_fine_tuning_tasks_items(tmp_path):
+    """The loss rows are MemDLM minus Standard per item on the heldout_loss cell (the
+    fine-tuning task's test items): -0.1 on every item off, -0.4 adapted vs Standard off."""
+    from memdlm.reproduce.report import claims, summarize
+
+    summary = summarize(tmp_path, _fake_reproduction(tmp_path, 75.0))
+    assert summary["heldout_loss"]["estimate"] == pytest.approx(-0.1)
+    assert summary["heldout_loss"]["high"] == pytest.approx(-0.1)  # no spread: every item -0.1
+    assert summary["heldout_loss_adapted"]["estimate"] == pytest.approx(-0.4)
+    rows = {r[0]: r for r in claims(summary)}
+    off = rows["MemDLM reaches a lower loss (held-out, memory off)"]
+    assert "(mqar16 test items)" in off[1] and off[2].startswith("-0.100; items [-0.100, -0.100]")
+    assert off[3].startswith("unresolved: one seed")
+
+
+def test_diverged_memory_is_reported():
+    rows = [{"seed": 0, "arm": "memdlm", "absorption_late": 2.3}, {"seed": 1, "arm": "memdlm", "absorption_late": 0.95}]
+    assert collapse_note(rows, 0.8, 1.0) == "memdlm diverged (late absorption 2.30 > ceiling 1; seed 0)"
+    assert collapse_note(rows, 0.8) is None  # no ceiling given: only the floor is judged
 
 
 def _provenance() -> dict:
@@ -162,14 +190,15 @@ def _provenance() -> dict:
 def test_preset_hashes_are_unchanged():
     """A preset's hash names the settings its cached cells were made with (and its report);
     a change makes every cached reproduction of it stale. Changed on purpose by issue 16
-    (the shipped base, an outer LoRA adapter, mqar64 at 256 tokens, the batch-shared headline).
+    (the shipped base, an outer LoRA adapter, mqar64 at 256 tokens, the batch-shared headline) and
+    again (the exposure-bias pair on prose_cont with 48 steps, the absorption ceiling).
     If a preset is changed on purpose, update the hash here and say so in the commit."""
     from memdlm.reproduce.presets import PRESETS
 
     assert {name: p.config_hash() for name, p in PRESETS.items()} == {
-        "smoke": "7d062a64353c1be1716f0f6f9ba7c2056cc7689f124e6cfeec8bab26b4a73718",
-        "quick": "e8bd915d8f444cd2fc1d32b3f27ffa2c36ceb3eb3f59724f6be285b03fee7bbc",
-        "full": "416f77405099f38cc73b2d8bee4f7a4f76f99491a9ca6910aa6ac0779bd93425",
+        "smoke": "0df5732fba4719640c646756ffe4d72c392f5a5451ca281907f838367946f8f6",
+        "quick": "8edcdffc59beefc48f4679bc23a9b604391e59ab551189288c52362cbcf0af7d",
+        "full": "977d35a1223181cedaa2ed219f4e0d9e269d2d44cf513b59b63b0932ab8b28ff",
     }
 
 
@@ -256,16 +285,22 @@ def test_smoke_preset_writes_report_with_provenance(smoke_run):
         assert (smoke_run / png).stat().st_size > 0 and png in report
 
 
-def test_loss_claim_names_its_task_when_it_is_not_the_fine_tuning_task(smoke_run):
-    """The per-item losses come from the exposure-bias cell (SMOKE: mqar_q4) while the arms
-    fine-tune on another task: the claim row must say so, not pass for the fine-tuning loss."""
+@pytest.mark.slow
+def test_smoke_exposure_bias_runs_its_own_pair_on_the_long_response_task(smoke_run):
+    """The exposure-bias cell decodes prose continuations in 48 steps with the eb_* arms, which
+    fine-tune the prose base with the arms' adapter; the loss cell covers the main arms."""
     from memdlm.reproduce.presets import SMOKE
 
-    assert SMOKE.eb_task not in SMOKE.finetune.tasks  # the case this test is about
-    row = next(line for line in (smoke_run / "REPORT.md").read_text().splitlines()
-               if line.startswith("| MemDLM reaches a lower loss"))
-    assert f"exposure-bias items ({SMOKE.eb_task})" in row
-    assert f"measured on {SMOKE.eb_task}, not the fine-tuning task ({SMOKE.finetune.tasks[0]})" in row
+    eb = json.loads((smoke_run / "seed0" / "exposure_bias.json").read_text())
+    settings = json.loads((smoke_run / "seed0" / "exposure_bias.json.settings.json").read_text())
+    assert settings["task"] == "prose_cont" and settings["steps"] == 48
+    assert settings["runs"]["eb_memdlm"].endswith("eb_memdlm")
+    assert len(eb["results"]["Standard"]["l_seq"]) == 48
+    lora = json.loads((smoke_run / "seed0" / "eb_memdlm" / "lora_base.json").read_text())
+    assert lora["base"].endswith(SMOKE.eb_base)
+    loss = json.loads((smoke_run / "seed0" / "heldout_loss.json").read_text())
+    assert set(loss["results"]) >= {"standard", "memdlm", "memdlm_per_sample"}
+    assert all(len(v["off"]) == SMOKE.eval_items for v in loss["results"].values())
 
 
 @pytest.mark.slow

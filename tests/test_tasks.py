@@ -162,6 +162,9 @@ def recall_answers(prompt: str) -> list[str]:
 
 def check_answers(s: Sample, count) -> None:
     """The answers follow from the prompt (recomputed from its text)."""
+    if s.task == "prose_cont":  # the passage's own last words
+        assert s.response == " " + " ".join(s.answers) and count(s.response) >= 49
+        return
     if isinstance(get_task(s.task), AssociativeRecallTask):
         assert s.response == " " + " ".join(s.answers)
         assert recall_answers(s.prompt) == list(s.answers)
@@ -251,8 +254,10 @@ def items(s: Sample) -> set[str]:
     return found
 
 
-# Associative recall holds out fresh random assignments, not words (recall.py says why).
-@pytest.mark.parametrize("name", [t for t in TASKS if not isinstance(get_task(t), AssociativeRecallTask)])
+# Associative recall holds out fresh random assignments, not words (recall.py says why);
+# prose_cont continues the shared haystack prose, which has no held-out items (like prose).
+@pytest.mark.parametrize("name", [t for t in TASKS if not isinstance(get_task(t), AssociativeRecallTask)
+                                  and t != "prose_cont"])
 def test_train_and_eval_share_no_items(name):
     # character counts stand in for tokens: 50 samples a split stay fast; the split rule
     # does not depend on the tokenizer
@@ -482,3 +487,21 @@ def test_held_out_decoding_commits_one_word_of_each_answer_per_step(tok, count, 
     config = answer_sampler_config(tok, samples)
     assert config.steps == steps
     assert config.max_new_tokens == task.queries * task.value_words + 1  # the answer slots and EOS
+
+
+def test_prose_continuation_response_is_the_shortest_long_enough_tail(tok):
+    """prose_cont: prompt + response is one passage; the response reaches 49 tokens and
+    would not without its first word (the fewest last words that do)."""
+    from memdlm.tasks import get_task
+
+    def n(text):
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    task = get_task("prose_cont")
+    for i in range(5):
+        s = task.sample(i, "eval", 256, n)
+        words = s.response.split()
+        assert n(s.response) >= 49 and n(" " + " ".join(words[1:])) < 49
+        assert s.prompt and not s.prompt.endswith(" ") and s.response.startswith(" ")
+        assert n(s.prompt) + n(s.response) <= 256
+    assert task.sample(0, "eval", 256, n) == task.sample(0, "eval", 256, n)  # deterministic in the seed

@@ -89,7 +89,9 @@ def _calibration(cal: dict, finetune_steps: int) -> list[str]:
              f"Memory rank and inner lr come from MemDLM fine-tunes of {cal['steps']} steps ({length}), "
              "one per candidate and memory mode: per mode, the candidate whose fast weights "
              "change the adapted layers' outputs most while the late absorption ratio (anchor loss with "
-             f"memory / without, last fifth of the logged steps) stays at or above {cal['floor']}.", ""]
+             f"memory / without, last fifth of the logged steps) stays within [{cal['floor']}, "
+             f"{cal.get('ceiling', 'inf')}] (below: the memory holds the targets; above: it raises the loss "
+             "it was written from).", ""]
     for mode, c in cal["modes"].items():
         rows = [[r["rank"], r["inner_lr"], _f(r["absorption_ratio"], 3), f"{r['relative_change']:.2e}"]
                 for r in c["candidates"]]
@@ -97,7 +99,7 @@ def _calibration(cal: dict, finetune_steps: int) -> list[str]:
         parts += [f"Memory mode `{mode}`:", "",
                   _table(["rank", "inner lr", "late absorption ratio", "late relative change"], rows), "",
                   f"Chosen: rank {ch['rank']}, inner lr {ch['inner_lr']}"
-                  + ("" if c["qualified"] else " (no candidate met the floor: the least-absorbing one)") + ".", ""]
+                  + ("" if c["qualified"] else " (no candidate within the band: the closest to it)") + ".", ""]
     return parts
 
 
@@ -107,13 +109,15 @@ def _heldout(summary: dict) -> list[str]:
         seeds = sorted(d["off"], key=str)
         on = [d["prompt_memory"][s] for s in seeds if s in d["prompt_memory"]]
         rows.append([arm, len(seeds), _f(sum(d["off"][s] for s in seeds) / len(seeds), 4),
-                     _f(sum(on) / len(on), 4) if on else "not logged (trained without memory)",
+                     _f(sum(on) / len(on), 4) if on else "not measured",
                      ", ".join(f"{d['off'][s]:.4f}" + (f" / {d['prompt_memory'][s]:.4f}" if s in d["prompt_memory"] else "")
                                for s in seeds)])
     if not rows:
         return []
-    return ["Held-out loss of each arm on the fine-tuning tasks' held-out items (the run's last evaluation; "
-            "memory off, and with memory adapted on each item's prompt alone, as at inference):", "",
+    return ["Per-item held-out loss of each arm (mean over items; `memdlm.eval.item_loss`: the fine-tuning "
+            "task's test items at the fine-tuning length, every response token's cross-entropy at 8 mask "
+            "ratios with the same masks for every arm), memory off and with memory adapted on each item's "
+            "prompt alone, as at inference (Standard arms too, with the headline's memory settings):", "",
             _table(["arm", "seeds", "memory off", "memory adapted on the prompt", "per seed (off / adapted)"], rows), ""]
 
 
@@ -142,19 +146,26 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
               f"lr {preset['finetune']['learning_rate']}, batch {preset['finetune']['batch_size']}; "
               f"seeds {preset['seeds']}.",
               f"- Test items: {preset['eval_items']} per (task, length), eval split (seeds never used in "
-              f"training); lengths {preset['eval_lengths']} (trained: {summary['trained_length']}).", ""]
+              f"training); lengths {preset['eval_lengths']} (trained: {summary['trained_length']}).",
+              f"- Exposure bias: its own pair of arms, Standard and MemDLM (batch-shared memory at the "
+              f"headline's operating point), fine-tuned alike from the shipped `{preset['eb_base']}` "
+              f"({preset['eb_finetune']['steps']} steps on {', '.join(preset['eb_finetune']['tasks'])} at "
+              f"{preset['eb_finetune']['lengths']} tokens, same adapter and lr), then decoded in "
+              f"{preset['eb_steps']} steps on {preset['eb_items']} held-out `{preset['eb_task']}` items.", ""]
 
     parts += _calibration(cal, preset["finetune"]["steps"])
     traj = summary.get("memory_trajectory", [])
     if traj:
         parts += ["During fine-tuning (means over the first and last fifth of the logged steps; a late "
                   f"absorption ratio below the floor {summary['floor']} is memorisation collapse -- the "
-                  "memory stores the targets and the model stops learning them; the verdicts on a "
-                  "collapsed arm say so):", "",
+                  "memory stores the targets and the model stops learning them; one above the ceiling "
+                  f"{summary.get('ceiling', 'inf')} is divergence -- the memory raises the loss it was "
+                  "written from; the verdicts on such an arm say so):", "",
                   _table(["seed", "arm", "absorption early", "absorption late", "relative change early",
-                          "relative change late", "collapsed"],
+                          "relative change late", "collapsed", "diverged"],
                          [[r["seed"], r["arm"], _f(r["absorption_early"], 3), _f(r["absorption_late"], 3),
-                           _f(r["change_early"], 3), _f(r["change_late"], 3), "yes" if r["collapsed"] else "no"]
+                           _f(r["change_early"], 3), _f(r["change_late"], 3), "yes" if r["collapsed"] else "no",
+                           "yes" if r.get("diverged") else "no"]
                           for r in traj]), ""]
     dev_rows = []
     for cell in dev["cells"]:

@@ -13,7 +13,10 @@ outer LoRA adapter, steps, data and learning rate; only the objective differs.
     dev.json                    Standard and MemDLM on the dev items (operating-point check)
     cost.json                   step time and peak memory side by side (full preset)
     seed{S}/eval.json           the 2 x 2 (and extra arms) on the test items, over lengths
-    seed{S}/exposure_bias.json  R_EB and its control, three modes
+    seed{S}/eb_standard/, seed{S}/eb_memdlm/   the exposure-bias pair: Standard and MemDLM
+                                (batch-shared, the headline's point) fine-tuned from the chain base
+    seed{S}/exposure_bias.json  R_EB, the absolute gap and their controls, three modes, on that pair
+    seed{S}/heldout_loss.json   per-item held-out loss of every arm, memory off and adapted on the prompt
     seed{S}/probe.json          the in-weight retrieval probe
 
 Seed 0's two MemDLM arms *are* the chosen calibration runs: a candidate runs the real
@@ -35,7 +38,7 @@ from memdlm.reproduce.presets import Preset
 logger = logging.getLogger("memdlm")
 # JSON cells that measure (evaluate or benchmark) rather than aggregate training cells:
 # their "seconds" add to the report's compute time without counting a run twice.
-MEASUREMENT_CELLS = ("dev.json", "eval.json", "exposure_bias.json", "probe.json", "cost.json")
+MEASUREMENT_CELLS = ("dev.json", "eval.json", "exposure_bias.json", "probe.json", "cost.json", "heldout_loss.json")
 DEV_SEED = 60_000  # dev items: the eval split, seeds disjoint from the test items (50_000)
 CALIBRATION_SEED = 0  # the seed the calibration candidates fine-tune with
 PER_SAMPLE = "MemDLM per-sample, Train-Only"
@@ -79,10 +82,11 @@ class Reproduction:
 
         Rule, per mode: among candidates whose late absorption ratio (mean over the last
         fifth of the logged steps, :func:`late_mean`, the window the report's collapse
-        check uses) stays at or above ``absorption_floor`` (the memory removes at most a
-        fifth of the anchor loss it was written from), take the one whose fast weights
-        change the adapted layers' outputs most (largest late relative change); if none
-        qualifies, the one with the highest late absorption ratio.
+        check uses) lies in ``[absorption_floor, absorption_ceiling]`` (the memory removes
+        at most a fifth of the anchor loss it was written from, and does not raise it),
+        take the one whose fast weights change the adapted layers' outputs most (largest
+        late relative change); if none qualifies, the one whose late absorption lies
+        closest to that band.
         """
         modes = {}
         for mode in self.calibration_modes():
@@ -97,12 +101,13 @@ class Reproduction:
                 rows.append({"rank": rank, "inner_lr": lr,
                              "absorption_ratio": late_mean(logs, "memory/absorption_ratio"),
                              "relative_change": late_mean(logs, "memory/relative_change")})
-            ok = [r for r in rows if r["absorption_ratio"] >= self.preset.absorption_floor]
+            floor, ceiling = self.preset.absorption_floor, self.preset.absorption_ceiling
+            ok = [r for r in rows if floor <= r["absorption_ratio"] <= ceiling]
             chosen = max(ok, key=lambda r: r["relative_change"]) if ok else \
-                max(rows, key=lambda r: r["absorption_ratio"])
+                min(rows, key=lambda r: max(floor - r["absorption_ratio"], r["absorption_ratio"] - ceiling))
             modes[mode] = {"candidates": rows, "chosen": chosen, "qualified": bool(ok)}
         return {"modes": modes, "floor": self.preset.absorption_floor,
-                "steps": self.preset.calibration_steps or self.preset.finetune.steps}
+                "ceiling": self.preset.absorption_ceiling, "steps": self.preset.calibration_steps or self.preset.finetune.steps}
 
     def arms(self, seed: int, chosen: dict[str, dict]) -> dict[str, Path]:
         """Fine-tune every arm of one seed; returns arm name -> run directory.
@@ -128,6 +133,20 @@ class Reproduction:
             self._train(root / "standard_matched", options)
             dirs["standard_matched"] = root / "standard_matched"
         return dirs
+
+    def eb_arms(self, seed: int, shared: dict) -> dict[str, Path]:
+        """The exposure-bias pair of one seed: Standard and MemDLM (batch-shared memory at the
+        headline's operating point ``shared``) fine-tuned from the chain base on the long
+        response task, with the same outer adapter, steps, data and lr."""
+        root = self.out / f"seed{seed}"
+        common = {"model": self.preset.eb_base, "seed": seed, **self.preset.eb_finetune.options(),
+                  **self.preset.lora.options()}
+        runs = {"eb_standard": {**common, "method": "mdlm"},
+                "eb_memdlm": {**common, "method": "memdlm",
+                              **self.memory_options(shared["rank"], shared["inner_lr"], "shared")}}
+        for name, options in runs.items():
+            self._train(root / name, options)
+        return {name: root / name for name in runs}
 
     def lr0_control(self) -> dict:
         """Inner lr 0 against Standard: same seed, same data, every step logged."""
@@ -189,7 +208,7 @@ class Reproduction:
     def exposure_bias(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
         p = self.preset
         settings = {"items": p.eb_items, "steps": p.eb_steps, "length": p.eb_length, "task": p.eb_task,
-                    "memory": chosen}
+                    "memory": chosen, "runs": {k: str(dirs[k]) for k in ("eb_standard", "eb_memdlm")}}
 
         def compute():
             from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
@@ -197,8 +216,8 @@ class Reproduction:
 
             config = ExposureBiasConfig(steps=p.eb_steps)
             out = {}
-            for arm, modes in (("standard", (("Standard", False),)),
-                               ("memdlm", (("MemDLM Train-Only", False), ("MemDLM Train & Inference", True)))):
+            for arm, modes in (("eb_standard", (("Standard", False),)),
+                               ("eb_memdlm", (("MemDLM Train-Only", False), ("MemDLM Train & Inference", True)))):
                 run = Run.load(dirs[arm])
                 pairs = [(s.prompt, s.response)
                          for s in heldout_pairs(run.tokenizer, p.eb_items, p.eb_length, p.eb_task)]
@@ -209,6 +228,34 @@ class Reproduction:
             return {"results": out}
 
         return json_cell(self.out / f"seed{seed}" / "exposure_bias.json", settings, compute)
+
+    def heldout_loss(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
+        """Per-item held-out loss of every arm on the fine-tuning task's test items at the
+        fine-tuning length (the test items of ``eval.json`` there, the same masks for every
+        arm: :mod:`memdlm.eval.item_loss`), memory off and adapted on each item's prompt
+        (the inference-time memory every adapted arm gets)."""
+        p = self.preset
+        length = max(p.finetune.lengths)
+        arms = [a for a in dirs if not a.startswith("eb_")]
+        settings = {"tasks": list(p.finetune.tasks), "length": length, "items": p.eval_items,
+                    "memory": chosen, "runs": {a: str(dirs[a]) for a in arms}}
+
+        def compute():
+            from memdlm.eval.heldout import heldout_samples
+            from memdlm.eval.item_loss import item_losses
+            from memdlm.run import Run
+
+            out = {}
+            for arm in arms:
+                run = Run.load(dirs[arm])
+                samples = heldout_samples(run.tokenizer, list(p.finetune.tasks), length, p.eval_items)
+                out[arm] = {"off": item_losses(run.model, run.tokenizer, samples, progress=self.progress),
+                            "prompt_memory": item_losses(run.model, run.tokenizer, samples,
+                                                         memory=run.memory(**self.memory_overrides(chosen)),
+                                                         progress=self.progress)}
+            return {"results": out}
+
+        return json_cell(self.out / f"seed{seed}" / "heldout_loss.json", settings, compute)
 
     def probe(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
         p = self.preset
@@ -255,7 +302,7 @@ class Reproduction:
         start = time.perf_counter()
         calibration = json_cell(self.out / "calibration.json", {
             "candidates": list(self.preset.inner_candidates), "floor": self.preset.absorption_floor,
-            "modes": list(self.calibration_modes()),
+            "ceiling": self.preset.absorption_ceiling, "modes": list(self.calibration_modes()),
             "steps": self.preset.calibration_steps or self.preset.finetune.steps}, self.calibrate)
         by_mode = {mode: c["chosen"] for mode, c in calibration["modes"].items()}
         # inference-time adaptation (per prompt) uses the headline arm's rank and inner lr
@@ -267,8 +314,11 @@ class Reproduction:
             dirs = self.arms(seed, by_mode)
             if i == 0:
                 dev = self.dev(dirs, chosen)
+            evaluation = self.evaluate(seed, dirs, chosen)
+            dirs.update(self.eb_arms(seed, chosen))
             seeds[seed] = {"dirs": {k: str(v) for k, v in dirs.items()},
-                           "eval": self.evaluate(seed, dirs, chosen),
+                           "eval": evaluation,
+                           "heldout_loss": self.heldout_loss(seed, dirs, chosen),
                            "exposure_bias": self.exposure_bias(seed, dirs, chosen),
                            "probe": self.probe(seed, dirs, chosen)}
         return {"preset": self.preset.to_dict(), "calibration": calibration, "control_lr0": control,

@@ -87,6 +87,10 @@ class Preset:
     inner_candidates: tuple[tuple[int, float], ...] = ((2, 0.3), (2, 1.0))
     calibration_steps: int | None = None  # None: as long as the fine-tune (where collapse shows)
     absorption_floor: float = 0.8  # late absorption below it: calibration rejects, the report says collapsed
+    # Late absorption above it: the memory *raises* the anchor loss it was written from (the
+    # inner step overshoots); calibration rejects it and the report says diverged. A smoke
+    # run with a batch-shared memory at inner lr 1.0 measured 2.3.
+    absorption_ceiling: float = 1.0
     # Capability gate: a retrieval verdict needs Standard's dev score >= the task's copy
     # level + this many score points (reproduce/stats.capability_gate).
     capability_margin: float = 10.0
@@ -99,9 +103,18 @@ class Preset:
     eval_lengths: tuple[int, ...] = (256, 512, 1024)  # the fine-tuning length, 2x and 4x
     eval_items: int = 50
     dev_items: int = 50
-    eb_task: str = "mqar_q4"  # four answers: the longest response a recall task has (issue 16, item 5 open)
+    # Exposure bias (paper Fig. 3: long responses, 48 steps). An mqar64 answer is one word,
+    # so this analysis has its own pair of arms: Standard and MemDLM (batch-shared, the
+    # headline's operating point) fine-tuned alike, with the same outer adapter, from a base
+    # that continues prose (``prose-base``: mqar-base trained on ``prose`` by
+    # scripts/train_prose_base.sh), on ``prose_cont`` (>= 49-token continuations), then
+    # decoded in eb_steps steps. Why prose and not a long retrieval chain: docs/REPRODUCE.md.
+    eb_base: str = "prose-base"
+    eb_finetune: TrainSpec = TrainSpec(("prose_cont",), (256,), steps=100, learning_rate=1e-3, batch_size=32,
+                                       warmup=0.1, logging_steps=10, eval_steps=50, eval_samples=32)
+    eb_task: str = "prose_cont"
     eb_items: int = 16
-    eb_steps: int = 4
+    eb_steps: int = 48
     eb_length: int = 256
     probe_task: str = "mqar64"  # the queried pair removed: no context value is the answer
     probe_items: int = 50
@@ -133,7 +146,9 @@ SMOKE = Preset(
     inner_candidates=((2, 0.1), (2, 1.0)),
     lr0_control_steps=3, ablations={"anchor_only": {"trajectory": "anchor_only"}},
     eval_tasks=("mqar16",), eval_lengths=(64, 128), eval_items=4, dev_items=4,
-    eb_task="mqar_q4", eb_items=2, eb_steps=4, eb_length=64, probe_task="mqar16", probe_items=4, probe_length=64,
+    eb_finetune=TrainSpec(("prose_cont",), (256,), steps=4, learning_rate=1e-3, batch_size=4, logging_steps=1,
+                          eval_steps=2, eval_samples=4),
+    eb_items=2, eb_steps=48, eb_length=256, probe_task="mqar16", probe_items=4, probe_length=64,
 )
 
 QUICK = Preset(

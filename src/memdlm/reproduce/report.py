@@ -115,36 +115,32 @@ def mean_scores(seeds: dict) -> dict[str, dict[tuple[str, int], float]]:
     return {run: {k: sum(v) / len(v) for k, v in cells.items()} for run, cells in acc.items()}
 
 
-def heldout_loss_difference(seeds: dict) -> dict | None:
-    """MemDLM minus Standard held-out loss with memory off, per item: the exposure-bias
-    run's static loss (random masks at every step's ratio) averaged over steps."""
+def heldout_loss_difference(seeds: dict, arm: str = "memdlm", mode: str = "off",
+                            base: str = "standard", base_mode: str = "off") -> dict | None:
+    """``arm`` minus ``base`` held-out loss per item (nats/token) from the ``heldout_loss``
+    cells: the fine-tuning task's test items, the same masks for every arm
+    (:mod:`memdlm.eval.item_loss`), items paired across seeds. ``mode``: ``"off"`` or
+    ``"prompt_memory"`` (adapted on each item's prompt)."""
     diffs = []
     for s in seeds.values():
-        res = s["exposure_bias"]["results"]
-        a = [nanmean(x) for x in res["Standard"]["per_item"]["l_static"]]
-        b = [nanmean(x) for x in res["MemDLM Train-Only"]["per_item"]["l_static"]]
-        diffs.append([y - x for x, y in zip(a, b)])
+        res = (s.get("heldout_loss") or {}).get("results", {})
+        if arm not in res or base not in res:
+            continue
+        diffs.append([y - x for x, y in zip(res[base][base_mode], res[arm][mode])])
     if not diffs:
         return None
     return seed_item_comparison(diffs)
 
 
 def heldout_losses(seeds: dict) -> dict[str, dict]:
-    """Each arm's held-out loss on the fine-tuning tasks' held-out items (the training run's
-    last evaluation, ``num_eval_samples`` items of the eval split): memory off
-    (``eval_loss``) and, for MemDLM arms, with memory adapted on each item's prompt alone
-    (``eval_loss_prompt_memory``; Standard's trainer has no memory and logs none).
+    """Each arm's mean per-item held-out loss per seed, memory off and adapted on the prompt:
     ``{arm: {"off": {seed: loss}, "prompt_memory": {seed: loss}}}``."""
     out: dict[str, dict] = {}
     for seed, s in seeds.items():
-        for arm, path in s["dirs"].items():
-            evals = [r for r in log_history(path) if "eval_loss" in r]
-            if not evals:
-                continue
+        for arm, modes in (s.get("heldout_loss") or {}).get("results", {}).items():
             row = out.setdefault(arm, {"off": {}, "prompt_memory": {}})
-            row["off"][seed] = evals[-1]["eval_loss"]
-            if "eval_loss_prompt_memory" in evals[-1]:
-                row["prompt_memory"][seed] = evals[-1]["eval_loss_prompt_memory"]
+            for mode, values in modes.items():
+                row[mode][seed] = sum(values) / len(values)
     return out
 
 
@@ -215,10 +211,11 @@ def overhead(out: Path, seeds: dict) -> list[dict]:
     return rows
 
 
-def memory_trajectory(seeds: dict, floor: float) -> list[dict]:
+def memory_trajectory(seeds: dict, floor: float, ceiling: float = math.inf) -> list[dict]:
     """Absorption ratio and relative change of each MemDLM arm early and late in fine-tuning
     (means over the first and the last fifth of the logged steps, the window calibration
-    judges): a late absorption below the calibration ``floor`` is reported as collapsed."""
+    judges): a late absorption below the calibration ``floor`` is reported as collapsed,
+    one above its ``ceiling`` as diverged (the memory raises the loss it was written from)."""
     rows = []
     for seed, s in seeds.items():
         for arm, path in s["dirs"].items():
@@ -230,16 +227,17 @@ def memory_trajectory(seeds: dict, floor: float) -> list[dict]:
                 row[f"absorption_{part}"] = window_mean(logs, "memory/absorption_ratio", part)
                 row[f"change_{part}"] = window_mean(logs, "memory/relative_change", part)
             row["collapsed"] = bool(row["absorption_late"] < floor)
+            row["diverged"] = bool(row["absorption_late"] > ceiling)
             rows.append(row)
     return rows
 
 
-def collapse_notes(summary: dict, floor: float) -> dict[str, str]:
-    """arm -> note, for every MemDLM arm that collapsed in some seed."""
+def collapse_notes(summary: dict, floor: float, ceiling: float = math.inf) -> dict[str, str]:
+    """arm -> note, for every MemDLM arm that collapsed (or diverged) in some seed."""
     by_arm: dict[str, list[dict]] = {}
     for r in summary["memory_trajectory"]:
         by_arm.setdefault(r["arm"], []).append(r)
-    notes = {arm: collapse_note(rows, floor) for arm, rows in by_arm.items()}
+    notes = {arm: collapse_note(rows, floor, ceiling) for arm, rows in by_arm.items()}
     return {arm: note for arm, note in notes.items() if note}
 
 
@@ -310,6 +308,7 @@ def summarize(out: Path, result: dict) -> dict:
     preset = result["preset"]
     seeds = result["seeds"]
     floor = result["calibration"]["floor"]
+    ceiling = result["calibration"].get("ceiling", math.inf)  # reports before the ceiling had none
     trained = max(preset["finetune"]["lengths"])
     within = [n for n in preset["eval_lengths"] if n <= trained]
     beyond = [n for n in preset["eval_lengths"] if n > trained]
@@ -336,7 +335,7 @@ def summarize(out: Path, result: dict) -> dict:
         "ablations": {run: gated_difference(seeds, run, within, gate, base="MemDLM Train-Only")
                       for run in runs if (arms[run] or "").startswith("ablation_")},
         "heldout_loss": heldout_loss_difference(seeds),
-        "heldout_loss_task": preset.get("eb_task"),
+        "heldout_loss_adapted": heldout_loss_difference(seeds, mode="prompt_memory"),
         "finetune_tasks": list(preset["finetune"].get("tasks", [])),
         "heldout_losses": heldout_losses(seeds),
         "eb": {run: {k: eb_difference(seeds, run, k) for k in ("r_eb", "r_ctrl", "gap", "gap_ctrl")}
@@ -351,10 +350,11 @@ def summarize(out: Path, result: dict) -> dict:
                   for model in ("Standard", "MemDLM")},
         "overhead": overhead(out, seeds),
         "final_losses": final_losses(seeds),
-        "memory_trajectory": memory_trajectory(seeds, floor),
+        "memory_trajectory": memory_trajectory(seeds, floor, ceiling),
         "floor": floor,
+        "ceiling": ceiling,
     }
-    summary["collapsed"] = collapse_notes(summary, floor)
+    summary["collapsed"] = collapse_notes(summary, floor, ceiling)
     return summary
 
 
@@ -368,19 +368,16 @@ def _note(summary: dict, *runs: str) -> str | None:
 def claims(summary: dict) -> list[tuple[str, str, str, str]]:
     """(claim, our measurement, estimate with both intervals, verdict) rows."""
     rows = []
-    hl = summary["heldout_loss"]
-    task = summary.get("heldout_loss_task")
-    off_task = task is not None and task not in summary.get("finetune_tasks", [task])
-    # The per-item losses come from the exposure-bias cell, on its task; when that is not the
-    # fine-tuning task the row must say so (the fine-tuning task's losses have no per-item
-    # values here, only the runs' last evaluation, in the held-out loss table).
-    measured = f"MemDLM - Standard static loss on the exposure-bias items ({task}), nats/token" if task else \
-        "MemDLM - Standard, nats/token"
-    note = (f"measured on {task}, not the fine-tuning task ({', '.join(summary['finetune_tasks'])}): "
-            "see the held-out loss table" if off_task else None)
-    note = "; ".join(n for n in (note, _note(summary, "MemDLM Train-Only")) if n) or None
-    rows.append(("MemDLM reaches a lower loss (held-out, memory off)", measured,
-                 ci(hl, digits=3), with_note(verdict(hl, "lower"), note)))
+    tasks = ", ".join(summary["finetune_tasks"])
+    for key, claim, what, arm in (
+            ("heldout_loss", "MemDLM reaches a lower loss (held-out, memory off)",
+             f"MemDLM - Standard per-item held-out loss, memory off ({tasks} test items), nats/token", "memdlm"),
+            ("heldout_loss_adapted", "MemDLM with memory adapted on the prompt reaches a lower held-out loss",
+             f"MemDLM (memory adapted on the prompt) - Standard (no memory), per item ({tasks}), nats/token",
+             "memdlm")):
+        d = summary.get(key)
+        rows.append((claim, what, ci(d, digits=3),
+                     with_note(verdict(d, "lower"), summary["collapsed"].get(arm)) if d else "not measured"))
     eb_ok = summary["eb_measurable"]
     for run in ("MemDLM Train-Only", "MemDLM Train & Inference"):
         for key, what in (("r_eb", "mean R_EB over steps, difference"),
@@ -389,7 +386,7 @@ def claims(summary: dict) -> list[tuple[str, str, str, str]]:
             v = verdict(d, "lower") if eb_ok["measurable"] else f"not measurable: {eb_ok['reason']}"
             label = "flatter R_EB" if key == "r_eb" else "smaller exposure-bias gap"
             rows.append((f"{run}: {label} than Standard", what, ci(d, digits=3),
-                         with_note(v, _note(summary, run))))
+                         with_note(v, summary["collapsed"].get("eb_memdlm"))))
     for run in ("MemDLM Train-Only", "MemDLM Train & Inference"):
         c = summary["comparisons"].get(run, {})
         for where, label in (("within", "retrieves better than Standard (trained lengths)"),

@@ -112,15 +112,20 @@ def eb_measurable(control_gap: dict | None) -> tuple[bool, str]:
 
 
 # ---------------------------------------------------------------------- collapse
-def collapse_note(rows: list[dict], floor: float) -> str | None:
+def collapse_note(rows: list[dict], floor: float, ceiling: float = math.inf) -> str | None:
     """``rows``: one arm's memory-trajectory rows (one per seed, ``absorption_late``). A note
-    naming the seeds whose late absorption fell below ``floor``, else None."""
-    bad = [r for r in rows if not math.isnan(r["absorption_late"]) and r["absorption_late"] < floor]
-    if not bad:
-        return None
-    seeds = ", ".join(str(r["seed"]) for r in bad)
-    values = ", ".join(f"{r['absorption_late']:.2f}" for r in bad)
-    return f"{rows[0]['arm']} collapsed (late absorption {values} < floor {floor:g}; seed {seeds})"
+    naming the seeds whose late absorption fell below ``floor`` (collapsed: the memory holds
+    the targets) or rose above ``ceiling`` (diverged: the memory raises the loss it was
+    written from), else None."""
+    parts = []
+    for kind, bad, bound in (
+            ("collapsed", [r for r in rows if r["absorption_late"] < floor], f"< floor {floor:g}"),
+            ("diverged", [r for r in rows if r["absorption_late"] > ceiling], f"> ceiling {ceiling:g}")):
+        if bad:  # NaN compares false: an arm that logged no absorption is neither
+            seeds = ", ".join(str(r["seed"]) for r in bad)
+            values = ", ".join(f"{r['absorption_late']:.2f}" for r in bad)
+            parts.append(f"{rows[0]['arm']} {kind} (late absorption {values} {bound}; seed {seeds})")
+    return "; ".join(parts) or None
 
 
 def with_note(text: str, note: str | None) -> str:

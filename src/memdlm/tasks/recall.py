@@ -166,6 +166,3 @@ register_task(AssociativeRecallTask("mqar32", pairs=32))
 register_task(AssociativeRecallTask("mqar64", pairs=64))
 register_task(AssociativeRecallTask("mqar_q4", pairs=8, queries=4))
 register_task(AssociativeRecallTask("mqar_v3", pairs=8, value_words=3))
-# A long dependent response for the exposure-bias analysis (paper Fig. 3: 48 steps): four
-# pairs whose values are 48 adjectives each; the answer is followed word by word.
-register_task(AssociativeRecallTask("mqar_chain", pairs=4, value_words=48))
