@@ -110,12 +110,12 @@ class Preset:
     # scripts/train_prose_base.sh), on ``prose_cont`` (>= 49-token continuations), then
     # decoded in eb_steps steps. Why prose and not a long retrieval chain: docs/REPRODUCE.md.
     eb_base: str = "prose-base"
-    eb_finetune: TrainSpec = TrainSpec(("prose_cont",), (256,), steps=100, learning_rate=1e-3, batch_size=32,
+    eb_finetune: TrainSpec = TrainSpec(("prose_cont",), (128,), steps=100, learning_rate=1e-3, batch_size=32,
                                        warmup=0.1, logging_steps=10, eval_steps=50, eval_samples=32)
     eb_task: str = "prose_cont"
     eb_items: int = 16
     eb_steps: int = 48
-    eb_length: int = 256
+    eb_length: int = 128  # 79 prompt + 49 response tokens: each of the 48 steps costs 5 forwards per item
     probe_task: str = "mqar64"  # the queried pair removed: no context value is the answer
     probe_items: int = 50
     probe_length: int = 256
@@ -146,9 +146,9 @@ SMOKE = Preset(
     inner_candidates=((2, 0.1), (2, 1.0)),
     lr0_control_steps=3, ablations={"anchor_only": {"trajectory": "anchor_only"}},
     eval_tasks=("mqar16",), eval_lengths=(64, 128), eval_items=4, dev_items=4,
-    eb_finetune=TrainSpec(("prose_cont",), (256,), steps=4, learning_rate=1e-3, batch_size=4, logging_steps=1,
+    eb_finetune=TrainSpec(("prose_cont",), (128,), steps=4, learning_rate=1e-3, batch_size=4, logging_steps=1,
                           eval_steps=2, eval_samples=4),
-    eb_items=2, eb_steps=48, eb_length=256, probe_task="mqar16", probe_items=4, probe_length=64,
+    eb_items=2, eb_steps=48, eb_length=128, probe_task="mqar16", probe_items=4, probe_length=64,
 )
 
 QUICK = Preset(
