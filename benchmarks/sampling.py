@@ -176,6 +176,7 @@ def main() -> None:
 
     from memdlm.eval.heldout import HELDOUT_SEED, answer_sampler_config, heldout_samples
     from memdlm.run import Run
+    from memdlm.tasks.scoring import reference_levels
 
     torch.set_num_threads(args.threads)
     run = Run.load(args.model, device=args.device)
@@ -196,12 +197,15 @@ def main() -> None:
           f"blocks of {base.block_length or base.max_new_tokens}, {args.device}, {args.threads} thread(s), "
           f"{args.rounds} round(s), "
           f"{time.perf_counter() - start:.0f} s in all")
+    reference = reference_levels(args.task)
+    if reference is not None:
+        print("reference levels (scores of non-solutions): " + ", ".join(f"{k} {v:.1f}" for k, v in reference.items()))
     print_table(rows)
     if args.plot:
         plot(rows, args.plot, f"{args.task} @ {args.length} tokens, {len(samples)} items, N = {base.max_new_tokens}")
         print(f"wrote {args.plot}")
     print(json.dumps({"task": args.task, "length": args.length, "items": len(samples),
-                      "max_new_tokens": base.max_new_tokens, "tolerance": args.tolerance,
+                      "max_new_tokens": base.max_new_tokens, "tolerance": args.tolerance, "reference": reference,
                       **speedups(rows, args.tolerance), "rows": rows,
                       "memory_settings": memories[-1].record() if memories[-1] is not None else None}))
 

@@ -54,6 +54,7 @@ import logging
 
 import torch
 
+from memdlm import encoder_cache
 from memdlm.backbones import FAMILIES, family_of
 from memdlm.modeling import logits_only_at, logits_shift, unwrap
 
@@ -117,10 +118,12 @@ class BlockForward:
             warn_no_cache(mode, reason)
             mode = "none"
         self.model, self.attn, self.mode, self.context = model, attn, mode, context
+        self.encoder = family_of(getattr(unwrap(model), "config", None)).cache_embeddings is not None
         self.refresh_steps = refresh_steps
         self.calls = 0
         self.calls_per_sample = torch.zeros(attn.shape[0], dtype=torch.long, device=attn.device)  # [b]
-        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        # per layer (decoders: a list; encoders: {attention module: ...}): keys, values [b, h, L, d]
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | dict | None = None
 
     def start_block(self, block_pos: torch.Tensor, suffix_pos: torch.Tensor) -> None:
         """A new block: its columns ``[b, B]`` and those from it to the end ``[b, N - start]``."""
@@ -156,6 +159,12 @@ class BlockForward:
         if self.mode == "none":
             with logits_only_at(self.model, positions):
                 return self.model(input_ids=x, attention_mask=self.attn, use_cache=False).logits
+        if self.encoder:
+            kv: dict = {}
+            with encoder_cache.recording(self.model, kv), logits_only_at(self.model, positions):
+                logits = self.model(input_ids=x, attention_mask=self.attn, use_cache=False).logits
+            self.kv = kv
+            return logits
         from transformers import DynamicCache
 
         cache = DynamicCache()
@@ -165,13 +174,16 @@ class BlockForward:
         return logits
 
     def _cached(self, x: torch.Tensor) -> torch.Tensor:  # [b*B, V]
+        cols = self.query_cols  # [b, q]; the block is its first B columns
+        at_block = torch.zeros_like(cols, dtype=torch.bool)
+        at_block[:, : self.block_pos.shape[1]] = True  # [b, q]
+        if self.encoder:  # the whole canvas goes in (embeddings); the columns are kept after them
+            with encoder_cache.columns(self.model, self.kv, cols), logits_only_at(self.model, at_block):
+                return self.model(input_ids=x, attention_mask=self._mask(cols.shape[1]), use_cache=False).logits
         from transformers.cache_utils import Cache
 
         column_layer = _column_layer_class()
-        cols = self.query_cols  # [b, q]; the block is its first B columns
         cache = Cache(layers=[column_layer(k, v, cols) for k, v in self.kv])
-        at_block = torch.zeros_like(cols, dtype=torch.bool)
-        at_block[:, : self.block_pos.shape[1]] = True  # [b, q]
         with logits_only_at(self.model, at_block):
             return self.model(input_ids=x.gather(1, cols), attention_mask=self._mask(cols.shape[1]),
                               position_ids=cols, cache=cache, use_cache=True).logits
