@@ -215,19 +215,63 @@ def test_mobilebert_query_embeddings_come_from_the_current_canvas(tok):
     assert (changed[:, 0] > 1e-4).all()  # the block's first slot saw its new neighbour
 
 
-def test_mqar_base_cache_is_exact_where_claimed(tok):
-    """On the shipped base (a trained MobileBERT): the refresh is the no-cache forward bit for bit,
-    a cached step on an unchanged canvas matches it, and refreshing every step gives the
-    no-cache answers."""
-    from memdlm.eval.heldout import answer_sampler_config, heldout_samples
+@pytest.fixture(scope="module")
+def mqar_base():
+    """The shipped recall base (a trained 2-layer MobileBERT), its tokenizer, and the
+    canvas of six held-out mqar_v3 prompts with four slots each: ids, padding mask, slots."""
+    from memdlm.eval.heldout import heldout_samples
 
     run = Run.load("mqar-base")
-    model, base_tok = run.model, run.tokenizer
-    samples = heldout_samples(base_tok, ["mqar_v3"], 64, 6, seed=1)
-    prompts = [s.prompt for s in samples]
-    enc = base_tok(prompts, add_special_tokens=False)["input_ids"]
-    x, mask, slots = Sampler(model, base_tok)._canvas(enc, 4, torch.device("cpu"))
-    active = torch.ones(len(prompts), dtype=torch.bool)
+    samples = heldout_samples(run.tokenizer, ["mqar_v3"], 64, 6, seed=1)
+    enc = run.tokenizer([s.prompt for s in samples], add_special_tokens=False)["input_ids"]
+    x, mask, slots = Sampler(run.model, run.tokenizer)._canvas(enc, 4, torch.device("cpu"))
+    return run.model, run.tokenizer, samples, x, mask, slots
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_mobilebert_cached_step_is_the_stale_key_value_forward(mqar_base, mode):
+    """What a cached step computes after the block changed, checked against a second
+    construction: a full forward on the new canvas whose key/value projections outside the
+    query columns are replaced, in every layer, by the refresh's (the stale ones)."""
+    model, _, _, x, mask, slots = mqar_base
+    rows, active = torch.arange(x.shape[0]), torch.ones(x.shape[0], dtype=torch.bool)
+    plain = BlockForward(model, mask, "none", contextlib.nullcontext)
+    cached = BlockForward(model, mask, mode, contextlib.nullcontext)
+    for fwd in (plain, cached):
+        fwd.start_block(slots[:, :2], slots)
+    projections = [getattr(layer.attention.self, p) for layer in model.mobilebert.encoder.layer
+                   for p in ("key", "value")]
+    kept = {}
+    handles = [m.register_forward_hook(lambda m, _a, out: kept.__setitem__(m, out)) for m in projections]
+    with torch.no_grad():
+        try:
+            first = cached.logits(x, active)  # the refresh (its projections kept)
+        finally:
+            for h in handles:
+                h.remove()
+        x2 = x.clone()
+        x2[rows, slots[:, 0]] = first[:, 0].argmax(-1)  # a step committed the block's first slot
+        query = torch.zeros_like(x2, dtype=torch.bool).scatter_(1, cached.query_cols, True)[..., None]
+        handles = [m.register_forward_hook(lambda m, _a, out: torch.where(query, out, kept[m]))
+                   for m in projections]
+        try:
+            stale = plain.logits(x2, active)
+        finally:
+            for h in handles:
+                h.remove()
+        step = cached.logits(x2, active)
+        fresh = plain.logits(x2, active)
+    torch.testing.assert_close(step, stale, atol=1e-5, rtol=1e-5)
+    assert (step - fresh).abs().max() > 1.0  # on this model stale keys/values move the logits a lot
+
+
+def test_mqar_base_cache_is_exact_where_claimed(mqar_base):
+    """On the shipped base: the refresh is the no-cache forward bit for bit, a cached step on
+    an unchanged canvas matches it, and refreshing every step gives the no-cache answers."""
+    from memdlm.eval.heldout import answer_sampler_config
+
+    model, base_tok, samples, x, mask, slots = mqar_base
+    active = torch.ones(x.shape[0], dtype=torch.bool)
     plain = BlockForward(model, mask, "none", contextlib.nullcontext)
     cached = BlockForward(model, mask, "dual", contextlib.nullcontext)
     for fwd in (plain, cached):
@@ -237,6 +281,7 @@ def test_mqar_base_cache_is_exact_where_claimed(tok):
         assert torch.equal(cached.logits(x, active), reference)
         # logits of up to ~20 here: float rounding is relative
         torch.testing.assert_close(cached.logits(x, active), reference, atol=1e-5, rtol=1e-5)
+    prompts = [s.prompt for s in samples]
     cfg = answer_sampler_config(base_tok, samples)
     every = dataclasses.replace(cfg, cache="dual", cache_refresh_steps=1)
     stats: dict = {}

@@ -9,19 +9,29 @@ block, reuses keys/values computed when the block started:
 - ``dual``: the later blocks' keys/values are reused too; each step recomputes only
   the current block.
 
-How it runs here. At the first step of a block (and every ``cache_refresh_steps``
-steps with that option) the model runs over the whole canvas, exactly as without a
-cache, and a stock ``transformers.DynamicCache`` records every layer's keys/values
+How it runs here (decoders). At the first step of a block (and every
+``cache_refresh_steps`` steps with that option) the model runs over the whole canvas,
+exactly as without a cache, and a stock ``transformers.DynamicCache`` records every layer's keys/values
 ``[b, h, L, d]``. A cached step feeds the model only its query columns ``[b, q]``
 (per sample, since prompts differ in length) with their own ``position_ids``, and a
 cache whose layers scatter the fresh keys/values of those columns into a copy of the
 recorded ones, so attention still sees all L columns (padding masked by a prepared
 4-D mask). Column order is the canvas order, so RoPE positions are unchanged.
 
+Encoders (MobileBERT; :mod:`memdlm.encoder_cache`) take neither a cache object nor
+``position_ids``, and MobileBERT's embedding is a trigram (tokens i - 1, i, i + 1) plus
+absolute positions, so a column cannot be embedded from its own id. There every call
+routes attention through a function registered with transformers' ``AttentionInterface``:
+a refresh is the no-cache forward with each layer's keys/values ``[b, h, L, d]`` kept on
+the way; a cached step gives the model the whole canvas, keeps the query columns right
+after the embedding module (so their embeddings are the no-cache ones), runs the layers on
+those columns only and scatters their fresh keys/values into the kept ones, as above.
+
 What is exact and what is approximate:
 
 - **Exact**: a refresh step *is* the no-cache forward (the same call with a cache
-  object to fill; bit-identical logits, tested), so the first step of every block is
+  object to fill, or for encoders with the attention function wrapped to keep its
+  keys/values; bit-identical logits, tested), so the first step of every block is
   exact, and with ``cache_refresh_steps=1`` every step is: the sampler's output
   equals no cache (tested). A cached step on an unchanged canvas gives the no-cache
   logits up to float rounding (tested to 1e-5): the machinery itself adds no error.
@@ -29,22 +39,34 @@ What is exact and what is approximate:
   bidirectional model every position attends to every other, so the prompt's (and,
   for ``dual``, the later blocks') keys/values above the first layer depend on the
   block's tokens, which have changed from masks to words. Only layer 0's keys/values
-  (a function of the token and its position alone) stay exact. The prefix is exact
-  only if it never attends to the suffix, which a bidirectional DLM does not do.
-  ``benchmarks/sampling.py`` measures what this costs in accuracy.
+  (a function of the token and its position alone) stay exact -- for MobileBERT not
+  even those of the two columns beside the block (the last prompt token or finished
+  slot before it, and for ``dual`` the first slot after it): their trigram embedding
+  reads the block's tokens. The query columns' own embeddings are always fresh (computed
+  on the current canvas). The prefix is exact only if it never attends to the suffix,
+  which a bidirectional DLM does not do. ``benchmarks/sampling.py`` measures what this
+  costs in accuracy. On the shipped MobileBERT recall base (docs/RESULTS.md, "Fast
+  sampling"): nothing on one-word answers (mqar), but dependent three-word answers
+  (mqar_v3) decoded in one block drop from 95% to 7% -- later words are looked up through
+  the prompt's stale keys/values; blocks of 2 lose 0-20 points. A cached step is checked
+  against an independent "stale keys/values" forward (tested to 1e-5), so that is the
+  approximation's cost, not an error of the code.
 
 Inference-time memory: the memory acts through forward hooks on FFN modules; every
 call here (refresh or cached) runs inside the sampler's ``forward_context``, so the
 cache is built with the memory active, and the hooks act per batch row whatever the
 number of columns, so per-sample memory keeps working in a batch (tested).
 
-Families: the cached path needs attention layers that call ``cache.update(k, v,
+Families: the decoder path needs attention layers that call ``cache.update(k, v,
 layer_idx)``, take ``position_ids`` and accept a prepared 4-D mask, and a full
-attention in every layer: the families marked ``block_cache`` in ``memdlm.backbones``
-(Gemma3 with full attention only, Llama, Mistral, Qwen2, Qwen3 and their MoE variants)
-under the ``sdpa`` or ``eager`` attention. Everything else (ModernBERT, remote-code LLaDA/Dream, right-shifted
-logits, sliding-window layers, other attention kernels) falls back to no cache with
-a warning; the output's ``cache_used`` says which was used.
+attention in every layer; the encoder path needs attention that goes through
+``ALL_ATTENTION_FUNCTIONS`` and position-wise modules everywhere else. The families
+marked ``block_cache`` in ``memdlm.backbones``: Gemma3 with full attention only, Llama,
+Mistral, Qwen2, Qwen3 and their MoE variants, and MobileBERT (``cache_embeddings``: the
+encoder path), under the ``sdpa`` or ``eager`` attention. Everything else (ModernBERT,
+remote-code LLaDA/Dream, right-shifted logits, sliding-window layers, other attention
+kernels) falls back to no cache with a warning; the output's ``cache_used`` says which
+was used.
 """
 
 from __future__ import annotations
