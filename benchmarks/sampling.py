@@ -9,10 +9,12 @@ items for every configuration, per-item seeds), each configuration answers with 
 held-out decoding (greedy, one block unless ``--block-length``, N = longest answer
 + 2 slots unless ``--max-new-tokens``) and a different sampler:
 
-- ``fixed`` with S = N, N/2, N/4 steps (LLaDA's low-confidence remasking);
+- ``fixed`` with S = N, N/2, N/4 steps, at least one per block (LLaDA's low-confidence
+  remasking);
 - ``threshold`` with each tau of ``--taus`` (Fast-dLLM's confidence-aware decoding);
 
-each with every cache of ``--caches`` (none / prefix / dual) and, unless
+each with every cache of ``--caches`` (none / prefix / dual; refreshed at each block's
+first step, and every ``--cache-refresh-steps`` steps when given) and, unless
 ``--no-memory``, without and with inference-time memory (a per-prompt memory
 adapted on the prompt, the run's memory settings). Reported per configuration:
 score (the task's metric, 0-100), exact match, model calls per item (the forwards
@@ -22,6 +24,9 @@ same for every sampler). A warm-up generation runs first; the configurations run
 ``--rounds`` times, interleaved (every configuration once per round), and the
 seconds are medians over the rounds (scores and calls are the same in every round:
 greedy decoding, checked).
+
+The header names the task's reference levels (the scores of uniform guessing and of
+copying a context value) where it defines them; they are in the JSON line too.
 
 The last line is a JSON object: per memory setting, the baseline (fixed, S = N, no
 cache), the configuration with the fewest calls per item whose score is within
@@ -38,9 +43,12 @@ import json
 import time
 
 
-def sampler_grid(n_new: int, taus: list[float], caches: list[str]) -> list[dict]:
-    """Sampler overrides per configuration, in table order: fixed steps, then thresholds."""
-    steps = sorted({n_new, max(1, n_new // 2), max(1, n_new // 4)}, reverse=True)
+def sampler_grid(n_new: int, taus: list[float], caches: list[str], blocks: int = 1) -> list[dict]:
+    """Sampler overrides per configuration, in table order: fixed steps, then thresholds.
+
+    Fixed step counts below the number of ``blocks`` are left out (every block takes a step).
+    """
+    steps = sorted({max(blocks, n_new // d) for d in (1, 2, 4)}, reverse=True)
     rules = [dict(unmask_rule="fixed", steps=s) for s in steps]
     rules += [dict(unmask_rule="threshold", threshold=t) for t in taus]
     return [{**rule, "cache": cache} for rule in rules for cache in caches]
@@ -162,6 +170,9 @@ def main() -> None:
     p.add_argument("--block-length", type=int, default=None, help="Sampler blocks (default: one block).")
     p.add_argument("--taus", type=float, nargs="+", default=[0.5, 0.7, 0.9, 0.95])
     p.add_argument("--caches", nargs="+", default=["none", "prefix", "dual"], choices=["none", "prefix", "dual"])
+    p.add_argument("--cache-refresh-steps", type=int, default=None,
+                   help="With a cache: also refresh it every this many steps of a block (default: only "
+                        "at a block's first step).")
     p.add_argument("--no-memory", action="store_true", help="Skip the rows with inference-time memory.")
     p.add_argument("--tolerance", type=float, default=1.0, help="'Equal accuracy': within this many points.")
     p.add_argument("--device", default="cpu")
@@ -176,6 +187,7 @@ def main() -> None:
 
     from memdlm.eval.heldout import HELDOUT_SEED, answer_sampler_config, heldout_samples
     from memdlm.run import Run
+    from memdlm.tasks.scoring import reference_levels
 
     torch.set_num_threads(args.threads)
     run = Run.load(args.model, device=args.device)
@@ -185,7 +197,10 @@ def main() -> None:
     base = answer_sampler_config(tok, samples, block_length=args.block_length)
     if args.max_new_tokens:
         base = dataclasses.replace(base, max_new_tokens=args.max_new_tokens, steps=args.max_new_tokens)
-    grid = sampler_grid(base.max_new_tokens, args.taus, args.caches)
+    if args.cache_refresh_steps:
+        base = dataclasses.replace(base, cache_refresh_steps=args.cache_refresh_steps)
+    blocks = -(-base.max_new_tokens // (base.block_length or base.max_new_tokens))
+    grid = sampler_grid(base.max_new_tokens, args.taus, args.caches, blocks)
     memories = [None] if args.no_memory else [None, run.memory()]
     run_config(model, tok, samples[: args.batch_size], base, grid[0], None, args.batch_size)  # warm-up
     start = time.perf_counter()
@@ -193,15 +208,20 @@ def main() -> None:
                for memory in memories for overrides in grid] for _ in range(args.rounds)]
     rows = median_seconds(rounds)
     print(f"{args.task} at {args.length} tokens, {len(samples)} held-out items, N = {base.max_new_tokens}, "
-          f"blocks of {base.block_length or base.max_new_tokens}, {args.device}, {args.threads} thread(s), "
+          f"blocks of {base.block_length or base.max_new_tokens}, cache refresh "
+          f"{'every ' + str(base.cache_refresh_steps) + ' steps' if base.cache_refresh_steps else 'per block'}, "
+          f"{args.device}, {args.threads} thread(s), "
           f"{args.rounds} round(s), "
           f"{time.perf_counter() - start:.0f} s in all")
+    reference = reference_levels(args.task)
+    if reference is not None:
+        print("reference levels (scores of non-solutions): " + ", ".join(f"{k} {v:.1f}" for k, v in reference.items()))
     print_table(rows)
     if args.plot:
         plot(rows, args.plot, f"{args.task} @ {args.length} tokens, {len(samples)} items, N = {base.max_new_tokens}")
         print(f"wrote {args.plot}")
     print(json.dumps({"task": args.task, "length": args.length, "items": len(samples),
-                      "max_new_tokens": base.max_new_tokens, "tolerance": args.tolerance,
+                      "max_new_tokens": base.max_new_tokens, "tolerance": args.tolerance, "reference": reference,
                       **speedups(rows, args.tolerance), "rows": rows,
                       "memory_settings": memories[-1].record() if memories[-1] is not None else None}))
 

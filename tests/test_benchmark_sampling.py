@@ -25,6 +25,7 @@ def test_grid_has_fixed_steps_then_thresholds_per_cache(bench):
         "fixed S=2, cache none", "fixed S=2, cache dual", "threshold tau=0.5, cache none",
         "threshold tau=0.5, cache dual", "threshold tau=0.9, cache none", "threshold tau=0.9, cache dual"]
     assert [g["steps"] for g in bench.sampler_grid(3, [], ["none"])] == [3, 1]  # N/2 = N/4 = 1: once
+    assert [g["steps"] for g in bench.sampler_grid(4, [], ["none"], blocks=2)] == [4, 2]  # a step per block
 
 
 def row(rule, cache, score, calls, seconds, memory=False, **kw):

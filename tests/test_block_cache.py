@@ -1,8 +1,13 @@
-"""Block-wise key/value cache of the sampler: exact where claimed, shapes, memory, fallback."""
+"""Block-wise key/value cache of the sampler: exact where claimed, shapes, memory, fallback.
+
+Decoders (a ``Cache`` object) and MobileBERT (``memdlm.encoder_cache``: trigram embeddings
+from the whole canvas, attention routed through transformers' attention interface) alike.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +15,7 @@ import torch
 
 from memdlm.block_cache import BlockForward, cache_unsupported, warn_no_cache
 from memdlm.generation import generate
-from memdlm.modeling import build_tiny_model
+from memdlm.modeling import build_tiny_model, init_config_path
 from memdlm.run import Run
 from memdlm.sampling import Sampler, SamplerConfig
 
@@ -29,6 +34,10 @@ def build(family, tok, attn="sdpa"):
     ids = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     if family == "gemma3":
         model = build_tiny_model(tok, seed=0, num_hidden_layers=2)
+    elif family == "mobilebert":  # the shipped recall base's config (trigram embedding), narrowed
+        model = build_tiny_model(tok, seed=0, config_path=init_config_path("recall"), hidden_size=32,
+                                 embedding_size=32, true_hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4)
     elif family == "llama":
         config = LlamaConfig(**SMALL, **ids)
         config.is_causal = False
@@ -41,9 +50,9 @@ def build(family, tok, attn="sdpa"):
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def model(tok):
-    return build("gemma3", tok)
+@pytest.fixture(scope="module", params=["gemma3", "mobilebert"])
+def model(tok, request):
+    return build(request.param, tok)
 
 
 def canvas(tok, model, n_new=8, block=4):
@@ -55,10 +64,14 @@ def canvas(tok, model, n_new=8, block=4):
 
 
 def record_widths(model):
-    """Input widths of every forward of ``model``, appended to the returned list."""
+    """Widths (columns) of the hidden states entering the first layer at every forward of
+    ``model``, appended to the returned list. (An encoder's cached step still gets the whole
+    canvas as ``input_ids``, for its embeddings; its layers run on the query columns.)"""
+    layers = model.mobilebert.encoder.layer if hasattr(model, "mobilebert") else model.model.layers
     widths = []
-    handle = model.register_forward_pre_hook(
-        lambda _m, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    handle = layers[0].register_forward_pre_hook(
+        lambda _m, args, kwargs: widths.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
+        with_kwargs=True)
     return widths, handle
 
 
@@ -66,7 +79,8 @@ def record_widths(model):
 
 
 @pytest.mark.parametrize("family, attn", [("gemma3", "sdpa"), ("gemma3", "eager"), ("llama", "sdpa"),
-                                          ("llama", "eager"), ("qwen3_moe", "sdpa")])
+                                          ("llama", "eager"), ("qwen3_moe", "sdpa"), ("mobilebert", "sdpa"),
+                                          ("mobilebert", "eager")])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_refresh_is_exact_and_cached_step_matches_on_unchanged_canvas(tok, family, attn, mode):
     model = build(family, tok, attn)
@@ -90,9 +104,10 @@ def test_refresh_is_exact_and_cached_step_matches_on_unchanged_canvas(tok, famil
     assert cached.calls == 2 and cached.calls_per_sample.tolist() == [2, 2, 2]
     # the cached step really reuses keys/values: after a change outside its query, it does not see it
     x2 = x.clone()
-    x2[:, 0] = 301  # the prompt's first token
+    x2[:, :2] = 301  # the prompt's first two tokens (every prompt has at least three)
     torch.testing.assert_close(cached.logits(x2, active), step, atol=1e-5, rtol=0)
     assert not torch.allclose(plain.logits(x2, active), reference, atol=1e-4)
+    assert model.config._attn_implementation == attn  # an encoder's routed attention is switched back
 
 
 @pytest.mark.parametrize("rule", [dict(steps=8), dict(unmask_rule="threshold", threshold=5e-4)])
@@ -134,9 +149,15 @@ def test_query_widths_per_mode(model, tok):
 # -- inference-time memory -----------------------------------------------------
 
 
+def memory_lr(model) -> float:
+    """An inner learning rate at which the prompt's memory visibly changes the tiny model's
+    logits (> 1e-3) and its greedy output (the randomly initialised MobileBERT needs more)."""
+    return {"gemma3_text": 1.0, "mobilebert": 100.0}[model.config.model_type]
+
+
 def test_cached_steps_run_with_per_sample_memory(model, tok):
     enc = tok(PROMPTS, add_special_tokens=False)["input_ids"]
-    memory = Run(model, tok).memory(inner_lr=1.0).adapt(enc, [0, 1, 2]).active
+    memory = Run(model, tok).memory(inner_lr=memory_lr(model)).adapt(enc, [0, 1, 2]).active
     x, mask, resp_pos = canvas(tok, model)
     active = torch.ones(3, dtype=torch.bool)
     with_memory = BlockForward(model, mask, "dual", memory)
@@ -151,12 +172,121 @@ def test_cached_steps_run_with_per_sample_memory(model, tok):
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_per_sample_memory_batched_equals_alone_with_cache(model, tok, mode):
     cfg = SamplerConfig(max_new_tokens=8, block_length=4, unmask_rule="threshold", threshold=5e-4, cache=mode)
-    memory = Run(model, tok).memory(inner_lr=1.0)
+    memory = Run(model, tok).memory(inner_lr=memory_lr(model))
     batched = generate(model, tok, PROMPTS, cfg, memory=memory, seeds=[3, 4, 5], batch_size=3)
     alone = [generate(model, tok, [p], cfg, memory=memory, seeds=[3 + i], batch_size=1)[0]
              for i, p in enumerate(PROMPTS)]
     assert batched == alone
     assert batched != generate(model, tok, PROMPTS, cfg, seeds=[3, 4, 5], batch_size=3)  # memory mattered
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_memory_with_refresh_every_step_equals_no_cache(model, tok, mode):
+    cfg = SamplerConfig(max_new_tokens=8, block_length=4, unmask_rule="threshold", threshold=5e-4)
+    memory = Run(model, tok).memory(inner_lr=memory_lr(model))
+    every = dataclasses.replace(cfg, cache=mode, cache_refresh_steps=1)
+    stats: dict = {}
+    cached = generate(model, tok, PROMPTS, every, memory=memory, seeds=[3, 4, 5], batch_size=3, stats=stats)
+    assert stats["cache_used"] == mode
+    assert cached == generate(model, tok, PROMPTS, cfg, memory=memory, seeds=[3, 4, 5], batch_size=3)
+
+
+# -- MobileBERT: trigram embeddings, the shipped base ----------------------------
+
+
+def test_mobilebert_query_embeddings_come_from_the_current_canvas(tok):
+    """A trigram embedding reads tokens i - 1, i, i + 1, so a cached step embeds its query
+    columns from the whole current canvas: a change of the block's left neighbour reaches the
+    block's first slot at once (through its embedding); a change two columns away does not
+    (only through keys/values, which a cached step reuses)."""
+    model = build("mobilebert", tok)
+    x, mask, resp_pos = canvas(tok, model)
+    active = torch.ones(3, dtype=torch.bool)
+    cached = BlockForward(model, mask, "dual", contextlib.nullcontext)
+    cached.start_block(resp_pos[:, :4], resp_pos)
+    cached.logits(x, active)  # the refresh
+    step = cached.logits(x, active)
+    rows = torch.arange(3)
+    near, far = x.clone(), x.clone()
+    near[rows, resp_pos[:, 0] - 1] = 301  # the prompt's last token, left neighbour of the block
+    far[rows, resp_pos[:, 0] - 2] = 301
+    torch.testing.assert_close(cached.logits(far, active), step, atol=1e-5, rtol=0)
+    changed = (cached.logits(near, active) - step).abs().amax(dim=-1)  # [b, B]
+    assert (changed[:, 0] > 1e-4).all()  # the block's first slot saw its new neighbour
+
+
+@pytest.fixture(scope="module")
+def mqar_base():
+    """The shipped recall base (a trained 2-layer MobileBERT), its tokenizer, and the
+    canvas of six held-out mqar_v3 prompts with four slots each: ids, padding mask, slots."""
+    from memdlm.eval.heldout import heldout_samples
+
+    run = Run.load("mqar-base")
+    samples = heldout_samples(run.tokenizer, ["mqar_v3"], 64, 6, seed=1)
+    enc = run.tokenizer([s.prompt for s in samples], add_special_tokens=False)["input_ids"]
+    x, mask, slots = Sampler(run.model, run.tokenizer)._canvas(enc, 4, torch.device("cpu"))
+    return run.model, run.tokenizer, samples, x, mask, slots
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_mobilebert_cached_step_is_the_stale_key_value_forward(mqar_base, mode):
+    """What a cached step computes after the block changed, checked against a second
+    construction: a full forward on the new canvas whose key/value projections outside the
+    query columns are replaced, in every layer, by the refresh's (the stale ones)."""
+    model, _, _, x, mask, slots = mqar_base
+    rows, active = torch.arange(x.shape[0]), torch.ones(x.shape[0], dtype=torch.bool)
+    plain = BlockForward(model, mask, "none", contextlib.nullcontext)
+    cached = BlockForward(model, mask, mode, contextlib.nullcontext)
+    for fwd in (plain, cached):
+        fwd.start_block(slots[:, :2], slots)
+    projections = [getattr(layer.attention.self, p) for layer in model.mobilebert.encoder.layer
+                   for p in ("key", "value")]
+    kept = {}
+    handles = [m.register_forward_hook(lambda m, _a, out: kept.__setitem__(m, out)) for m in projections]
+    with torch.no_grad():
+        try:
+            first = cached.logits(x, active)  # the refresh (its projections kept)
+        finally:
+            for h in handles:
+                h.remove()
+        x2 = x.clone()
+        x2[rows, slots[:, 0]] = first[:, 0].argmax(-1)  # a step committed the block's first slot
+        query = torch.zeros_like(x2, dtype=torch.bool).scatter_(1, cached.query_cols, True)[..., None]
+        handles = [m.register_forward_hook(lambda m, _a, out: torch.where(query, out, kept[m]))
+                   for m in projections]
+        try:
+            stale = plain.logits(x2, active)
+        finally:
+            for h in handles:
+                h.remove()
+        step = cached.logits(x2, active)
+        fresh = plain.logits(x2, active)
+    torch.testing.assert_close(step, stale, atol=1e-5, rtol=1e-5)
+    assert (step - fresh).abs().max() > 1.0  # on this model stale keys/values move the logits a lot
+
+
+def test_mqar_base_cache_is_exact_where_claimed(mqar_base):
+    """On the shipped base: the refresh is the no-cache forward bit for bit, a cached step on
+    an unchanged canvas matches it, and refreshing every step gives the no-cache answers."""
+    from memdlm.eval.heldout import answer_sampler_config
+
+    model, base_tok, samples, x, mask, slots = mqar_base
+    active = torch.ones(x.shape[0], dtype=torch.bool)
+    plain = BlockForward(model, mask, "none", contextlib.nullcontext)
+    cached = BlockForward(model, mask, "dual", contextlib.nullcontext)
+    for fwd in (plain, cached):
+        fwd.start_block(slots[:, :2], slots)
+    with torch.no_grad():
+        reference = plain.logits(x, active)
+        assert torch.equal(cached.logits(x, active), reference)
+        # logits of up to ~20 here: float rounding is relative
+        torch.testing.assert_close(cached.logits(x, active), reference, atol=1e-5, rtol=1e-5)
+    prompts = [s.prompt for s in samples]
+    cfg = answer_sampler_config(base_tok, samples)
+    every = dataclasses.replace(cfg, cache="dual", cache_refresh_steps=1)
+    stats: dict = {}
+    assert generate(model, base_tok, prompts, every, stats=stats) == generate(model, base_tok, prompts, cfg)
+    assert stats["cache_used"] == "dual"
 
 
 # -- families without a cache path ----------------------------------------------

@@ -8,7 +8,8 @@ Every family-specific decision reads :data:`FAMILIES` through :func:`family_of`:
 - ``split_forward.supports_split`` -- whether the layers below / from layer k can run as
   two calls of the model's own forward (``split_forward``);
 - ``block_cache.cache_unsupported`` -- whether the block-wise key/value cache has a path
-  (``block_cache``);
+  (``block_cache``), and ``encoder_cache`` -- for encoders, where the embeddings are
+  (``cache_embeddings``);
 - ``modeling.logits_shift`` -- whether position i's logits predict token i + 1
   (``logits_shift``, Dream);
 - ``modeling.logits_only_at`` -- where the final hidden states enter the LM head
@@ -51,9 +52,14 @@ class Family:
     # forward loops over ``model.model.layers[:config.num_hidden_layers]`` and feeds
     # ``inputs_embeds`` straight to the first layer (memdlm.split_forward)
     split_forward: bool = False
-    # attention layers call ``cache.update(k, v, layer_idx)``, take ``position_ids`` and a
-    # prepared 4-D mask (memdlm.block_cache)
+    # the block cache has a path (memdlm.block_cache): decoders whose attention layers call
+    # ``cache.update(k, v, layer_idx)`` and take ``position_ids`` and a prepared 4-D mask, or,
+    # with ``cache_embeddings``, encoders whose attention goes through transformers'
+    # ALL_ATTENTION_FUNCTIONS (memdlm.encoder_cache)
     block_cache: bool = False
+    # encoders only: the module (path from the model) whose output is the first layer's input
+    # [b, L, H]; a cached step computes it on the whole canvas and keeps the query columns
+    cache_embeddings: str | None = None
     logits_shift: bool = False  # position i's logits predict token i + 1 (Dream's AR init)
     # The module (path from the model) whose first input is the final hidden state, when the
     # head does not call its output embedding as a module; None: the output embedding. It
@@ -82,7 +88,8 @@ _ENTRIES = (
     # attention output projection (attention.output.dense) is an FFN-named module kept out of
     # scope ffn as an attention module; ffn_attn adds it (q/k/v are named query/key/value).
     Family("mobilebert", "MobileBERT", "native", ffn=("intermediate.dense", "output.dense"),
-           attn=("attention.output.dense",), head_input="cls.predictions"),
+           attn=("attention.output.dense",), head_input="cls.predictions", block_cache=True,
+           cache_embeddings="mobilebert.embeddings"),
     # remote code written for transformers 4 (memdlm/remote_code.py; docs/BACKBONES.md)
     Family("dream", "Dream", "native", logits_shift=True),
     Family("llada", "LLaDA", "native", ffn=("ff_proj", "up_proj", "ff_out"),
@@ -130,9 +137,10 @@ def markdown_table() -> str:
             "(`ffn_attn`) |",
             "|---|---|---|---|---|---|---|---|---|"]
     for f in _ENTRIES:
+        cache = f"yes (encoder: `{f.cache_embeddings}`)" if f.cache_embeddings else yes(f.block_cache)
         head = f"`{f.head_input}`" if f.head_input else "output embedding"
         rows.append(f"| {f.name} (`{f.model_type}`) | {f.bidirectional} | {yes(f.prepared_masks)} "
-                    f"| {yes(f.split_forward)} | {yes(f.block_cache)} | {yes(f.logits_shift)} | {head} "
+                    f"| {yes(f.split_forward)} | {cache} | {yes(f.logits_shift)} | {head} "
                     f"| {names(f.ffn)} | {names(f.attn)} |")
     rows.append(f"| any other | `is_causal` set if the config has it | - | - | - | - | output embedding "
                 f"| all of the above, {names(OTHER_FFN)} | all of the above, {names(OTHER_ATTN)} |")

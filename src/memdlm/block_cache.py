@@ -9,19 +9,29 @@ block, reuses keys/values computed when the block started:
 - ``dual``: the later blocks' keys/values are reused too; each step recomputes only
   the current block.
 
-How it runs here. At the first step of a block (and every ``cache_refresh_steps``
-steps with that option) the model runs over the whole canvas, exactly as without a
-cache, and a stock ``transformers.DynamicCache`` records every layer's keys/values
+How it runs here (decoders). At the first step of a block (and every
+``cache_refresh_steps`` steps with that option) the model runs over the whole canvas,
+exactly as without a cache, and a stock ``transformers.DynamicCache`` records every layer's keys/values
 ``[b, h, L, d]``. A cached step feeds the model only its query columns ``[b, q]``
 (per sample, since prompts differ in length) with their own ``position_ids``, and a
 cache whose layers scatter the fresh keys/values of those columns into a copy of the
 recorded ones, so attention still sees all L columns (padding masked by a prepared
 4-D mask). Column order is the canvas order, so RoPE positions are unchanged.
 
+Encoders (MobileBERT; :mod:`memdlm.encoder_cache`) take neither a cache object nor
+``position_ids``, and MobileBERT's embedding is a trigram (tokens i - 1, i, i + 1) plus
+absolute positions, so a column cannot be embedded from its own id. There every call
+routes attention through a function registered with transformers' ``AttentionInterface``:
+a refresh is the no-cache forward with each layer's keys/values ``[b, h, L, d]`` kept on
+the way; a cached step gives the model the whole canvas, keeps the query columns right
+after the embedding module (so their embeddings are the no-cache ones), runs the layers on
+those columns only and scatters their fresh keys/values into the kept ones, as above.
+
 What is exact and what is approximate:
 
 - **Exact**: a refresh step *is* the no-cache forward (the same call with a cache
-  object to fill; bit-identical logits, tested), so the first step of every block is
+  object to fill, or for encoders with the attention function wrapped to keep its
+  keys/values; bit-identical logits, tested), so the first step of every block is
   exact, and with ``cache_refresh_steps=1`` every step is: the sampler's output
   equals no cache (tested). A cached step on an unchanged canvas gives the no-cache
   logits up to float rounding (tested to 1e-5): the machinery itself adds no error.
@@ -29,22 +39,34 @@ What is exact and what is approximate:
   bidirectional model every position attends to every other, so the prompt's (and,
   for ``dual``, the later blocks') keys/values above the first layer depend on the
   block's tokens, which have changed from masks to words. Only layer 0's keys/values
-  (a function of the token and its position alone) stay exact. The prefix is exact
-  only if it never attends to the suffix, which a bidirectional DLM does not do.
-  ``benchmarks/sampling.py`` measures what this costs in accuracy.
+  (a function of the token and its position alone) stay exact -- for MobileBERT not
+  even those of the two columns beside the block (the last prompt token or finished
+  slot before it, and for ``dual`` the first slot after it): their trigram embedding
+  reads the block's tokens. The query columns' own embeddings are always fresh (computed
+  on the current canvas). The prefix is exact only if it never attends to the suffix,
+  which a bidirectional DLM does not do. ``benchmarks/sampling.py`` measures what this
+  costs in accuracy. On the shipped MobileBERT recall base (docs/RESULTS.md, "Fast
+  sampling"): nothing on one-word answers (mqar), but dependent three-word answers
+  (mqar_v3) decoded in one block drop from 95% to 7% -- later words are looked up through
+  the prompt's stale keys/values; blocks of 2 lose 0-20 points. A cached step is checked
+  against an independent "stale keys/values" forward (tested to 1e-5), so that is the
+  approximation's cost, not an error of the code.
 
 Inference-time memory: the memory acts through forward hooks on FFN modules; every
 call here (refresh or cached) runs inside the sampler's ``forward_context``, so the
 cache is built with the memory active, and the hooks act per batch row whatever the
 number of columns, so per-sample memory keeps working in a batch (tested).
 
-Families: the cached path needs attention layers that call ``cache.update(k, v,
+Families: the decoder path needs attention layers that call ``cache.update(k, v,
 layer_idx)``, take ``position_ids`` and accept a prepared 4-D mask, and a full
-attention in every layer: the families marked ``block_cache`` in ``memdlm.backbones``
-(Gemma3 with full attention only, Llama, Mistral, Qwen2, Qwen3 and their MoE variants)
-under the ``sdpa`` or ``eager`` attention. Everything else (ModernBERT, remote-code LLaDA/Dream, right-shifted
-logits, sliding-window layers, other attention kernels) falls back to no cache with
-a warning; the output's ``cache_used`` says which was used.
+attention in every layer; the encoder path needs attention that goes through
+``ALL_ATTENTION_FUNCTIONS`` and position-wise modules everywhere else. The families
+marked ``block_cache`` in ``memdlm.backbones``: Gemma3 with full attention only, Llama,
+Mistral, Qwen2, Qwen3 and their MoE variants, and MobileBERT (``cache_embeddings``: the
+encoder path), under the ``sdpa`` or ``eager`` attention. Everything else (ModernBERT,
+remote-code LLaDA/Dream, right-shifted logits, sliding-window layers, other attention
+kernels) falls back to no cache with a warning; the output's ``cache_used`` says which
+was used.
 """
 
 from __future__ import annotations
@@ -54,6 +76,7 @@ import logging
 
 import torch
 
+from memdlm import encoder_cache
 from memdlm.backbones import FAMILIES, family_of
 from memdlm.modeling import logits_only_at, logits_shift, unwrap
 
@@ -117,10 +140,12 @@ class BlockForward:
             warn_no_cache(mode, reason)
             mode = "none"
         self.model, self.attn, self.mode, self.context = model, attn, mode, context
+        self.encoder = family_of(getattr(unwrap(model), "config", None)).cache_embeddings is not None
         self.refresh_steps = refresh_steps
         self.calls = 0
         self.calls_per_sample = torch.zeros(attn.shape[0], dtype=torch.long, device=attn.device)  # [b]
-        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        # per layer (decoders: a list; encoders: {attention module: ...}): keys, values [b, h, L, d]
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | dict | None = None
 
     def start_block(self, block_pos: torch.Tensor, suffix_pos: torch.Tensor) -> None:
         """A new block: its columns ``[b, B]`` and those from it to the end ``[b, N - start]``."""
@@ -156,6 +181,12 @@ class BlockForward:
         if self.mode == "none":
             with logits_only_at(self.model, positions):
                 return self.model(input_ids=x, attention_mask=self.attn, use_cache=False).logits
+        if self.encoder:
+            kv: dict = {}
+            with encoder_cache.recording(self.model, kv), logits_only_at(self.model, positions):
+                logits = self.model(input_ids=x, attention_mask=self.attn, use_cache=False).logits
+            self.kv = kv
+            return logits
         from transformers import DynamicCache
 
         cache = DynamicCache()
@@ -165,13 +196,16 @@ class BlockForward:
         return logits
 
     def _cached(self, x: torch.Tensor) -> torch.Tensor:  # [b*B, V]
+        cols = self.query_cols  # [b, q]; the block is its first B columns
+        at_block = torch.zeros_like(cols, dtype=torch.bool)
+        at_block[:, : self.block_pos.shape[1]] = True  # [b, q]
+        if self.encoder:  # the whole canvas goes in (embeddings); the columns are kept after them
+            with encoder_cache.columns(self.model, self.kv, cols), logits_only_at(self.model, at_block):
+                return self.model(input_ids=x, attention_mask=self._mask(cols.shape[1]), use_cache=False).logits
         from transformers.cache_utils import Cache
 
         column_layer = _column_layer_class()
-        cols = self.query_cols  # [b, q]; the block is its first B columns
         cache = Cache(layers=[column_layer(k, v, cols) for k, v in self.kv])
-        at_block = torch.zeros_like(cols, dtype=torch.bool)
-        at_block[:, : self.block_pos.shape[1]] = True  # [b, q]
         with logits_only_at(self.model, at_block):
             return self.model(input_ids=x.gather(1, cols), attention_mask=self._mask(cols.shape[1]),
                               position_ids=cols, cache=cache, use_cache=True).logits
