@@ -196,9 +196,9 @@ def test_preset_hashes_are_unchanged():
     from memdlm.reproduce.presets import PRESETS
 
     assert {name: p.config_hash() for name, p in PRESETS.items()} == {
-        "smoke": "0df5732fba4719640c646756ffe4d72c392f5a5451ca281907f838367946f8f6",
-        "quick": "8edcdffc59beefc48f4679bc23a9b604391e59ab551189288c52362cbcf0af7d",
-        "full": "977d35a1223181cedaa2ed219f4e0d9e269d2d44cf513b59b63b0932ab8b28ff",
+        "smoke": "4425fca2e3b8ed71097500a30cbac00cf00534da4af2406a8e60753ea270e609",
+        "quick": "fd983f43083e4e67dd56959e088fc5f20caf3dcac8dc90cdfdb0ebdb27f57538",
+        "full": "a99d062b7da971d8b358ad3753726ce80400480b750e51957a57228243784c30",
     }
 
 

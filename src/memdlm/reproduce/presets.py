@@ -153,7 +153,7 @@ SMOKE = Preset(
 
 QUICK = Preset(
     name="quick", seeds=(0,), finetune=_FINETUNE,
-    eval_items=100, dev_items=100, eb_items=32, probe_items=100,
+    eval_items=100, dev_items=100, eb_items=16, probe_items=100,
 )
 
 FULL = replace(
@@ -165,7 +165,7 @@ FULL = replace(
         "pre_anchor_only": {"trajectory": "pre_anchor_only"},
         "progressive": {"trajectory": "progressive"},
     },
-    eval_items=200, probe_items=200, eb_items=64, benchmark_rounds=15,
+    eval_items=200, probe_items=200, eb_items=32, benchmark_rounds=15,
 )
 
 PRESETS = {p.name: p for p in (SMOKE, QUICK, FULL)}
