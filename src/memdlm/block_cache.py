@@ -121,7 +121,7 @@ def _column_layer_class():
     return ColumnLayer
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def warn_no_cache(mode: str, reason: str) -> None:
     """Once per (mode, reason) and process: a generation calls the sampler batch by batch."""
     logger.warning("cache %r is not available (%s); sampling without a cache", mode, reason)
