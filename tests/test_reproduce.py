@@ -156,6 +156,9 @@ def test_collapsed_arm_is_reported_and_its_verdicts_say_so(tmp_path):
     assert summary["heldout_losses"]["standard"]["prompt_memory"][0] == pytest.approx(0.9)
     text = render(result, summary, _provenance(), {"score_vs_length": "s.png", "exposure_bias": "e.png"}, rows)
     assert "| memdlm | 1 | 0.9000 | 0.6000 |" in text
+    # the comparisons table's rows of a collapsed arm say so too
+    assert any(line.startswith(f"| {TO} |") and "memdlm collapsed (late absorption 0.30" in line
+               for line in text.splitlines())
     assert "### Capability gate" in text and "| kv_d1 | 75.0 | 50.0 |" in text
     assert collapse_note([{"seed": 1, "arm": "x", "absorption_late": 0.9}], 0.8) is None
 

@@ -61,9 +61,10 @@ def _comparisons(summary: dict) -> str:
         for where in ("within", "beyond"):
             d = c.get(where)
             if d and not d.get("not_testable"):
+                note = summary.get("collapsed", {}).get(summary.get("arms", {}).get(run))
+                verdict = score_verdict(d) + (f"; {note}" if note else "")
                 rows.append([run, {"within": "<= trained", "beyond": "> trained"}[where], ", ".join(d["tasks"]),
-                             _f(d["run_mean"]), _f(d["base_mean"]), ci(d), d["seeds"], d["items"],
-                             score_verdict(d)])
+                             _f(d["run_mean"]), _f(d["base_mean"]), ci(d), d["seeds"], d["items"], verdict])
     if not rows:
         return "No comparison: no task passed the capability gate (above)."
     return _table(["run", "lengths", "tasks", "run score", "Standard score",
