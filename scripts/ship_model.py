@@ -8,7 +8,8 @@ Measures the run on fresh held-out items at each length -- a recall task by accu
 levels; any other task by its per-item held-out loss (:mod:`memdlm.eval.item_loss`)
 beside two references, uniform guessing (ln V) and a unigram model of the training
 split's tokens (the simplest non-solution) -- copies the weights, config and tokenizer to
-``src/memdlm/assets/models/NAME/`` and writes ``PROVENANCE.json`` beside them: the commit,
+``src/memdlm/assets/models/NAME/`` and writes ``provenance.json`` beside them (and
+``PROVENANCE.md``, the same record as text): the commit,
 the command, the seed, the wall time of training, the machine and the measured quality
 with its reference levels. Refuses a run without ``run_complete.json``.
 """
@@ -29,7 +30,7 @@ import torch
 
 from memdlm.eval.heldout import evaluate_samples, heldout_samples
 from memdlm.modeling import load_model
-from memdlm.shipped import SHIPPED_DIR
+from memdlm.shipped import PROVENANCE_JSON, PROVENANCE_MD, SHIPPED_DIR, render_provenance
 from memdlm.tasks import get_task
 from memdlm.tasks.recall import AssociativeRecallTask
 from memdlm.tokenizer import load_tokenizer
@@ -129,7 +130,8 @@ def main() -> None:
         "machine": machine(), "heldout": heldout,
         "shipped_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    (out / "PROVENANCE.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    (out / PROVENANCE_JSON).write_text(json.dumps(provenance, indent=2) + "\n")
+    (out / PROVENANCE_MD).write_text(render_provenance(provenance))
     print(json.dumps(provenance, indent=2))
 
 

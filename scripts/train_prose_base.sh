@@ -3,7 +3,7 @@
 #   bash scripts/train_prose_base.sh [RUNS_DIR]        (default: runs/)
 # configs/prose_base.yaml: full fine-tune on plain prose at 256 tokens; then
 # scripts/ship_model.py measures the per-item held-out loss on prose_cont beside uniform
-# guessing and a unigram model, and copies the model with its PROVENANCE.json into
+# guessing and a unigram model, and copies the model with its provenance.json into
 # src/memdlm/assets/models/prose-base. Measured time: docs/REPRODUCE.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

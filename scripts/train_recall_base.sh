@@ -4,7 +4,7 @@
 # Stage 1 (configs/recall_base.yaml): 2-layer MobileBERT from scratch, 8 pairs without
 # filler, until key matching has emerged. Stage 2 (configs/recall_base_long.yaml): the
 # same task with filler up to 128 tokens. Then scripts/ship_model.py measures 500 fresh
-# held-out items and copies the model with its PROVENANCE.json into
+# held-out items and copies the model with its provenance.json into
 # src/memdlm/assets/models/mqar-base. Measured times: docs/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

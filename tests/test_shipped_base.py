@@ -9,11 +9,16 @@ queried value far more often than another context value.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from memdlm.shipped import SHIPPED_DIR, resolve_model, shipped_models
+from memdlm.shipped import (
+    PROVENANCE_MD,
+    SHIPPED_DIR,
+    load_provenance,
+    render_provenance,
+    resolve_model,
+    shipped_models,
+)
 
 BASE = "mqar-base"
 GUARD_SEED = 90_000  # disjoint from HELDOUT_SEED (50,000) and the provenance's (70,000)
@@ -21,7 +26,7 @@ GUARD_SEED = 90_000  # disjoint from HELDOUT_SEED (50,000) and the provenance's 
 
 def test_the_base_is_shipped_with_its_provenance():
     assert BASE in shipped_models()
-    provenance = json.loads((SHIPPED_DIR / BASE / "PROVENANCE.json").read_text())
+    provenance = load_provenance(BASE)
     for key in ("commit", "command", "seed", "train_seconds", "machine", "heldout"):
         assert key in provenance, key
     assert all(cell["per_query"] >= 90.0 for cell in provenance["heldout"].values())
@@ -57,9 +62,19 @@ def test_the_prose_base_continues_prose_far_better_than_a_unigram_model():
     from memdlm.modeling import load_model
     from memdlm.tokenizer import load_tokenizer
 
-    provenance = json.loads((SHIPPED_DIR / "prose-base" / "PROVENANCE.json").read_text())
+    provenance = load_provenance("prose-base")
     cell = provenance["heldout"]["128"]
     assert cell["loss"] < 0.6 * cell["reference"]["unigram"] < cell["reference"]["uniform"]
     tok, model = load_tokenizer("prose-base"), load_model("prose-base").eval()
     losses = item_losses(model, tok, heldout_samples(tok, ["prose_cont"], 128, 50, seed=GUARD_SEED))
     assert sum(losses) / len(losses) < 0.6 * cell["reference"]["unigram"]
+
+
+@pytest.mark.parametrize("name", shipped_models())
+def test_every_shipped_model_has_its_provenance_beside_its_weights(name):
+    """provenance.json with the commit, command, seed, time, machine and measured quality,
+    and PROVENANCE.md rendered from exactly that record."""
+    record = load_provenance(name)
+    for key in ("commit", "command", "seed", "train_seconds", "machine", "heldout"):
+        assert record[key] not in (None, "", {}), key
+    assert (SHIPPED_DIR / name / PROVENANCE_MD).read_text() == render_provenance(record)

@@ -140,7 +140,7 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
 
     parts += ["## Setup", "",
               f"- Base: the shipped `{preset['base_model']}` (a model trained once by a project command; "
-              "its PROVENANCE.json says how), loaded frozen; every arm trains the same outer LoRA adapter "
+              "its provenance.json says how), loaded frozen; every arm trains the same outer LoRA adapter "
               f"(rank {preset['lora']['r']}, alpha {preset['lora']['alpha']}, on {preset['lora']['targets']}).",
               f"- Fine-tuning (every arm from that base): {preset['finetune']['steps']} steps on "
               f"{', '.join(preset['finetune']['tasks'])} at {preset['finetune']['lengths']} tokens, "
