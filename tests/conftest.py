@@ -42,3 +42,22 @@ def maskless_tokenizer():
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
                                    unk_token="<unk>")
+
+
+@pytest.fixture(scope="session")
+def block_pair():
+    """``block_pair(model, attn, block, slots, mode="dual")``: two ``BlockForward`` s over the
+    same canvas mask, no cache and ``mode``, both started on block columns ``block`` of the
+    response columns ``slots`` -- the comparison every block-cache exactness test makes."""
+    import contextlib
+
+    from memdlm.block_cache import BlockForward
+
+    def make(model, attn, block, slots, mode: str = "dual"):
+        pair = (BlockForward(model, attn, "none", contextlib.nullcontext),
+                BlockForward(model, attn, mode, contextlib.nullcontext))
+        for forward in pair:
+            forward.start_block(block, slots)
+        return pair
+
+    return make

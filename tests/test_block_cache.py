@@ -82,15 +82,12 @@ def record_widths(model):
                                           ("llama", "eager"), ("qwen3_moe", "sdpa"), ("mobilebert", "sdpa"),
                                           ("mobilebert", "eager")])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-def test_refresh_is_exact_and_cached_step_matches_on_unchanged_canvas(tok, family, attn, mode):
+def test_refresh_is_exact_and_cached_step_matches_on_unchanged_canvas(tok, family, attn, mode, block_pair):
     model = build(family, tok, attn)
     x, mask, resp_pos = canvas(tok, model)
     x[1, resp_pos[1, 5]] = 300  # a committed token in a later block: the suffix is not all masks
     active = torch.ones(3, dtype=torch.bool)
-    plain = BlockForward(model, mask, "none", contextlib.nullcontext)
-    cached = BlockForward(model, mask, mode, contextlib.nullcontext)
-    for fwd in (plain, cached):
-        fwd.start_block(resp_pos[:, :4], resp_pos)
+    plain, cached = block_pair(model, mask, resp_pos[:, :4], resp_pos, mode)
     reference = plain.logits(x, active)  # [b, B, V]
     widths, handle = record_widths(model)
     try:
@@ -229,16 +226,13 @@ def mqar_base():
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
-def test_mobilebert_cached_step_is_the_stale_key_value_forward(mqar_base, mode):
+def test_mobilebert_cached_step_is_the_stale_key_value_forward(mqar_base, mode, block_pair):
     """What a cached step computes after the block changed, checked against a second
     construction: a full forward on the new canvas whose key/value projections outside the
     query columns are replaced, in every layer, by the refresh's (the stale ones)."""
     model, _, _, x, mask, slots = mqar_base
     rows, active = torch.arange(x.shape[0]), torch.ones(x.shape[0], dtype=torch.bool)
-    plain = BlockForward(model, mask, "none", contextlib.nullcontext)
-    cached = BlockForward(model, mask, mode, contextlib.nullcontext)
-    for fwd in (plain, cached):
-        fwd.start_block(slots[:, :2], slots)
+    plain, cached = block_pair(model, mask, slots[:, :2], slots, mode)
     projections = [getattr(layer.attention.self, p) for layer in model.mobilebert.encoder.layer
                    for p in ("key", "value")]
     kept = {}
@@ -265,17 +259,14 @@ def test_mobilebert_cached_step_is_the_stale_key_value_forward(mqar_base, mode):
     assert (step - fresh).abs().max() > 1.0  # on this model stale keys/values move the logits a lot
 
 
-def test_mqar_base_cache_is_exact_where_claimed(mqar_base):
+def test_mqar_base_cache_is_exact_where_claimed(mqar_base, block_pair):
     """On the shipped base: the refresh is the no-cache forward bit for bit, a cached step on
     an unchanged canvas matches it, and refreshing every step gives the no-cache answers."""
     from memdlm.eval.heldout import answer_sampler_config
 
     model, base_tok, samples, x, mask, slots = mqar_base
     active = torch.ones(x.shape[0], dtype=torch.bool)
-    plain = BlockForward(model, mask, "none", contextlib.nullcontext)
-    cached = BlockForward(model, mask, "dual", contextlib.nullcontext)
-    for fwd in (plain, cached):
-        fwd.start_block(slots[:, :2], slots)
+    plain, cached = block_pair(model, mask, slots[:, :2], slots)
     with torch.no_grad():
         reference = plain.logits(x, active)
         assert torch.equal(cached.logits(x, active), reference)

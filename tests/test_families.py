@@ -8,7 +8,6 @@ fails until it is. Remote-code families are the look-alikes of ``tests/lookalike
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from memdlm.backbones import FAMILIES, OTHER, family_of, markdown_table
 from memdlm.bidirectional import position_zero_sees_last_token
-from memdlm.block_cache import BlockForward, cache_unsupported
+from memdlm.block_cache import cache_unsupported
 from memdlm.memory.targets import find_targets
 from memdlm.modeling import (
     build_tiny_model,
@@ -245,7 +244,7 @@ def test_head_input_gathers_exactly(tok, models, model_type):
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
-def test_block_cache(tok, models, model_type):
+def test_block_cache(tok, models, model_type, block_pair):
     model = models(model_type)
     reason = cache_unsupported(model)
     assert (reason is None) == FAMILIES[model_type].block_cache, reason
@@ -256,10 +255,7 @@ def test_block_cache(tok, models, model_type):
     enc = tok(prompts, add_special_tokens=False)["input_ids"]
     x, attn, slots = Sampler(model, tok)._canvas(enc, 8, torch.device("cpu"))
     active = torch.ones(len(prompts), dtype=torch.bool)
-    plain = BlockForward(model, attn, "none", contextlib.nullcontext)
-    cached = BlockForward(model, attn, "dual", contextlib.nullcontext)
-    for forward in (plain, cached):
-        forward.start_block(slots[:, :4], slots)
+    plain, cached = block_pair(model, attn, slots[:, :4], slots)
     with torch.no_grad():
         reference = plain.logits(x, active)
         assert torch.equal(cached.logits(x, active), reference)  # the refresh

@@ -115,8 +115,7 @@ def _column_layer_class():
             self.columns = columns  # [b, q]
 
         def update(self, key_states, value_states, *args, **kwargs):  # [b, h, q, d] each
-            index = self.columns[:, None, :, None].expand(-1, key_states.shape[1], -1, key_states.shape[-1])
-            return self.keys.scatter(2, index, key_states), self.values.scatter(2, index, value_states)
+            return encoder_cache.fresh_columns(self.keys, self.values, self.columns, key_states, value_states)
 
     return ColumnLayer
 

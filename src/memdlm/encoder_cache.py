@@ -52,15 +52,19 @@ def _original(module, name: str):
     return ALL_ATTENTION_FUNCTIONS[name]
 
 
+def fresh_columns(kept_keys, kept_values, cols, keys, values):
+    """The recorded keys/values ``[b, h, L, d]`` with columns ``cols`` ``[b, q]`` replaced by
+    this step's ``[b, h, q, d]``: what a cached step attends over (decoder and encoder paths)."""
+    index = cols[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1])  # [b, h, q, d]
+    return kept_keys.scatter(2, index, keys), kept_values.scatter(2, index, values)
+
+
 def _attention(module, query, key, value, attention_mask, **kwargs):
     state = _STATE.get()
     if state["columns"] is None:  # refresh: keep, change nothing
         state["kv"][module] = (key, value)
     else:  # cached step: this step's columns over the recorded ones
-        kept_keys, kept_values = state["kv"][module]
-        cols = state["columns"]
-        index = cols[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[-1])  # [b, h, q, d]
-        key, value = kept_keys.scatter(2, index, key), kept_values.scatter(2, index, value)
+        key, value = fresh_columns(*state["kv"][module], state["columns"], key, value)
     return _original(module, state["inner"])(module, query, key, value, attention_mask, **kwargs)
 
 

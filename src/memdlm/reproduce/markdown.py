@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from memdlm.reproduce.stats import score_verdict
+from memdlm.reproduce.stats import arm_notes, score_verdict, with_note
 
 
 def _f(x, digits: int = 1) -> str:
@@ -61,10 +61,9 @@ def _comparisons(summary: dict) -> str:
         for where in ("within", "beyond"):
             d = c.get(where)
             if d and not d.get("not_testable"):
-                note = summary.get("collapsed", {}).get(summary.get("arms", {}).get(run))
-                verdict = score_verdict(d) + (f"; {note}" if note else "")
                 rows.append([run, {"within": "<= trained", "beyond": "> trained"}[where], ", ".join(d["tasks"]),
-                             _f(d["run_mean"]), _f(d["base_mean"]), ci(d), d["seeds"], d["items"], verdict])
+                             _f(d["run_mean"]), _f(d["base_mean"]), ci(d), d["seeds"], d["items"],
+                             with_note(score_verdict(d), arm_notes(summary, run))])
     if not rows:
         return "No comparison: no task passed the capability gate (above)."
     return _table(["run", "lengths", "tasks", "run score", "Standard score",

@@ -56,10 +56,12 @@ class Reproduction:
         runtime = {"threads": self.threads} if self.threads else {}
         return train_cell(cell, options, runtime, progress=self.progress)
 
-    def finetune_options(self, seed: int, method: str, **extra) -> dict:
-        """One arm's training options: the shipped base, the outer adapter, the fine-tune."""
-        return {"model": self.preset.base_model, "method": method, "seed": seed,
-                **self.preset.finetune.options(), **self.preset.lora.options(), **extra}
+    def finetune_options(self, seed: int, method: str, *, base: str | None = None, spec=None, **extra) -> dict:
+        """One arm's training options: a shipped base (default the preset's), the outer
+        adapter, a fine-tune (default the preset's ``finetune``)."""
+        spec = spec or self.preset.finetune
+        return {"model": base or self.preset.base_model, "method": method, "seed": seed,
+                **spec.options(), **self.preset.lora.options(), **extra}
 
     def memory_options(self, rank: int, inner_lr: float, mode: str = "per_sample") -> dict:
         return {"memory_mode": mode, "memory_rank": rank, "inner_lr": inner_lr}
@@ -139,11 +141,10 @@ class Reproduction:
         headline's operating point ``shared``) fine-tuned from the chain base on the long
         response task, with the same outer adapter, steps, data and lr."""
         root = self.out / f"seed{seed}"
-        common = {"model": self.preset.eb_base, "seed": seed, **self.preset.eb_finetune.options(),
-                  **self.preset.lora.options()}
-        runs = {"eb_standard": {**common, "method": "mdlm"},
-                "eb_memdlm": {**common, "method": "memdlm",
-                              **self.memory_options(shared["rank"], shared["inner_lr"], "shared")}}
+        common = {"base": self.preset.eb_base, "spec": self.preset.eb_finetune}
+        runs = {"eb_standard": self.finetune_options(seed, "mdlm", **common),
+                "eb_memdlm": self.finetune_options(seed, "memdlm", **common,
+                                                   **self.memory_options(shared["rank"], shared["inner_lr"], "shared"))}
         for name, options in runs.items():
             self._train(root / name, options)
         return {name: root / name for name in runs}
@@ -245,10 +246,11 @@ class Reproduction:
             from memdlm.eval.item_loss import item_losses
             from memdlm.run import Run
 
-            out = {}
+            out, samples = {}, None
             for arm in arms:
                 run = Run.load(dirs[arm])
-                samples = heldout_samples(run.tokenizer, list(p.finetune.tasks), length, p.eval_items)
+                if samples is None:  # every arm fine-tunes the same base: one tokenizer, one item set
+                    samples = heldout_samples(run.tokenizer, list(p.finetune.tasks), length, p.eval_items)
                 out[arm] = {"off": item_losses(run.model, run.tokenizer, samples, progress=self.progress),
                             "prompt_memory": item_losses(run.model, run.tokenizer, samples,
                                                          memory=run.memory(**self.memory_overrides(chosen)),

@@ -24,6 +24,7 @@ from memdlm.reproduce.markdown import ci
 from memdlm.reproduce.pipeline import log_history, seconds_per_step, window_mean
 from memdlm.reproduce.stats import (
     NEAR_ZERO,
+    arm_notes,
     capability_gate,
     collapse_note,
     eb_measurable,
@@ -358,26 +359,18 @@ def summarize(out: Path, result: dict) -> dict:
     return summary
 
 
-def _note(summary: dict, *runs: str) -> str | None:
-    """The collapse notes of the arms behind ``runs`` (None when none collapsed)."""
-    arms = dict.fromkeys(summary["arms"].get(run, run) for run in runs)
-    notes = [summary["collapsed"][a] for a in arms if a in summary["collapsed"]]
-    return "; ".join(notes) or None
-
-
 def claims(summary: dict) -> list[tuple[str, str, str, str]]:
     """(claim, our measurement, estimate with both intervals, verdict) rows."""
     rows = []
     tasks = ", ".join(summary["finetune_tasks"])
-    for key, claim, what, arm in (
+    for key, claim, what in (
             ("heldout_loss", "MemDLM reaches a lower loss (held-out, memory off)",
-             f"MemDLM - Standard per-item held-out loss, memory off ({tasks} test items), nats/token", "memdlm"),
+             f"MemDLM - Standard per-item held-out loss, memory off ({tasks} test items), nats/token"),
             ("heldout_loss_adapted", "MemDLM with memory adapted on the prompt reaches a lower held-out loss",
-             f"MemDLM (memory adapted on the prompt) - Standard (no memory), per item ({tasks}), nats/token",
-             "memdlm")):
-        d = summary.get(key)
+             f"MemDLM (memory adapted on the prompt) - Standard (no memory), per item ({tasks}), nats/token")):
+        d = summary.get(key)  # both read the headline arm's heldout_loss cells
         rows.append((claim, what, ci(d, digits=3),
-                     with_note(verdict(d, "lower"), summary["collapsed"].get(arm)) if d else "not measured"))
+                     with_note(verdict(d, "lower"), arm_notes(summary, "memdlm")) if d else "not measured"))
     eb_ok = summary["eb_measurable"]
     for run in ("MemDLM Train-Only", "MemDLM Train & Inference"):
         for key, what in (("r_eb", "mean R_EB over steps, difference"),
@@ -386,18 +379,18 @@ def claims(summary: dict) -> list[tuple[str, str, str, str]]:
             v = verdict(d, "lower") if eb_ok["measurable"] else f"not measurable: {eb_ok['reason']}"
             label = "flatter R_EB" if key == "r_eb" else "smaller exposure-bias gap"
             rows.append((f"{run}: {label} than Standard", what, ci(d, digits=3),
-                         with_note(v, summary["collapsed"].get("eb_memdlm"))))
+                         with_note(v, arm_notes(summary, "eb_memdlm"))))
     for run in ("MemDLM Train-Only", "MemDLM Train & Inference"):
         c = summary["comparisons"].get(run, {})
         for where, label in (("within", "retrieves better than Standard (trained lengths)"),
                              ("beyond", "gains persist past the trained length")):
             d = c.get(where)
             rows.append((f"{run} {label}" if where == "within" else f"{run}: {label}",
-                         _score_measure(d), ci(d), with_note(score_verdict(d), _note(summary, run))))
+                         _score_measure(d), ci(d), with_note(score_verdict(d), arm_notes(summary, run))))
     for run, d in summary["ablations"].items():
         rows.append((f"{run} scores below anchor-consistent MemDLM (paper: every ablation lower)",
                      "ablation - MemDLM Train-Only, " + _score_measure(d), ci(d),
-                     with_note(score_verdict(d, "lower"), _note(summary, run, "MemDLM Train-Only"))))
+                     with_note(score_verdict(d, "lower"), arm_notes(summary, run, "MemDLM Train-Only"))))
     return rows
 
 

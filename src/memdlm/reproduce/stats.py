@@ -128,5 +128,13 @@ def collapse_note(rows: list[dict], floor: float, ceiling: float = math.inf) -> 
     return "; ".join(parts) or None
 
 
+def arm_notes(summary: dict, *runs: str) -> str | None:
+    """The collapse (or divergence) notes of the arms behind ``runs`` -- run names, mapped
+    through ``summary["arms"]``, or arm names -- None when none has one."""
+    arms = dict.fromkeys(summary.get("arms", {}).get(run, run) for run in runs)
+    notes = [summary["collapsed"][a] for a in arms if a in summary.get("collapsed", {})]
+    return "; ".join(notes) or None
+
+
 def with_note(text: str, note: str | None) -> str:
     return text if not note else f"{text}; {note}"
