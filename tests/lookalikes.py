@@ -11,7 +11,7 @@ that break under transformers 5, not the real models' code:
 | llada | AutoConfig, AutoModel, AutoModelForCausalLM | never calls ``post_init``; ``d_model`` config with a ``hidden_size`` alias; blocks ``transformer.blocks.N.ff_proj/up_proj/ff_out`` |
 | llada_moe | AutoConfig, AutoModelForCausalLM | experts as a list of linear MLPs, top-k routing by ``torch.where``; non-persistent ``inv_freq`` |
 | llada2 | AutoConfig, AutoModel, AutoModelForCausalLM | tied list (tie on); a padded 2-D mask becomes a causal 4-D mask; MoE eval path (sorted by expert) under ``torch.no_grad``; shared experts; non-persistent ``inv_freq`` |
-| broken | as llada2 | imports ``transformers.modeling_attn_mask_utils`` (removed in 5) |
+| broken | as llada2 | imports ``is_torch_fx_available`` from ``transformers.utils`` (removed in 5; real LLaDA2 does) |
 """
 
 from __future__ import annotations
@@ -381,7 +381,7 @@ def write_family(family: str, root: Path, tok, seed: int = 0) -> tuple[str, torc
                      "num_attention_heads": "n_heads"} if llada else {}
     (path / f"configuration_{family}.py").write_text(
         CONFIG.format(model_type=spec["model_type"], attribute_map=attribute_map, **names))
-    header = "from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask\n" \
+    header = "from transformers.utils import is_torch_fx_available\n" \
         if spec.get("broken") else ""
     common = COMMON.replace("{family}", family)
     (path / f"modeling_{family}.py").write_text(header + common + ("" if llada else DECODER) + spec["body"])

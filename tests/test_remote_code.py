@@ -109,7 +109,7 @@ def test_automodel_only_auto_map_gets_the_model_with_its_head(written):
 
 def test_removed_import_is_named_with_its_fix(tok, tmp_path):
     path, _ = write_family("broken", tmp_path, tok)
-    with pytest.raises(RemoteCodeError, match=r"imports transformers\.modeling_attn_mask_utils.*BACKBONES"):
+    with pytest.raises(RemoteCodeError, match=r"imports transformers\.utils\.is_torch_fx_available.*BACKBONES"):
         load_model(path, trust_remote_code=True)
 
 

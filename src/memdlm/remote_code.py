@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 
 import torch
 
@@ -38,6 +39,9 @@ REMOVED_MODULES = {
     "transformers.modeling_attn_mask_utils": (
         "it was removed in transformers 5. Edit the model's modeling_*.py: replace the import with the "
         "4-D mask helpers memdlm documents (docs/BACKBONES.md, 'Remote code written for transformers 4')"),
+    "transformers.utils.is_torch_fx_available": (
+        "it was removed in transformers 5. Edit the model's modeling_*.py: delete the import and treat "
+        "its value as True (torch.fx ships with every torch transformers 5 supports; docs/BACKBONES.md)"),
 }
 
 
@@ -64,12 +68,19 @@ def import_remote_class(path: str, reference: str):
     try:
         return get_class_from_dynamic_module(reference, path, local_files_only=True)
     except ImportError as err:
-        missing = getattr(err, "name", None) or ""
+        missing = _missing_import(err)
         fix = REMOVED_MODULES.get(missing)
         where = f"{path}: the model's code ({reference}) does not import under transformers {transformers.__version__}"
         if fix:
             raise RemoteCodeError(f"{where}: it imports {missing}, but {fix}") from err
         raise RemoteCodeError(f"{where}: {err}") from err
+
+
+def _missing_import(err: ImportError) -> str:
+    """The dotted name an ImportError could not find: a module, or ``module.name`` for
+    "cannot import name 'name' from 'module'"."""
+    found = re.search(r"cannot import name '([^']+)' from '([^']+)'", str(err))
+    return f"{found.group(2)}.{found.group(1)}" if found else (getattr(err, "name", None) or "")
 
 
 def patch_tied_weights_contract(cls) -> None:
