@@ -133,8 +133,8 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     from memdlm.bidirectional import ensure_bidirectional
     from memdlm.lora_run import is_lora_run, load_lora_run
     from memdlm.remote_code import (
+        adapt_remote_class,
         import_remote_class,
-        patch_tied_weights_contract,
         remote_class_reference,
         reset_rotary_buffers,
     )
@@ -159,7 +159,8 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     if remote is not None:
         key, reference = remote
         cls = import_remote_class(path, reference)
-        patch_tied_weights_contract(cls)
+        for fix in adapt_remote_class(cls):
+            logger.info("%s: %s", path, fix)
         cls.register_for_auto_class(key)  # so save_pretrained copies the code into run directories
         model = cls.from_pretrained(path, config=config, **kwargs)
         if key == "AutoModel" and model.get_output_embeddings() is None:
