@@ -7,16 +7,23 @@ that break under transformers 5, not the real models' code:
 
 | family | auto_map | contract reproduced |
 |---|---|---|
-| dream | AutoConfig, AutoModel (the LM head lives on the AutoModel class) | ``_tied_weights_keys`` a list; non-persistent ``inv_freq`` |
-| llada | AutoConfig, AutoModel, AutoModelForCausalLM | never calls ``post_init``; ``d_model`` config with a ``hidden_size`` alias; blocks ``transformer.blocks.N.ff_proj/up_proj/ff_out`` |
-| llada_moe | AutoConfig, AutoModelForCausalLM | experts as a list of linear MLPs, top-k routing by ``torch.where``; non-persistent ``inv_freq`` |
-| llada2 | AutoConfig, AutoModel, AutoModelForCausalLM | tied list (tie on); a padded 2-D mask becomes a causal 4-D mask; MoE eval path (sorted by expert) under ``torch.no_grad``; shared experts; non-persistent ``inv_freq`` |
-| broken | as llada2 | imports ``is_torch_fx_available`` from ``transformers.utils`` (removed in 5; real LLaDA2 does) |
+| dream | AutoConfig, AutoModel (the LM head lives on the AutoModel class) | ``_tied_weights_keys`` a list; rotary class looking up ``ROPE_INIT_FUNCTIONS["default"]``; non-persistent ``inv_freq`` |
+| llada | AutoConfig, AutoModel, AutoModelForCausalLM | never calls ``post_init``; ``tie_weights(self)`` override without ``**kwargs``; layers built on a hard-coded ``init_device = "cuda"``; ``d_model`` config with a ``hidden_size`` alias; blocks ``transformer.blocks.N.ff_proj/up_proj/ff_out`` |
+| llada_moe | AutoConfig, AutoModelForCausalLM | experts as a list of linear MLPs, top-k routing by ``torch.where``; rotary class looking up "default"; a config ``mask_token_id`` unlike the tokenizer's |
+| llada2 | AutoConfig, AutoModel, AutoModelForCausalLM | imports ``transformers.modeling_attn_mask_utils`` (deprecated in 5) and imports and calls ``is_torch_fx_available`` (removed in 5); attention ``attention.query_key_value`` (fused) / ``attention.dense``; tied list (tie on); a padded 2-D mask becomes a causal 4-D mask; MoE eval path (sorted by expert) under ``torch.no_grad``; shared experts; rotary class looking up "default" |
+| broken | as llada2 | imports ``find_pruneable_heads_and_indices`` from ``transformers.pytorch_utils`` (removed in 5; nothing memdlm provides) |
+
+The reference model ``write_family`` returns is built with the constructs resolved by the test
+itself, not by memdlm: the rope "default" from :func:`hand_default_rope`, ``is_torch_fx_available``
+as ``True``, and LLaDA's layers on the CPU (the value the hub's copy of LLaDA's file has). The
+model's modules are then dropped from ``sys.modules``, so memdlm imports the code afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -30,14 +37,15 @@ class LookalikeConfig(PretrainedConfig):
     attribute_map = {attribute_map}
 
     def __init__(self, vocab_size=4096, {hidden}=32, intermediate_size=64, {layers}=2, {heads}=4,
-                 rope_theta=10000.0, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
-                 tie_word_embeddings=False, **kwargs):
+                 rope_theta=10000.0, rope_scaling=None, num_experts=4, num_experts_per_tok=2,
+                 moe_intermediate_size=16, tie_word_embeddings=False, **kwargs):
         self.vocab_size = vocab_size
         self.{hidden} = {hidden}
         self.intermediate_size = intermediate_size
         self.{layers} = {layers}
         self.{heads} = {heads}
         self.rope_theta = rope_theta
+        self.rope_scaling = rope_scaling
         self.num_experts = num_experts
         self.num_experts_per_tok = num_experts_per_tok
         self.moe_intermediate_size = moe_intermediate_size
@@ -50,6 +58,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from .configuration_{family} import LookalikeConfig
 
@@ -64,18 +73,21 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """inv_freq as a non-persistent buffer: not in the checkpoint."""
+    """transformers 4 style: the init function looked up by rope type ("default" without
+    scaling; transformers 5 has no such entry); inv_freq a non-persistent buffer."""
 
-    def __init__(self, dim, base):
+    def __init__(self, config, device=None):
         super().__init__()
-        self.dim, self.base = dim, base
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        self.rope_type = "default" if config.rope_scaling is None else config.rope_scaling["rope_type"]
+        self.config = config
+        self.rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = self.rope_init_fn(config, device)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, length, device):
         freqs = torch.outer(torch.arange(length, device=device, dtype=torch.float32), self.inv_freq.float())
         emb = torch.cat([freqs, freqs], -1)
-        return emb.cos(), emb.sin()
+        return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
 
 
 def rope_on_the_fly(dim, base, length, device):
@@ -123,6 +135,24 @@ class Attention(nn.Module):
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
         return getattr(self, self.names[3])(out.transpose(1, 2).reshape(b, l, -1))
+
+
+class FusedAttention(nn.Module):
+    """LLaDA2 style: one query_key_value projection, output projection ``dense``."""
+
+    def __init__(self, hidden, heads):
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.query_key_value = nn.Linear(hidden, 3 * hidden, bias=False)
+        self.dense = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, x, cos, sin, mask):
+        b, l, _ = x.shape
+        q, k, v = (t.view(b, l, self.heads, self.head_dim).transpose(1, 2)
+                   for t in self.query_key_value(x).chunk(3, -1))
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
+        return self.dense(out.transpose(1, 2).reshape(b, l, -1))
 
 
 class MLP(nn.Module):
@@ -216,10 +246,11 @@ class SharedExpertMoE(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, config, mlp, attn_attr="self_attn", attn_names=("q_proj", "k_proj", "v_proj", "o_proj")):
+    def __init__(self, config, mlp, attn_attr="self_attn", fused_attention=False):
         super().__init__()
         self.attn_attr = attn_attr
-        setattr(self, attn_attr, Attention(config.hidden_size, config.num_attention_heads, attn_names))
+        setattr(self, attn_attr, FusedAttention(config.hidden_size, config.num_attention_heads) if fused_attention
+                else Attention(config.hidden_size, config.num_attention_heads))
         self.input_layernorm = RMSNorm(config.hidden_size)
         self.post_attention_layernorm = RMSNorm(config.hidden_size)
         self.mlp = mlp
@@ -241,14 +272,13 @@ class LookalikePreTrained(PreTrainedModel):
 DECODER = '''
 
 class Decoder(nn.Module):
-    def __init__(self, config, make_mlp, attn_attr="self_attn", attn_names=("q_proj", "k_proj", "v_proj", "o_proj"),
-                 mask_fn=key_padding):
+    def __init__(self, config, make_mlp, attn_attr="self_attn", fused_attention=False, mask_fn=key_padding):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(Layer(config, make_mlp(config), attn_attr, attn_names)
+        self.layers = nn.ModuleList(Layer(config, make_mlp(config), attn_attr, fused_attention)
                                     for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size)
-        self.rotary_emb = Rotary(config.hidden_size // config.num_attention_heads, config.rope_theta)
+        self.rotary_emb = Rotary(config)
         self.mask_fn = mask_fn
 
     def forward(self, input_ids, attention_mask=None):
@@ -287,15 +317,19 @@ class DreamLookalikeModel(LMWithHead):
     "llada": dict(model_type="llada", auto=("AutoModel", "AutoModelForCausalLM"), cls="LLaDALookalikeModelLM",
                   llada=True, body='''
 
+# dllm's LLaDA builds its layers on a device named in its code; the hub's copy says "cpu"
+INIT_DEVICE = "cuda"
+
+
 class Block(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, device):
         super().__init__()
         d = config.d_model
         self.attn = Attention(d, config.n_heads, ("q_proj", "k_proj", "v_proj", "attn_out"))
         self.attn_norm, self.ff_norm = RMSNorm(d), RMSNorm(d)
-        self.ff_proj = nn.Linear(d, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(d, config.intermediate_size, bias=False)
-        self.ff_out = nn.Linear(config.intermediate_size, d, bias=False)
+        self.ff_proj = nn.Linear(d, config.intermediate_size, bias=False, device=device)
+        self.up_proj = nn.Linear(d, config.intermediate_size, bias=False, device=device)
+        self.ff_out = nn.Linear(config.intermediate_size, d, bias=False, device=device)
 
     def forward(self, x, cos, sin, mask):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask)
@@ -304,12 +338,12 @@ class Block(nn.Module):
 
 
 class LLaDALookalikeModel(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, device):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.d_model),
-            blocks=nn.ModuleList(Block(config) for _ in range(config.n_layers)),
+            wte=nn.Embedding(config.vocab_size, config.d_model, device=device),
+            blocks=nn.ModuleList(Block(config, device) for _ in range(config.n_layers)),
             ln_f=RMSNorm(config.d_model),
             ff_out=nn.Linear(config.d_model, config.vocab_size, bias=False)))
 
@@ -325,7 +359,12 @@ class LLaDALookalikeModel(nn.Module):
 class LLaDALookalikeModelLM(LookalikePreTrained):
     def __init__(self, config, model=None, init_params=False):
         super().__init__(config)  # 4.x LLaDA never calls self.post_init()
-        self.model = model or LLaDALookalikeModel(config)
+        self.model = model or LLaDALookalikeModel(config, INIT_DEVICE)
+
+    def tie_weights(self):  # a 4.x override: transformers 5 passes recompute_mapping=...
+        self.tie_calls = getattr(self, "tie_calls", 0) + 1
+        if self.config.tie_word_embeddings:
+            self.model.transformer.ff_out.weight = self.model.transformer.wte.weight
 
     def get_input_embeddings(self):
         return self.model.transformer.wte
@@ -336,7 +375,8 @@ class LLaDALookalikeModelLM(LookalikePreTrained):
     def forward(self, input_ids=None, attention_mask=None, use_cache=None, **kwargs):
         return CausalLMOutput(logits=self.model(input_ids, attention_mask))
 '''),
-    "llada_moe": dict(model_type="lladamoe", auto=("AutoModelForCausalLM",), cls="LLaDAMoELookalikeModelLM", body='''
+    "llada_moe": dict(model_type="lladamoe", auto=("AutoModelForCausalLM",), cls="LLaDAMoELookalikeModelLM",
+                      config_mask_offset=7, body='''
 
 class LLaDAMoELookalikeModelLM(LMWithHead):
     _tied_weights_keys = None
@@ -348,18 +388,25 @@ class LLaDAMoELookalikeModelLM(LMWithHead):
         self.post_init()
 '''),
     "llada2": dict(model_type="llada2_moe", auto=("AutoModel", "AutoModelForCausalLM"), tie=True,
+                   header="from transformers.modeling_attn_mask_utils import AttentionMaskConverter  # noqa\n"
+                          "from transformers.utils.import_utils import is_torch_fx_available\n",
                    cls="LLaDA2LookalikeModelLM", body='''
 
 class LLaDA2LookalikeModelLM(LMWithHead):
     def __init__(self, config):
         super().__init__(config)
-        self.model = Decoder(config, SharedExpertMoE, attn_attr="attention",
-                             attn_names=("q_proj", "k_proj", "v_proj", "dense"), mask_fn=causal_if_padded)
+        self.model = Decoder(config, SharedExpertMoE, attn_attr="attention", fused_attention=True,
+                             mask_fn=causal_if_padded)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+
+if is_torch_fx_available():  # 4.x: the mask helper stays a leaf of traced graphs
+    torch.fx.wrap("causal_if_padded")
 '''),
 }
-FAMILIES["broken"] = dict(FAMILIES["llada2"], broken=True)
+FAMILIES["broken"] = dict(FAMILIES["llada2"], broken=True, header=FAMILIES["llada2"]["header"] + (
+    "from transformers.pytorch_utils import find_pruneable_heads_and_indices\n"))
 
 
 def write_family(family: str, root: Path, tok, seed: int = 0) -> tuple[str, torch.nn.Module]:
@@ -381,28 +428,75 @@ def write_family(family: str, root: Path, tok, seed: int = 0) -> tuple[str, torc
                      "num_attention_heads": "n_heads"} if llada else {}
     (path / f"configuration_{family}.py").write_text(
         CONFIG.format(model_type=spec["model_type"], attribute_map=attribute_map, **names))
-    header = "from transformers.utils import is_torch_fx_available\n" \
-        if spec.get("broken") else ""
+    header = spec.get("header", "")
     common = COMMON.replace("{family}", family)
     (path / f"modeling_{family}.py").write_text(header + common + ("" if llada else DECODER) + spec["body"])
     auto_map = {"AutoConfig": f"configuration_{family}.LookalikeConfig"}
     auto_map.update({key: f"modeling_{family}.{spec['cls']}" for key in spec["auto"]})
     config = dict(model_type=spec["model_type"], architectures=[spec["cls"]], auto_map=auto_map,
                   vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                  mask_token_id=tok.mask_token_id, tie_word_embeddings=spec.get("tie", False))
+                  mask_token_id=tok.mask_token_id + spec.get("config_mask_offset", 0),
+                  tie_word_embeddings=spec.get("tie", False))
     (path / "config.json").write_text(json.dumps(config))
     tok.save_pretrained(path)
     if spec.get("broken"):
         return str(path), None
-    config_cls = get_class_from_dynamic_module(auto_map["AutoConfig"], str(path), local_files_only=True)
-    model_cls = get_class_from_dynamic_module(auto_map[spec["auto"][-1]], str(path), local_files_only=True)
+    with removed_names_as_in_4x():
+        config_cls = get_class_from_dynamic_module(auto_map["AutoConfig"], str(path), local_files_only=True)
+        model_cls = get_class_from_dynamic_module(auto_map[spec["auto"][-1]], str(path), local_files_only=True)
+    module = sys.modules[model_cls.__module__]
     torch.manual_seed(seed)
-    model = _instantiate(model_cls, config_cls.from_pretrained(str(path)))
+    with constructs_resolved_here(module):
+        model = _instantiate(model_cls, config_cls.from_pretrained(str(path)))
+    forget_modules(model_cls)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     if spec.get("tie"):
         state.pop("lm_head.weight")  # as a 4.x save of a tied model: the head is the embedding
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     return str(path), model.eval()
+
+
+def hand_default_rope(config, device=None, **_):
+    """The default rope written out here: inv_freq[i] = 1 / theta ** (2i / head_dim), scaling 1
+    (float32, as transformers 4 computed it)."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    return 1.0 / config.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim), 1.0
+
+
+@contextlib.contextmanager
+def removed_names_as_in_4x():
+    """transformers 4's is_torch_fx_available (True), only while the reference's code imports."""
+    import transformers.utils.import_utils as import_utils
+
+    added = not hasattr(import_utils, "is_torch_fx_available")
+    if added:
+        import_utils.is_torch_fx_available = lambda: True
+    try:
+        yield
+    finally:
+        if added:
+            del import_utils.is_torch_fx_available
+
+
+@contextlib.contextmanager
+def constructs_resolved_here(module):
+    """The reference build: rope "default" from hand_default_rope, LLaDA's layers on the CPU."""
+    saved = {name: getattr(module, name) for name in ("ROPE_INIT_FUNCTIONS", "INIT_DEVICE") if hasattr(module, name)}
+    module.ROPE_INIT_FUNCTIONS = {"default": hand_default_rope}
+    if "INIT_DEVICE" in saved:
+        module.INIT_DEVICE = "cpu"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+def forget_modules(cls) -> None:
+    """Drop the family's code from sys.modules: memdlm's load imports it afresh, as a user's would."""
+    package = cls.__module__.rpartition(".")[0]
+    for name in [n for n in sys.modules if n.startswith(package + ".")]:
+        del sys.modules[name]
 
 
 def _instantiate(model_cls, config):

@@ -107,10 +107,142 @@ def test_automodel_only_auto_map_gets_the_model_with_its_head(written):
     assert load_model(written["dream"][0], trust_remote_code=True).get_output_embeddings() is not None
 
 
-def test_removed_import_is_named_with_its_fix(tok, tmp_path):
+# --- constructs of the real files (docs/BACKBONES.md, "construct found in real remote code") ----
+def test_an_import_memdlm_cannot_provide_names_the_file_the_line_and_the_fix(tok, tmp_path):
     path, _ = write_family("broken", tmp_path, tok)
-    with pytest.raises(RemoteCodeError, match=r"imports transformers\.utils\.is_torch_fx_available.*BACKBONES"):
+    with pytest.raises(RemoteCodeError, match=r"modeling_broken\.py line 3 \(`from transformers\.pytorch_utils import "
+                       r"find_pruneable_heads_and_indices`\).*not in this transformers.*edit that line"):
         load_model(path, trust_remote_code=True)
+
+
+def test_a_removed_module_is_named_with_the_line_and_its_fix(tok, tmp_path, monkeypatch):
+    """LLaDA2 / LLaDA-MoE import transformers.modeling_attn_mask_utils (deprecated in 5.25, so
+    removed here as a later 5.x may do)."""
+    path, _ = write_family("llada2", tmp_path, tok)
+    monkeypatch.setitem(sys.modules, "transformers.modeling_attn_mask_utils", None)
+    with pytest.raises(RemoteCodeError, match=r"modeling_llada2\.py line 1 .*imports transformers\."
+                       r"modeling_attn_mask_utils, but .*BACKBONES"):
+        load_model(path, trust_remote_code=True)
+
+
+def test_is_torch_fx_available_is_provided_while_the_code_imports_only(written):
+    import transformers.utils
+    import transformers.utils.import_utils
+
+    loaded = load_model(written["llada2"][0], trust_remote_code=True)  # imports and calls it at module level
+    assert sys.modules[type(loaded).__module__].is_torch_fx_available() is True
+    assert not hasattr(transformers.utils.import_utils, "is_torch_fx_available")  # removed again
+    assert not hasattr(transformers.utils, "is_torch_fx_available")
+
+
+@pytest.mark.parametrize("family", WITH_ROTARY_BUFFER)
+def test_rope_default_is_given_to_the_models_own_module_only(written, family):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from memdlm.remote_code import default_rope
+
+    loaded = load_model(written[family][0], trust_remote_code=True)
+    assert sys.modules[type(loaded).__module__].ROPE_INIT_FUNCTIONS["default"] is default_rope
+    assert "default" not in ROPE_INIT_FUNCTIONS  # transformers' own table is not touched
+    head_dim = loaded.config.hidden_size // loaded.config.num_attention_heads  # 8: 4 frequencies
+    by_hand = torch.tensor([loaded.config.rope_theta ** (-i / 4) for i in range(4)])
+    torch.testing.assert_close(loaded.model.rotary_emb.inv_freq, by_hand, atol=0, rtol=1e-6)
+    assert head_dim == 8
+
+
+def test_default_rope_takes_base_and_dim_from_kwargs_or_the_config():
+    from types import SimpleNamespace
+
+    from memdlm.remote_code import default_rope
+
+    inv, scaling = default_rope(None, None, base=100.0, dim=4)
+    assert scaling == 1.0 and torch.equal(inv, torch.tensor([1.0, 0.1]))
+    config = SimpleNamespace(rope_theta=10000.0, hidden_size=64, num_attention_heads=4, partial_rotary_factor=0.5)
+    inv, _ = default_rope(config)  # head 16, half of it rotated: dim 8
+    torch.testing.assert_close(inv, torch.tensor([10000.0 ** (-i / 4) for i in range(4)]), atol=0, rtol=1e-6)
+
+
+def test_a_tie_weights_override_without_kwargs_is_called_without_them(written):
+    loaded = load_model(written["llada"][0], trust_remote_code=True)
+    calls = loaded.tie_calls  # transformers 5 called it while loading, with recompute_mapping=False
+    assert calls >= 1
+    loaded.tie_weights(missing_keys=set(), recompute_mapping=True)
+    assert loaded.tie_calls == calls + 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fix applies only where CUDA is missing")
+@pytest.mark.parametrize("init_device", ["cuda", "cpu"])
+def test_layers_the_code_builds_on_cuda_are_built_on_the_cpu_without_cuda(tok, written, tmp_path, init_device):
+    """dllm's LLaDA file hard-codes init_device = "cuda"; the hub's copy says "cpu". Both load,
+    on the CPU, with the logits of the reference (built on the CPU)."""
+    import shutil
+
+    path, reference = written["llada"]
+    if init_device == "cpu":  # the hub's copy of the file
+        shutil.copytree(path, tmp_path / "hub")
+        code = tmp_path / "hub" / "modeling_llada.py"
+        code.write_text(code.read_text().replace('INIT_DEVICE = "cuda"', 'INIT_DEVICE = "cpu"'))
+        path = str(tmp_path / "hub")
+    loaded = load_model(path, trust_remote_code=True).eval()
+    assert sys.modules[type(loaded).__module__].INIT_DEVICE == init_device
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    ids, _ = _batch(tok, padded=False)
+    with torch.no_grad():
+        assert torch.equal(forward_logits(loaded, ids), forward_logits(reference, ids))
+
+
+def test_device_redirect_rewrites_cuda_only_and_only_inside_the_block():
+    from memdlm.remote_code import _DevicesOnCpu
+
+    with _DevicesOnCpu() as mode:
+        made = [torch.zeros(2, device="cuda"), torch.ones(2, device=torch.device("cuda", 0)),
+                torch.arange(3).to("cuda"), torch.empty(1, device="meta")]
+    assert [t.device.type for t in made] == ["cpu", "cpu", "cpu", "meta"] and mode.redirected == 3
+
+
+def test_a_config_mask_id_unlike_the_tokenizers(tok, written, caplog):
+    """LLaDA-MoE's config names another mask id than its tokenizer: memdlm masks with the
+    tokenizer's (as dllm does), writes it into the config and says so."""
+    from memdlm.run import Run
+
+    path = written["llada_moe"][0]
+    assert json.loads((Path(path) / "config.json").read_text())["mask_token_id"] == tok.mask_token_id + 7
+    with caplog.at_level("WARNING"):
+        run = Run.load(path, trust_remote_code=True)
+    assert run.model.config.mask_token_id == tok.mask_token_id
+    assert f"config.json has mask_token_id {tok.mask_token_id + 7}" in caplog.text and "LLaDA-MoE" in caplog.text
+
+
+def test_a_config_mask_id_unlike_the_tokenizers_is_refused_outside_the_dlm_families(tok, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from memdlm.errors import ConfigError
+    from memdlm.run import Run
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tok), mask_token_id=tok.mask_token_id + 1)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=rf"mask_token_id {tok.mask_token_id + 1} but the tokenizer's mask token "
+                       rf".* is id {tok.mask_token_id}.*set mask_token_id to {tok.mask_token_id} in config.json"):
+        Run.load(str(tmp_path))
+
+
+def test_ffn_attn_targets_llada2s_attention_and_a_table_that_misses_it_is_an_error(written, monkeypatch):
+    from dataclasses import replace
+
+    from memdlm.backbones import FAMILIES, LLAMA_ATTN
+    from memdlm.errors import ConfigError
+
+    loaded = load_model(written["llada2"][0], trust_remote_code=True)
+    added = {t.name for t in find_targets(loaded, scope="ffn_attn")} - {t.name for t in find_targets(loaded)}
+    assert added == {"model.layers.1.attention.query_key_value", "model.layers.1.attention.dense"}
+    monkeypatch.setitem(FAMILIES, "llada2_moe", replace(FAMILIES["llada2_moe"], attn=LLAMA_ATTN))
+    with pytest.raises(ConfigError, match=r"ffn_attn selects no attention module of LLaDA2LookalikeModelLM \(family "
+                       r"LLaDA2, looking for q_proj.*\); its linear modules in layers >= 1: "
+                       r"attention\.query_key_value, attention\.dense, mlp\.experts\.N\.gate_proj"):
+        find_targets(loaded, scope="ffn_attn")
+    assert find_targets(loaded)  # scope ffn names no attention module: still fine
 
 
 # --- bidirectional in padded batches ----------------------------------------------------------

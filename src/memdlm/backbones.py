@@ -15,7 +15,9 @@ Every family-specific decision reads :data:`FAMILIES` through :func:`family_of`:
 - ``modeling.logits_only_at`` -- where the final hidden states enter the LM head
   (``head_input``, for heads that do not call their output embedding as a module);
 - ``memory.targets.find_targets`` -- the module-name suffixes of FFN and attention
-  projections that get fast weights (``ffn``, ``attn``).
+  projections that get fast weights (``ffn``, ``attn``);
+- ``tokenizer.reconcile_mask_token`` -- what a config mask id unlike the tokenizer's means
+  (``mask_from_tokenizer``).
 
 Adding a family is one entry here plus one row in ``tests/test_families.py`` (a test
 checks that every entry has a row and that each fact holds on a tiny model of that
@@ -68,6 +70,11 @@ class Family:
     # module-name suffixes (dot-separated; a name matches when it ends with one)
     ffn: tuple[str, ...] = LLAMA_FFN
     attn: tuple[str, ...] = LLAMA_ATTN
+    # When ``config.mask_token_id`` and the tokenizer's mask id differ: True -- the model's code
+    # never reads the config's id and the family's reference pipelines (dllm) mask with the
+    # tokenizer's, so the tokenizer's is used and written into the config (warned); False --
+    # refused (memdlm.tokenizer.reconcile_mask_token)
+    mask_from_tokenizer: bool = False
 
 
 _ENTRIES = (
@@ -91,11 +98,14 @@ _ENTRIES = (
            attn=("attention.output.dense",), head_input="cls.predictions", block_cache=True,
            cache_embeddings="mobilebert.embeddings"),
     # remote code written for transformers 4 (memdlm/remote_code.py; docs/BACKBONES.md)
-    Family("dream", "Dream", "native", logits_shift=True),
+    Family("dream", "Dream", "native", logits_shift=True, mask_from_tokenizer=True),
     Family("llada", "LLaDA", "native", ffn=("ff_proj", "up_proj", "ff_out"),
-           attn=("q_proj", "k_proj", "v_proj", "att_proj", "attn_out")),
-    Family("lladamoe", "LLaDA-MoE", "native"),
-    Family("llada2_moe", "LLaDA2", "native"),
+           attn=("q_proj", "k_proj", "v_proj", "att_proj", "attn_out"), mask_from_tokenizer=True),
+    Family("lladamoe", "LLaDA-MoE", "native", mask_from_tokenizer=True),
+    # LLaDA2's attention is a fused query_key_value projection and an output ``dense``
+    # (modeling_llada2_moe.py); ``attention.dense`` keeps other ``dense`` layers out
+    Family("llada2_moe", "LLaDA2", "native", attn=("query_key_value", "attention.dense"),
+           mask_from_tokenizer=True),
 )
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
 
@@ -129,21 +139,24 @@ def markdown_table() -> str:
     def yes(flag: bool) -> str:
         return "yes" if flag else "-"
 
+    def mask_rule(f: Family) -> str:
+        return "tokenizer's used" if f.mask_from_tokenizer else "refused"
+
     def names(group: tuple[str, ...]) -> str:
         return ", ".join(f"`{n}`" for n in group)
 
     rows = ["| family (`model_type`) | bidirectional by | prepared masks | split forward | block cache | "
             "logits shift | LM head input | FFN targets (and any fused MoE experts) | attention targets "
-            "(`ffn_attn`) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "(`ffn_attn`) | config mask id unlike the tokenizer's |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for f in _ENTRIES:
         cache = f"yes (encoder: `{f.cache_embeddings}`)" if f.cache_embeddings else yes(f.block_cache)
         head = f"`{f.head_input}`" if f.head_input else "output embedding"
         rows.append(f"| {f.name} (`{f.model_type}`) | {f.bidirectional} | {yes(f.prepared_masks)} "
                     f"| {yes(f.split_forward)} | {cache} | {yes(f.logits_shift)} | {head} "
-                    f"| {names(f.ffn)} | {names(f.attn)} |")
+                    f"| {names(f.ffn)} | {names(f.attn)} | {mask_rule(f)} |")
     rows.append(f"| any other | `is_causal` set if the config has it | - | - | - | - | output embedding "
-                f"| all of the above, {names(OTHER_FFN)} | all of the above, {names(OTHER_ATTN)} |")
+                f"| all of the above, {names(OTHER_FFN)} | all of the above, {names(OTHER_ATTN)} | refused |")
     return "\n".join(rows)
 
 

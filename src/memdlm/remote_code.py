@@ -113,6 +113,13 @@ def import_remote_class(path: str, reference: str):
         raise RemoteCodeError(f"{prefix}: {err}") from err
 
 
+def _missing_import(err: ImportError) -> str:
+    """The dotted name an ImportError could not find: a module, or ``module.name`` for
+    "cannot import name 'name' from 'module'"."""
+    found = re.search(r"cannot import name '([^']+)' from '([^']+)'", str(err))
+    return f"{found.group(2)}.{found.group(1)}" if found else (getattr(err, "name", None) or "")
+
+
 @contextlib.contextmanager
 def legacy_names():
     """Provide :data:`LEGACY_NAMES` that this transformers lacks; remove them afterwards (the

@@ -80,11 +80,12 @@ class Run:
         """The run (or model) directory ``path``, or a shipped model's name, in eval mode."""
         from memdlm.modeling import load_model
         from memdlm.shipped import resolve_model
-        from memdlm.tokenizer import load_tokenizer
+        from memdlm.tokenizer import load_tokenizer, reconcile_mask_token
 
         resolved = resolve_model(str(path))
         tokenizer = load_tokenizer(resolved, trust_remote_code)
         model = load_model(resolved, trust_remote_code, dtype=dtype)
+        reconcile_mask_token(model, tokenizer, resolved)
         if device is not None:
             model.to(device)
         model.eval()

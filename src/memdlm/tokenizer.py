@@ -7,10 +7,13 @@ the special tokens a DLM needs -- mask, pad, end of sequence -- are part of it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 from memdlm.errors import ConfigError, MissingFileError
+
+logger = logging.getLogger("memdlm")
 
 ASSET_DIR = Path(__file__).parent / "assets" / "tokenizer"
 PAD, MASK, EOS = "<|pad|>", "<|mask|>", "<|eos|>"
@@ -90,6 +93,33 @@ def ensure_special_tokens(tokenizer, source: str):
             raise ConfigError(f"tokenizer at {source} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def reconcile_mask_token(model, tokenizer, source: str) -> None:
+    """Compare the model config's ``mask_token_id`` with the tokenizer's mask id (memdlm masks
+    with the tokenizer's everywhere). Equal, or no id in the config: nothing to do. Different:
+    the family decides (``mask_from_tokenizer`` in ``memdlm.backbones``) -- the tokenizer's id is
+    written into the config with a warning naming both, or the pair is refused in one line.
+    """
+    from memdlm.backbones import family_of
+    from memdlm.modeling import unwrap
+
+    config = getattr(unwrap(model), "config", None)
+    configured, ours = getattr(config, "mask_token_id", None), tokenizer.mask_token_id
+    if configured is None or configured == ours:
+        return
+    family = family_of(config)
+    token = tokenizer.mask_token
+    if not family.mask_from_tokenizer:
+        raise ConfigError(
+            f"{source}: config.json has mask_token_id {configured} but the tokenizer's mask token {token!r} is id "
+            f"{ours}; memdlm masks with the tokenizer's: set mask_token_id to {ours} in config.json, or give the "
+            f"tokenizer the model's mask token (tok.mask_token = tok.convert_ids_to_tokens({configured}); "
+            "tok.save_pretrained(DIR))")
+    logger.warning("%s: config.json has mask_token_id %s, the tokenizer's mask token %r is id %s; %s masks "
+                   "with the tokenizer's (as its reference pipelines do), so %s is used and written into the "
+                   "config (docs/BACKBONES.md, mask token)", source, configured, token, ours, family.name, ours)
+    config.mask_token_id = ours
 
 
 def token_ids(tokenizer, text: str) -> list[int]:

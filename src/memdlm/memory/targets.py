@@ -126,7 +126,49 @@ def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
         what = f"pattern {pattern!r}" if pattern else f"{scope} projections {suffixes} in layers >= {first}"
         raise ConfigError(f"{type(model).__name__}: no module matches {what}; pass "
                          "--memory_target_modules with a regex over the model's module names")
+    if regex is None:
+        check_scope_kinds(model, targets, scope, first)
     return targets
+
+
+def is_attention_target(target: Target, family) -> bool:
+    """Whether a target is one of the family's attention projections (names listed as both
+    FFN and attention, like ModernBERT's ``Wo``, count as attention inside an attention module)."""
+    name = target.name
+    return target.kind == "linear" and _ends_with_any(name, family.attn) and (
+        _is_attention_module(name) or not _ends_with_any(name, family.ffn))
+
+
+def check_scope_kinds(model: nn.Module, targets: list[Target], scope: str, first: int) -> None:
+    """Each kind of module ``scope`` names (FFN; attention for ``ffn_attn``) must select at least
+    one module: a family table whose names miss the model's would otherwise adapt less than
+    asked, silently."""
+    family = family_of(getattr(unwrap(model), "config", None))
+    attention = [t for t in targets if is_attention_target(t, family)]
+    kinds = {"FFN": len(targets) - len(attention)}
+    if scope == "ffn_attn":
+        kinds["attention"] = len(attention)
+    missing = [kind for kind, count in kinds.items() if count == 0]
+    if missing:
+        names = family.attn if missing[0] == "attention" else family.ffn
+        raise ConfigError(
+            f"--memory-scope {scope} selects no {missing[0]} module of {type(unwrap(model)).__name__} "
+            f"(family {family.name}, looking for {', '.join(names)}); its linear modules in layers >= {first}: "
+            f"{', '.join(linear_module_names(model, first))}; fix the family's names in memdlm.backbones "
+            "or pass --memory_target_modules with a regex over those names")
+
+
+def linear_module_names(model: nn.Module, first: int) -> list[str]:
+    """The distinct names of the linear modules in layers >= ``first``, below the layer prefix,
+    with expert numbers folded (``mlp.experts.N.up_proj``)."""
+    found = []
+    for name, module in model.named_modules():
+        m = LAYER_PATTERN.search(name + ".")
+        if linear_of(module) is None or m is None or int(m.group(1)) < first or ".lora_" in name \
+                or name.endswith(".base_layer"):
+            continue
+        found.append(re.sub(r"\.\d+\.", ".N.", name[m.end():] + ".").rstrip("."))
+    return list(dict.fromkeys(found))
 
 
 def first_layer_module(model: nn.Module, targets: list[Target]) -> nn.Module | None:

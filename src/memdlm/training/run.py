@@ -47,7 +47,7 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
     there which base it needs (and a model built from scratch saves its base weights).
     """
     from memdlm.modeling import build_tiny_model, init_config_path, load_model, tiny_head_overrides
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.tokenizer import load_tokenizer, reconcile_mask_token
 
     quantization = quantization_config(model_args)  # --load-in-4bit: fails fast, before any loading
     tokenizer = load_tokenizer(model_args.model, model_args.trust_remote_code)
@@ -71,6 +71,7 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
 
             raise ConfigError("--init-config builds a model from scratch; it cannot be combined with --model")
         model = load_model(model_args.model, model_args.trust_remote_code, quantization_config=quantization)
+        reconcile_mask_token(model, tokenizer, model_args.model)
     if model_args.use_lora:
         if out is not None:
             from memdlm.lora_run import save_built_base, write_base_record
