@@ -1,0 +1,121 @@
+"""The checks of tests/test_remote_code.py, run on the families' *real* modeling files.
+
+Set ``MEMDLM_REAL_FAMILIES_DIR`` to a directory whose subdirectories are checkpoints of
+remote-code DLMs as a user has them (the model's unmodified ``*.py`` files, ``config.json``
+with ``auto_map``, weights, a tokenizer with a mask token); skipped otherwise. Nothing here
+is downloaded: the files are the user's (docs/BACKBONES.md, "Checking real family files",
+says how tiny random ones were built from the public repositories during development).
+
+Per directory: it loads; its logits equal those of the class built directly (eager
+construction + ``load_state_dict``, no ``from_pretrained``), rotary ``inv_freq`` buffers equal
+the default rope written out here; it attends bidirectionally in padded and unpadded
+batches; the model's and the tokenizer's mask ids agree after loading; and through the CLI:
+two MemDLM training steps with shared and with per-sample memory, ``generate`` with and
+without ``--memory``, a LoRA run whose adapter-off logits equal the base's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from memdlm.bidirectional import position_zero_sees_last_token
+from memdlm.cli import main
+from memdlm.modeling import forward_logits, load_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_remote_code import TRAIN, _generate  # noqa: E402
+
+ROOT = os.environ.get("MEMDLM_REAL_FAMILIES_DIR")
+DIRS = sorted(str(p.parent) for p in Path(ROOT).glob("*/config.json")) if ROOT else []
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not ROOT, reason="MEMDLM_REAL_FAMILIES_DIR names no directory of real family files")]
+torch.set_num_threads(1)
+
+
+def _ids(vocab: int, b: int = 2, length: int = 12) -> torch.Tensor:
+    return torch.randint(10, vocab, (b, length), generator=torch.Generator().manual_seed(0))
+
+
+def direct_build(path: str):
+    """The class built directly from its own code (memdlm's class-level fixes applied, as
+    they must be for it to build at all) with the checkpoint's tensors loaded by
+    ``load_state_dict``: no meta device, no ``from_pretrained``."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from memdlm.remote_code import adapt_remote_class, import_remote_class, remote_class_reference
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True, local_files_only=True)
+    cls = import_remote_class(path, remote_class_reference(config)[1])
+    adapt_remote_class(cls)
+    model = cls(config)
+    state = load_file(str(Path(path) / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected
+    assert set(missing) <= set(getattr(model, "all_tied_weights_keys", None) or {})
+    return model.eval()
+
+
+def by_hand_inv_freq(theta: float, dim: int) -> torch.Tensor:
+    return torch.tensor([theta ** (-2 * i / dim) for i in range(dim // 2)])
+
+
+@pytest.fixture(params=DIRS or ["none"], ids=lambda p: Path(p).name)
+def family_dir(request):
+    return request.param
+
+
+def test_loads_with_the_logits_of_a_direct_build_and_the_default_rope(family_dir):
+    loaded = load_model(family_dir, trust_remote_code=True).eval()
+    direct = direct_build(family_dir)
+    ids = _ids(loaded.get_input_embeddings().num_embeddings)
+    with torch.no_grad():
+        assert torch.equal(forward_logits(loaded, ids), forward_logits(direct, ids))
+    theta = getattr(loaded.config, "rope_theta", None)
+    for name, buffer in loaded.named_buffers():
+        if name.endswith("inv_freq"):
+            torch.testing.assert_close(buffer, by_hand_inv_freq(theta, 2 * buffer.numel()), atol=0, rtol=1e-6)
+
+
+def test_bidirectional_padded_and_unpadded(family_dir):
+    loaded = load_model(family_dir, trust_remote_code=True)
+    assert position_zero_sees_last_token(loaded, padded=False)
+    assert position_zero_sees_last_token(loaded, padded=True)
+
+
+def test_mask_ids_agree_after_loading(family_dir):
+    from memdlm.run import Run
+
+    run = Run.load(family_dir, trust_remote_code=True)
+    assert getattr(run.model.config, "mask_token_id", None) in (None, run.tokenizer.mask_token_id)
+
+
+def test_train_shared_and_per_sample_generate_and_lora_round_trip(family_dir, tmp_path, capsys):
+    from peft import PeftModel
+
+    for mode in ("shared", "per_sample"):
+        run = tmp_path / mode
+        assert main(["train", "--model", family_dir, "--memory-mode", mode, "--output-dir", str(run), *TRAIN]) == 0
+        logged = [h for h in json.loads((run / "log_history.json").read_text()) if "loss" in h]
+        assert len(logged) == 2 and all(h["memory/norm"] > 0 and h["inner/skipped_nonfinite"] == 0 for h in logged)
+        for extra in ([], ["--memory"]):
+            _generate(run, capsys, *extra)
+    lora = tmp_path / "lora"
+    assert main(["train", "--model", family_dir, "--use-lora", "--lora-r", "4", "--learning-rate", "1e-2",
+                 "--output-dir", str(lora), *TRAIN]) == 0
+    loaded = load_model(str(lora), trust_remote_code=True).eval()
+    assert isinstance(loaded, PeftModel)
+    ids = _ids(loaded.get_input_embeddings().num_embeddings)
+    with torch.no_grad():
+        with loaded.disable_adapter():
+            base = forward_logits(loaded, ids)
+        assert torch.equal(base, forward_logits(load_model(family_dir, trust_remote_code=True).eval(), ids))
+        assert not torch.allclose(forward_logits(loaded, ids), base, atol=1e-4)
+    for extra in ([], ["--memory"]):
+        _generate(lora, capsys, *extra)
