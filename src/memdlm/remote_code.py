@@ -1,7 +1,8 @@
 """Loading remote-code DLMs written for transformers 4.x (LLaDA, Dream, LLaDA-MoE, LLaDA2)
 under transformers 5, fixed from outside their code where that is possible.
 
-What goes wrong, and what is done here (docs/BACKBONES.md has the per-family table):
+What goes wrong, and what is done here (docs/BACKBONES.md has the per-family table and
+the table "construct found in real remote code -> what memdlm does"):
 
 - **The auto class.** Dream's ``auto_map`` names ``AutoModel`` only (its ``AutoModel``
   class carries the LM head); LLaDA's names ``AutoModelForCausalLM``. The class is taken
@@ -58,7 +59,7 @@ AUTO_KEYS = ("AutoModelForMaskedLM", "AutoModelForCausalLM", "AutoModel")
 REMOVED_MODULES = {
     "transformers.modeling_attn_mask_utils": (
         "it was removed from this transformers. Edit the file: replace the import with the "
-        "4-D mask helpers memdlm documents (docs/BACKBONES.md, 'Remote code written for transformers 4')"),
+        "4-D mask helpers memdlm documents (docs/BACKBONES.md, 'What you do, step by step', 2)"),
 }
 
 
