@@ -8,6 +8,7 @@ process). ``scripts/ddp_probe.py`` dumps what each rank holds.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -36,10 +37,18 @@ def torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def held_port():
+    """A port bound and listening for the whole block (never picked, released and reused).
+
+    Passed as accelerate's ``--main_process_port``, a port in use makes accelerate launch
+    torchrun ``--standalone``: the rendezvous store binds a port of its own the moment it
+    starts, so no other job on the machine can take it between a pick and its use.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s.listen()
+        yield s.getsockname()[1]
 
 
 def launch(cmd: list[str], log: Path, timeout: float = 240) -> str:
@@ -118,12 +127,13 @@ def test_torchrun_memdlm_with_accumulation_keeps_ranks_identical(tmp_path):
 def test_accelerate_ddp_config_keeps_ranks_identical(tmp_path):
     """``accelerate launch --config_file configs/accelerate/ddp.yaml`` on a CPU: 2 gloo ranks."""
     run, dump = tmp_path / "run", tmp_path / "dump"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--main_process_port", str(free_port()),
-           str(PROBE), "train", "--out", str(dump), "--", "--method", "mdlm", "--output-dir", str(run),
-           "--max-steps", "3", "--save-steps", "3", "--heldout-items", "2", "--num-eval-samples", "0",
-           *TINY]
-    output = launch(cmd, tmp_path / "log")
+    with held_port() as port:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--main_process_port", str(port),
+               str(PROBE), "train", "--out", str(dump), "--", "--method", "mdlm", "--output-dir", str(run),
+               "--max-steps", "3", "--save-steps", "3", "--heldout-items", "2", "--num-eval-samples", "0",
+               *TINY]
+        output = launch(cmd, tmp_path / "log")
     check_run_directory(run, output, 3)
     check_rank_weights(dump, 3)
 
