@@ -157,7 +157,14 @@ def test_low_rank_first_step_moves_b_by_scale_times_a():
 
 
 # --- the absorption ratio -------------------------------------------------------------------
-def test_absorption_ratio_is_loss_with_memory_over_loss_without(caplog):
+def test_absorption_ratio_by_hand():
+    from memdlm.loss import absorption_ratio
+
+    assert absorption_ratio(torch.tensor(0.6), torch.tensor(2.4)) == pytest.approx(0.25)  # with / without
+    assert absorption_ratio(torch.tensor(3.0), torch.tensor(2.0)) == pytest.approx(1.5)
+
+
+def test_trainer_logs_the_absorption_ratio_and_warns_below_its_level(caplog):
     from memdlm.training.memdlm_trainer import MemDLMTrainer
 
     logged = {}
