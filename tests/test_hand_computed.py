@@ -156,6 +156,45 @@ def test_low_rank_first_step_moves_b_by_scale_times_a():
     assert b[0, :, 0].tolist() == pytest.approx([-0.3 * 3 * g * a0 for g in (-1 / 6, -1 / 6, 1 / 3)], abs=1e-6)
 
 
+
+class ToyWithConstant(Toy):
+    """As ``Toy``, with a constant fourth input feature and base weights 2 I: a memory learnt
+    at one position moves the logits of every token, the teacher's clean tokens included."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 3, bias=False)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.cat([2 * torch.eye(3), torch.zeros(3, 1)], 1))
+        self.requires_grad_(False)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        hidden = nn.functional.one_hot(input_ids, 3).float()
+        hidden = torch.cat([hidden, torch.ones_like(hidden[..., :1])], -1)
+        return SimpleNamespace(logits=self.head(self.proj(hidden)))
+
+
+def test_the_kl_teacher_sees_the_memory_written_so_far():
+    """Stage 1's teacher runs with the fresh (zero) memory; stage 2's with stage 1's update."""
+    model = ToyWithConstant()
+    args = MemoryArguments(inner_loss="kl", memory_dense=True, inner_clip="none", inner_lr=1.0)
+    loop = InnerLoop(model, [Target("proj", model.proj, -1, 4, 3)], args, hidden_size=4, mask_token_id=MASK_ID,
+                     schedule=get_schedule("linear"), per_sample=True, weighting="scheduler")
+    probe = torch.tensor([[0, 1], [1, 0]])  # one row per memory slot
+    bare = model(input_ids=probe).logits
+    moved = []
+    teacher = loop.loss_fn.teacher
+
+    def spy(*args):
+        moved.append(not torch.equal(model(input_ids=probe).logits, bare))  # inside the teacher's context
+        return teacher(*args)
+
+    loop.loss_fn.teacher = spy
+    memory, stats = loop.run(toy_inputs())
+    assert list(stats.stage_losses) == ["pre_anchor_1", "anchor"]
+    assert moved == [False, True]
+    assert memory.tensors[0][0][:, :, 3].abs().sum() > 0  # the constant feature's column learnt
+
 # --- the absorption ratio -------------------------------------------------------------------
 def test_absorption_ratio_by_hand():
     from memdlm.loss import absorption_ratio
