@@ -1,14 +1,19 @@
 """Shared fixtures: the shipped tokenizer, a tiny model factory, a mask-less tokenizer.
 
 Tests run on one thread (the CI machines are small and shared); anything that trains or
-runs the CLI end to end is marked ``slow``.
+runs the CLI end to end is marked ``slow``. The environment says one thread too, so the
+commands' default (``config.default_threads``, which reads OMP_NUM_THREADS) and every
+subprocess agree with it: plain ``pytest`` and ``scripts/test.sh`` do the same arithmetic.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 

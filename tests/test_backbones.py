@@ -638,14 +638,21 @@ def test_train_memdlm_and_generate_from_the_cli(tok, tmp_path, capsys, name):
     logged = [h for h in json.loads((run / "log_history.json").read_text()) if "loss" in h]
     assert len(logged) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logged)
     assert all(h["inner/skipped_nonfinite"] == 0 and h["memory/norm"] > 0 for h in logged)
+    from memdlm.generation import generate
+    from memdlm.run import Run
+    from memdlm.sampling import SamplerConfig
+
     capsys.readouterr()
-    for extra in ([], ["--memory"]):  # plain sampling, then inference-time adaptation
-        rc = main(["generate", "--model", str(run), "--prompt", "The value of red fox is",
-                   "--prompt", "Hello", "--max-new-tokens", "8", "--steps", "4", "--json", *extra])
+    loaded = Run.load(run)
+    prompts = ["The value of red fox is", "Hello"]
+    for extra, memory in (([], None), (["--memory"], loaded.memory())):  # plain, then adapted at inference
+        rc = main(["generate", "--model", str(run), "--prompt", prompts[0], "--prompt", prompts[1],
+                   "--max-new-tokens", "8", "--steps", "4", "--json", *extra])
         assert rc == 0
         out = json.loads(capsys.readouterr().out)
-        assert [o["prompt"] for o in out] == ["The value of red fox is", "Hello"]
-        assert all(isinstance(o["response"], str) for o in out)
+        expected = generate(loaded.model, loaded.tokenizer, prompts, SamplerConfig(max_new_tokens=8, steps=4),
+                            memory=memory)
+        assert out == [{"prompt": p, "response": r} for p, r in zip(prompts, expected)]
 
 
 def test_tiny_heads_span_the_hidden_size(tok):

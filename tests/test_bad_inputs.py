@@ -440,5 +440,15 @@ def test_prompt_past_absolute_positions_is_an_error_and_past_rope_a_warning(tok,
 
 
 def test_generate_steps_default_follows_max_new_tokens(tiny_model_dir, capsys):
-    """Before: --max-new-tokens 4 alone failed on the default --steps 64."""
-    assert main(["generate", "--model", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "4"]) == 0
+    """Before: --max-new-tokens 4 alone failed on the default --steps 64. Now the steps are 4:
+    the answer is the sampler's with one token per step."""
+    from memdlm.generation import generate
+    from memdlm.run import Run
+    from memdlm.sampling import SamplerConfig
+
+    capsys.readouterr()
+    assert main(["generate", "--model", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "4",
+                 "--json"]) == 0
+    loaded = Run.load(tiny_model_dir)
+    expected = generate(loaded.model, loaded.tokenizer, ["hi"], SamplerConfig(max_new_tokens=4, steps=4))
+    assert json.loads(capsys.readouterr().out) == [{"prompt": "hi", "response": expected[0]}]

@@ -46,7 +46,7 @@ def build(family, tok, attn="sdpa"):
         config = Qwen3MoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, **ids)
         config.is_causal = False
         model = Qwen3MoeForCausalLM(config)
-    model.config._attn_implementation = attn
+    model.set_attn_implementation(attn)  # the public switch (transformers 5)
     return model.eval()
 
 

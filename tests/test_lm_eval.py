@@ -175,6 +175,30 @@ def test_generate_until_respects_until(lm):
     assert stop not in cut
 
 
+
+BATCH = [CONTEXT, "The value of green cat is 4321. Question: what is the value of green cat?",
+         "Mary went to the garden. John went to the kitchen. Where is Mary?", "Hello world"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("memory", [False, True])
+def test_batched_generate_until_with_per_request_stops_equals_one_by_one(tiny, tok, memory):
+    """Requests with different stop strings (two sharing one) in one call give what each gives
+    alone, cut at its own stop string."""
+    lm_ = MemdlmLM(tiny, tokenizer=tok, memory=memory, batch_size=4, device="cpu")
+    kwargs = {"until": [], "max_gen_toks": 10}
+    full = [lm_.generate_until([_request("generate_until", c, kwargs)])[0] for c in BATCH]
+    assert all(len(f) >= 4 for f in full)
+    stops = [[full[0][1:3]], [full[1][2:4]], [full[0][1:3]], [full[3][3:5], "\n"]]
+    requests = [_request("generate_until", c, {**kwargs, "until": u}) for c, u in zip(BATCH, stops)]
+    together = lm_.generate_until(requests)
+    alone = [lm_.generate_until([r])[0] for r in requests]
+    assert together == alone == [cut_at_stop(f, u) for f, u in zip(full, stops)]
+    assert together[0] == full[0][:full[0].find(stops[0][0])] and together[1] != full[1]
+    if memory:  # the memory is adapted on each request's own prompt and changes what it says
+        bare = MemdlmLM(tiny, tokenizer=tok, batch_size=4, device="cpu")
+        assert [bare.generate_until([_request("generate_until", c, kwargs)])[0] for c in BATCH] != full
+
 def test_export_tasks_and_process_results(tok, tmp_path):
     from memdlm.eval.lm_eval_tasks import export_tasks, parse_task_name, process_results
 
@@ -204,7 +228,18 @@ def test_cli_runs_an_exported_task_offline(tiny, tok, tmp_path, monkeypatch):
     assert rc == 0
     result = json.loads(out.read_text())["results"]["memdlm_kv_128"]
     assert result["sample_len"] == 4
-    assert 0.0 <= result["string_match_all,none"] <= 100.0
+    # the score is the task's scorer on what the model answers to the first four exported rows
+    from memdlm.eval.lm_eval_tasks import STOP_STRINGS, process_results
+
+    rows = [json.loads(line) for line in (tmp_path / "tasks" / "memdlm_kv_128.jsonl").read_text().splitlines()]
+    max_gen = int(next(line for line in (tmp_path / "tasks" / "memdlm_kv_128.yaml").read_text().splitlines()
+                       if "max_gen_toks" in line).split(":")[1])
+    lm_ = MemdlmLM(tiny, tokenizer=tok, batch_size=4, device="cpu")
+    answers = lm_.generate_until([_request("generate_until", row["prompt"],
+                                           {"until": list(STOP_STRINGS), "max_gen_toks": max_gen})
+                                  for row in rows[:4]])
+    expected = sum(process_results(row, [a])["string_match_all"] for row, a in zip(rows, answers)) / 4
+    assert result["string_match_all,none"] == pytest.approx(expected)
 
 
 def test_fast_sampling_model_arguments(tiny, tok):

@@ -68,12 +68,21 @@ def test_loaded_run_equals_base_plus_adapter_in_memory(tok, lora_run):
 
 
 def test_generate_and_eval_take_the_run(lora_run, tmp_path, capsys):
+    from memdlm.generation import generate
+    from memdlm.run import Run
+    from memdlm.sampling import SamplerConfig
+
     capsys.readouterr()
-    for extra in ([], ["--memory"]):
-        assert main(["generate", "--model", str(lora_run), "--prompt", "The value of red fox is",
+    loaded = Run.load(lora_run)
+    prompt = "The value of red fox is"
+    for extra, memory in (([], None), (["--memory"], loaded.memory())):
+        assert main(["generate", "--model", str(lora_run), "--prompt", prompt,
                      "--max-new-tokens", "6", "--steps", "3", "--json", *extra]) == 0
         out = json.loads(capsys.readouterr().out)
-        assert len(out) == 1 and isinstance(out[0]["response"], str)
+        # the CLI answers what the Python API answers with the run's base + adapter (and memory)
+        expected = generate(loaded.model, loaded.tokenizer, [prompt], SamplerConfig(max_new_tokens=6, steps=3),
+                            memory=memory)
+        assert out == [{"prompt": prompt, "response": expected[0]}]
     assert main(["eval", "--run", f"L={lora_run}", "--run", f"L+mem={lora_run}:memory", "--tasks", "kv",
                  "--lengths", "96", "--items", "2", "--output-dir", str(tmp_path / "eval"),
                  "--no-progress"]) == 0

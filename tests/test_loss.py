@@ -221,6 +221,28 @@ def test_noise_batch_uniform_weighting():
     assert torch.equal(noised(collated(), weighting="uniform").weight, torch.ones(2))
 
 
+
+def test_noise_batch_masks_with_the_schedules_probability():
+    """Under the cosine schedule a sequence at time t is masked with probability
+    1 - cos(pi t / 2) (0.29 at t = 0.5), not t: the realised fraction over 400 sequences of
+    400 maskable tokens follows it (binomial sd <= 0.025 per sequence), and the weight is
+    the cosine ELBO weight (pi/2) sin(pi t / 2) / (1 - cos(pi t / 2))."""
+    import math
+
+    from memdlm.schedules import CosineSchedule
+
+    n = 400
+    inputs = {"input_ids": torch.full((n, n), 5), "labels": torch.full((n, n), 5),
+              "attention_mask": torch.ones(n, n, dtype=torch.long)}
+    batch = noised(inputs, schedule=CosineSchedule())
+    fraction = batch.masked.float().mean(1)
+    expected = 1 - torch.cos(0.5 * math.pi * batch.t)
+    assert (fraction - expected).abs().mean() < 0.03
+    assert (fraction - batch.t).abs().mean() > 0.1  # what masking with probability t would give
+    t = batch.t.double()  # float64: 1 - cos cancels near t = 0
+    weight = 0.5 * math.pi * torch.sin(0.5 * math.pi * t) / (1 - torch.cos(0.5 * math.pi * t))
+    torch.testing.assert_close(batch.weight.double(), weight, rtol=1e-4, atol=0)
+
 def hand_mdlm_loss(model, batch: NoisedBatch, normalization: str) -> float:
     """From the full logits ``[b, l, V]``: CE at masked positions, times w(t), normalised."""
     logits = model(input_ids=batch.noisy_ids, attention_mask=batch.attention_mask).logits

@@ -350,22 +350,46 @@ VARIANTS = [
     {"pre_anchor_target": "anchor_tokens"}, {"pre_anchor_steps": 2}, {"pre_anchor_steps": 3},
     {"inner_loss": "kl"}, {"inner_loss": "reverse_kl"}, {"inner_loss": "hidden_mse"},
     {"inner_loss": "hidden_cosine"}, {"loss_positions": "revealed"}, {"memory_scope": "ffn_attn"},
-    {"memory_layer_fraction": 0.5}, {"memory_dense": True}, {"inner_clip": "global"},
-    {"inner_clip": "none"}, {"inner_clip_norm": 0.5}, {"pre_anchor_scale": 2.0},
+    {"memory_layer_fraction": 1.0}, {"memory_dense": True}, {"inner_clip": "global", "inner_clip_norm": 0.01},
+    {"inner_clip": "none"}, {"inner_clip_norm": 0.01}, {"pre_anchor_scale": 2.0},
 ]
+# (variant, per_sample) pairs that must write exactly the default memory: the batch-shared
+# gradient (normalised by the whole batch's maskable count) stays under the default clip
+# norm 1, so the default clipping never fires there and "none" changes nothing.
+SAME_AS_DEFAULT = {("inner_clip=none", False)}
+
+
+@pytest.fixture(scope="module")
+def default_memories():
+    """The default settings' memory for ``make_batch()``, per-sample and batch-shared."""
+    model = tiny()
+    ids, attn, maskable, anchor, t = make_batch()
+    return {per_sample: loop_for(model, per_sample=per_sample, memory_rank=4).run(
+        inputs(ids, attn, maskable, anchor))[0] for per_sample in (True, False)}
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={w}" for k, w in v.items()) or "default")
 @pytest.mark.parametrize("per_sample", [True, False])
-def test_every_variant_writes_a_finite_nonzero_memory(variant, per_sample):
+def test_every_variant_is_wired_and_equivariant_to_batch_order(variant, per_sample, default_memories):
+    """Each option changes the memory written (it reaches the loop), and the memory of a
+    reordered batch is the same memory reordered: per-sample slots follow their samples, the
+    batch-shared slot does not change (up to float summation order)."""
     model = tiny()
     ids, attn, maskable, anchor, t = make_batch()
     loop = loop_for(model, per_sample=per_sample, memory_rank=4, **variant)
-    memory, stats = loop.run(inputs(ids, attn, maskable, anchor))
-    assert all(torch.isfinite(p).all() for p in memory.params())
-    assert memory.norm() > 0
-    assert stats.skipped_nonfinite == 0
-    assert memory.num_slots == (4 if per_sample else 1)
+    x = inputs(ids, attn, maskable, anchor)
+    memory, stats = loop.run(x)
+    assert stats.skipped_nonfinite == 0 and memory.num_slots == (4 if per_sample else 1)
+    reference = default_memories[per_sample]
+    same = len(memory.params()) == len(reference.params()) and all(
+        p.shape == q.shape and torch.allclose(p, q, atol=1e-6) for p, q in zip(memory.params(), reference.params()))
+    name = ",".join(f"{k}={w}" for k, w in variant.items())
+    assert same == (not variant or (name, per_sample) in SAME_AS_DEFAULT), "the option changed nothing" \
+        if not same else "the option should not change the memory here"
+    order = torch.tensor([2, 0, 3, 1])
+    shuffled, _ = loop.run(inputs(*(v[order] for v in (ids, attn, maskable, anchor)), x.sample_seeds[order]))
+    for p, q in zip(memory.params(), shuffled.params()):
+        torch.testing.assert_close(q, p[order] if per_sample else p, atol=1e-6, rtol=1e-4)
 
 
 def test_dense_memory_is_full_rank_delta():
@@ -375,6 +399,9 @@ def test_dense_memory_is_full_rank_delta():
     memory, _ = loop.run(inputs(ids, attn, maskable, anchor))
     d = memory.tensors[0][0]
     assert d.shape == (4, loop.targets[0].out_features, loop.targets[0].in_features)
+    # two SGD steps of a dense delta: a sum of outer products, one per scored position, far
+    # above the low-rank memory's rank (here round(128 * 32 / 2048) = 2)
+    assert int(torch.linalg.matrix_rank(d[0])) > max(4, loop.args.rank_for(model.config.hidden_size))
 
 
 def test_fast_weights_are_not_model_parameters_or_state():

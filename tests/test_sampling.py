@@ -170,6 +170,25 @@ def test_low_confidence_commits_most_confident_first(tok):
     assert order == [1, 0, 3, 2]
 
 
+
+def test_random_remasking_commits_independently_of_confidence(tok):
+    """With per-request seeds, random remasking's commit order is the seed's alone: reversing
+    the confidence profile changes nothing, and over seeds every slot is committed first."""
+    peaks = [100, 101, 102, 103]
+    rising, falling = [1.0, 5.0, 3.0, 8.0], [8.0, 3.0, 5.0, 1.0]
+
+    def order(strengths, seed):
+        sampler = Sampler(fixed_model(tok, 3, peaks, strengths), tok,
+                          SamplerConfig(max_new_tokens=4, steps=4, remasking="random"))
+        out = sampler.generate([[10, 11, 12]], seeds=[seed], return_history=True)
+        assert out.responses == [peaks]  # temperature 0: each slot's own argmax
+        return [int(s.committed[0].nonzero()) - 3 for s in out.history]
+
+    orders = {seed: order(rising, seed) for seed in range(12)}
+    assert all(order(falling, seed) == orders[seed] for seed in (0, 1, 2))
+    assert {o[0] for o in orders.values()} == {0, 1, 2, 3}  # low confidence would always start at 3
+    assert len({tuple(o) for o in orders.values()}) > 3
+
 def test_eos_fills_later_slots_and_cuts_response(tok):
     eos = tok.eos_token_id
     peaks, strengths = [100, 101, eos, 103, 104, 105], [1.0, 2.0, 9.0, 8.0, 7.0, 6.0]

@@ -209,3 +209,25 @@ def test_kv_diagnostics_are_consistent_fractions(tiny_run):
     assert shot["exact"] <= shot["some_value"]
     assert shot["distractor_value"] == pytest.approx(shot["some_value"] - shot["exact"], abs=1e-3)
     assert all(0 <= v <= 1 for v in [*out["digit_accuracy_by_position"], *out["first_digit_revealed"].values()])
+
+
+def test_in_process_train_keeps_the_callers_threads(tmp_path, monkeypatch):
+    """``train`` without an explicit ``threads`` leaves torch's setting alone (the command's
+    default, which the environment says is 2 here, is not applied behind the caller's back)."""
+    from memdlm.training.options import setup_from_options
+    from memdlm.training.run import train
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    torch.set_num_threads(1)
+    setup = setup_from_options({"output_dir": str(tmp_path / "run"), "method": "mdlm", "max_steps": 1,
+                                "heldout_items": 0, "num_eval_samples": 0, "save_strategy": "no",
+                                "tiny_layers": 1, "per_device_train_batch_size": 2, "train_lengths": [128],
+                                "disable_tqdm": True})
+    assert setup.threads is None
+    try:
+        summary = train(setup)
+    finally:
+        torch.set_num_threads(1)
+    assert summary["threads"] == 1
+    explicit = setup_from_options({"output_dir": str(tmp_path / "other"), "threads": 2})
+    assert explicit.threads == 2  # an explicit choice is kept and applied by train

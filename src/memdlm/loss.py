@@ -82,3 +82,9 @@ def reduce_loss(
 def per_sample_loss(nll: torch.Tensor, weight: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:
     """Each sample's weighted sum over its own maskable count: ``[b]``."""
     return sequence_sums(nll, weight) / maskable.sum(dim=1).float().clamp_min(1.0)
+
+
+def absorption_ratio(loss_with_memory: torch.Tensor, loss_without: torch.Tensor) -> float:
+    """The anchor loss with the memory over the same loss without it (MemDLM's collapse
+    diagnostic): near 1, the memory barely helps; near 0, it has absorbed the targets."""
+    return (loss_with_memory.detach() / loss_without.detach().clamp_min(1e-12)).item()

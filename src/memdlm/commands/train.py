@@ -27,9 +27,14 @@ def parse(argv: list[str], prog: str = "memdlm train"):
 
 
 def run(argv: list[str], prog: str = "memdlm train") -> int:
+    import torch
+
+    from memdlm.config import default_threads
     from memdlm.training.run import train
 
     setup, resume = parse(argv, prog)
+    if setup.threads is None:  # the command's default; train() itself keeps whatever it is given
+        torch.set_num_threads(default_threads())
     summary = train(setup, resume=resume)
     print(json.dumps(summary, indent=2))
     return 0

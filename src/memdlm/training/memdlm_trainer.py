@@ -19,7 +19,7 @@ import logging
 import torch
 
 from memdlm.diffusion import NoisedBatch, mdlm_loss
-from memdlm.loss import reduce_loss, scatter_token_nll
+from memdlm.loss import absorption_ratio, reduce_loss, scatter_token_nll
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, step_seed_of
 from memdlm.memory.targets import find_targets
 from memdlm.modeling import reuse_attention_masks, strip_ddp, unwrap
@@ -137,7 +137,7 @@ class MemDLMTrainer(MDLMTrainer):
         changes = memory.stats.get("relative_change", [])
         if changes:
             self.log_metric("memory/relative_change", sum(changes) / len(changes))
-        ratio = (loss.detach() / loss_off.clamp_min(1e-12)).item()
+        ratio = absorption_ratio(loss, loss_off)
         self.log_metric("memory/absorption_ratio", ratio)
         if ratio < self.memory_args.absorption_warn:
             logger.warning(

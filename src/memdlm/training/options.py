@@ -37,7 +37,7 @@ class TrainingSetup:
     diffusion: object  # config.DiffusionArguments
     memory: object  # memory.config.MemoryArguments
     train: object  # training.args.TrainConfig
-    threads: int
+    threads: int | None  # None: the caller's torch thread setting stands (train never changes it)
 
 
 def option_classes() -> tuple:
@@ -58,11 +58,9 @@ def _registry_lists() -> dict[str, tuple[str, list[str]]]:
 
 
 def _setup(model, data, diffusion, memory, train) -> TrainingSetup:
-    from memdlm.config import default_threads
-
     if train.output_dir in (None, "trainer_output"):
         raise ConfigError("--output-dir is required (the run directory)")
-    return TrainingSetup(model, data, diffusion, memory, train, train.threads or default_threads())
+    return TrainingSetup(model, data, diffusion, memory, train, train.threads)
 
 
 # --- from flags and config files (memdlm train) --------------------------------------------

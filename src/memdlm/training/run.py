@@ -220,7 +220,8 @@ def train(cfg, resume: bool = False) -> dict:
         checkpoint = resume_checkpoint(out, identity["run_id"])
         if checkpoint:
             logger.info("--resume: continuing run %s from %s", identity["run_id"], checkpoint)
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads is not None:  # an explicit choice; otherwise the caller's setting stands
+        torch.set_num_threads(cfg.threads)
     model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
     wait_for_all_ranks()  # every rank has judged the directory before rank 0 changes it
@@ -248,7 +249,7 @@ def train(cfg, resume: bool = False) -> dict:
                **whole_run_loss(trainer.state.log_history), "segments": record.segments,
                "nonfinite_skipped": trainer.nonfinite_guard.skipped,
                "parameters": sum(p.numel() for p in model.parameters()), "method": cfg.train.method,
-               "threads": cfg.threads}
+               "threads": torch.get_num_threads()}
     if not trainer.is_world_process_zero():
         return summary  # rank 0 evaluates and writes the run directory
     if cfg.data.data is None and cfg.data.heldout_items:
