@@ -238,7 +238,7 @@ def test_preset_hashes_are_unchanged():
 
     assert {name: p.config_hash() for name, p in PRESETS.items()} == {
         "smoke": "4ca4f7dfe5ba94fbfa8dfabc9671036919c3bf274873f3a58c4c244907590b70",
-        "pilot": "b9d4ccf17e858647720c0c6d56604bab5f99ba206465961afce6a733b32137df",
+        "pilot": "96135ca76b8fd9031241ec03ff3c5a449a7a9c846bb5bbd6be1259b4c917feaa",
         "quick": "6caff8163ffe5578a71cc54d80f31e480c660ed1ea76f55048283f76c741461f",
         "full": "88d1d821ca16724865c46eaad4eda73dac5b172bc8f1304628c86ee5cf30471c",
     }
@@ -499,3 +499,97 @@ def test_compute_matched_steps_count_training_time_alone(tmp_path):
     std, mem = training_seconds(tmp_path / "standard"), training_seconds(tmp_path / "memdlm")
     assert (std, mem) == (100.0, 200.0)
     assert matched_steps(std, mem, 100) == 200
+
+
+def test_probe_finds_the_queried_values_tokens(tok):
+    from memdlm.data.collate import token_ids
+    from memdlm.reproduce.probe import probe_items, value_positions
+
+    for s in probe_items(tok, 5, 128, "mqar16"):
+        (i,) = s.meta["asked"]
+        positions = value_positions(tok, s)
+        full = token_ids(tok, s.prompt)
+        assert [full[p] for p in positions] == token_ids(tok, " " + s.meta["values"][i])
+        key = token_ids(tok, " " + s.meta["keys"][i])
+        assert full[positions[0] - len(key):positions[0]] == key  # right after the queried key
+
+
+def test_answer_logprob_and_rank_by_hand(tok, make_tiny_model):
+    """log p is the log-softmax of the answer token at the answer slot with the response masked
+    (answer + EOS); rank counts the vocabulary entries scored above it."""
+    import torch
+
+    from memdlm.modeling import forward_logits
+    from memdlm.reproduce.probe import answer_logprobs
+
+    model = make_tiny_model(seed=3).eval()
+    prompts, answers = [[5, 6, 7, 8], [9, 10]], [[11], [12, 13]]
+    logps, ranks = answer_logprobs(model, tok, prompts, answers)
+    for p, a, lp, rank in zip(prompts, answers, logps, ranks):
+        ids = torch.tensor([p + [tok.mask_token_id] * (len(a) + 1)])
+        with torch.no_grad():
+            logits = torch.log_softmax(forward_logits(model, ids).float()[0], -1)
+        slots = logits[len(p):len(p) + len(a)]
+        assert lp == pytest.approx(float(sum(slots[j, t] for j, t in enumerate(a))), abs=1e-4)
+        assert rank == int((slots[0] > slots[0, a[0]]).sum())
+
+
+def test_positive_control_memory_moves_the_answer(tok, make_tiny_model):
+    """The control writes the target token into the fast weights: at lr 10 x 5 steps on the
+    tiny model, log p of the target at the answer slot of a context without it rises."""
+    from memdlm.reproduce.presets import ProbeControl
+    from memdlm.reproduce.probe import answer_logprobs, write_control_memory
+
+    model = make_tiny_model(seed=3).eval()
+    full, removed, target = [5, 6, 7, 42, 8], [5, 6, 8], 42
+    before, _ = answer_logprobs(model, tok, [removed], [[target]])
+    fast = write_control_memory(model, tok, ProbeControl(), [full], [[3]], [0])
+    after, _ = answer_logprobs(model, tok, [removed], [[target]], fast)
+    assert after[0] > before[0] + 1.0
+
+
+def test_temperature_scaling_divides_the_logits(tok, make_tiny_model):
+    import torch
+    import torch.nn.functional as F
+
+    from memdlm.eval.exposure_bias import model_logits_fn
+    from memdlm.eval.item_loss import temperature_nll
+    from memdlm.modeling import forward_logits
+
+    model = make_tiny_model(seed=3).eval()
+    ids = torch.tensor([[5, 6, tok.mask_token_id, 7]])
+    attn = torch.ones_like(ids)
+    with torch.no_grad():
+        plain = forward_logits(model, ids, attn)
+    assert torch.allclose(model_logits_fn(model, temperature=2.0)(ids, attn, None), plain / 2)
+    # the NLL over temperatures: T = 1 is the plain cross-entropy of the masked response tokens
+    pairs = [("a b c d", "e f g"), ("h i", "j k")]
+    nll = temperature_nll(model, tok, pairs, temperatures=(1.0, 2.0), levels=2)
+    from memdlm.eval.exposure_bias import encode_pairs
+    from memdlm.eval.item_loss import _batch, level_masks
+
+    prompts, responses = encode_pairs(tok, pairs)
+    noisy, attn, scored, clean = _batch(prompts, responses, [level_masks(len(r), i, 2) for i, r in enumerate(responses)],
+                                        tok.pad_token_id, tok.mask_token_id, "cpu")
+    with torch.no_grad():
+        logits = forward_logits(model, noisy, attn)[scored]
+    assert nll[1.0] == pytest.approx(float(F.cross_entropy(logits, clean[scored])), abs=1e-5)
+    assert nll[2.0] == pytest.approx(float(F.cross_entropy(logits / 2, clean[scored])), abs=1e-5)
+
+
+def test_pilot_trains_only_the_headline_pair(tmp_path):
+    from memdlm.reproduce.pipeline import Reproduction
+    from memdlm.reproduce.presets import PILOT
+
+    trained = {}
+
+    def fake_train(self, cell, options):
+        trained[cell] = options
+        return {"train_seconds": 1.0, "global_step": options["max_steps"]}
+
+    repro = Reproduction(PILOT, tmp_path, progress=False)
+    repro._train = fake_train.__get__(repro)
+    assert repro.calibration_modes() == ("shared",)
+    dirs = repro.arms(0, {"shared": {"rank": 2, "inner_lr": 0.1}})
+    assert set(dirs) == {"standard", "memdlm"} and len(trained) == 2
+    assert trained[dirs["memdlm"]]["gradient_accumulation_steps"] == 4

@@ -242,18 +242,20 @@ FULL = replace(
     eval_lengths=(256, 512, 1024), eval_items=200, probe_items=200, eb_items=32, benchmark_rounds=15,
 )
 
-# The quick preset's arms at a fifth of the samples, for a shared 2-core CPU: one MemDLM step of
-# `quick` (32 samples in micro-batches of 4) measured ~55 s wall there under a load of ~8 (issue
-# 22's session; 100 steps ~ 90 min per arm), so `pilot` fine-tunes 40 steps of 16 (micro-batches
-# of 4, accumulation 4), skips the per-sample and compute-matched arms, and evaluates fewer items.
-# Same operating point, same adaptation, same probe and controls as quick and full.
+# The quick preset's design at a small fraction of its samples, for a shared 2-core CPU: one
+# MemDLM step of `quick` (32 samples in micro-batches of 4) took ~55 s wall there under a load of
+# ~8, and one of 16 samples ~60 s under a load of ~11 (issue 22's session), so `quick` costs
+# ~90 min per MemDLM arm. `pilot` fine-tunes 20 steps of 16 (micro-batches of 4, accumulation
+# 4), the exposure-bias pair 10, skips the per-sample and compute-matched arms and evaluates few
+# items: it shows the pipeline and the memory's strength, not a verdict. Same operating point,
+# adaptation, probe and controls as quick and full.
 PILOT = replace(
     QUICK, name="pilot",
-    finetune=replace(_FINETUNE, steps=40, batch_size=16, logging_steps=2, eval_steps=20, eval_samples=16),
-    eb_finetune=replace(QUICK.eb_finetune, steps=40, batch_size=16, logging_steps=2, eval_steps=20,
+    finetune=replace(_FINETUNE, steps=20, batch_size=16, logging_steps=2, eval_steps=10, eval_samples=16),
+    eb_finetune=replace(QUICK.eb_finetune, steps=10, batch_size=16, logging_steps=2, eval_steps=10,
                         eval_samples=16),
-    per_sample_arm=False, compute_matched=False,
-    eval_items=50, dev_items=50, eb_items=8, eb_calibration_items=16, probe_items=32,
+    per_sample_arm=False, compute_matched=False, lr0_control_steps=3,
+    eval_items=24, dev_items=24, eb_items=4, eb_calibration_items=8, probe_items=16,
 )
 
 PRESETS = {p.name: p for p in (SMOKE, PILOT, QUICK, FULL)}
