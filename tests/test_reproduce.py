@@ -593,3 +593,16 @@ def test_pilot_trains_only_the_headline_pair(tmp_path):
     dirs = repro.arms(0, {"shared": {"rank": 2, "inner_lr": 0.1}})
     assert set(dirs) == {"standard", "memdlm"} and len(trained) == 2
     assert trained[dirs["memdlm"]]["gradient_accumulation_steps"] == 4
+
+
+@pytest.mark.slow
+def test_smoke_claims_recompute_from_the_exported_cells(smoke_run, tmp_path):
+    """What a committed report holds (export_cells: no weights) is enough to recompute every
+    claim row exactly."""
+    from memdlm.reproduce.report import export_cells, recompute_claims
+
+    written = export_cells(smoke_run, tmp_path / "copy")
+    assert not [f for f in written if f.suffix in (".safetensors", ".bin", ".pt")]
+    assert (tmp_path / "copy" / "memory_strength.png").is_file()
+    recorded = json.loads((smoke_run / "report.json").read_text())["claims"]
+    assert recompute_claims(tmp_path / "copy") == recorded

@@ -589,11 +589,55 @@ def _score_measure(d: dict | None) -> str:
 def write_report(out: Path, result: dict, provenance: dict) -> Path:
     summary = summarize(out, result)
     plots = make_plots(out, result, summary)
+    rows = [list(r) for r in claims(summary)]
     (out / "report.json").write_text(json.dumps({"summary": _jsonable(summary), "provenance": provenance,
                                                  "calibration": result["calibration"],
-                                                 "control_lr0": result["control_lr0"]}, indent=2))
+                                                 "control_lr0": result["control_lr0"], "claims": rows}, indent=2))
+    # every cell the rows are computed from (per-item scores, losses, log p), in one file: with the
+    # runs' log histories (export_cells) the claims recompute from a committed copy (recompute_claims)
+    (out / "result.json").write_text(json.dumps({"output_dir": str(out), **result}))
     (out / "REPORT.md").write_text(render_markdown(result, summary, provenance, plots))
     return out / "REPORT.md"
+
+
+RUN_FILES = ("log_history.json", "run_complete.json")  # what the report reads from a training run
+
+
+def export_cells(out: Path, dest: Path) -> list[Path]:
+    """Copy what a report is computed from, and nothing heavy, to ``dest``: REPORT.md,
+    report.json, result.json (every evaluation cell), the plots, and each training run's
+    log history and summary under ``dest/runs/`` (no weights). Returns the files written."""
+    import shutil
+
+    out, dest = Path(out), Path(dest)
+    result = json.loads((out / "result.json").read_text())
+    written = []
+    for f in [out / n for n in ("REPORT.md", "report.json", "result.json")] + sorted(out.glob("*.png")):
+        dest.mkdir(parents=True, exist_ok=True)
+        written.append(Path(shutil.copy2(f, dest / f.name)))
+    for s in result["seeds"].values():
+        for run_dir in s["dirs"].values():
+            rel = Path(run_dir).resolve().relative_to(Path(result["output_dir"]).resolve())
+            for name in RUN_FILES:
+                target = dest / "runs" / rel / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                written.append(Path(shutil.copy2(Path(run_dir) / name, target)))
+    return written
+
+
+def recompute_claims(exported: Path) -> list[list[str]]:
+    """The claim rows recomputed from an :func:`export_cells` copy (its result.json and the
+    runs' log histories), with nothing else: what a committed report's rows can be checked by."""
+    exported = Path(exported)
+    result = json.loads((exported / "result.json").read_text())
+    origin = Path(result.pop("output_dir")).resolve()
+    for s in result["seeds"].values():
+        s["dirs"] = {arm: str(exported / "runs" / Path(d).resolve().relative_to(origin))
+                     for arm, d in s["dirs"].items()}
+        for cell in (s["eval"],):  # the runs name their model directories: rebase them alike
+            for r in cell["runs"]:
+                r["model_dir"] = str(exported / "runs" / Path(r["model_dir"]).resolve().relative_to(origin))
+    return [list(r) for r in claims(summarize(exported, result))]
 
 
 def _jsonable(summary: dict) -> dict:
