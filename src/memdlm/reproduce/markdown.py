@@ -154,7 +154,7 @@ def _heldout(summary: dict) -> list[str]:
     return ["Per-item held-out loss of each arm (mean over items; `memdlm.eval.item_loss`: the fine-tuning "
             "task's test items at the fine-tuning length, every response token's cross-entropy at 8 mask "
             "ratios with the same masks for every arm), memory off and with memory adapted on each item's "
-            "prompt alone, as at inference (Standard arms too, with the headline's memory settings):", "",
+            "prompt alone, as at inference (every arm with the same adaptation):", "",
             _table(["arm", "seeds", "memory off", "memory adapted on the prompt", "per seed (off / adapted)"], rows), ""]
 
 
@@ -210,8 +210,13 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
               f"(rank {preset['lora']['r']}, alpha {preset['lora']['alpha']}, on {preset['lora']['targets']}).",
               f"- Fine-tuning (every arm from that base): {preset['finetune']['steps']} steps on "
               f"{', '.join(preset['finetune']['tasks'])} at {preset['finetune']['lengths']} tokens, "
-              f"lr {preset['finetune']['learning_rate']}, batch {preset['finetune']['batch_size']}; "
-              f"seeds {preset['seeds']}.",
+              f"lr {preset['finetune']['learning_rate']}, batch {preset['finetune']['batch_size']}"
+              + (f" in micro-batches of {preset['finetune']['micro_batch']}" if preset['finetune'].get('micro_batch') else "")
+              + f", outer-loss weighting {preset['finetune'].get('weighting', 'uniform')}; seeds {preset['seeds']}.",
+              f"- MemDLM memory: scope {preset.get('memory_scope', 'ffn')}, last "
+              f"{preset.get('memory_layer_fraction', 0.1)} of the layers; inference-time adaptation for every arm: "
+              + (", ".join(f"{k} {v}" for k, v in preset["adaptation"].items()) if "adaptation" in preset
+                 else "the headline arm's settings") + ".",
               f"- Test items: {preset['eval_items']} per (task, length), eval split (seeds never used in "
               f"training); lengths {preset['eval_lengths']} (trained: {summary['trained_length']}).",
               f"- Exposure bias: its own pair of arms, Standard and MemDLM (batch-shared memory at the "
