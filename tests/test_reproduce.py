@@ -9,7 +9,7 @@ import pytest
 
 from memdlm.errors import ConfigError
 from memdlm.reproduce.cells import check_settings, json_cell
-from memdlm.reproduce.stats import capability_gate, collapse_note, eb_measurable, score_verdict
+from memdlm.reproduce.stats import capability_gate, eb_measurable, score_verdict, usability_note
 
 STD, TO, TI = "Standard", "MemDLM Train-Only", "MemDLM Train & Inference"
 RUNS = [("Standard", "standard", False), ("Standard + adaptation", "standard", True), (TO, "memdlm", False),
@@ -40,7 +40,7 @@ def _eb(per_run: dict[str, tuple[float, float, float]], items: int = 6, steps: i
 
 
 def _fake_reproduction(tmp_path, dev_standard: float, absorption_late: float = 0.95,
-                       control_climbs: bool = True) -> dict:
+                       control_climbs: bool = True, memdlm_off=(0.9, 1.1, 0.7, 0.9)) -> dict:
     """A one-seed reproduction's result dict and the run files its report reads: the arms'
     log histories and summaries, no models."""
     from memdlm.reproduce.presets import SMOKE
@@ -74,9 +74,14 @@ def _fake_reproduction(tmp_path, dev_standard: float, absorption_late: float = 0
             "seeds": {0: {"dirs": dirs, "eval": ev, "probe": {"results": probe},
                           "heldout_loss": {"results": {  # per-item losses: MemDLM 0.1 nats lower on every item
                               "standard": {"off": [1.0, 1.2, 0.8, 1.0], "prompt_memory": [0.9, 1.1, 0.7, 0.9]},
-                              "memdlm": {"off": [0.9, 1.1, 0.7, 0.9], "prompt_memory": [0.6, 0.8, 0.4, 0.6]}}},
-                          "exposure_bias": _eb({STD: (1.3, 1.0, same), TO: (1.2, 1.0, same),
-                                                TI: (1.1, 1.0, same)})}}}
+                              "memdlm": {"off": list(memdlm_off), "prompt_memory": [0.6, 0.8, 0.4, 0.6]}}},
+                          "exposure_bias": {
+                              **_eb({STD: (1.3, 1.0, same), TO: (1.2, 1.0, same), TI: (1.1, 1.0, same)}),
+                              # at matched calibration MemDLM's lead halves; flattened Standard looks flatter
+                              "calibrated": _eb({STD: (1.3, 1.0, same), TO: (1.25, 1.0, same),
+                                                 TI: (1.2, 1.0, same)})["results"],
+                              "flattened": _eb({STD: (1.15, 1.0, same)})["results"],
+                              "temperatures": {STD: 1.0, TO: 1.1, TI: 1.1}}}}}
 
 
 def test_capability_gate_refuses_a_verdict_on_a_chance_level_pair(tmp_path):
@@ -122,8 +127,9 @@ def test_exposure_bias_not_measurable_without_a_control_climb(tmp_path):
     assert "the control shows no climb" in flat["eb_measurable"]["reason"]
     rows = {r[0]: r for r in claims(flat)}
     for run in (TO, TI):
-        assert rows[f"{run}: flatter R_EB than Standard"][3].startswith("not measurable: ")
-        assert rows[f"{run}: smaller exposure-bias gap than Standard"][3].startswith("not measurable: ")
+        for where in ("at matched calibration", "as trained"):
+            assert "not measurable: " in rows[f"{run}: flatter R_EB than Standard ({where})"][3]
+            assert "not measurable: " in rows[f"{run}: smaller exposure-bias gap than Standard ({where})"][3]
     # the gap sits beside R_EB: MemDLM's gap 0.2 vs Standard's 0.3 nats
     assert flat["eb_means"][TO]["gap"] == pytest.approx(0.2, abs=0.02)
     assert flat["eb"][TO]["gap"]["estimate"] == pytest.approx(-0.1, abs=0.02)
@@ -131,36 +137,72 @@ def test_exposure_bias_not_measurable_without_a_control_climb(tmp_path):
     climbs = summarize(tmp_path / "b", _fake_reproduction(tmp_path / "b", 75.0, control_climbs=True))
     assert climbs["eb_measurable"]["measurable"]
     rows = {r[0]: r for r in claims(climbs)}
-    assert rows[f"{TO}: flatter R_EB than Standard"][3].startswith("unresolved: one seed")
+    assert rows[f"{TO}: flatter R_EB than Standard (at matched calibration)"][3].startswith("unresolved: one seed")
+    assert rows[f"{TO}: flatter R_EB than Standard (as trained)"][3].startswith("not the verdict")
+    # the calibrated comparison reads the calibrated runs: gap 0.25 - 0.3 = -0.05 (as trained -0.1)
+    assert climbs["eb_calibrated"][TO]["gap"]["estimate"] == pytest.approx(-0.05, abs=0.02)
+    # the flattening control: Standard / T minus Standard as trained, gap 0.15 - 0.3
+    assert climbs["eb_flattened"]["gap"]["estimate"] == pytest.approx(-0.15, abs=0.02)
+    control = rows["Control: Standard with flattened logits looks flatter (mean gap (nats))"]
+    assert control[3].startswith("control (a calibration artifact, not exposure bias)")
+    assert any(k.startswith(f"{TO}, calibrated (T=1.10)") for k in climbs["eb_means"])
     assert eb_measurable(None)[0] is False
 
 
-def test_collapsed_arm_is_reported_and_its_verdicts_say_so(tmp_path):
+def test_low_absorption_alone_is_not_collapse_a_worse_base_model_is(tmp_path):
+    """Usability reads the model: a late absorption of 0.3 with a base model better than
+    Standard is usable (the band is reported beside it); a base model worse than Standard on
+    every held-out item is unusable, and every verdict on that arm says so."""
     from memdlm.reproduce.markdown import render
     from memdlm.reproduce.report import claims, summarize
 
-    result = _fake_reproduction(tmp_path, 75.0, absorption_late=0.3)
-    summary = summarize(tmp_path, result)
-    rows_by_arm = {r["arm"]: r for r in summary["memory_trajectory"]}
+    low = summarize(tmp_path / "a", _fake_reproduction(tmp_path / "a", 75.0, absorption_late=0.3))
+    rows_by_arm = {r["arm"]: r for r in low["memory_trajectory"]}
     assert set(rows_by_arm) == {"memdlm", "eb_memdlm"}
-    assert rows_by_arm["memdlm"]["collapsed"] and rows_by_arm["memdlm"]["absorption_late"] == 0.3
-    rows = claims(summary)
+    r = rows_by_arm["memdlm"]
+    assert r["absorption_late"] == 0.3 and not r["in_band"] and not r["diverged"]
+    assert (r["absorption_min"], r["absorption_max"], r["steps_logged"]) == (0.3, 0.97, 2)
+    assert r["absorption_median"] == pytest.approx((0.3 + 0.97) / 2)
+    assert low["unusable"] == {}
+
+    result = _fake_reproduction(tmp_path / "b", 75.0, memdlm_off=(1.1, 1.3, 0.9, 1.2))  # +0.1, +0.1, +0.1, +0.2
+    worse = summarize(tmp_path / "b", result)
+    assert worse["base_loss"]["memdlm"]["estimate"] == pytest.approx(0.125)
+    note = worse["unusable"]["memdlm"]
+    assert note.startswith("memdlm unusable: its base model (memory off) is worse than Standard") and "+0.125" in note
+    rows = claims(worse)
     for claim, _, _, verdict in rows:
-        if "exposure-bias" in claim or "R_EB" in claim:  # the exposure-bias pair's own MemDLM arm
-            assert "eb_memdlm collapsed (late absorption 0.30 < floor 0.8; seed 0)" in verdict, claim
-        elif claim.startswith("MemDLM"):
-            assert "memdlm collapsed (late absorption 0.30 < floor 0.8; seed 0)" in verdict, claim
-    # the held-out loss with memory off and with memory adapted on the prompt: item means per arm
-    assert summary["heldout_losses"]["memdlm"]["off"][0] == pytest.approx(0.9)
-    assert summary["heldout_losses"]["memdlm"]["prompt_memory"][0] == pytest.approx(0.6)
-    assert summary["heldout_losses"]["standard"]["prompt_memory"][0] == pytest.approx(0.9)
-    text = render(result, summary, _provenance(), {"score_vs_length": "s.png", "exposure_bias": "e.png"}, rows)
-    assert "| memdlm | 1 | 0.9000 | 0.6000 |" in text
-    # the comparisons table's rows of a collapsed arm say so too
-    assert any(line.startswith(f"| {TO} |") and "memdlm collapsed (late absorption 0.30" in line
-               for line in text.splitlines())
-    assert "### Capability gate" in text and "| kv_d1 | 75.0 | 50.0 |" in text
-    assert collapse_note([{"seed": 1, "arm": "x", "absorption_late": 0.9}], 0.8) is None
+        if claim.startswith("MemDLM") and "R_EB" not in claim and "exposure-bias" not in claim:
+            assert "memdlm unusable" in verdict, claim
+    text = render(result, worse, _provenance(), {"score_vs_length": "s.png", "exposure_bias": "e.png"}, rows)
+    assert "| memdlm | 1 | 1.1250 | 0.6000 |" in text  # held-out loss table: item means per arm
+    assert any(line.startswith(f"| {TO} |") and "memdlm unusable" in line for line in text.splitlines())
+    assert "### Usability (the model, not the memory)" in text and "### Capability gate" in text
+
+
+def test_usability_note_rule():
+    rows = [{"seed": 0, "arm": "memdlm", "absorption_late": 2.3, "diverged": True, "nonfinite": 0},
+            {"seed": 1, "arm": "memdlm", "absorption_late": 0.95, "diverged": False, "nonfinite": 0}]
+    assert usability_note("memdlm", None, rows) == (
+        "memdlm unusable: memory diverged (late absorption 2.30; non-finite inner losses 0; seed 0)")
+    better = {"estimate": -0.02, "low": -0.05, "high": 0.01}
+    assert usability_note("memdlm", better, rows[1:]) is None
+    # an interval touching 0 is not "worse": only one entirely above 0
+    assert usability_note("memdlm", {"estimate": 0.02, "low": 0.0, "high": 0.04}, rows[1:]) is None
+    assert "worse than Standard" in usability_note("memdlm", {"estimate": 0.02, "low": 0.001, "high": 0.04}, [])
+
+
+def test_interaction_rows_are_differences_of_differences(tmp_path):
+    """Loss: (MemDLM adapted - off) - (Standard adapted - off) per item: (-0.3) - (-0.1) = -0.2."""
+    from memdlm.reproduce.report import claims, summarize
+
+    summary = summarize(tmp_path, _fake_reproduction(tmp_path, 75.0))
+    assert summary["interaction"]["loss"]["estimate"] == pytest.approx(-0.2)
+    # scores: TI = TO and SA = S in the fake suite, so the interaction is 0 on every item
+    assert summary["interaction"]["scores"]["estimate"] == 0.0
+    rows = {r[0]: r for r in claims(summary)}
+    assert rows["2 x 2 interaction: adaptation helps a MemDLM-trained model more than a Standard one (loss)"][2] \
+        .startswith("-0.200; items [-0.200, -0.200]")
 
 
 def test_loss_claims_pair_the_fine_tuning_tasks_items(tmp_path):
@@ -178,12 +220,6 @@ def test_loss_claims_pair_the_fine_tuning_tasks_items(tmp_path):
     assert off[3].startswith("unresolved: one seed")
 
 
-def test_diverged_memory_is_reported():
-    rows = [{"seed": 0, "arm": "memdlm", "absorption_late": 2.3}, {"seed": 1, "arm": "memdlm", "absorption_late": 0.95}]
-    assert collapse_note(rows, 0.8, 1.0) == "memdlm diverged (late absorption 2.30 > ceiling 1; seed 0)"
-    assert collapse_note(rows, 0.8) is None  # no ceiling given: only the floor is judged
-
-
 def _provenance() -> dict:
     return {"command": "memdlm reproduce", "commit": "abc", "dirty": False, "preset": "smoke",
             "config_hash": "0" * 64, "versions": {"torch": "x"}, "machine": "test", "wall_seconds": 60,
@@ -194,14 +230,17 @@ def test_preset_hashes_are_unchanged():
     """A preset's hash names the settings its cached cells were made with (and its report);
     a change makes every cached reproduction of it stale. Changed on purpose by issue 16
     (the shipped base, an outer LoRA adapter, mqar64 at 256 tokens, the batch-shared headline) and
-    again (the exposure-bias pair on prose_cont with 48 steps, the absorption ceiling).
+    again (the exposure-bias pair on prose_cont with 48 steps, the absorption ceiling), and by issue
+    22 (the memory on both layers at inner lr 0.1 over micro-batches of 4, one adaptation for every
+    arm, the log-probability probe and its positive control, matched calibration; the pilot preset).
     If a preset is changed on purpose, update the hash here and say so in the commit."""
     from memdlm.reproduce.presets import PRESETS
 
     assert {name: p.config_hash() for name, p in PRESETS.items()} == {
-        "smoke": "4425fca2e3b8ed71097500a30cbac00cf00534da4af2406a8e60753ea270e609",
-        "quick": "fd983f43083e4e67dd56959e088fc5f20caf3dcac8dc90cdfdb0ebdb27f57538",
-        "full": "a99d062b7da971d8b358ad3753726ce80400480b750e51957a57228243784c30",
+        "smoke": "4ca4f7dfe5ba94fbfa8dfabc9671036919c3bf274873f3a58c4c244907590b70",
+        "pilot": "96135ca76b8fd9031241ec03ff3c5a449a7a9c846bb5bbd6be1259b4c917feaa",
+        "quick": "6caff8163ffe5578a71cc54d80f31e480c660ed1ea76f55048283f76c741461f",
+        "full": "88d1d821ca16724865c46eaad4eda73dac5b172bc8f1304628c86ee5cf30471c",
     }
 
 
@@ -324,7 +363,9 @@ def test_smoke_report_numbers_come_from_the_runs_outputs(smoke_run):
     assert not (smoke_run / "seed0" / "memdlm").exists()
     runs = {a: json.loads((d / "run_complete.json").read_text()) for a, d in arm_dirs.items()}
     assert json.loads((arm_dirs["memdlm"] / "lora_base.json").read_text())["base"].endswith("mqar-base")
-    per = {a: r["train_seconds"] / r["global_step"] for a, r in runs.items()}
+    from memdlm.reproduce.pipeline import training_seconds
+
+    per = {a: training_seconds(arm_dirs[a], r) / r["global_step"] for a, r in runs.items()}  # evaluations left out
     assert data["summary"]["overhead"][0]["ratio"] == pytest.approx(per["memdlm"] / per["standard"])
     # the inner-lr-0 control is read from the two runs' log histories
     assert data["control_lr0"]["max_abs_difference"] == pytest.approx(0.0, abs=1e-6)
@@ -343,6 +384,8 @@ def test_smoke_report_numbers_come_from_the_runs_outputs(smoke_run):
 def test_calibration_judges_the_whole_fine_tune_per_memory_mode(tmp_path):
     """Each candidate runs as long as the real fine-tune (with its warmup), once per memory
     mode; a memory that looks fine early and collapses late is rejected."""
+    from dataclasses import replace
+
     from memdlm.reproduce.pipeline import Reproduction
     from memdlm.reproduce.presets import QUICK
 
@@ -360,11 +403,13 @@ def test_calibration_judges_the_whole_fine_tune_per_memory_mode(tmp_path):
         cell.mkdir(parents=True)
         (cell / "log_history.json").write_text(json.dumps(logs))
 
-    repro = Reproduction(QUICK, tmp_path, progress=False)
+    # the rule with several candidates (the shipped presets fix one: the paper's lr 0.1)
+    preset = replace(QUICK, inner_candidates=((2, 0.3), (2, 1.0)))
+    repro = Reproduction(preset, tmp_path, progress=False)
     repro._train = fake_train.__get__(repro)
     cal = repro.calibrate()
     assert set(cal["modes"]) == {"per_sample", "shared"} and cal["steps"] == steps
-    assert len(calls) == 2 * len(QUICK.inner_candidates)
+    assert len(calls) == 2 * len(preset.inner_candidates)
     assert all("max_steps" in c and c["max_steps"] == steps and c["warmup_steps"] == QUICK.finetune.warmup
                for c in calls)
     # every candidate fine-tunes the shipped base with the arms' outer adapter
@@ -392,9 +437,9 @@ def test_arms_share_base_adapter_and_data_and_reuse_the_chosen_calibration_runs(
 
     repro = Reproduction(FULL, tmp_path, progress=False)
     repro._train = fake_train.__get__(repro)
-    chosen = {"shared": {"rank": 2, "inner_lr": 1.0}, "per_sample": {"rank": 2, "inner_lr": 0.3}}
+    chosen = {"shared": {"rank": 2, "inner_lr": 0.1}, "per_sample": {"rank": 2, "inner_lr": 0.3}}
     dirs0 = repro.arms(0, chosen)
-    assert dirs0["memdlm"] == tmp_path / "calibrate" / "r2_lr1_shared"
+    assert dirs0["memdlm"] == tmp_path / "calibrate" / "r2_lr0.1_shared"
     assert dirs0["memdlm_per_sample"] == tmp_path / "calibrate" / "r2_lr0.3"
     dirs1 = repro.arms(1, chosen)
     assert dirs1["memdlm"] == tmp_path / "seed1" / "memdlm"
@@ -410,3 +455,156 @@ def test_arms_share_base_adapter_and_data_and_reuse_the_chosen_calibration_runs(
     assert trained[dirs1["memdlm"]]["memory_mode"] == "shared"
     assert trained[dirs1["ablation_progressive"]]["memory_mode"] == "shared"  # ablations of the headline
     assert trained[dirs1["memdlm_per_sample"]]["memory_mode"] == "per_sample"
+    # the operating point (issue 22): memory on both layers (an attention layer follows layer 0's
+    # FFN), paper inner lr 0.1, micro-batches of 4 for the batch-shared memory
+    mem = trained[dirs1["memdlm"]]
+    assert (mem["memory_layer_fraction"], mem["memory_scope"], mem["inner_lr"]) == (1.0, "ffn", 0.1)
+    assert all((r["per_device_train_batch_size"], r["gradient_accumulation_steps"]) == (4, 8) for r in runs)
+
+
+def test_every_arm_adapts_alike_at_the_papers_inner_lr(tmp_path):
+    from memdlm.memory.config import MemoryArguments
+    from memdlm.reproduce.pipeline import Reproduction
+    from memdlm.reproduce.presets import FULL
+
+    repro = Reproduction(FULL, tmp_path, progress=False)
+    a = repro.memory_overrides({"rank": 2, "inner_lr": 1.0})
+    assert a == repro.memory_overrides() and a["inner_lr"] == 0.1 and a["trajectory"] == "anchor_consistent"
+    # complete: an ablation arm's own training trajectory cannot leak into its adaptation
+    MemoryArguments(**a)
+    assert {"trajectory", "pre_anchor_steps", "inner_loss", "memory_layer_fraction", "memory_rank"} <= set(a)
+
+
+def test_micro_batches_split_the_optimiser_batch():
+    from memdlm.reproduce.presets import TrainSpec
+
+    spec = TrainSpec(("mqar64",), (256,), steps=10, learning_rate=1e-3, batch_size=32, micro_batch=4)
+    o = spec.options()
+    assert (o["per_device_train_batch_size"], o["gradient_accumulation_steps"]) == (4, 8)
+    o = TrainSpec(("mqar64",), (256,), steps=10, learning_rate=1e-3, batch_size=32).options()
+    assert (o["per_device_train_batch_size"], o["gradient_accumulation_steps"]) == (32, 1)
+    with pytest.raises(ConfigError, match="micro_batch 5 must divide batch_size 32"):
+        TrainSpec(("mqar64",), (256,), steps=10, learning_rate=1e-3, batch_size=32, micro_batch=5)
+
+
+def test_compute_matched_steps_count_training_time_alone(tmp_path):
+    """Held-out evaluations during training are not paid for: MemDLM 260 s with 60 s of
+    evaluation, Standard 110 s with 10 s, 100 steps each -> 200 / (100 / 100) = 200 steps."""
+    from memdlm.reproduce.pipeline import matched_steps, training_seconds
+
+    for name, total, evals in (("standard", 110.0, (4.0, 6.0)), ("memdlm", 260.0, (30.0, 30.0))):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "log_history.json").write_text(json.dumps([{"step": 50, "eval_runtime": evals[0]}, {"loss": 1.0},
+                                                         {"step": 100, "eval_runtime": evals[1]}]))
+        (d / "run_complete.json").write_text(json.dumps({"train_seconds": total, "global_step": 100}))
+    std, mem = training_seconds(tmp_path / "standard"), training_seconds(tmp_path / "memdlm")
+    assert (std, mem) == (100.0, 200.0)
+    assert matched_steps(std, mem, 100) == 200
+
+
+def test_probe_finds_the_queried_values_tokens(tok):
+    from memdlm.data.collate import token_ids
+    from memdlm.reproduce.probe import probe_items, value_positions
+
+    for s in probe_items(tok, 5, 128, "mqar16"):
+        (i,) = s.meta["asked"]
+        positions = value_positions(tok, s)
+        full = token_ids(tok, s.prompt)
+        assert [full[p] for p in positions] == token_ids(tok, " " + s.meta["values"][i])
+        key = token_ids(tok, " " + s.meta["keys"][i])
+        assert full[positions[0] - len(key):positions[0]] == key  # right after the queried key
+
+
+def test_answer_logprob_and_rank_by_hand(tok, make_tiny_model):
+    """log p is the log-softmax of the answer token at the answer slot with the response masked
+    (answer + EOS); rank counts the vocabulary entries scored above it."""
+    import torch
+
+    from memdlm.modeling import forward_logits
+    from memdlm.reproduce.probe import answer_logprobs
+
+    model = make_tiny_model(seed=3).eval()
+    prompts, answers = [[5, 6, 7, 8], [9, 10]], [[11], [12, 13]]
+    logps, ranks = answer_logprobs(model, tok, prompts, answers)
+    for p, a, lp, rank in zip(prompts, answers, logps, ranks):
+        ids = torch.tensor([p + [tok.mask_token_id] * (len(a) + 1)])
+        with torch.no_grad():
+            logits = torch.log_softmax(forward_logits(model, ids).float()[0], -1)
+        slots = logits[len(p):len(p) + len(a)]
+        assert lp == pytest.approx(float(sum(slots[j, t] for j, t in enumerate(a))), abs=1e-4)
+        assert rank == int((slots[0] > slots[0, a[0]]).sum())
+
+
+def test_positive_control_memory_moves_the_answer(tok, make_tiny_model):
+    """The control writes the target token into the fast weights: at lr 10 x 5 steps on the
+    tiny model, log p of the target at the answer slot of a context without it rises."""
+    from memdlm.reproduce.presets import ProbeControl
+    from memdlm.reproduce.probe import answer_logprobs, write_control_memory
+
+    model = make_tiny_model(seed=3).eval()
+    full, removed, target = [5, 6, 7, 42, 8], [5, 6, 8], 42
+    before, _ = answer_logprobs(model, tok, [removed], [[target]])
+    fast = write_control_memory(model, tok, ProbeControl(), [full], [[3]], [0])
+    after, _ = answer_logprobs(model, tok, [removed], [[target]], fast)
+    assert after[0] > before[0] + 1.0
+
+
+def test_temperature_scaling_divides_the_logits(tok, make_tiny_model):
+    import torch
+    import torch.nn.functional as F
+
+    from memdlm.eval.exposure_bias import model_logits_fn
+    from memdlm.eval.item_loss import temperature_nll
+    from memdlm.modeling import forward_logits
+
+    model = make_tiny_model(seed=3).eval()
+    ids = torch.tensor([[5, 6, tok.mask_token_id, 7]])
+    attn = torch.ones_like(ids)
+    with torch.no_grad():
+        plain = forward_logits(model, ids, attn)
+    assert torch.allclose(model_logits_fn(model, temperature=2.0)(ids, attn, None), plain / 2)
+    # the NLL over temperatures: T = 1 is the plain cross-entropy of the masked response tokens
+    pairs = [("a b c d", "e f g"), ("h i", "j k")]
+    nll = temperature_nll(model, tok, pairs, temperatures=(1.0, 2.0), levels=2)
+    from memdlm.eval.exposure_bias import encode_pairs
+    from memdlm.eval.item_loss import _batch, level_masks
+
+    prompts, responses = encode_pairs(tok, pairs)
+    noisy, attn, scored, clean = _batch(prompts, responses, [level_masks(len(r), i, 2) for i, r in enumerate(responses)],
+                                        tok.pad_token_id, tok.mask_token_id, "cpu")
+    with torch.no_grad():
+        logits = forward_logits(model, noisy, attn)[scored]
+    assert nll[1.0] == pytest.approx(float(F.cross_entropy(logits, clean[scored])), abs=1e-5)
+    assert nll[2.0] == pytest.approx(float(F.cross_entropy(logits / 2, clean[scored])), abs=1e-5)
+
+
+def test_pilot_trains_only_the_headline_pair(tmp_path):
+    from memdlm.reproduce.pipeline import Reproduction
+    from memdlm.reproduce.presets import PILOT
+
+    trained = {}
+
+    def fake_train(self, cell, options):
+        trained[cell] = options
+        return {"train_seconds": 1.0, "global_step": options["max_steps"]}
+
+    repro = Reproduction(PILOT, tmp_path, progress=False)
+    repro._train = fake_train.__get__(repro)
+    assert repro.calibration_modes() == ("shared",)
+    dirs = repro.arms(0, {"shared": {"rank": 2, "inner_lr": 0.1}})
+    assert set(dirs) == {"standard", "memdlm"} and len(trained) == 2
+    assert trained[dirs["memdlm"]]["gradient_accumulation_steps"] == 4
+
+
+@pytest.mark.slow
+def test_smoke_claims_recompute_from_the_exported_cells(smoke_run, tmp_path):
+    """What a committed report holds (export_cells: no weights) is enough to recompute every
+    claim row exactly."""
+    from memdlm.reproduce.report import export_cells, recompute_claims
+
+    written = export_cells(smoke_run, tmp_path / "copy")
+    assert not [f for f in written if f.suffix in (".safetensors", ".bin", ".pt")]
+    assert (tmp_path / "copy" / "memory_strength.png").is_file()
+    recorded = json.loads((smoke_run / "report.json").read_text())["claims"]
+    assert recompute_claims(tmp_path / "copy") == recorded

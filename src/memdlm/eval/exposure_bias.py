@@ -373,10 +373,11 @@ def exposure_bias_from_predictor(
 # ---------------------------------------------------------------------------
 
 
-def model_logits_fn(model, memory=None) -> LogitsFn:
+def model_logits_fn(model, memory=None, temperature: float = 1.0) -> LogitsFn:
     """``logits_fn`` of a model, with per-item ``memory`` (FastWeights of b slots) active.
 
     The forward's rows are groups of the b items, so row j uses memory slot ``j % b``.
+    ``temperature``: the logits are divided by it (a model scaled to a matched calibration).
     """
     from memdlm.modeling import forward_logits
 
@@ -386,7 +387,8 @@ def model_logits_fn(model, memory=None) -> LogitsFn:
             slots = torch.arange(ids.shape[0], device=ids.device) % memory.num_slots
             context = dataclasses.replace(memory, slot_of_sample=slots).active()
         with torch.no_grad(), context:
-            return forward_logits(model, ids, attention_mask, positions=positions)
+            logits = forward_logits(model, ids, attention_mask, positions=positions)
+        return logits if temperature == 1.0 else logits / temperature
 
     return logits_fn
 
@@ -409,11 +411,14 @@ def encode_pairs(tokenizer, pairs, append_eos: bool = True) -> tuple[list[list[i
 
 
 def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = None,
-                  memory=None, progress: bool = False, meta: dict | None = None
+                  memory=None, progress: bool = False, meta: dict | None = None, temperature: float = 1.0
                   ) -> ExposureBiasResult:
     """The analysis for a model on (prompt, response) pairs; ``memory`` (a
     :class:`~memdlm.memory.adapt.PromptMemory` for ``model``): Train & Inference, its
-    settings recorded in ``meta``."""
+    settings recorded in ``meta``. ``temperature``: every logit divided by it, for decoding
+    and scoring alike (recorded in ``meta``)."""
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     config = config or ExposureBiasConfig()
     prompts, responses = encode_pairs(tokenizer, pairs, config.append_eos)
     if any(not p for p in prompts) and memory is not None:
@@ -429,8 +434,8 @@ def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = N
 
     def predictor_for_batch(batch_prompts, seeds):
         if memory is None:
-            return model_logits_fn(model)
-        return model_logits_fn(model, memory.adapt(batch_prompts, seeds).detached())
+            return model_logits_fn(model, temperature=temperature)
+        return model_logits_fn(model, memory.adapt(batch_prompts, seeds).detached(), temperature)
 
     was_training = model.training
     model.eval()
@@ -439,7 +444,8 @@ def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = N
             predictor_for_batch, prompts, responses, steps=config.steps, mask_id=mask_id,
             pad_id=pad_id, item_seeds=[config.seed + i for i in range(len(prompts))],
             forbidden=forbidden, batch_size=config.batch_size, device=device, progress=progress,
-            memory=memory is not None, meta={**dataclasses.asdict(config), **(meta or {})})
+            memory=memory is not None,
+            meta={**dataclasses.asdict(config), **(meta or {}), **({"temperature": temperature} if temperature != 1.0 else {})})
     finally:
         model.train(was_training)
 

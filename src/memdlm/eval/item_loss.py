@@ -112,3 +112,38 @@ def item_losses(model, tokenizer, samples, memory=None, levels: int = LEVELS, ba
     finally:
         model.train(was_training)
     return out
+
+
+TEMPERATURES = tuple(round(0.5 + 0.05 * i, 2) for i in range(51))  # 0.5, 0.55, ..., 3.0
+
+
+def temperature_nll(model, tokenizer, samples, temperatures=TEMPERATURES, levels: int = LEVELS,
+                    batch_size: int = 8) -> dict[float, float]:
+    """Static held-out NLL (nats per masked response token, pooled over items and the mask
+    levels of :func:`level_masks`) of ``model`` with its logits divided by each temperature.
+    The minimiser is the temperature that calibrates the model on these items."""
+    from memdlm.eval.exposure_bias import encode_pairs
+    from memdlm.modeling import forward_logits
+
+    prompts, responses = encode_pairs(tokenizer, samples)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total = torch.zeros(len(temperatures), dtype=torch.float64)
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            ix = range(start, min(start + batch_size, len(prompts)))
+            bp, br = [prompts[i] for i in ix], [responses[i] for i in ix]
+            masks = [level_masks(len(r), i, levels) for r, i in zip(br, ix)]
+            noisy, attn, scored, clean = _batch(bp, br, masks, pad_id, tokenizer.mask_token_id, device)
+            with torch.no_grad():
+                logits = forward_logits(model, noisy, attn, positions=scored).float()  # [n, V]
+                target = clean[scored]
+                for k, t in enumerate(temperatures):
+                    total[k] += F.cross_entropy(logits / t, target, reduction="sum").double().cpu()
+            count += int(scored.sum())
+    finally:
+        model.train(was_training)
+    return {float(t): float(v / count) for t, v in zip(temperatures, total)}

@@ -131,3 +131,23 @@ def plot_score_vs_length(table, path, ylabel: str = "score", title: str | None =
         ax.axvline(trained_length, color="grey", linestyle=":", linewidth=1, label="trained length")
     _finish(ax, "context length (tokens)", ylabel, title, legend=bool(runs))
     return _save(fig, path)
+
+
+def plot_panels(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float | None]]]], path,
+                xlabel: str, title: str | None = None,
+                bands: Mapping[str, tuple[float, float]] | None = None) -> Path:
+    """One panel per entry of ``panels`` (panel y label -> {line name: (xs, ys)}), stacked,
+    sharing the x axis; ``bands`` shades a (low, high) range on the panels it names."""
+    fig, ax = _figure(6.4, 2.4 * len(panels))
+    fig.delaxes(ax)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (ylabel, lines) in zip(axes, panels.items()):
+        for name, (xs, ys) in lines.items():
+            ax.plot(list(xs), _nan(ys), marker=".", label=name)
+        if bands and ylabel in bands:
+            ax.axhspan(*bands[ylabel], color="grey", alpha=0.15, lw=0)
+        _finish(ax, "", ylabel, None, legend=ax is axes[0])
+    axes[-1].set_xlabel(xlabel)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -85,21 +85,58 @@ def _capability(summary: dict) -> list[str]:
 def _calibration(cal: dict, finetune_steps: int) -> list[str]:
     length = "as long as the real fine-tune" if cal["steps"] == finetune_steps else \
         f"shorter than the real fine-tune's {finetune_steps}"
+    single = all(len(c["candidates"]) == 1 for c in cal["modes"].values())
+    rule = ("The memory's rank and inner lr are fixed by rule before any arm is compared (the paper's inner lr "
+            "0.1; docs/REPRODUCE.md); the run below is seed 0's MemDLM arm, and its late absorption is "
+            "reported against the band, not used to choose." if single else
+            "Memory rank and inner lr come from MemDLM fine-tunes, one per candidate and memory mode: per mode, "
+            "the candidate whose fast weights change the adapted layers' outputs most while the late absorption "
+            "stays within the band.")
     parts = ["## Operating point (fixed before the test items were evaluated)", "",
-             f"Memory rank and inner lr come from MemDLM fine-tunes of {cal['steps']} steps ({length}), "
-             "one per candidate and memory mode: per mode, the candidate whose fast weights "
-             "change the adapted layers' outputs most while the late absorption ratio (anchor loss with "
-             f"memory / without, last fifth of the logged steps) stays within [{cal['floor']}, "
-             f"{cal.get('ceiling', 'inf')}] (below: the memory holds the targets; above: it raises the loss "
-             "it was written from).", ""]
+             f"{rule} Runs of {cal['steps']} steps ({length}); band [{cal['floor']}, {cal.get('ceiling', 'inf')}] "
+             "(late absorption ratio: anchor loss with memory / without, last fifth of the logged steps).", ""]
     for mode, c in cal["modes"].items():
         rows = [[r["rank"], r["inner_lr"], _f(r["absorption_ratio"], 3), f"{r['relative_change']:.2e}"]
                 for r in c["candidates"]]
         ch = c["chosen"]
         parts += [f"Memory mode `{mode}`:", "",
                   _table(["rank", "inner lr", "late absorption ratio", "late relative change"], rows), "",
-                  f"Chosen: rank {ch['rank']}, inner lr {ch['inner_lr']}"
-                  + ("" if c["qualified"] else " (no candidate within the band: the closest to it)") + ".", ""]
+                  f"Operating point: rank {ch['rank']}, inner lr {ch['inner_lr']}"
+                  + ("" if c["qualified"] else " (late absorption outside the band: reported, see usability)") + ".", ""]
+    return parts
+
+
+def _memory(summary: dict, plots: dict) -> list[str]:
+    """Memory strength over every logged step of every MemDLM run, and the usability rule."""
+    traj = summary.get("memory_trajectory", [])
+    if not traj:
+        return []
+    parts = ["### Memory strength during training (every logged step)", ""]
+    if "memory_strength" in plots:
+        parts += [f"![memory strength]({plots['memory_strength']})", ""]
+    parts += ["Absorption: the anchor loss with the step's final fast weights over the same loss with memory "
+              "off (1: the memory does nothing to it; far below 1: it holds the targets). Relative change: how "
+              "much the fast weights change the adapted layers' outputs. Clip: the share of fast-weight tensors "
+              "the per-parameter inner clip (norm 1) rescaled -- the paper's clip ablation shows its clip acted.",
+              "", _table(["seed", "arm", "logged steps", "absorption min / median / max", "early", "late",
+                          "relative change (median)", "clip fraction (mean)", f"late in band [{summary['floor']}, "
+                          f"{summary.get('ceiling', 'inf')}]", "diverged"],
+                         [[r["seed"], r["arm"], r.get("steps_logged", "n/a"),
+                           f"{_f(r.get('absorption_min'), 2)} / {_f(r.get('absorption_median'), 2)} / "
+                           f"{_f(r.get('absorption_max'), 2)}", _f(r["absorption_early"], 3),
+                           _f(r["absorption_late"], 3), _f(r.get("change_median"), 4), _f(r.get("clip_mean"), 3),
+                           "yes" if r.get("in_band") else "no", "yes" if r.get("diverged") else "no"]
+                          for r in traj]), ""]
+    rows = [[arm, ci(d, digits=3), summary.get("unusable", {}).get(arm, "usable")]
+            for arm, d in summary.get("base_loss", {}).items()]
+    parts += ["### Usability (the model, not the memory)", "",
+              "An arm is **unusable** when its base model (memory off) is worse than Standard on held-out items "
+              "(per-item loss difference, paired-item interval entirely above 0) or when its memory diverged (late "
+              "absorption above the band's ceiling, or a non-finite inner loss); every verdict resting on it says so. "
+              "A low absorption alone is not collapse. The main arms are scored on the fine-tuning task's test "
+              "items (`heldout_loss`), the exposure-bias pair's MemDLM on that analysis's static losses.", "",
+              _table(["arm", "base model (memory off) - Standard, nats/token; 95% intervals", "usability"], rows)
+              if rows else "No held-out losses to judge usability from.", ""]
     return parts
 
 
@@ -117,8 +154,38 @@ def _heldout(summary: dict) -> list[str]:
     return ["Per-item held-out loss of each arm (mean over items; `memdlm.eval.item_loss`: the fine-tuning "
             "task's test items at the fine-tuning length, every response token's cross-entropy at 8 mask "
             "ratios with the same masks for every arm), memory off and with memory adapted on each item's "
-            "prompt alone, as at inference (Standard arms too, with the headline's memory settings):", "",
+            "prompt alone, as at inference (every arm with the same adaptation):", "",
             _table(["arm", "seeds", "memory off", "memory adapted on the prompt", "per seed (off / adapted)"], rows), ""]
+
+
+def _temps(summary: dict) -> str:
+    temps = summary.get("eb_temperatures") or {}
+    text = "; ".join(f"seed {seed}: " + ", ".join(f"{run} T = {t:.2f}" for run, t in ts.items())
+                     for seed, ts in temps.items() if ts)
+    return text or "no temperatures fitted"
+
+
+def _probe(summary: dict, preset: dict) -> list[str]:
+    control = preset.get("probe_control", {})
+    parts = ["## In-weight retrieval probe", "",
+             f"Task `{preset['probe_task']}` at {preset['probe_length']} tokens. Log-probability (nats) and rank "
+             "of the answer at the answer slot (the whole response masked), with the queried pair present or "
+             "removed from the context, and memory written on the item's own full context (matched) or on "
+             "another item's (mismatched), with the one inference-time adaptation every arm gets. The "
+             f"**positive control** writes a memory that must move the answer if the probe can see anything: "
+             f"{control.get('scope', '?')} of the last {control.get('layer_fraction', '?')} of layers, rank "
+             f"{control.get('rank', '?')}, inner lr {control.get('inner_lr', '?')} x {control.get('steps', '?')} "
+             "steps on the full context with the queried value as the only target. Means over seeds.", ""]
+    for model, p in summary["probe"].items():
+        conds = p.get("conditions", {})
+        if conds:
+            parts += [f"{model}:", "", _table(["condition", "mean log p", "median rank", "top-1 %"],
+                                              [[c, _f(v["mean_logp"], 2), _f(v["median_rank"], 0), _f(100 * v["top1"])]
+                                               for c, v in conds.items()]), ""]
+        rows = [[name, ci(d, digits=2)] for name, d in p.get("contrasts", {}).items() if d is not None]
+        if rows:
+            parts += [_table(["contrast (log p, nats, per item)", "estimate; 95% intervals"], rows), ""]
+    return parts
 
 
 def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> str:
@@ -143,8 +210,13 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
               f"(rank {preset['lora']['r']}, alpha {preset['lora']['alpha']}, on {preset['lora']['targets']}).",
               f"- Fine-tuning (every arm from that base): {preset['finetune']['steps']} steps on "
               f"{', '.join(preset['finetune']['tasks'])} at {preset['finetune']['lengths']} tokens, "
-              f"lr {preset['finetune']['learning_rate']}, batch {preset['finetune']['batch_size']}; "
-              f"seeds {preset['seeds']}.",
+              f"lr {preset['finetune']['learning_rate']}, batch {preset['finetune']['batch_size']}"
+              + (f" in micro-batches of {preset['finetune']['micro_batch']}" if preset['finetune'].get('micro_batch') else "")
+              + f", outer-loss weighting {preset['finetune'].get('weighting', 'uniform')}; seeds {preset['seeds']}.",
+              f"- MemDLM memory: scope {preset.get('memory_scope', 'ffn')}, last "
+              f"{preset.get('memory_layer_fraction', 0.1)} of the layers; inference-time adaptation for every arm: "
+              + (", ".join(f"{k} {v}" for k, v in preset["adaptation"].items()) if "adaptation" in preset
+                 else "the headline arm's settings") + ".",
               f"- Test items: {preset['eval_items']} per (task, length), eval split (seeds never used in "
               f"training); lengths {preset['eval_lengths']} (trained: {summary['trained_length']}).",
               f"- Exposure bias: its own pair of arms, Standard and MemDLM (batch-shared memory at the "
@@ -154,19 +226,7 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
               f"{preset['eb_steps']} steps on {preset['eb_items']} held-out `{preset['eb_task']}` items.", ""]
 
     parts += _calibration(cal, preset["finetune"]["steps"])
-    traj = summary.get("memory_trajectory", [])
-    if traj:
-        parts += ["During fine-tuning (means over the first and last fifth of the logged steps; a late "
-                  f"absorption ratio below the floor {summary['floor']} is memorisation collapse -- the "
-                  "memory stores the targets and the model stops learning them; one above the ceiling "
-                  f"{summary.get('ceiling', 'inf')} is divergence -- the memory raises the loss it was "
-                  "written from; the verdicts on such an arm say so):", "",
-                  _table(["seed", "arm", "absorption early", "absorption late", "relative change early",
-                          "relative change late", "collapsed", "diverged"],
-                         [[r["seed"], r["arm"], _f(r["absorption_early"], 3), _f(r["absorption_late"], 3),
-                           _f(r["change_early"], 3), _f(r["change_late"], 3), "yes" if r["collapsed"] else "no",
-                           "yes" if r.get("diverged") else "no"]
-                          for r in traj]), ""]
+    parts += _memory(summary, plots)
     dev_rows = []
     for cell in dev["cells"]:
         if cell["skipped"] is None:
@@ -201,36 +261,27 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
                      [[run, _f(v["r_eb"], 3), _f(v["gap"], 3), _f(v["r_ctrl"], 3), _f(v["gap_ctrl"], 3)]
                       for run, v in summary["eb_means"].items()]), "",
               "R_EB is a ratio: a model with a worse static loss looks flatter for the same absolute gap, "
-              "so the gap is reported beside it. Measurability rule: exposure bias is measurable only when "
+              "so the gap is reported beside it. A less confident model also looks flatter on both: the "
+              "*calibrated* rows divide each model's logits by the temperature that minimises its static NLL "
+              "on held-out items of their own seed range (" + _temps(summary) + "), and the comparisons that "
+              "decide are made there; the *flattening control* is Standard with its logits divided by a fixed "
+              "temperature, a model no better at anything that looks flatter. Measurability rule: exposure bias is measurable only when "
               "Standard's same-position control gap (mean over steps) lies above zero by both intervals "
               "(the item interval alone with one seed); otherwise the rise of R_EB is the low-confidence "
               "order -- the hardest positions are decoded last -- and the flatness claims are \"not "
               f"measurable\". Here: {eb_ok['reason']} -> "
               + ("measurable." if eb_ok["measurable"] else "**not measurable**."), ""]
 
-    probe_rows = []
-    for seed, s in result["seeds"].items():
-        for model, conds in s["probe"]["results"].items():
-            probe_rows.append([seed, model] + [f"{_f(100 * c['exact_match'])} / {_f(100 * c['score'])}"
-                                               for c in conds.values()])
-    first_probe = next(iter(result["seeds"].values()))["probe"]["results"]["MemDLM"]
-    pd = summary["probe"]
-    parts += ["## In-weight retrieval probe", "",
-              "Answer the question with the needle removed from the context; memory adapted on the full "
-              f"context (matched) or on another item's context (mismatched); task `{preset['probe_task']}` at "
-              f"{preset['probe_length']} tokens. Exact match / item score (per-query accuracy on the recall "
-              "tasks, digit accuracy on the key-value tasks), %.",
-              "", _table(["seed", "model"] + list(first_probe), probe_rows), "",
-              _table(["model", "matched - mismatched (item score)", "matched - no memory"],
-                     [[m, ci(d["matched_vs_mismatched"], scale=100), ci(d["matched_vs_removed"], scale=100)]
-                      for m, d in pd.items()]), ""]
+    parts += _probe(summary, preset)
 
     parts += ["## Controls and cost", "",
               f"- Inner lr 0 against Standard, {ctrl['steps']} steps, same seed: largest per-step training-loss "
               f"difference {ctrl['max_abs_difference']:.2e}.",
-              "- Compute-matched Standard: the `Standard, compute-matched` row above (as many steps as fit "
-              "in MemDLM's measured wall time).", ""]
-    parts += [_table(["seed", "Standard s/step", "MemDLM s/step", "ratio"],
+              "- Compute-matched Standard: the `Standard, compute-matched` row above, when the preset has it (as "
+              "many steps as fit in MemDLM's measured training time, the held-out evaluations during training "
+              "left out).", ""]
+    parts += ["Training seconds per step (held-out evaluations during training left out):", "",
+              _table(["seed", "Standard s/step", "MemDLM s/step", "ratio"],
                      [[r["seed"], _f(r["standard_s_per_step"], 3), _f(r["memdlm_s_per_step"], 3), _f(r["ratio"], 2)]
                       for r in summary["overhead"]]), "",
               "Seconds per step are whole-run wall times on a shared machine; the controlled, side-by-side "

@@ -42,6 +42,8 @@ MEASUREMENT_CELLS = ("dev.json", "eval.json", "exposure_bias.json", "probe.json"
 DEV_SEED = 60_000  # dev items: the eval split, seeds disjoint from the test items (50_000)
 CALIBRATION_SEED = 0  # the seed the calibration candidates fine-tune with
 PER_SAMPLE = "MemDLM per-sample, Train-Only"
+# exposure-bias temperature fits: held-out items at EXPOSURE_SEED + this, disjoint from the analysed ones
+EB_CALIBRATION_OFFSET = 5_000
 
 
 @dataclass
@@ -64,11 +66,14 @@ class Reproduction:
                 **spec.options(), **self.preset.lora.options(), **extra}
 
     def memory_options(self, rank: int, inner_lr: float, mode: str = "per_sample") -> dict:
-        return {"memory_mode": mode, "memory_rank": rank, "inner_lr": inner_lr}
+        """A MemDLM arm's memory: ``mode``, rank and inner lr, at the preset's placement."""
+        return {"memory_mode": mode, "memory_rank": rank, "inner_lr": inner_lr,
+                "memory_scope": self.preset.memory_scope,
+                "memory_layer_fraction": self.preset.memory_layer_fraction}
 
     def calibration_modes(self) -> tuple[str, ...]:
         """The memory modes the arms train with: each gets its own operating point."""
-        return ("shared", "per_sample")
+        return ("shared", "per_sample") if self.preset.per_sample_arm else ("shared",)
 
     def calibration_cell(self, rank: int, lr: float, mode: str) -> Path:
         return self.out / "calibrate" / (f"r{rank}_lr{lr:g}" + ("_shared" if mode == "shared" else ""))
@@ -118,18 +123,22 @@ class Reproduction:
         points = {mode: (c["rank"], c["inner_lr"]) for mode, c in chosen.items()}
         headline = self.memory_options(*points["shared"], "shared")
         runs = {"standard": self.finetune_options(seed, "mdlm"),
-                "memdlm": self.finetune_options(seed, "memdlm", **headline),
-                "memdlm_per_sample": self.finetune_options(
-                    seed, "memdlm", **self.memory_options(*points["per_sample"], "per_sample"))}
+                "memdlm": self.finetune_options(seed, "memdlm", **headline)}
+        if self.preset.per_sample_arm:
+            runs["memdlm_per_sample"] = self.finetune_options(
+                seed, "memdlm", **self.memory_options(*points["per_sample"], "per_sample"))
         for name, overrides in self.preset.ablations.items():
             runs[f"ablation_{name}"] = self.finetune_options(seed, "memdlm", **{**headline, **overrides})
         dirs = {name: root / name for name in runs}
         if seed == CALIBRATION_SEED and self.preset.calibration_steps is None:
             dirs["memdlm"] = self.calibration_cell(*points["shared"], "shared")
-            dirs["memdlm_per_sample"] = self.calibration_cell(*points["per_sample"], "per_sample")
+            if self.preset.per_sample_arm:
+                dirs["memdlm_per_sample"] = self.calibration_cell(*points["per_sample"], "per_sample")
         summaries = {name: self._train(dirs[name], options) for name, options in runs.items()}
         if self.preset.compute_matched:
-            steps = matched_steps(summaries["standard"], summaries["memdlm"])
+            steps = matched_steps(training_seconds(dirs["standard"], summaries["standard"]),
+                                  training_seconds(dirs["memdlm"], summaries["memdlm"]),
+                                  summaries["memdlm"]["global_step"])
             options = self.finetune_options(seed, "mdlm")
             options.update(max_steps=steps)
             self._train(root / "standard_matched", options)
@@ -164,12 +173,14 @@ class Reproduction:
         return {"steps": steps, "standard_loss": a, "memdlm_lr0_loss": b, "max_abs_difference": diff}
 
     # ---------------------------------------------------------------- evaluation
-    def memory_overrides(self, chosen: dict) -> dict:
-        """Inference-time memory of every adapted arm: the headline MemDLM arm's rank and inner
-        lr, which the Standard arm (trained without memory) is given too, so both adapt alike;
-        per-sample, since at inference each prompt gets its own memory (a batch-shared one
-        would mix the prompts of a batch)."""
-        return self.memory_options(chosen["rank"], chosen["inner_lr"])
+    def memory_overrides(self, chosen: dict | None = None) -> dict:
+        """Inference-time memory of every adapted arm: the preset's one :class:`Adaptation`
+        (paper inner lr 0.1, anchor-consistent trajectory), the same settings for every arm --
+        Standard, MemDLM and each ablation -- whatever it trained with; per prompt, since a
+        batch-shared memory would mix the prompts of a batch. (Before issue 22 every arm
+        adapted at the headline arm's training lr, 1.0, and ablations with their own
+        trajectories.) ``chosen`` is ignored: kept for callers that pass the operating point."""
+        return {"memory_mode": "per_sample", **self.preset.adaptation.memory_args()}
 
     def evaluate(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
         from memdlm.eval.suite import (
@@ -188,7 +199,7 @@ class Reproduction:
         extra.update({k: f"MemDLM {k.removeprefix('ablation_')}, Train-Only" for k in dirs if k.startswith("ablation_")})
         runs += [RunSpec(label, str(dirs[k])) for k, label in extra.items() if k in dirs]
         settings = {"runs": [asdict(r) for r in runs], "tasks": list(p.eval_tasks),
-                    "lengths": list(p.eval_lengths), "n": p.eval_items, "memory": chosen}
+                    "lengths": list(p.eval_lengths), "n": p.eval_items, "memory": chosen, "adaptation": self.memory_overrides()}
         return json_cell(self.out / f"seed{seed}" / "eval.json", settings, lambda: evaluate_suite(
             runs, list(p.eval_tasks), list(p.eval_lengths), p.eval_items,
             memory_overrides=self.memory_overrides(chosen), progress=self.progress))
@@ -207,26 +218,51 @@ class Reproduction:
             memory_overrides=self.memory_overrides(chosen), progress=self.progress))
 
     def exposure_bias(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
+        """R_EB and the gaps of Standard, MemDLM Train-Only and Train & Inference on the
+        exposure-bias pair, as trained (``results``) and at matched calibration
+        (``calibrated``: each model's logits divided by the temperature that minimises its static
+        NLL on held-out items of their own seed range, ``temperatures``), and the flattening
+        control (``flattened``: Standard with its logits divided by ``eb_flatten_temperature``:
+        a less confident model looks flatter on every measure, issue 22)."""
         p = self.preset
         settings = {"items": p.eb_items, "steps": p.eb_steps, "length": p.eb_length, "task": p.eb_task,
-                    "memory": chosen, "runs": {k: str(dirs[k]) for k in ("eb_standard", "eb_memdlm")}}
+                    "memory": chosen, "adaptation": self.memory_overrides(),
+                    "runs": {k: str(dirs[k]) for k in ("eb_standard", "eb_memdlm")},
+                    "calibration_items": p.eb_calibration_items, "flatten": p.eb_flatten_temperature}
 
         def compute():
-            from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
+            from memdlm.eval.exposure_bias import (
+                EXPOSURE_SEED,
+                ExposureBiasConfig,
+                exposure_bias,
+                heldout_pairs,
+            )
+            from memdlm.eval.item_loss import temperature_nll
             from memdlm.run import Run
 
             config = ExposureBiasConfig(steps=p.eb_steps)
-            out = {}
+            out = {"results": {}, "calibrated": {}, "flattened": {}, "temperatures": {}, "calibration_nll": {}}
             for arm, modes in (("eb_standard", (("Standard", False),)),
                                ("eb_memdlm", (("MemDLM Train-Only", False), ("MemDLM Train & Inference", True)))):
                 run = Run.load(dirs[arm])
                 pairs = [(s.prompt, s.response)
                          for s in heldout_pairs(run.tokenizer, p.eb_items, p.eb_length, p.eb_task)]
+                calibration = heldout_pairs(run.tokenizer, p.eb_calibration_items, p.eb_length, p.eb_task,
+                                            seed=EXPOSURE_SEED + EB_CALIBRATION_OFFSET)
+                nll = temperature_nll(run.model, run.tokenizer, calibration)
+                temperature = min(nll, key=nll.get)
+                out["calibration_nll"][arm] = {"t1": nll[1.0], "best": nll[temperature]}
                 for label, adapt in modes:
-                    memory = run.memory(**self.memory_overrides(chosen)) if adapt else None
-                    out[label] = exposure_bias(run.model, run.tokenizer, pairs, config, memory=memory,
-                                               progress=self.progress).to_dict()
-            return {"results": out}
+                    memory = run.memory(**self.memory_overrides()) if adapt else None
+                    out["temperatures"][label] = temperature
+                    for key, t in (("results", 1.0), ("calibrated", temperature)):
+                        out[key][label] = exposure_bias(run.model, run.tokenizer, pairs, config, memory=memory,
+                                                        progress=self.progress, temperature=t).to_dict()
+                    if arm == "eb_standard":
+                        out["flattened"][label] = exposure_bias(
+                            run.model, run.tokenizer, pairs, config, progress=self.progress,
+                            temperature=p.eb_flatten_temperature).to_dict()
+            return out
 
         return json_cell(self.out / f"seed{seed}" / "exposure_bias.json", settings, compute)
 
@@ -239,7 +275,7 @@ class Reproduction:
         length = max(p.finetune.lengths)
         arms = [a for a in dirs if not a.startswith("eb_")]
         settings = {"tasks": list(p.finetune.tasks), "length": length, "items": p.eval_items,
-                    "memory": chosen, "runs": {a: str(dirs[a]) for a in arms}}
+                    "memory": chosen, "adaptation": self.memory_overrides(), "runs": {a: str(dirs[a]) for a in arms}}
 
         def compute():
             from memdlm.eval.heldout import heldout_samples
@@ -260,19 +296,24 @@ class Reproduction:
         return json_cell(self.out / f"seed{seed}" / "heldout_loss.json", settings, compute)
 
     def probe(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
+        """The in-weight retrieval probe (:func:`memdlm.reproduce.probe.run_logprob_probe`):
+        log p and rank of the answer, with the needle present and removed, memory matched and
+        mismatched, and the positive control, for Standard and MemDLM."""
         p = self.preset
-        settings = {"items": p.probe_items, "length": p.probe_length, "task": p.probe_task, "memory": chosen}
+        settings = {"items": p.probe_items, "length": p.probe_length, "task": p.probe_task, "memory": chosen,
+                    "adaptation": self.memory_overrides(), "control": asdict(p.probe_control),
+                    "kind": "logprob"}
 
         def compute():
-            from memdlm.reproduce.probe import probe_items, run_probe
+            from memdlm.reproduce.probe import probe_items, run_logprob_probe
             from memdlm.run import Run
 
             out, memory_used = {}, {}
             for label, arm in (("Standard", "standard"), ("MemDLM", "memdlm")):
                 run = Run.load(dirs[arm])
                 samples = probe_items(run.tokenizer, p.probe_items, p.probe_length, p.probe_task)
-                memory = run.memory(**self.memory_overrides(chosen))
-                out[label] = run_probe(run, samples, memory, progress=self.progress)
+                memory = run.memory(**self.memory_overrides())
+                out[label] = run_logprob_probe(run, samples, memory, p.probe_control, progress=self.progress)
                 memory_used[label] = memory.record()
             return {"results": out, "memory": memory_used}
 
@@ -338,9 +379,22 @@ def seconds_per_step(summary: dict) -> float:
     return summary["train_seconds"] / max(summary["global_step"], 1)
 
 
-def matched_steps(standard: dict, memdlm: dict) -> int:
-    """Standard steps that take as long as MemDLM's run did (measured seconds per step)."""
-    return max(1, round(memdlm["global_step"] * seconds_per_step(memdlm) / seconds_per_step(standard)))
+def training_seconds(run_dir, summary: dict | None = None) -> float:
+    """A run's training time alone: its measured seconds (``run_complete.json``) less the
+    held-out evaluations logged during training (``eval_runtime``), which the compute-matched
+    arm must not be paid for (the audit of issue 22 found up to 7% extra steps from them)."""
+    summary = summary if summary is not None else json.loads((Path(run_dir) / "run_complete.json").read_text())
+    evals = sum(r.get("eval_runtime", 0.0) for r in log_history(run_dir)) if \
+        (Path(run_dir) / "log_history.json").is_file() else 0.0
+    return max(summary["train_seconds"] - evals, 1e-9)
+
+
+def matched_steps(standard_seconds: float, memdlm_seconds: float, memdlm_steps: int,
+                  standard_steps: int | None = None) -> int:
+    """Standard steps that take as long as MemDLM's run did, from the two runs' training
+    seconds (:func:`training_seconds`); both ran ``memdlm_steps`` unless ``standard_steps`` says."""
+    per_standard = standard_seconds / (standard_steps or memdlm_steps)
+    return max(1, round(memdlm_seconds / per_standard))
 
 
 def window_mean(logs: list[dict], key: str, part: str) -> float:

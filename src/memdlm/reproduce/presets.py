@@ -35,15 +35,32 @@ class TrainSpec:
     eval_steps: int = 100
     eval_samples: int = 32
     normalization: str = field_default(DiffusionArguments, "normalization")  # "sequence" with plain text (below)
+    # Micro-batch: ``batch_size`` is the optimiser's batch, split into micro-batches of this many
+    # samples (gradient accumulation ``batch_size / micro_batch``). A batch-shared memory is one
+    # fast-weight set per micro-batch, so this is how many samples it spans (the issue-22 pilot:
+    # 4, accumulation 8). None: one micro-batch of ``batch_size``.
+    micro_batch: int | None = None
+    # Outer-loss weight. The paper's is 1/t ("scheduler"); every fine-tune here uses "uniform"
+    # because an mqar64 response is 2 tokens (the answer and EOS): with at least one token
+    # masked per sequence, an anchor drawn at t = 0.001 weighs 1,000x, and over micro-batches
+    # of 4 the 1/t loss swings by an order of magnitude from step to step (measured, 4 steps of
+    # micro-batch 4: 2.2, 26.8, 19.8, 2.4 nats, gradient norms 15-208; docs/REPRODUCE.md).
+    weighting: str = "uniform"
+
+    def __post_init__(self):
+        if self.micro_batch is not None and (self.micro_batch < 1 or self.batch_size % self.micro_batch):
+            raise ConfigError(f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size}")
 
     def options(self) -> dict:
         """Training options of this stage by field name (``training.options.setup_from_options``)."""
+        micro = self.micro_batch or self.batch_size
         return {"tasks": list(self.tasks), "train_lengths": list(self.lengths),
                 "max_steps": self.steps, "learning_rate": self.learning_rate,
-                "per_device_train_batch_size": self.batch_size, "warmup_steps": self.warmup,
+                "per_device_train_batch_size": micro, "gradient_accumulation_steps": self.batch_size // micro,
+                "warmup_steps": self.warmup,
                 "logging_steps": self.logging_steps, "eval_steps": self.eval_steps,
                 "save_steps": max(self.eval_steps, self.steps // 4), "num_eval_samples": self.eval_samples,
-                "weighting": "uniform", "normalization": self.normalization, "heldout_items": 0}
+                "weighting": self.weighting, "normalization": self.normalization, "heldout_items": 0}
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,46 @@ class OuterLora:
 
 
 @dataclass(frozen=True)
+class Adaptation:
+    """The one inference-time adaptation every arm gets (Standard + adaptation, Train &
+    Inference, the held-out loss with prompt memory, exposure bias, the probe): the same
+    settings for every arm, not each run's own training settings, so the 2 x 2 and the
+    prompt-memory columns compare models under one adaptation. Defaults: the paper's inner
+    lr 0.1 and trajectory (anchor-consistent, K = 2, anchor = 20% of the prompt masked), at
+    the arms' rank and memory placement (:attr:`Preset.memory_layer_fraction`)."""
+
+    rank: int = 2
+    inner_lr: float = 0.1
+    scope: str = "ffn"
+    layer_fraction: float = 1.0
+    trajectory: str = "anchor_consistent"
+    mask_ratio: float = 0.2
+
+    def memory_args(self) -> dict:
+        """``MemoryArguments`` fields (every one the arms' trainings may differ in)."""
+        return {"memory_rank": self.rank, "inner_lr": self.inner_lr, "memory_scope": self.scope,
+                "memory_layer_fraction": self.layer_fraction, "trajectory": self.trajectory,
+                "adapt_mask_ratio": self.mask_ratio, "pre_anchor_steps": 1, "pre_anchor_scale": 1.5,
+                "pre_anchor_target": "broad", "inner_loss": "ce", "loss_positions": "masked",
+                "inner_clip": "per_param", "inner_clip_norm": 1.0, "memory_dense": False}
+
+
+@dataclass(frozen=True)
+class ProbeControl:
+    """The probe's positive control: a memory strong enough that it must move the answer if
+    the probe can see anything (issue 22: this setting moved log p of the value +6.6 nats).
+    Both layers, FFN and attention, rank 8, inner lr 10, ``steps`` anchor-to-target SGD steps
+    on the full context with the queried value as the only target (its tokens masked, the
+    rest visible)."""
+
+    scope: str = "ffn_attn"
+    layer_fraction: float = 1.0
+    rank: int = 8
+    inner_lr: float = 10.0
+    steps: int = 5
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     seeds: tuple[int, ...]
@@ -78,23 +135,32 @@ class Preset:
     base_model: str = "mqar-base"  # a shipped model (memdlm.shipped) or a model directory
     lora: OuterLora = OuterLora()
     # MemDLM: batch-shared memory (the paper's; the headline) and per-sample memory (a
-    # variant). Rank and inner lr are chosen from these (rank, lr) candidates on training
-    # batches (Reproduction.calibrate), separately for each memory mode; rank 2 is the
-    # paper's rank-to-width ratio (32 / 2048) at width 128. Each candidate costs a whole
-    # MemDLM fine-tune per mode, so two inner lrs: the paper's 0.1 would be chosen only if
-    # both larger ones collapsed (the rule takes the largest change above the floor), and in
-    # the earlier reports even lr 1.0 barely moved a batch-shared memory (relative change 0.002).
-    inner_candidates: tuple[tuple[int, float], ...] = ((2, 0.3), (2, 1.0))
+    # variant). The operating point is fixed by rule (issue 22; docs/REPRODUCE.md): the
+    # paper's inner lr 0.1 and rank 2 (the paper's rank-to-width ratio, 32 / 2048, at width
+    # 128), one candidate; Reproduction.calibrate still runs it per memory mode and reports its
+    # absorption band. (The earlier rule searched inner lrs 0.3 / 1.0 for the largest change
+    # inside an absorption band and chose memories that were inert after 40 steps.)
+    inner_candidates: tuple[tuple[int, float], ...] = ((2, 0.1),)
+    # Where the memory sits (issue 22). The paper's "last 10%" of a 2-layer model is layer 1's FFN,
+    # with only the LM head after it; in the paper's models an attention layer follows the first
+    # adapted layer (LLaDA-8B: 29-31 of 32). Fraction 1.0 adapts the FFNs of both layers: the
+    # first adapted layer is 0, and layer 1's attention reads its output.
+    memory_scope: str = "ffn"
+    memory_layer_fraction: float = 1.0
+    adaptation: Adaptation = Adaptation()
     calibration_steps: int | None = None  # None: as long as the fine-tune (where collapse shows)
-    absorption_floor: float = 0.8  # late absorption below it: calibration rejects, the report says collapsed
-    # Late absorption above it: the memory *raises* the anchor loss it was written from (the
-    # inner step overshoots); calibration rejects it and the report says diverged. A smoke
-    # run with a batch-shared memory at inner lr 1.0 measured 2.3.
+    # The absorption band [floor, ceiling] the report shows beside each arm (the share of the anchor
+    # loss the memory leaves). It no longer decides collapse (the base model's held-out loss does:
+    # reproduce/stats.usability); a late absorption above the ceiling (the memory *raises* the
+    # loss it was written from: the inner step overshoots; a smoke run at inner lr 1.0 measured
+    # 2.3) is divergence, which makes an arm unusable.
+    absorption_floor: float = 0.8
     absorption_ceiling: float = 1.0
     # Capability gate: a retrieval verdict needs Standard's dev score >= the task's copy
     # level + this many score points (reproduce/stats.capability_gate).
     capability_margin: float = 10.0
-    compute_matched: bool = True  # Standard given MemDLM's measured wall time
+    compute_matched: bool = True  # Standard given MemDLM's measured training time
+    per_sample_arm: bool = True  # the per-sample memory variant, every seed
     lr0_control_steps: int = 6
     ablations: dict[str, dict] = field(default_factory=dict)  # name -> memory overrides (of the headline)
     benchmark_rounds: int = 0  # > 0: time and peak memory per step, side by side (benchmarks/train_step.py)
@@ -111,14 +177,20 @@ class Preset:
     # decoded in eb_steps steps. Why prose and not a long retrieval chain: docs/REPRODUCE.md.
     eb_base: str = "prose-base"
     eb_finetune: TrainSpec = TrainSpec(("prose_cont",), (128,), steps=100, learning_rate=1e-3, batch_size=32,
-                                       warmup=0.1, logging_steps=10, eval_steps=50, eval_samples=32)
+                                       warmup=0.1, logging_steps=5, eval_steps=50, eval_samples=32, micro_batch=4)
     eb_task: str = "prose_cont"
     eb_items: int = 16
     eb_steps: int = 48
     eb_length: int = 128  # 79 prompt + 49 response tokens: each of the 48 steps costs 5 forwards per item
+    # matched calibration: each exposure-bias model is temperature-scaled to its static NLL on
+    # this many held-out items of their own seed range; the flattening control is Standard with
+    # its logits divided by eb_flatten_temperature (issue 22's audit: 1.6 made it "flatter")
+    eb_calibration_items: int = 32
+    eb_flatten_temperature: float = 1.6
     probe_task: str = "mqar64"  # the queried pair removed: no context value is the answer
     probe_items: int = 50
     probe_length: int = 256
+    probe_control: ProbeControl = ProbeControl()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,24 +208,26 @@ class Preset:
 # 256 / 512 / 1,024 tokens -- far from both the copy level and saturation. So every arm
 # fine-tunes on mqar64 at 256 tokens; the test lengths are 256, 2x and 4x. Quick and full
 # share the fine-tune, so full can reuse quick's calibration and seed-0 cells.
+# Micro-batches of 4 (accumulation 8): the batch-shared memory spans 4 samples, as in the
+# issue-22 pilot (absorption 0.60-0.93 all run, the clip acting on 3-4% of tensors).
 _FINETUNE = TrainSpec(("mqar64",), (256,), steps=100, learning_rate=1e-3, batch_size=32, warmup=0.1,
-                      logging_steps=10, eval_steps=50, eval_samples=32)
+                      logging_steps=5, eval_steps=50, eval_samples=32, micro_batch=4)
 
 SMOKE = Preset(
     name="smoke", seeds=(0,),
     finetune=TrainSpec(("mqar16",), (64,), steps=6, learning_rate=1e-3, batch_size=4, logging_steps=1,
-                       eval_steps=3, eval_samples=4),
-    inner_candidates=((2, 0.1), (2, 1.0)),
+                       eval_steps=3, eval_samples=4, micro_batch=2),
     lr0_control_steps=3, ablations={"anchor_only": {"trajectory": "anchor_only"}},
     eval_tasks=("mqar16",), eval_lengths=(64, 128), eval_items=4, dev_items=4,
     eb_finetune=TrainSpec(("prose_cont",), (128,), steps=4, learning_rate=1e-3, batch_size=4, logging_steps=1,
-                          eval_steps=2, eval_samples=4),
-    eb_items=2, eb_steps=48, eb_length=128, probe_task="mqar16", probe_items=4, probe_length=64,
+                          eval_steps=2, eval_samples=4, micro_batch=2),
+    eb_items=2, eb_calibration_items=2, eb_steps=48, eb_length=128, probe_task="mqar16", probe_items=4, probe_length=64,
 )
 
 QUICK = Preset(
     name="quick", seeds=(0,), finetune=_FINETUNE,
-    eval_items=100, dev_items=100, eb_items=16, probe_items=100,
+    eval_lengths=(256, 512),  # the trained length and 2x: 4x is the full preset's (CPU time)
+    eval_items=100, dev_items=100, eb_items=16, probe_items=64,
 )
 
 FULL = replace(
@@ -165,10 +239,26 @@ FULL = replace(
         "pre_anchor_only": {"trajectory": "pre_anchor_only"},
         "progressive": {"trajectory": "progressive"},
     },
-    eval_items=200, probe_items=200, eb_items=32, benchmark_rounds=15,
+    eval_lengths=(256, 512, 1024), eval_items=200, probe_items=200, eb_items=32, benchmark_rounds=15,
 )
 
-PRESETS = {p.name: p for p in (SMOKE, QUICK, FULL)}
+# The quick preset's design at a small fraction of its samples, for a shared 2-core CPU: one
+# MemDLM step of `quick` (32 samples in micro-batches of 4) took ~55 s wall there under a load of
+# ~8, and one of 16 samples ~60 s under a load of ~11 (issue 22's session), so `quick` costs
+# ~90 min per MemDLM arm. `pilot` fine-tunes 20 steps of 16 (micro-batches of 4, accumulation
+# 4), the exposure-bias pair 10, skips the per-sample and compute-matched arms and evaluates few
+# items: it shows the pipeline and the memory's strength, not a verdict. Same operating point,
+# adaptation, probe and controls as quick and full.
+PILOT = replace(
+    QUICK, name="pilot",
+    finetune=replace(_FINETUNE, steps=20, batch_size=16, logging_steps=2, eval_steps=10, eval_samples=16),
+    eb_finetune=replace(QUICK.eb_finetune, steps=10, batch_size=16, logging_steps=2, eval_steps=10,
+                        eval_samples=16),
+    per_sample_arm=False, compute_matched=False, lr0_control_steps=3,
+    eval_items=24, dev_items=24, eb_items=4, eb_calibration_items=8, probe_items=16,
+)
+
+PRESETS = {p.name: p for p in (SMOKE, PILOT, QUICK, FULL)}
 
 
 def get_preset(name: str) -> Preset:

@@ -78,7 +78,8 @@ def probe_items(tokenizer, n: int, length: int, task: str = "kv"):
 
 def run_probe(run, samples, memory, batch_size: int = 8, progress: bool = False) -> dict:
     """Every condition's per-item predictions and scores for one run (:class:`memdlm.run.Run`);
-    ``memory``: its prompt memory (``run.memory(...)``)."""
+    ``memory``: its prompt memory (``run.memory(...)``). Generation-based: the earlier probe,
+    kept for callers; the reproduction's probe is :func:`run_logprob_probe`."""
     from memdlm.generation import generate
 
     model, tokenizer = run.model, run.tokenizer
@@ -101,4 +102,158 @@ def run_probe(run, samples, memory, batch_size: int = 8, progress: bool = False)
         scores = [item_score(t, s) for t, s in zip(texts, samples)]
         out[name] = {"exact_match": sum(exacts) / len(exacts), "score": sum(scores) / len(scores),
                      "item_exact": exacts, "item_scores": scores, "predictions": texts}
+    return out
+
+
+# --------------------------------------------------------------------- log-probability probe
+# Exact match with the needle removed needs a shift of ~10 nats (issue 22: log p of the value
+# -12.45, median rank 100 of 4,096), so a memory that moves the answer by a few nats reads as 0.
+# This probe scores the answer's log-probability and rank instead, in every condition below,
+# and has a positive control that must move it.
+LOGPROB_CONDITIONS = {
+    # name: (context, memory written on)
+    "present": ("full", None),
+    "removed": ("removed", None),
+    "present_matched": ("full", "own"),
+    "present_mismatched": ("full", "other"),
+    "removed_matched": ("removed", "own"),
+    "removed_mismatched": ("removed", "other"),
+    "control_matched": ("removed", "control_own"),  # the positive control (ProbeControl)
+    "control_mismatched": ("removed", "control_other"),
+}
+# (matched, baseline) pairs the report compares, per model
+LOGPROB_CONTRASTS = {
+    "removed: matched - mismatched": ("removed_matched", "removed_mismatched"),
+    "removed: matched - no memory": ("removed_matched", "removed"),
+    "present: matched - mismatched": ("present_matched", "present_mismatched"),
+    "positive control: matched - mismatched": ("control_matched", "control_mismatched"),
+}
+
+
+def value_positions(tokenizer, sample) -> list[int]:
+    """Token positions, in the full prompt, of the queried value(s) (recall tasks only)."""
+    from memdlm.data.collate import token_ids
+    from memdlm.tasks.recall import QUERY_MARK
+
+    if not _is_recall(sample):
+        raise ValueError("the log-probability probe's control needs a recall task (mqar*)")
+    full = token_ids(tokenizer, sample.prompt)
+    body = sample.prompt.rpartition(f" {QUERY_MARK} ")[0]
+    out = []
+    for i in sample.meta["asked"]:
+        pair = f" {sample.meta['keys'][i]} {sample.meta['values'][i]}"
+        start = body.index(pair) + len(f" {sample.meta['keys'][i]}")
+        before = token_ids(tokenizer, sample.prompt[:start])
+        through = token_ids(tokenizer, sample.prompt[:start + len(pair) - len(f" {sample.meta['keys'][i]}")])
+        if full[:len(through)] != through:
+            raise ValueError(f"the prompt's tokens around {pair!r} depend on what follows it")
+        out += list(range(len(before), len(through)))
+    return out
+
+
+def write_control_memory(model, tokenizer, control, prompts: list[list[int]], targets: list[list[int]],
+                         seeds: list[int]):
+    """The positive control's fast weights, slot i written on ``prompts[i]`` with only the
+    tokens at ``targets[i]`` masked and scored: ``control.steps`` anchor-to-target SGD steps at
+    ``control.inner_lr`` on ``control.scope`` of the last ``control.layer_fraction`` of layers."""
+    import torch
+
+    from memdlm.memory.adapt import build_adaptation_loop, right_pad
+    from memdlm.memory.config import MemoryArguments
+    from memdlm.memory.inner_loop import InnerLoopInputs, InnerLoopStats
+    from memdlm.memory.trajectories import Stage
+
+    args = MemoryArguments(memory_scope=control.scope, memory_layer_fraction=control.layer_fraction,
+                           memory_rank=control.rank, inner_lr=control.inner_lr, trajectory="anchor_only")
+    loop = build_adaptation_loop(model, args, tokenizer.mask_token_id)
+    device = next(model.parameters()).device
+    ids, attn = right_pad(prompts, tokenizer.pad_token_id, device)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    for i, positions in enumerate(targets):
+        target[i, positions] = True
+    x = InnerLoopInputs(ids, attn, target, target, torch.tensor(seeds, device=device))
+    stage = Stage("anchor", target, target, torch.zeros_like(target))
+    memory, stats = loop.fresh_memory(x), InnerLoopStats()
+    with torch.enable_grad():
+        for _ in range(control.steps):
+            memory = loop.step(memory, stage, x, stats)
+    return memory.detached()
+
+
+def answer_logprobs(model, tokenizer, prompts: list[list[int]], answers: list[list[int]], fast=None
+                    ) -> tuple[list[float], list[int]]:
+    """Per item: the log-probability (nats, summed over its tokens) of ``answers[i]`` at the
+    answer slot after ``prompts[i]`` with the whole response (answer + EOS) masked, and the
+    rank of its first token there (0: the model's top choice). ``fast``: fast weights with
+    slot i for item i, active during the forward."""
+    import contextlib
+
+    import torch
+
+    from memdlm.memory.adapt import right_pad
+    from memdlm.modeling import forward_logits
+
+    device = next(model.parameters()).device
+    rows = [p + [tokenizer.mask_token_id] * (len(a) + 1) for p, a in zip(prompts, answers)]
+    ids, attn = right_pad(rows, tokenizer.pad_token_id, device)
+    scored = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        scored[i, len(p):len(p) + len(a)] = True
+    context = fast.active() if fast is not None else contextlib.nullcontext()
+    with torch.no_grad(), context:
+        logp = torch.log_softmax(forward_logits(model, ids, attn, positions=scored).float(), -1)  # [n, V]
+    logps, ranks, k = [], [], 0
+    for a in answers:
+        rows_a = logp[k:k + len(a)]
+        target = torch.tensor(a, device=device)
+        picked = rows_a.gather(1, target[:, None])[:, 0]
+        logps.append(float(picked.sum()))
+        ranks.append(int((rows_a[0] > picked[0]).sum()))
+        k += len(a)
+    return logps, ranks
+
+
+def run_logprob_probe(run, samples, memory, control, batch_size: int = 8, progress: bool = False) -> dict:
+    """Every :data:`LOGPROB_CONDITIONS` condition's per-item log p and rank of the answer for
+    one run. ``memory``: the inference-time adaptation (``PromptMemory``, the same for every
+    arm); ``control``: the positive control's settings (:class:`~memdlm.reproduce.presets.ProbeControl`).
+    Item i's mismatched memory is written on item i+1's context."""
+    from tqdm.auto import tqdm
+
+    from memdlm.data.collate import token_ids
+
+    model, tokenizer = run.model, run.tokenizer
+    memory.check_model(model)
+    full = [token_ids(tokenizer, s.prompt) for s in samples]
+    removed = [token_ids(tokenizer, remove_needle(s)) for s in samples]
+    answers = [token_ids(tokenizer, s.response) for s in samples]
+    targets = [value_positions(tokenizer, s) for s in samples]
+    n = len(samples)
+    other = [(i + 1) % n for i in range(n)]
+    contexts = {"full": full, "removed": removed}
+    out = {name: {"logp": [], "rank": []} for name in LOGPROB_CONDITIONS}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, n, batch_size), desc="probe", disable=not progress):
+            ix = list(range(start, min(start + batch_size, n)))
+            for name, (ctx, source) in LOGPROB_CONDITIONS.items():
+                fast = None
+                if source in ("own", "other"):
+                    src = ix if source == "own" else [other[i] for i in ix]
+                    fast = memory.adapt([full[j] for j in src], src).detached()
+                elif source is not None:
+                    src = ix if source == "control_own" else [other[i] for i in ix]
+                    fast = write_control_memory(model, tokenizer, control, [full[j] for j in src],
+                                                [targets[j] for j in src], src)
+                logps, ranks = answer_logprobs(model, tokenizer, [contexts[ctx][i] for i in ix],
+                                               [answers[i] for i in ix], fast)
+                out[name]["logp"] += logps
+                out[name]["rank"] += ranks
+    finally:
+        model.train(was_training)
+    for cell in out.values():
+        cell["top1"] = sum(r == 0 for r in cell["rank"]) / n
+        cell["mean_logp"] = sum(cell["logp"]) / n
+        cell["median_rank"] = sorted(cell["rank"])[n // 2]
     return out

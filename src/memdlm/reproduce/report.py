@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from memdlm.reproduce.markdown import ci
-from memdlm.reproduce.pipeline import log_history, seconds_per_step, window_mean
+from memdlm.reproduce.pipeline import log_history, training_seconds, window_mean
 from memdlm.reproduce.stats import (
     NEAR_ZERO,
     arm_notes,
     capability_gate,
-    collapse_note,
     eb_measurable,
     gate_reason,
     nanmean,
     score_verdict,
     seed_item_comparison,
+    usability_note,
     with_note,
 )
 from memdlm.stats import compare, verdict
@@ -171,16 +171,21 @@ def _eb_over_steps(key: str):
     return statistic
 
 
-def _eb_arrays(s: dict, run: str) -> dict:
+def _eb_arrays(s: dict, run: str, source: str = "results") -> dict:
     return {k: np.asarray(v, dtype=np.float64)
-            for k, v in s["exposure_bias"]["results"][run]["per_item"].items()}
+            for k, v in s["exposure_bias"][source][run]["per_item"].items()}
 
 
-def eb_difference(seeds: dict, run: str, key: str = "r_eb") -> dict | None:
+def eb_difference(seeds: dict, run: str, key: str = "r_eb", source: str = "results",
+                  base_source: str | None = None) -> dict | None:
     """Mean over steps of ``run``'s ratio (or gap) minus Standard's, items paired across seeds
-    and runs. A ratio per step is a ratio of item means, so each resample recomputes it."""
-    groups = [(_eb_arrays(s, STANDARD), _eb_arrays(s, run)) for s in seeds.values()
-              if run in s["exposure_bias"]["results"]]
+    and runs. A ratio per step is a ratio of item means, so each resample recomputes it.
+    ``source``: ``"results"`` (as trained), ``"calibrated"`` (each model at its fitted
+    temperature) or ``"flattened"`` (Standard's logits / the flattening temperature); Standard's
+    side reads ``base_source`` (default: ``source``, or ``"results"`` for the flattened control)."""
+    base_source = base_source or ("results" if source == "flattened" else source)
+    groups = [(_eb_arrays(s, STANDARD, base_source), _eb_arrays(s, run, source)) for s in seeds.values()
+              if run in s["exposure_bias"].get(source, {}) and STANDARD in s["exposure_bias"].get(base_source, {})]
     if not groups:
         return None
     stat = _eb_over_steps(key)
@@ -196,49 +201,138 @@ def eb_level(seeds: dict, run: str, key: str) -> dict | None:
     return compare(groups, _eb_over_steps(key), n_items=groups[0]["l_seq"].shape[0])
 
 
-def probe_difference(seeds: dict, model: str, a: str, b: str, metric: str = "item_scores") -> dict:
-    diffs = [[y - x for x, y in zip(s["probe"]["results"][model][a][metric], s["probe"]["results"][model][b][metric])]
-             for s in seeds.values()]
+def probe_difference(seeds: dict, model: str, a: str, b: str, metric: str = "logp") -> dict | None:
+    """``a`` minus ``b`` per item of one model's probe (log p of the answer, nats), items paired
+    across seeds."""
+    diffs = []
+    for s in seeds.values():
+        res = s["probe"]["results"].get(model, {})
+        if a in res and b in res and metric in res[a]:
+            diffs.append([x - y for x, y in zip(res[a][metric], res[b][metric])])
+    return seed_item_comparison(diffs) if diffs else None
+
+
+def interaction_scores(seeds: dict, lengths, tasks=None) -> dict | None:
+    """The 2 x 2's interaction on retrieval scores, per item: (MemDLM Train & Inference -
+    Train-Only) - (Standard + adaptation - Standard): what adaptation adds to a MemDLM-trained
+    model beyond what it adds to a Standard one (score points)."""
+    diffs = []
+    for s in seeds.values():
+        ev = s["eval"]
+        if not {"MemDLM Train & Inference", "Standard + adaptation"} <= set(_runs_of(ev)):
+            continue
+        cells = _cells(ev, lengths, tasks)
+        col = {run: [x for c in cells for x in c["results"][run]["item_scores"]]
+               for run in (STANDARD, "Standard + adaptation", "MemDLM Train-Only", "MemDLM Train & Inference")}
+        diffs.append([(ti - to) - (sa - st) for st, sa, to, ti in zip(*col.values())])
+    if not diffs or not diffs[0]:
+        return None
     return seed_item_comparison(diffs)
+
+
+def interaction_loss(seeds: dict) -> dict | None:
+    """The 2 x 2's interaction on held-out loss, per item: (MemDLM adapted - MemDLM off) -
+    (Standard adapted - Standard off), nats/token."""
+    diffs = []
+    for s in seeds.values():
+        res = (s.get("heldout_loss") or {}).get("results", {})
+        if "memdlm" in res and "standard" in res:
+            m, st = res["memdlm"], res["standard"]
+            diffs.append([(ma - mo) - (sa - so) for mo, ma, so, sa in
+                          zip(m["off"], m["prompt_memory"], st["off"], st["prompt_memory"])])
+    return seed_item_comparison(diffs) if diffs else None
 
 
 def overhead(out: Path, seeds: dict) -> list[dict]:
     rows = []
     for seed, s in seeds.items():
-        summ = {arm: seconds_per_step(json.loads((Path(s["dirs"][arm]) / "run_complete.json").read_text()))
-                for arm in ("standard", "memdlm")}
+        summ = {}
+        for arm in ("standard", "memdlm"):
+            done = json.loads((Path(s["dirs"][arm]) / "run_complete.json").read_text())
+            summ[arm] = training_seconds(s["dirs"][arm], done) / max(done["global_step"], 1)
         rows.append({"seed": seed, "standard_s_per_step": summ["standard"], "memdlm_s_per_step": summ["memdlm"],
                      "ratio": summ["memdlm"] / summ["standard"]})
     return rows
 
 
+MEMORY_KEYS = {"absorption": "memory/absorption_ratio", "change": "memory/relative_change",
+               "clip": "inner/clip_fraction", "nonfinite": "inner/skipped_nonfinite"}
+
+
+def memory_series(logs: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """Every logged step's memory strength: absorption ratio (anchor loss with the final fast
+    weights / without), relative output change of the adapted layers, clip fraction (share
+    of fast-weight tensors the inner clip rescaled), skipped non-finite inner losses."""
+    return {name: _curve(logs, key) for name, key in MEMORY_KEYS.items()}
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(x for x in xs if not math.isnan(x))
+    if not xs:
+        return math.nan
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
 def memory_trajectory(seeds: dict, floor: float, ceiling: float = math.inf) -> list[dict]:
-    """Absorption ratio and relative change of each MemDLM arm early and late in fine-tuning
-    (means over the first and the last fifth of the logged steps, the window calibration
-    judges): a late absorption below the calibration ``floor`` is reported as collapsed,
-    one above its ``ceiling`` as diverged (the memory raises the loss it was written from)."""
+    """Each MemDLM arm's memory strength over the whole run (every logging step, not a
+    window): absorption band (min / median / max), early and late means (first and last
+    fifth), median relative change, mean clip fraction. ``diverged``: the late absorption
+    lies above ``ceiling`` (the memory raises the loss it was written from) or an inner loss
+    was non-finite; ``in_band``: the late absorption lies in [floor, ceiling] (reported, not
+    a verdict: collapse is read from the model, :func:`usability`)."""
     rows = []
     for seed, s in seeds.items():
         for arm, path in s["dirs"].items():
             logs = log_history(path)
-            if not any("memory/absorption_ratio" in r for r in logs):
+            series = memory_series(logs)
+            absorption = series["absorption"][1]
+            if not absorption:
                 continue
-            row = {"seed": seed, "arm": arm}
+            row = {"seed": seed, "arm": arm, "steps_logged": len(absorption),
+                   "absorption_min": min(absorption), "absorption_median": _median(absorption),
+                   "absorption_max": max(absorption),
+                   "change_median": _median(series["change"][1]),
+                   "clip_mean": nanmean(series["clip"][1]),
+                   "nonfinite": sum(series["nonfinite"][1])}
             for part in ("early", "late"):
-                row[f"absorption_{part}"] = window_mean(logs, "memory/absorption_ratio", part)
-                row[f"change_{part}"] = window_mean(logs, "memory/relative_change", part)
-            row["collapsed"] = bool(row["absorption_late"] < floor)
-            row["diverged"] = bool(row["absorption_late"] > ceiling)
+                row[f"absorption_{part}"] = window_mean(logs, MEMORY_KEYS["absorption"], part)
+                row[f"change_{part}"] = window_mean(logs, MEMORY_KEYS["change"], part)
+            row["in_band"] = bool(floor <= row["absorption_late"] <= ceiling)
+            row["diverged"] = bool(row["absorption_late"] > ceiling or row["nonfinite"] > 0)
             rows.append(row)
     return rows
 
 
-def collapse_notes(summary: dict, floor: float, ceiling: float = math.inf) -> dict[str, str]:
-    """arm -> note, for every MemDLM arm that collapsed (or diverged) in some seed."""
+def base_loss_differences(seeds: dict) -> dict[str, dict]:
+    """Each MemDLM arm's base model (memory off) minus Standard on held-out items, per item,
+    paired across seeds: the main arms on the ``heldout_loss`` cells (the fine-tuning task's
+    test items), the exposure-bias pair's MemDLM on that analysis's static losses (mean over
+    its steps of each item's loss at random positions, memory off)."""
+    out = {}
+    arms = {a for s in seeds.values() for a in (s.get("heldout_loss") or {}).get("results", {})}
+    for arm in sorted(arms - {"standard", "standard_matched"}):
+        d = heldout_loss_difference(seeds, arm=arm)
+        if d is not None:
+            out[arm] = d
+    groups = []
+    for s in seeds.values():
+        res = (s.get("exposure_bias") or {}).get("results", {})
+        if STANDARD in res and "MemDLM Train-Only" in res:
+            base = np.nanmean(np.asarray(res[STANDARD]["per_item"]["l_static"], dtype=float), axis=1)
+            mem = np.nanmean(np.asarray(res["MemDLM Train-Only"]["per_item"]["l_static"], dtype=float), axis=1)
+            groups.append((mem - base).tolist())
+    if groups:
+        out["eb_memdlm"] = seed_item_comparison(groups)
+    return out
+
+
+def usability(summary: dict) -> dict[str, str]:
+    """arm -> why it is unusable, for every MemDLM arm that is (:func:`memdlm.reproduce.stats.usability_note`)."""
     by_arm: dict[str, list[dict]] = {}
     for r in summary["memory_trajectory"]:
         by_arm.setdefault(r["arm"], []).append(r)
-    notes = {arm: collapse_note(rows, floor, ceiling) for arm, rows in by_arm.items()}
+    notes = {arm: usability_note(arm, summary["base_loss"].get(arm), rows) for arm, rows in by_arm.items()}
     return {arm: note for arm, note in notes.items() if note}
 
 
@@ -263,7 +357,7 @@ def _curve(logs: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def make_plots(out: Path, result: dict, summary: dict) -> dict[str, str]:
-    from memdlm.eval.plots import plot_curves, plot_exposure_bias, plot_score_vs_length
+    from memdlm.eval.plots import plot_curves, plot_exposure_bias, plot_panels, plot_score_vs_length
 
     files = {}
     first = next(iter(result["seeds"].values()))
@@ -283,6 +377,20 @@ def make_plots(out: Path, result: dict, summary: dict) -> dict[str, str]:
             plot_curves(xs_std, series, out / fname, "step", ylabel, title,
                         styles={"MemDLM, memory adapted on the prompt": {"linestyle": "--"}})
             files[key] = fname
+    panels = {"absorption ratio": {}, "relative output change": {}, "clip fraction": {}}
+    for seed, s in result["seeds"].items():
+        for arm, path in s["dirs"].items():
+            series = memory_series(log_history(path))
+            if not series["absorption"][0]:
+                continue
+            name = f"{arm} (seed {seed})"
+            for panel, key in zip(panels, ("absorption", "change", "clip")):
+                panels[panel][name] = series[key]
+    if panels["absorption ratio"]:
+        plot_panels(panels, out / "memory_strength.png", "training step",
+                    title="Memory strength at every logged step (every MemDLM run)",
+                    bands={"absorption ratio": (summary["floor"], summary["ceiling"])})
+        files["memory_strength"] = "memory_strength.png"
     plot_exposure_bias(first["exposure_bias"]["results"], out / "exposure_bias.png",
                        title="Exposure-bias ratio (first seed; bands: 95% item bootstrap)")
     files["exposure_bias"] = "exposure_bias.png"
@@ -296,6 +404,45 @@ def make_plots(out: Path, result: dict, summary: dict) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------- report
+def gate_tasks(gate: dict) -> list[str] | None:
+    """The tasks that pass the capability gate (None: no gate, every task)."""
+    return [t for t, row in gate.items() if row["testable"]] if gate else None
+
+
+def _eb_table(cell: dict) -> dict[str, dict]:
+    """Means over steps of every exposure-bias run of one seed: as trained, at matched
+    calibration (``... (T=x)``) and the flattening control."""
+    out = {run: _eb_means(r) for run, r in cell["results"].items()}
+    temps = cell.get("temperatures", {})
+    for run, r in cell.get("calibrated", {}).items():
+        out[f"{run}, calibrated (T={temps.get(run, float('nan')):.2f})"] = _eb_means(r)
+    for run, r in cell.get("flattened", {}).items():
+        t = r.get("meta", {}).get("temperature")
+        out[f"{run}, logits / {t:g} (flattening control)" if t else f"{run}, flattened"] = _eb_means(r)
+    return out
+
+
+def probe_summary(seeds: dict) -> dict:
+    """Per model: each contrast of :data:`memdlm.reproduce.probe.LOGPROB_CONTRASTS` (log p of
+    the answer, per item) and each condition's mean log p, median rank and top-1 share, mean
+    over seeds."""
+    from memdlm.reproduce.probe import LOGPROB_CONTRASTS
+
+    out = {}
+    first = next(iter(seeds.values()))["probe"]["results"]
+    for model in first:
+        conditions = {}
+        for cond in first[model]:
+            cells = [s["probe"]["results"][model][cond] for s in seeds.values()]
+            if "logp" not in cells[0]:
+                continue
+            conditions[cond] = {k: sum(c[k] for c in cells) / len(cells) for k in ("mean_logp", "median_rank", "top1")}
+        out[model] = {"conditions": conditions,
+                      "contrasts": {name: probe_difference(seeds, model, a, b)
+                                    for name, (a, b) in LOGPROB_CONTRASTS.items()}}
+    return out
+
+
 def _eb_means(result: dict) -> dict[str, float]:
     """One run's means over steps: R_EB, R_ctrl and the two absolute gaps (nats)."""
     out = {k: mean_ratio(result, k) for k in ("r_eb", "r_ctrl")}
@@ -339,23 +486,26 @@ def summarize(out: Path, result: dict) -> dict:
         "heldout_loss_adapted": heldout_loss_difference(seeds, mode="prompt_memory"),
         "finetune_tasks": list(preset["finetune"].get("tasks", [])),
         "heldout_losses": heldout_losses(seeds),
+        "interaction": {"scores": interaction_scores(seeds, within, gate_tasks(gate)),
+                        "loss": interaction_loss(seeds)},
         "eb": {run: {k: eb_difference(seeds, run, k) for k in ("r_eb", "r_ctrl", "gap", "gap_ctrl")}
                for run in ("MemDLM Train-Only", "MemDLM Train & Inference")},
+        "eb_calibrated": {run: {k: eb_difference(seeds, run, k, source="calibrated") for k in ("r_eb", "gap")}
+                          for run in ("MemDLM Train-Only", "MemDLM Train & Inference")},
+        "eb_flattened": {k: eb_difference(seeds, STANDARD, k, source="flattened") for k in ("r_eb", "gap")},
         "eb_control": control,
         "eb_measurable": {"measurable": measurable, "reason": why},
-        "eb_means": {run: _eb_means(r)
-                     for run, r in next(iter(seeds.values()))["exposure_bias"]["results"].items()},
-        "probe": {model: {"matched_vs_mismatched": probe_difference(seeds, model, "removed_mismatched",
-                                                                    "removed_matched"),
-                          "matched_vs_removed": probe_difference(seeds, model, "removed", "removed_matched")}
-                  for model in ("Standard", "MemDLM")},
+        "eb_means": _eb_table(next(iter(seeds.values()))["exposure_bias"]),
+        "eb_temperatures": {seed: s["exposure_bias"].get("temperatures", {}) for seed, s in seeds.items()},
+        "probe": probe_summary(seeds),
         "overhead": overhead(out, seeds),
         "final_losses": final_losses(seeds),
         "memory_trajectory": memory_trajectory(seeds, floor, ceiling),
+        "base_loss": base_loss_differences(seeds),
         "floor": floor,
         "ceiling": ceiling,
     }
-    summary["collapsed"] = collapse_notes(summary, floor, ceiling)
+    summary["unusable"] = usability(summary)
     return summary
 
 
@@ -371,15 +521,31 @@ def claims(summary: dict) -> list[tuple[str, str, str, str]]:
         d = summary.get(key)  # both read the headline arm's heldout_loss cells
         rows.append((claim, what, ci(d, digits=3),
                      with_note(verdict(d, "lower"), arm_notes(summary, "memdlm")) if d else "not measured"))
+    d = summary["interaction"]["loss"]
+    rows.append(("2 x 2 interaction: adaptation helps a MemDLM-trained model more than a Standard one (loss)",
+                 "(MemDLM adapted - off) - (Standard adapted - off), per item, nats/token", ci(d, digits=3),
+                 with_note(verdict(d, "lower"), arm_notes(summary, "memdlm")) if d else "not measured"))
     eb_ok = summary["eb_measurable"]
     for run in ("MemDLM Train-Only", "MemDLM Train & Inference"):
         for key, what in (("r_eb", "mean R_EB over steps, difference"),
                           ("gap", "mean gap L_seq - L_static over steps, difference (nats)")):
-            d = summary["eb"][run][key]
-            v = verdict(d, "lower") if eb_ok["measurable"] else f"not measurable: {eb_ok['reason']}"
             label = "flatter R_EB" if key == "r_eb" else "smaller exposure-bias gap"
-            rows.append((f"{run}: {label} than Standard", what, ci(d, digits=3),
-                         with_note(v, arm_notes(summary, "eb_memdlm"))))
+            for source, where in (("eb_calibrated", "at matched calibration"), ("eb", "as trained")):
+                d = (summary.get(source) or {}).get(run, {}).get(key)
+                if source == "eb_calibrated" and d is None:
+                    continue  # a report made before the calibrated analysis existed
+                v = verdict(d, "lower") if eb_ok["measurable"] else f"not measurable: {eb_ok['reason']}"
+                if source == "eb":
+                    v = "not the verdict (calibration not matched; the control row below shows why): " + v
+                rows.append((f"{run}: {label} than Standard ({where})",
+                             what + (", each model temperature-scaled to its held-out NLL" if source == "eb_calibrated"
+                                     else ""), ci(d, digits=3), with_note(v, arm_notes(summary, "eb_memdlm"))))
+    for key, what in (("r_eb", "mean R_EB"), ("gap", "mean gap (nats)")):
+        d = (summary.get("eb_flattened") or {}).get(key)
+        if d is not None:
+            rows.append((f"Control: Standard with flattened logits looks flatter ({what})",
+                         f"Standard with logits / T - Standard, {what}, difference", ci(d, digits=3),
+                         "control (a calibration artifact, not exposure bias): " + verdict(d, "lower")))
     for run in ("MemDLM Train-Only", "MemDLM Train & Inference"):
         c = summary["comparisons"].get(run, {})
         for where, label in (("within", "retrieves better than Standard (trained lengths)"),
@@ -387,11 +553,31 @@ def claims(summary: dict) -> list[tuple[str, str, str, str]]:
             d = c.get(where)
             rows.append((f"{run} {label}" if where == "within" else f"{run}: {label}",
                          _score_measure(d), ci(d), with_note(score_verdict(d), arm_notes(summary, run))))
+    d = summary["interaction"]["scores"]
+    rows.append(("2 x 2 interaction: adaptation helps a MemDLM-trained model more than a Standard one (retrieval)",
+                 "(Train & Inference - Train-Only) - (Standard + adaptation - Standard), per item, " + _score_measure(d),
+                 ci(d), with_note(score_verdict(_near(d)), arm_notes(summary, "MemDLM Train-Only"))))
+    for model, p in summary["probe"].items():
+        for name, d in p["contrasts"].items():
+            if d is None:
+                continue
+            if name.startswith("positive control"):
+                v = ("the probe can detect a memory: " if d["low"] > 0 else
+                     "**the probe's positive control did not move the answer: the probe rows say nothing**; ") + verdict(d)
+            else:
+                v = with_note(verdict(d), arm_notes(summary, "memdlm") if model == "MemDLM" else None)
+            rows.append((f"In-weight retrieval probe, {model}: {name}",
+                         "log p of the answer at the answer slot, per item, nats", ci(d, digits=2), v))
     for run, d in summary["ablations"].items():
         rows.append((f"{run} scores below anchor-consistent MemDLM (paper: every ablation lower)",
                      "ablation - MemDLM Train-Only, " + _score_measure(d), ci(d),
                      with_note(score_verdict(d, "lower"), arm_notes(summary, run, "MemDLM Train-Only"))))
     return rows
+
+
+def _near(d: dict | None) -> dict | None:
+    """A score difference without arm means (the interaction): never "both near 0"."""
+    return None if d is None else {"both_near_zero": False, **d}
 
 
 def _score_measure(d: dict | None) -> str:
@@ -403,11 +589,55 @@ def _score_measure(d: dict | None) -> str:
 def write_report(out: Path, result: dict, provenance: dict) -> Path:
     summary = summarize(out, result)
     plots = make_plots(out, result, summary)
+    rows = [list(r) for r in claims(summary)]
     (out / "report.json").write_text(json.dumps({"summary": _jsonable(summary), "provenance": provenance,
                                                  "calibration": result["calibration"],
-                                                 "control_lr0": result["control_lr0"]}, indent=2))
+                                                 "control_lr0": result["control_lr0"], "claims": rows}, indent=2))
+    # every cell the rows are computed from (per-item scores, losses, log p), in one file: with the
+    # runs' log histories (export_cells) the claims recompute from a committed copy (recompute_claims)
+    (out / "result.json").write_text(json.dumps({"output_dir": str(out), **result}))
     (out / "REPORT.md").write_text(render_markdown(result, summary, provenance, plots))
     return out / "REPORT.md"
+
+
+RUN_FILES = ("log_history.json", "run_complete.json")  # what the report reads from a training run
+
+
+def export_cells(out: Path, dest: Path) -> list[Path]:
+    """Copy what a report is computed from, and nothing heavy, to ``dest``: REPORT.md,
+    report.json, result.json (every evaluation cell), the plots, and each training run's
+    log history and summary under ``dest/runs/`` (no weights). Returns the files written."""
+    import shutil
+
+    out, dest = Path(out), Path(dest)
+    result = json.loads((out / "result.json").read_text())
+    written = []
+    for f in [out / n for n in ("REPORT.md", "report.json", "result.json")] + sorted(out.glob("*.png")):
+        dest.mkdir(parents=True, exist_ok=True)
+        written.append(Path(shutil.copy2(f, dest / f.name)))
+    for s in result["seeds"].values():
+        for run_dir in s["dirs"].values():
+            rel = Path(run_dir).resolve().relative_to(Path(result["output_dir"]).resolve())
+            for name in RUN_FILES:
+                target = dest / "runs" / rel / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                written.append(Path(shutil.copy2(Path(run_dir) / name, target)))
+    return written
+
+
+def recompute_claims(exported: Path) -> list[list[str]]:
+    """The claim rows recomputed from an :func:`export_cells` copy (its result.json and the
+    runs' log histories), with nothing else: what a committed report's rows can be checked by."""
+    exported = Path(exported)
+    result = json.loads((exported / "result.json").read_text())
+    origin = Path(result.pop("output_dir")).resolve()
+    for s in result["seeds"].values():
+        s["dirs"] = {arm: str(exported / "runs" / Path(d).resolve().relative_to(origin))
+                     for arm, d in s["dirs"].items()}
+        for cell in (s["eval"],):  # the runs name their model directories: rebase them alike
+            for r in cell["runs"]:
+                r["model_dir"] = str(exported / "runs" / Path(r["model_dir"]).resolve().relative_to(origin))
+    return [list(r) for r in claims(summarize(exported, result))]
 
 
 def _jsonable(summary: dict) -> dict:

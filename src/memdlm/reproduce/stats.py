@@ -10,8 +10,8 @@ The intervals themselves are the project's one bootstrap and the seed t-interval
 - **Both near 0**: when both arms score under ``NEAR_ZERO`` points, nothing is compared.
 - **Exposure bias is measurable** only when the same-position control climbs
   (:func:`eb_measurable`).
-- **Collapse**: a MemDLM arm whose late absorption ratio fell below the calibration floor
-  (:func:`collapse_note`) has its verdicts say so.
+- **Usability** (:func:`usability_note`): a MemDLM arm whose base model (memory off) is
+  worse than Standard on held-out items, or whose memory diverged, has its verdicts say so.
 """
 
 from __future__ import annotations
@@ -111,28 +111,38 @@ def eb_measurable(control_gap: dict | None) -> tuple[bool, str]:
     return False, text + ": the control shows no climb"
 
 
-# ---------------------------------------------------------------------- collapse
-def collapse_note(rows: list[dict], floor: float, ceiling: float = math.inf) -> str | None:
-    """``rows``: one arm's memory-trajectory rows (one per seed, ``absorption_late``). A note
-    naming the seeds whose late absorption fell below ``floor`` (collapsed: the memory holds
-    the targets) or rose above ``ceiling`` (diverged: the memory raises the loss it was
-    written from), else None."""
+# -------------------------------------------------------------------- usability
+def usability_note(arm: str, base_loss: dict | None, rows: list[dict]) -> str | None:
+    """Why a MemDLM arm is unusable, or None. The rule reads the model, not the memory:
+
+    - **worse base model**: its held-out loss with memory off minus Standard's, per item
+      (``base_loss``, a :func:`memdlm.stats.compare` result), has its paired-item interval
+      entirely above 0 -- MemDLM training left a worse model than Standard training did (the
+      collapse the absorption ratio was meant to signal, measured where it matters);
+    - **diverged memory**: in some seed (``rows``, :func:`memdlm.reproduce.report.memory_trajectory`)
+      the late absorption ratio exceeds the ceiling (the memory raises the loss it was
+      written from) or an inner loss was non-finite.
+
+    A low absorption ratio alone is not collapse: the band is reported beside the arm.
+    """
     parts = []
-    for kind, bad, bound in (
-            ("collapsed", [r for r in rows if r["absorption_late"] < floor], f"< floor {floor:g}"),
-            ("diverged", [r for r in rows if r["absorption_late"] > ceiling], f"> ceiling {ceiling:g}")):
-        if bad:  # NaN compares false: an arm that logged no absorption is neither
-            seeds = ", ".join(str(r["seed"]) for r in bad)
-            values = ", ".join(f"{r['absorption_late']:.2f}" for r in bad)
-            parts.append(f"{rows[0]['arm']} {kind} (late absorption {values} {bound}; seed {seeds})")
+    if base_loss is not None and base_loss["low"] > 0:
+        parts.append(f"{arm} unusable: its base model (memory off) is worse than Standard on held-out items "
+                     f"({base_loss['estimate']:+.3f} nats, items [{base_loss['low']:+.3f}, {base_loss['high']:+.3f}])")
+    bad = [r for r in rows if r.get("diverged")]
+    if bad:
+        seeds = ", ".join(str(r["seed"]) for r in bad)
+        values = ", ".join(f"{r['absorption_late']:.2f}" for r in bad)
+        parts.append(f"{arm} unusable: memory diverged (late absorption {values}; non-finite inner losses "
+                     f"{sum(r.get('nonfinite', 0) for r in bad):g}; seed {seeds})")
     return "; ".join(parts) or None
 
 
 def arm_notes(summary: dict, *runs: str) -> str | None:
-    """The collapse (or divergence) notes of the arms behind ``runs`` -- run names, mapped
-    through ``summary["arms"]``, or arm names -- None when none has one."""
+    """The usability notes of the arms behind ``runs`` -- run names, mapped through
+    ``summary["arms"]``, or arm names -- None when none has one."""
     arms = dict.fromkeys(summary.get("arms", {}).get(run, run) for run in runs)
-    notes = [summary["collapsed"][a] for a in arms if a in summary.get("collapsed", {})]
+    notes = [summary["unusable"][a] for a in arms if a in summary.get("unusable", {})]
     return "; ".join(notes) or None
 
 
