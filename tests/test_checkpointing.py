@@ -8,6 +8,7 @@ forward keeps fewer activations (else nothing was checkpointed and the test coul
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -45,8 +46,20 @@ def models(tok, make_tiny_model, tmp_path_factory):
         model.supports_gradient_checkpointing = False  # as 4.x remote code without the switch
         return model
 
+    def lora(model):
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)  # the same adapter A for both loads
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the base weights' gradient path a say too
+                torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(1))
+        return model
+
     return {
         "tiny": (lambda: make_tiny_model(seed=1), OWN),
+        "tiny_lora": (lambda: lora(make_tiny_model(seed=1)), OWN),
+        "llada_lookalike_lora": (lambda: lora(load_model(paths["llada"], trust_remote_code=True)), MEMDLM),
         "tiny_per_block": (stock_without_switch, MEMDLM),
         "llada_lookalike": (lambda: load_model(paths["llada"], trust_remote_code=True), MEMDLM),
         "llada2_lookalike": (lambda: load_model(paths["llada2"], trust_remote_code=True), MEMDLM),
@@ -91,7 +104,8 @@ def _step(model, tok, tmp_path, mode: str, checkpointing: bool):
 
 
 @pytest.mark.parametrize("mode", ["shared", "per_sample"])
-@pytest.mark.parametrize("name", ["tiny", "tiny_per_block", "llada_lookalike", "llada2_lookalike"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_per_block", "llada_lookalike", "llada2_lookalike", "tiny_lora",
+                                  "llada_lookalike_lora"])
 def test_gradients_with_checkpointing_equal_those_without(tok, models, tmp_path, name, mode):
     make, way = models[name]
     model, twin = make(), make()  # two loads, not a deepcopy: the 4-D mask wrapper is bound to its model
@@ -114,10 +128,15 @@ def test_memdlm_checkpoints_the_outermost_block_list_every_n_layers(make_tiny_mo
     model.supports_gradient_checkpointing = False
     blocks = transformer_blocks(model)
     assert blocks is model.model.layers
+    class_forward = type(blocks[0]).forward
     assert enable_checkpointing(model, {"every_n_layers": 2}) == MEMDLM
     assert [is_checkpointed(b) for b in blocks] == [True, False, True, False]
     state = set(model.state_dict())
     assert state == set(make_tiny_model(num_hidden_layers=4).state_dict())  # names unchanged
+    # the class is untouched: transformers' own per-class checkpointing wrapper still works
+    assert type(blocks[0]).forward is class_forward
+    twin = copy.deepcopy(model)
+    assert twin.model.layers[0].forward.__self__ is twin.model.layers[0]  # a copy checkpoints itself
 
 
 def test_reentrant_checkpointing_is_refused_with_memory(make_tiny_model):

@@ -13,9 +13,9 @@ Two ways, chosen per model:
 - **memdlm's own** for every other model (LLaDA's hub code, which raises "does not support
   activation checkpointing"): each transformer block -- the outermost ``nn.ModuleList``
   named like ``layers`` / ``blocks`` / ``h`` -- runs its forward through
-  ``torch.utils.checkpoint.checkpoint`` while the model trains with autograd on. The
-  block's class gets a forward wrapper once; an attribute on each chosen block switches it
-  on, so the model's state dict, module names and FSDP wrapping are unchanged.
+  ``torch.utils.checkpoint.checkpoint`` while the model trains with autograd on: each chosen
+  block gets a ``forward`` of its own that checkpoints its class's forward, so the class,
+  the model's state dict, module names and FSDP wrapping are unchanged.
 
 Checkpointing is always non-reentrant (``use_reentrant=False``): MemDLM's inner loop takes
 its fast-weight gradients with ``torch.autograd.grad``, which reentrant checkpointing does
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 
 import torch
 import torch.nn as nn
@@ -116,28 +117,24 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 def checkpoint_block(block: nn.Module, options: dict | None = None) -> None:
-    """Run ``block``'s forward under non-reentrant checkpointing while it trains with grad."""
-    _wrap_forward(type(block))
+    """Run ``block``'s forward under non-reentrant checkpointing while it trains with grad.
+
+    The block gets its own ``forward`` attribute, a method bound to it (a deepcopy rebinds it
+    to the copy), that calls the class's forward; the class itself is left alone: other
+    instances, and transformers' own per-class checkpointing wrapper, are unaffected.
+    """
     setattr(block, _ON, {"use_reentrant": False, **(options or {})})
+    block.forward = types.MethodType(_checkpointed_forward, block)
 
 
 def is_checkpointed(block: nn.Module) -> bool:
     return _ON in block.__dict__
 
 
-def _wrap_forward(cls) -> None:
-    """Give ``cls`` a forward that checkpoints instances switched on (once per class)."""
-    if cls.__dict__.get("_memdlm_checkpointable"):
-        return
-    original = cls.forward
-
-    @functools.wraps(original)
-    def forward(self, *args, **kwargs):
-        options = self.__dict__.get(_ON)
-        if options is None or not (self.training and torch.is_grad_enabled()):
-            return original(self, *args, **kwargs)
-        # keyword arguments are bound, not passed: checkpoint() keeps its own keywords
-        return checkpoint(functools.partial(original, self, **kwargs), *args, **options)
-
-    cls.forward = forward
-    cls._memdlm_checkpointable = True
+def _checkpointed_forward(self, *args, **kwargs):
+    original = type(self).forward
+    options = self.__dict__.get(_ON)
+    if options is None or not (self.training and torch.is_grad_enabled()):
+        return original(self, *args, **kwargs)
+    # keyword arguments are bound, not passed: checkpoint() keeps its own keywords
+    return checkpoint(functools.partial(original, self, **kwargs), *args, **options)
