@@ -21,8 +21,8 @@ expert its rows in token order. LLaDA2's eval path (``moe_infer``) orders them w
 in a batch swapped the two samples' slots. While rows are mapped to slots, each block's
 forward therefore runs with every sort and argsort made stable (:class:`StableSorts`, a
 ``TorchFunctionMode``): the same values in the same places, ties kept in token order. Its
-cost is Python dispatch on each torch call inside the block (about 3 microseconds on a
-2-core CPU VM), only for per-sample memory on expert-list blocks.
+cost is Python dispatch on each torch call inside the block (the expert hooks' included),
+only for per-sample memory on expert-list blocks.
 
 Adaptation in eval mode: LLaDA2 runs its eval-mode MoE forward under
 ``torch.no_grad``, so the routed experts would get no gradient. During the inner
