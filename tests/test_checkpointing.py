@@ -161,3 +161,13 @@ def test_a_4x_switch_without_every_n_layers_is_called_with_what_it_takes(make_ti
     assert enable_checkpointing(model) == OWN
     assert calls[-1][0] is True and calls[-1][1].keywords == {"use_reentrant": False}
     assert model._set_gradient_checkpointing is old_style  # the instance's own attribute is kept
+
+
+def test_remote_code_without_a_switch_is_checkpointed_per_block(models):
+    """What `--gradient-checkpointing` on LLaDA's hub code ended in: transformers' ValueError."""
+    model = models["llada_lookalike"][0]()
+    with pytest.raises(ValueError, match="does not support activation checkpointing"):
+        model.activation_checkpointing_enable()
+    assert enable_checkpointing(model) == MEMDLM
+    assert transformer_blocks(model) is model.model.transformer.blocks
+    assert all(is_checkpointed(b) for b in model.model.transformer.blocks)
