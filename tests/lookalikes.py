@@ -10,7 +10,7 @@ that break under transformers 5, not the real models' code:
 | dream | AutoConfig, AutoModel (the LM head lives on the AutoModel class) | ``_tied_weights_keys`` a list; rotary class looking up ``ROPE_INIT_FUNCTIONS["default"]``; non-persistent ``inv_freq`` |
 | llada | AutoConfig, AutoModel, AutoModelForCausalLM | never calls ``post_init``; ``tie_weights(self)`` override without ``**kwargs``; layers built on a hard-coded ``init_device = "cuda"``; ``d_model`` config with a ``hidden_size`` alias; blocks ``transformer.blocks.N.ff_proj/up_proj/ff_out`` |
 | llada_moe | AutoConfig, AutoModelForCausalLM | experts as a list of linear MLPs, top-k routing by ``torch.where``; rotary class looking up "default"; a config ``mask_token_id`` unlike the tokenizer's |
-| llada2 | AutoConfig, AutoModel, AutoModelForCausalLM | imports ``transformers.modeling_attn_mask_utils`` (deprecated in 5) and imports and calls ``is_torch_fx_available`` (removed in 5); attention ``attention.query_key_value`` (fused) / ``attention.dense``; tied list (tie on); a padded 2-D mask becomes a causal 4-D mask; MoE eval path (sorted by expert) under ``torch.no_grad``; shared experts; rotary class looking up "default" |
+| llada2 | AutoConfig, AutoModel, AutoModelForCausalLM | imports ``transformers.modeling_attn_mask_utils`` (deprecated in 5) and imports and calls ``is_torch_fx_available`` (removed in 5); attention ``attention.query_key_value`` (fused) / ``attention.dense``; tied list (tie on); a padded 2-D mask becomes a causal 4-D mask; MoE eval path under ``torch.no_grad`` ordering rows by an unstable ``argsort``; shared experts; rotary class looking up "default" |
 | broken | as llada2 | imports ``find_pruneable_heads_and_indices`` from ``transformers.pytorch_utils`` (removed in 5; nothing memdlm provides) |
 
 The reference model ``write_family`` returns is built with the constructs resolved by the test
@@ -231,18 +231,24 @@ class SharedExpertMoE(nn.Module):
         return y.view(b, l, d) + self.shared_experts(h)
 
     @torch.no_grad()
-    def moe_infer(self, x, index, weights):
-        counts = torch.bincount(index.view(-1), minlength=len(self.experts)).tolist()
-        order = index.view(-1).argsort()
-        rows = x[order // self.top_k]
-        outs, start = [], 0
-        for e, n in enumerate(counts):
-            if n:
-                outs.append(self.experts[e](rows[start:start + n]))
-                start += n
-        back = torch.empty_like(rows)
-        back[order] = torch.cat(outs)
-        return (back.view(*index.shape, -1) * weights[..., None]).sum(1)
+    def moe_infer(self, x, topk_ids, topk_weight):
+        # LLaDA2's construct: an unstable argsort (the default) orders the routed rows, so
+        # bit-identical rows (the same prompt twice in a batch) reach an expert in any order
+        cnts = topk_ids.new_zeros((topk_ids.shape[0], len(self.experts)))
+        cnts.scatter_(1, topk_ids, 1)
+        tokens_per_expert = cnts.sum(dim=0).tolist()
+        idxs = topk_ids.view(-1).argsort()
+        sorted_tokens = x[idxs // topk_ids.shape[1]]
+        outputs, start_idx = [], 0
+        for i, num_tokens in enumerate(tokens_per_expert):
+            if num_tokens == 0:
+                continue
+            outputs.append(self.experts[i](sorted_tokens[start_idx:start_idx + num_tokens]))
+            start_idx += num_tokens
+        outs = torch.cat(outputs, dim=0)
+        new_x = torch.empty_like(outs)
+        new_x[idxs] = outs
+        return (new_x.view(*topk_ids.shape, -1) * topk_weight[..., None]).sum(1)
 
 
 class Layer(nn.Module):

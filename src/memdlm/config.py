@@ -23,8 +23,9 @@ class ModelArguments:
     """Which backbone and tokenizer to train."""
 
     model: str | None = field(default=None, metadata={
-        "help": "Local model directory (with a tokenizer that has a mask token) or a shipped model's "
-                "name (e.g. mqar-base). Default: a freshly initialised model from --init-config and the "
+        "help": "Local model directory (with a tokenizer that has a mask token), a shipped model's "
+                "name (e.g. mqar-base) or a hub id ORG/NAME already in the local Hugging Face cache "
+                "($HF_HUB_CACHE, else $HF_HOME/hub; never downloaded). Default: a freshly initialised model from --init-config and the "
                 "shipped tokenizer."})
     init_config: str | None = field(default=None, metadata={
         "help": "Without --model: the config of the model trained from scratch -- a shipped config's "

@@ -116,8 +116,8 @@ def check_remote_code(path: str, trust_remote_code: bool) -> None:
 
 def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None,
                quantization_config=None):
-    """Load a local model directory or a shipped model by name (no hub downloads:
-    ``local_files_only``).
+    """Load a local model directory, a shipped model by name or a hub id from the local HF
+    cache (no hub downloads: ``local_files_only``; :func:`memdlm.shipped.resolve_model`).
 
     ``*ForMaskedLM`` architectures (ModernBERT) load as masked LMs, everything else
     as a causal-LM class made bidirectional (:func:`make_bidirectional`). Remote code
@@ -138,11 +138,11 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
         remote_class_reference,
         reset_rotary_buffers,
     )
-    from memdlm.shipped import missing_model_hint, resolve_model
+    from memdlm.shipped import missing_model_message, resolve_model
 
     path = resolve_model(path)
     if not Path(path).is_dir():
-        raise MissingFileError(f"model directory {path} does not exist{missing_model_hint()}")
+        raise MissingFileError(missing_model_message(path))
     check_remote_code(path, trust_remote_code)
     if is_lora_run(path):
         return load_lora_run(path, load_model, trust_remote_code=trust_remote_code, dtype=dtype,

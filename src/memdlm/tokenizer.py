@@ -63,12 +63,11 @@ def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
     else:
         from transformers import AutoTokenizer
 
-        from memdlm.shipped import missing_model_hint, resolve_model
+        from memdlm.shipped import missing_model_message, resolve_model
 
         path = resolve_model(path)
         if not Path(path).is_dir():
-            raise MissingFileError(
-                f"model directory {path} does not exist (no hub downloads here){missing_model_hint()}")
+            raise MissingFileError(missing_model_message(path))
         if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
             unfinished = (Path(path) / "run_config.json").is_file() and not (Path(path) / "run_complete.json").is_file()
             raise MissingFileError(

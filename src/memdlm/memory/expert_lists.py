@@ -15,6 +15,15 @@ them for the expert's linear hooks (:meth:`FastWeights._delta`), cleared after t
 expert returns. Rows that are bit-identical across samples (the same prompt twice)
 are assigned to those tokens in order of appearance.
 
+Order of bit-identical rows. "k-th copy -> k-th token" is right only if the block hands an
+expert its rows in token order. LLaDA2's eval path (``moe_infer``) orders them with
+``argsort()``, which is unstable (on the CPU from 17 elements on), so the same prompt twice
+in a batch swapped the two samples' slots. While rows are mapped to slots, each block's
+forward therefore runs with every sort and argsort made stable (:class:`StableSorts`, a
+``TorchFunctionMode``): the same values in the same places, ties kept in token order. Its
+cost is Python dispatch on each torch call inside the block (the expert hooks' included),
+only for per-sample memory on expert-list blocks.
+
 Adaptation in eval mode: LLaDA2 runs its eval-mode MoE forward under
 ``torch.no_grad``, so the routed experts would get no gradient. During the inner
 loop, blocks holding targeted expert lists are put in training mode (the block
@@ -24,10 +33,12 @@ alone, not its submodules: the same routing through the training path).
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 EXPERT_IN_LIST = re.compile(r"^(.*)\.experts\.(\d+)\.")
 
@@ -83,6 +94,43 @@ class RowSlots:
         return self.slots[token]
 
 
+class StableSorts(TorchFunctionMode):
+    """Every ``sort`` / ``argsort`` called inside runs with ``stable=True``."""
+
+    SORTS = {torch.sort, torch.argsort, torch.Tensor.sort, torch.Tensor.argsort}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in self.SORTS and len(args) < 4:  # argsort(x, dim, descending, stable) given positionally
+            kwargs["stable"] = True
+        return func(*args, **kwargs)
+
+
+def _sorting_stably(forward):
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        with StableSorts():
+            return forward(*args, **kwargs)
+    return run
+
+
+@contextlib.contextmanager
+def stable_sorts_in(blocks: list[nn.Module]):
+    """Each block's forward runs under :class:`StableSorts` while active (its own forward,
+    whatever wrapped it, is put back after)."""
+    saved = [(block, block.__dict__.get("forward")) for block in blocks]
+    for block in blocks:
+        block.forward = _sorting_stably(block.forward)
+    try:
+        yield
+    finally:
+        for block, own in saved:
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own
+
+
 @contextlib.contextmanager
 def route_rows_to_slots(blocks: list[nn.Module], fast_weights):
     """While active, ``fast_weights.row_slots.current`` holds the running expert's row slots."""
@@ -108,7 +156,8 @@ def route_rows_to_slots(blocks: list[nn.Module], fast_weights):
             handles.append(expert.register_forward_pre_hook(on_expert))
             handles.append(expert.register_forward_hook(after_expert))
     try:
-        yield
+        with stable_sorts_in(blocks):  # rows reach each expert in token order
+            yield
     finally:
         for h in handles:
             h.remove()

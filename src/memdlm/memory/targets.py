@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from memdlm.backbones import family_of
+from memdlm.checkpointing import BLOCK_LIST_NAMES
 from memdlm.errors import ConfigError
 from memdlm.memory.expert_lists import expert_list_blocks
 from memdlm.memory.experts import fused_expert_params, num_experts
 from memdlm.modeling import unwrap
 
-LAYER_PATTERN = re.compile(r"\.(?:layers|layer|h|blocks|block)\.(\d+)\.")
+LAYER_PATTERN = re.compile(r"\.(?:" + "|".join(BLOCK_LIST_NAMES) + r")\.(\d+)\.")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ by (seed, process, global step, micro-step), so a resumed run draws the same mas
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 import torch
@@ -18,15 +19,19 @@ from memdlm.masking import seeded_generator
 from memdlm.schedules import get_schedule
 from memdlm.training.nonfinite import NonFiniteGuard, NonFiniteStepError, first_nonfinite
 
+logger = logging.getLogger("memdlm")
+
 
 class MDLMTrainer(Trainer):
     # Our loss is a per-micro-batch mean: let Trainer divide it by the accumulation steps.
     # (Left as None, Trainer would assume the model scaled it and not divide: with gradient
     # accumulation over k micro-batches the gradient would be k times too large.)
     loss_is_scaled_for_ga = False
+    takes_inner_gradients = False  # MemDLM: torch.autograd.grad inside the step (no reentrant checkpointing)
 
     def __init__(self, *args, diffusion_args, mask_token_id: int, **kwargs):
         super().__init__(*args, **kwargs)
+        self.checkpointing = self._enable_checkpointing()
         self.diffusion_args = diffusion_args
         self.schedule = get_schedule(diffusion_args.schedule)
         self.mask_token_id = mask_token_id
@@ -37,6 +42,23 @@ class MDLMTrainer(Trainer):
         self._nonfinite_loss: float | None = None  # a micro-batch's, until the step is checked
         self.nonfinite_guard = NonFiniteGuard(self)
         self.add_callback(self.nonfinite_guard)
+
+    def _enable_checkpointing(self) -> str | None:
+        """``--gradient-checkpointing``, for every family (:mod:`memdlm.checkpointing`): enabled
+        here, and the flag then cleared so Trainer does not call the model's own switch again
+        (4.x remote code without one would raise)."""
+        args = self.args
+        if not (getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)):
+            return None
+        from memdlm.checkpointing import enable_checkpointing
+
+        kwargs = getattr(args, "activation_checkpointing_kwargs", None) or getattr(args, "gradient_checkpointing_kwargs", None)
+        how = enable_checkpointing(self.model, kwargs, memory=self.takes_inner_gradients)
+        for name in ("activation_checkpointing", "gradient_checkpointing"):
+            if hasattr(args, name):
+                setattr(args, name, False)
+        logger.info("gradient checkpointing: %s", how)
+        return how
 
     # --- batching -------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):

@@ -30,6 +30,8 @@ logger = logging.getLogger("memdlm")
 
 
 class MemDLMTrainer(MDLMTrainer):
+    takes_inner_gradients = True
+
     def __init__(self, *args, memory_args, **kwargs):
         super().__init__(*args, **kwargs)
         self.memory_args = memory_args
