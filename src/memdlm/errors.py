@@ -31,8 +31,50 @@ class MissingFileError(UserError, FileNotFoundError):
     """A file or directory the user named does not exist."""
 
 
+class Stopped(KeyboardInterrupt):
+    """The user or a scheduler stopped the command (Ctrl-C: SIGINT, or SIGTERM).
+
+    A KeyboardInterrupt, so everything that unwinds on Ctrl-C unwinds on SIGTERM too. The
+    CLI prints ``message`` in one line and exits with ``exit_code``: 128 + the signal
+    number, as a shell reports a process the signal ended (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+    def __init__(self, signal_name: str = "SIGINT", message: str | None = None):
+        self.signal_name = signal_name
+        self.exit_code = self.EXIT_CODES.get(signal_name, 130)
+        self.message = message or f"stopped by {signal_name}{' (Ctrl-C)' if signal_name == 'SIGINT' else ''}"
+        super().__init__(self.message)
+
+
 # FileNotFoundError as such too: a path the user gave that ``open()`` found missing.
 USER_ERRORS = (UserError, FileNotFoundError)
+
+
+def disk_full_message(err: BaseException) -> str | None:
+    """One line for an exception a full disk caused (anywhere in its chain), else None.
+
+    ``OSError`` with ENOSPC / EDQUOT from Python's own writes; safetensors and torch.save
+    wrap it in their own exceptions (the text keeps "No space left on device", or says only
+    "file write failed" for torch.save's zip writer).
+    """
+    import errno
+
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {seen.filename}" if seen.filename else ""
+            return f"disk full ({seen.strerror}){where}: {DISK_FULL_FIX}"
+        text = str(seen)
+        if "No space left on device" in text or "Disk quota exceeded" in text or "file write failed" in text:
+            return f"disk full (a write failed: {text.splitlines()[0][-160:]}): {DISK_FULL_FIX}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+DISK_FULL_FIX = ("free space there, then run the command again (memdlm train --resume continues a run "
+                 "from its newest whole checkpoint)")
 
 
 def is_user_error(err: BaseException) -> bool:

@@ -58,11 +58,11 @@ def _registry_lists() -> dict[str, tuple[str, list[str]]]:
 
 
 def _setup(model, data, diffusion, memory, train) -> TrainingSetup:
-    from memdlm.config import default_threads
+    from memdlm.config import resolve_threads
 
     if train.output_dir in (None, "trainer_output"):
         raise ConfigError("--output-dir is required (the run directory)")
-    return TrainingSetup(model, data, diffusion, memory, train, train.threads or default_threads())
+    return TrainingSetup(model, data, diffusion, memory, train, resolve_threads(train.threads))
 
 
 # --- from flags and config files (memdlm train) --------------------------------------------
