@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -315,3 +316,230 @@ def test_ctrl_c_before_training_is_one_line_exit_130(tmp_path, monkeypatch, caps
     monkeypatch.setattr(training_run, "build_datasets", interrupted)
     line = one_line(capsys, main(train_argv(tmp_path / "run")), want_rc=130, prefix="")
     assert line == "memdlm train: stopped by SIGINT (Ctrl-C)"
+
+
+# --- 8. the bad-input table: one line naming the item and the fix ---------------------------------
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A finished tiny run (2 steps) shared by the inference rows."""
+    out = tmp_path_factory.mktemp("edges") / "run"
+    assert main(train_argv(out, "--save-strategy", "no", steps=2)) == 0
+    return out
+
+
+@pytest.mark.parametrize("args, env, needle", [
+    (["--batch-size", "0"], {}, "--batch-size must be >= 1, got 0"),
+    (["--threads", "-1"], {}, "--threads must be a whole number >= 1, got -1"),
+    (["--threads", "0"], {}, "--threads must be a whole number >= 1, got 0"),
+    ([], {"OMP_NUM_THREADS": "abc"}, "OMP_NUM_THREADS='abc' is not a whole number >= 1; set it to one"),
+], ids=["batch-size-0", "threads-negative", "threads-0", "omp-abc"])
+def test_generate_bad_numbers(model_dir, capsys, monkeypatch, args, env, needle):
+    """Before: tracebacks (batch size 0: range() arg 3; threads -1 / OMP_NUM_THREADS=abc)."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    rc = main(["generate", "--model", str(model_dir), "--prompt", "hi", "--max-new-tokens", "2", *args])
+    assert needle in one_line(capsys, rc, "generate")
+
+
+def test_prompt_file_empty_or_missing(model_dir, tmp_path, capsys):
+    """Before: an empty file was told to 'give a --prompt-file'; a missing one was a traceback."""
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n  \n")
+    rc = main(["generate", "--model", str(model_dir), "--prompt-file", str(empty)])
+    assert f"--prompt-file {empty} holds no prompt (every line is blank)" in one_line(capsys, rc, "generate")
+    rc = main(["generate", "--model", str(model_dir), "--prompt-file", str(tmp_path / "nope.txt")])
+    assert f"--prompt-file {tmp_path / 'nope.txt'} does not exist" in one_line(capsys, rc, "generate")
+
+
+def test_eval_threads_0_is_refused(model_dir, tmp_path, capsys):
+    """Before: silently every core (0 read as 'not given')."""
+    rc = main(["eval", "--standard", str(model_dir), "--output-dir", str(tmp_path / "e"), "--threads", "0"])
+    assert "--threads must be a whole number >= 1, got 0" in one_line(capsys, rc, "eval")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: c["memory"].update(memory_mode="per-sample"),
+     "run_config.json: a 'memory' setting cannot be used (--memory-mode 'per-sample' is not one of"),
+    (lambda c: c.update(memory=[1, 2]), "run_config.json: its 'memory' part is not a JSON object"),
+    (None, "run_config.json is not valid JSON"),
+], ids=["edited-value", "edited-part", "malformed"])
+def test_edited_or_malformed_run_config_is_blamed_on_the_file(model_dir, tmp_path, capsys, edit, needle):
+    """Before: an edited value was blamed on --memory-mode, a flag never passed; a malformed
+    file was called missing."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run)
+    config_file = run / "run_config.json"
+    if edit is None:
+        config_file.write_text(config_file.read_text()[:40])
+    else:
+        config = read(config_file)
+        edit(config)
+        config_file.write_text(json.dumps(config))
+    rc = main(["generate", "--model", str(run), "--prompt", "hi", "--max-new-tokens", "2"])
+    line = one_line(capsys, rc, "generate")
+    assert f"{config_file}" in line and needle in line
+    if edit is None:
+        line = one_line(capsys, main(train_argv(run, "--resume", "--save-strategy", "no", steps=2)))
+        assert f"--resume: {config_file} is not a valid JSON object (edited or cut short)" in line
+
+
+@pytest.mark.parametrize("suffix, text", [(".yaml", "max_steps: 3\nseed: 1\nmax_steps: 5\n"),
+                                          (".json", '{"max_steps": 3, "max-steps": 5}'),
+                                          (".yaml", "tiny_overrides:\n  a: 1\nseed: 0\nseed: 2\n")])
+def test_duplicate_config_keys_are_refused(tmp_path, capsys, suffix, text):
+    """Before: the last value silently won."""
+    config = tmp_path / f"c{suffix}"
+    config.write_text(text)
+    line = one_line(capsys, main(["train", "--config", str(config), "--output-dir", str(tmp_path / "r"), *TINY]))
+    assert f"config file {config} sets" in line and "twice" in line and "keep one of them" in line
+
+
+def test_reproduction_cell_reached_by_another_path_spelling_is_the_same(tmp_path, monkeypatch):
+    """Before: a finished reproduction reached through an absolute path or a copy was refused as
+    'made with different settings (runs)'."""
+    import shutil
+
+    from memdlm.errors import ConfigError
+    from memdlm.reproduce.cells import check_settings
+
+    monkeypatch.chdir(tmp_path)
+    settings = lambda out: {"runs": [{"name": "a", "model_dir": str(out / "seed0" / "std")}], "n": 4}  # noqa: E731
+    relative = Path("repro")
+    check_settings(relative / "seed0" / "eval.json", settings(relative))
+    absolute = tmp_path / "repro"
+    check_settings(absolute / "seed0" / "eval.json", settings(absolute))  # same cell, absolute spelling
+    shutil.copytree(absolute, tmp_path / "copy")
+    copy = tmp_path / "copy"
+    check_settings(copy / "seed0" / "eval.json", settings(copy))  # a copy of the reproduction
+    with pytest.raises(ConfigError, match=r"made with different settings \(runs\)"):
+        check_settings(copy / "seed0" / "eval.json", settings(Path("elsewhere")))
+    with pytest.raises(ConfigError, match=r"made with different settings \(n\)"):
+        check_settings(copy / "seed0" / "eval.json", {**settings(copy), "n": 5})
+
+
+# --- 4. outputs: checked before the work, written as it is produced ---------------------------------
+@pytest.mark.parametrize("command", ["eval", "exposure-bias", "reproduce"])
+def test_unwritable_output_is_one_line_before_any_work(model_dir, tmp_path, capsys, command):
+    """A file where the output directory should be (tests run as root: chmod cannot make one
+    unwritable). Before: eval and exposure-bias computed everything, then lost it in a traceback."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    argv = {"eval": ["eval", "--standard", str(model_dir), "--items", "1"],
+            "exposure-bias": ["exposure-bias", "--run", f"a={model_dir}", "--items", "1"],
+            "reproduce": ["reproduce", "--preset", "smoke"]}[command]
+    line = one_line(capsys, main([*argv, "--output-dir", str(blocker)]), command)
+    assert f"--output-dir {blocker} is a file, not a directory" in line
+    line = one_line(capsys, main([*argv, "--output-dir", str(blocker / "sub")]), command)
+    assert f"cannot write the output directory {blocker / 'sub'}" in line
+
+
+def test_eval_keeps_every_finished_cell_when_a_later_one_fails(model_dir, tmp_path, capsys, monkeypatch):
+    """Before: eval wrote only at the end, so a failure there (a full disk) lost everything.
+    Now the first run's cell is in suite.partial.json when the second run's fails; and when
+    only the report fails, suite.json (written first, atomically) holds every cell."""
+    import memdlm.eval.suite as suite
+
+    original, calls = suite._answer_cell, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(*args, **kwargs)
+
+    argv = ["eval", "--standard", str(model_dir), "--output-dir", str(tmp_path / "e"), "--items", "1",
+            "--tasks", "kv", "--lengths", "128", "--no-progress"]
+    monkeypatch.setattr(suite, "_answer_cell", second_fails)
+    assert "error: disk full (No space left on device)" in one_line(capsys, main(argv), "eval")
+    (cell,) = read(tmp_path / "e" / "suite.partial.json")["finished"]
+    assert (cell["run"], cell["task"], cell["length"], cell["result"]["n"]) == ("Standard", "kv", 128, 1)
+    assert not (tmp_path / "e" / "suite.json").exists()
+    monkeypatch.undo()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "e" / "suite.md"))
+
+    monkeypatch.setattr(suite, "to_markdown", full_disk)
+    assert "error: disk full (No space left on device)" in one_line(capsys, main(argv), "eval")
+    assert read(tmp_path / "e" / "suite.json")["cells"][0]["results"].keys() == {"Standard", "Standard + adaptation"}
+    assert not (tmp_path / "e" / "suite.partial.json").exists()
+
+
+# --- 9. kill -9 at a step, during a checkpoint's save, during the final save -----------------------
+# The child process patches one write to SIGKILL itself at a chosen point (a real kill -9:
+# nothing runs after it), then the run is resumed here and compared with an uninterrupted one.
+KILLER = """
+import os, random, signal, sys, torch
+import memdlm.training.run as training_run
+from memdlm.cli import main
+from memdlm.training.mdlm_trainer import MDLMTrainer
+
+where = os.environ["MEMDLM_KILL"]
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+if where.startswith("step-"):  # in the loss of that optimiser step
+    step, loss_on = int(where[5:]), MDLMTrainer.loss_on
+    def at_step(self, model, batch, training):
+        if training and self.state.global_step + 1 == step:
+            kill()
+        return loss_on(self, model, batch, training)
+    MDLMTrainer.loss_on = at_step
+elif where.endswith(".pt"):  # half-way through writing that file
+    save = torch.save
+    def cut(obj, f, *args, **kwargs):
+        save(obj, f, *args, **kwargs)
+        if str(f).endswith(where):
+            os.truncate(f, os.path.getsize(f) // 2)
+            kill()
+    torch.save = cut
+else:  # the final save: after the model, before run_complete.json
+    write = training_run.write_json_atomic
+    def final(path, obj):
+        if path.name == where:
+            kill()
+        write(path, obj)
+    training_run.write_json_atomic = final
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(train_argv(out, steps=6)) == 0
+    return out
+
+
+def killed_child(out, where: str):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEMDLM_KILL": where}
+    proc = subprocess.run([sys.executable, "-c", KILLER, *train_argv(out, steps=6)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where, resumes_from", [
+    (f"step-{__import__('random').Random(23).randint(2, 6)}", None),
+    ("checkpoint-4/optimizer.pt", "checkpoint-2"),
+    ("log_history.json", "checkpoint-6"),
+], ids=["random-step", "during-a-checkpoint-save", "during-the-final-save"])
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, reference, caplog, where, resumes_from):
+    out = tmp_path / "run"
+    killed_child(out, where)
+    assert not (out / "run_complete.json").exists()
+    if where.endswith(".pt"):
+        assert (out / "checkpoint-4" / "optimizer.pt").is_file()  # cut short, not missing
+    assert main(train_argv(out, "--resume", steps=6)) == 0
+    if resumes_from:
+        assert resume_checkpoint(out) is not None and str(out / resumes_from) in caplog.text
+    summary = read(out / "run_complete.json")
+    assert summary["global_step"] == 6
+    want = {h["step"]: h["loss"] for h in read(reference / "log_history.json") if "loss" in h}
+    got = {h["step"]: h["loss"] for h in read(out / "log_history.json") if "loss" in h}
+    assert sorted(got) == sorted(want) == list(range(1, 7))
+    assert all(abs(got[k] - want[k]) <= 1e-6 for k in want), (got, want)
+    a, b = load_file(str(reference / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)

@@ -154,6 +154,10 @@ def check_output_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> 
                           "--overwrite-output-dir to replace it, or choose another directory")
     identity = read_identity(out)
     old_config = read_json(out / CONFIG_FILE)
+    if (out / CONFIG_FILE).is_file() and not isinstance(old_config, dict):
+        raise ConfigError(f"--resume: {out / CONFIG_FILE} is not a valid JSON object (edited or cut short), so "
+                          "the run it describes cannot be checked; restore it, or pass --overwrite-output-dir "
+                          "to start again there")
     if identity is None or not isinstance(old_config, dict):
         raise ConfigError(f"--resume: {out} holds {describe(out)} but no {CONFIG_FILE} to say which run made it; "
                           "pass --overwrite-output-dir to start again there")

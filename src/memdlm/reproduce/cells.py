@@ -28,11 +28,16 @@ def _settings_file(cell: Path) -> Path:
 
 
 def check_settings(cell: Path, settings: dict) -> None:
-    """Record ``settings`` for ``cell``, or fail if the cell was made with others."""
+    """Record ``settings`` for ``cell``, or fail if the cell was made with others.
+
+    Paths in the settings (the runs an evaluation cell reads) are compared by where they lie
+    relative to the cell (:func:`_cell_relative`), not by their spelling: the same finished
+    reproduction reached through an absolute path, another relative one, or a copy of its
+    directory is the same."""
     path = _settings_file(cell)
-    canonical = json.loads(json.dumps(settings, sort_keys=True))
+    canonical = _cell_relative(json.loads(json.dumps(settings, sort_keys=True)), cell)
     if path.is_file():
-        recorded = json.loads(path.read_text())
+        recorded = _cell_relative(json.loads(path.read_text()), cell)
         if recorded != canonical:
             changed = sorted(k for k in set(recorded) | set(canonical) if recorded.get(k) != canonical.get(k))
             raise ConfigError(
@@ -41,6 +46,28 @@ def check_settings(cell: Path, settings: dict) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, canonical)
+
+
+PATH_LEVELS = 3  # cells lie at most two folders below the reproduction's directory
+
+
+def _cell_relative(value, cell: Path):
+    """``value`` with each string naming a path near ``cell`` (under one of its nearest
+    ``PATH_LEVELS`` folders) written as ``@cell:<path relative to the cell's folder>``."""
+    if isinstance(value, dict):
+        return {k: _cell_relative(v, cell) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cell_relative(v, cell) for v in value]
+    if not isinstance(value, str) or "/" not in value or value.startswith("@cell:"):
+        return value
+    import os
+
+    here = Path(os.path.abspath(cell))
+    target = Path(os.path.abspath(value))
+    if any(target == folder or folder in target.parents for folder in list(here.parents)[:PATH_LEVELS]
+           if folder != Path(folder.anchor)):
+        return "@cell:" + os.path.relpath(target, here.parent)
+    return value
 
 
 def train_cell(cell: Path, options: dict, runtime: dict | None = None, progress: bool = True) -> dict:
