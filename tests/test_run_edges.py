@@ -129,6 +129,31 @@ def test_full_disk_at_the_final_save_says_disk_full_and_resume_finishes(tmp_path
     assert read(out / "run_complete.json")["global_step"] == 4 and logged_steps(out) == [1, 2, 3, 4]
 
 
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root and a mount-capable container only; skipped elsewhere)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_real_full_disk_says_disk_full_and_resume_finishes_after_space_is_freed(small_disk, capsys):
+    """Before: a traceback ending in torch's 'unexpected pos 1177856 vs 1177744', no word of the disk."""
+    out = small_disk / "run"
+    argv = train_argv(out, "--save-total-limit", "1", steps=8)
+    line = one_line(capsys, main(argv))
+    assert "error: disk full (" in line and f"left where {out} is" in line and "--resume" in line
+    subprocess.run(["mount", "-o", "remount,size=32m", str(small_disk)], check=True)
+    assert main(train_argv(out, "--resume", "--save-total-limit", "1", steps=8)) == 0
+    assert read(out / "run_complete.json")["global_step"] == 8
+
+
 def test_resume_with_more_steps_still_trains_them(finished):
     assert main(train_argv(finished, "--resume", steps=6)) == 0
     summary = read(finished / "run_complete.json")

@@ -23,7 +23,7 @@ import torch
 from memdlm.config import config_dict
 from memdlm.data.collate import DiffusionCollator
 from memdlm.data.sources import DataReport, load_file_examples
-from memdlm.errors import Stopped
+from memdlm.errors import DiskFullError, Stopped, UserError, disk_full_message
 from memdlm.run_dir import (
     COMPLETE_FILE,
     CONFIG_FILE,
@@ -212,6 +212,11 @@ def train(cfg, resume: bool = False) -> dict:
     lock = RunLock(out).acquire() if main else None
     try:
         return _train_locked(cfg, out, main, resume)
+    except Exception as err:  # torch.save on a full disk says neither "disk" nor "space"
+        message = disk_full_message(err, out)
+        if message is None or isinstance(err, UserError):
+            raise
+        raise DiskFullError(message) from None
     finally:
         if lock is not None:
             lock.release()
