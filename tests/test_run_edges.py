@@ -568,3 +568,42 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, reference, cap
     a, b = load_file(str(reference / "model.safetensors")), load_file(str(out / "model.safetensors"))
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_exposure_bias_keeps_each_finished_run_when_a_later_one_fails(model_dir, tmp_path, capsys, monkeypatch):
+    """Before: exposure_bias.json was written once, at the end."""
+    import memdlm.eval.exposure_bias as eb
+
+    original, calls = eb.exposure_bias, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(eb, "exposure_bias", second_fails)
+    out = tmp_path / "x"
+    rc = main(["exposure-bias", "--run", f"a={model_dir}", "--run", f"b={model_dir}", "--items", "2",
+               "--output-dir", str(out)])
+    assert "error: disk full (No space left on device)" in one_line(capsys, rc, "exposure-bias")
+    saved = read(out / "exposure_bias.json")
+    assert list(saved["runs"]) == ["a"] and saved["complete"] is False
+
+
+def test_sigterm_in_a_reproduction_cell_says_to_rerun_reproduce(tmp_path, monkeypatch):
+    from memdlm.errors import Stopped
+    from memdlm.reproduce.cells import train_cell
+
+    options = {"method": "mdlm", "max_steps": 4, "seed": 0, "tiny_layers": 1, "tiny_hidden_size": 32,
+               "tiny_intermediate_size": 64, "per_device_train_batch_size": 2, "train_lengths": [96],
+               "heldout_items": 0, "num_eval_samples": 0, "save_strategy": "no"}
+    cell = tmp_path / "cell"
+    signal_at(monkeypatch, 2, signal.SIGTERM)
+    with pytest.raises(Stopped) as stopped:
+        train_cell(cell, options, progress=False)
+    assert stopped.value.exit_code == 143
+    assert stopped.value.message == (f"stopped by SIGTERM while training {cell}; run the same memdlm reproduce "
+                                     "command again to continue (the cell resumes from its newest checkpoint)")
+    monkeypatch.undo()
+    assert train_cell(cell, options, progress=False)["global_step"] == 4

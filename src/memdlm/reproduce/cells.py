@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from memdlm.errors import ConfigError
+from memdlm.errors import ConfigError, Stopped
 from memdlm.run_dir import holds_run
 from memdlm.training.run import write_json_atomic
 
@@ -89,7 +89,12 @@ def train_cell(cell: Path, options: dict, runtime: dict | None = None, progress:
     resume = holds_run(cell)
     setup = setup_from_options({**options, **(runtime or {}), "output_dir": str(cell), "disable_tqdm": not progress})
     logger.info("training %s%s", cell, " (resuming)" if resume else "")
-    return train(setup, resume=resume)
+    try:
+        return train(setup, resume=resume)
+    except Stopped as stop:  # SIGTERM / Ctrl-C: the way on is the same reproduce command
+        raise Stopped(stop.signal_name, f"stopped by {stop.signal_name} while training {cell}; run the same "
+                                        "memdlm reproduce command again to continue (the cell resumes from its "
+                                        "newest checkpoint)") from None
 
 
 def json_cell(path: Path, settings: dict, compute: Callable[[], dict]) -> dict:
