@@ -256,7 +256,7 @@ def test_output_dir_under_a_regular_file(tmp_path, capsys):
 
 
 def test_interrupted_run_has_no_completion_marker(tmp_path, monkeypatch):
-    """A run killed mid-training (KeyboardInterrupt at step 1) leaves no run_complete.json --
+    """A run killed mid-training (a BaseException at step 1, as a kill) leaves no run_complete.json --
     also when it replaced a finished run: the old marker is removed once the inputs are checked."""
     from memdlm.training.mdlm_trainer import MDLMTrainer
 
@@ -265,13 +265,16 @@ def test_interrupted_run_has_no_completion_marker(tmp_path, monkeypatch):
     (out / "run_complete.json").write_text('{"global_step": 99}')  # an earlier, finished run
     original = MDLMTrainer.loss_on
 
+    class Killed(BaseException):
+        pass
+
     def interrupt(self, model, batch, training):
         if self.state.global_step == 1:
-            raise KeyboardInterrupt
+            raise Killed
         return original(self, model, batch, training)
 
     monkeypatch.setattr(MDLMTrainer, "loss_on", interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         main(["train", "--method", "mdlm", "--output-dir", str(out), "--overwrite-output-dir", *TINY, *QUICK])
     assert not (out / "run_complete.json").exists()
     assert (out / "run_config.json").is_file()  # it did start

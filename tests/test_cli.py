@@ -250,7 +250,7 @@ def test_cli_reports_user_errors_in_one_line_and_lets_bugs_through(monkeypatch, 
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--inner-lr", "-1"], "inner_lr must be >= 0"),  # MemoryArguments
+    (["--inner-lr", "-1"], "--inner-lr must be >= 0"),  # MemoryArguments
     (["--time-eps", "2"], "time_eps must be in (0, 1), got 2.0"),  # DiffusionArguments
     (["--load-best-model-at-end", "true", "--save-strategy", "no"],  # TrainingArguments' own check
      "--load_best_model_at_end requires the save and eval strategy to match"),

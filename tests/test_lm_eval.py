@@ -255,3 +255,55 @@ def test_fast_sampling_model_arguments(tiny, tok):
     assert (fast.unmask_rule, fast.threshold, fast.max_per_step, fast.cache) == ("threshold", 0.5, 2, "dual")
     with pytest.raises(ValueError, match="unknown cache"):
         MemdlmLM(tiny, tokenizer=tok, device="cpu", cache="full")
+
+
+# --- model arguments parsed strictly (issue 23) ---------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_dir(tiny, tok, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_lm")
+    tiny.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("text, on", [("no", False), ("false", False), ("0", False), ("False", False),
+                                      ("yes", True), ("TRUE", True), ("1", True)])
+def test_memory_model_argument_is_a_strict_boolean(tiny_dir, text, on):
+    """Before: memory=no turned the memory on (any non-empty string was true)."""
+    lm_ = MemdlmLM.create_from_arg_string(f"pretrained={tiny_dir},memory={text}", {"device": "cpu"})
+    assert (lm_.memory is not None) is on
+
+
+@pytest.mark.parametrize("args, needle", [
+    ("memory", "memory (no value) is not a boolean: write memory=true or memory=false"),
+    ("memory=on", "memory='on' is not a boolean"),
+    ("steps=abc", "steps='abc' is not a whole number"),
+    ("mc_samples=0", "mc_samples must be >= 1, got 0"),
+    ("temperature=nan", "temperature=nan must be a finite number"),
+])
+def test_bad_model_arguments_are_one_line_naming_the_key(tiny_dir, capsys, args, needle):
+    """Before: a bare memory silently turned it off; steps=abc was a traceback."""
+    from memdlm.cli import main
+
+    rc = main(["lm-eval", "--model-args", f"pretrained={tiny_dir},{args}", "--tasks", "memdlm_kv_128"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("memdlm lm-eval: error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_unknown_lm_eval_task_is_one_line(tiny_dir, capsys, monkeypatch, tmp_path):
+    from memdlm.cli import main
+
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "blocker"
+    out.write_text("a file")
+    rc = main(["lm-eval", "--model-args", f"pretrained={tiny_dir}", "--tasks", "memdlm_kv_128",
+               "--output-path", str(out / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--output-path (its directory)" in err and "Traceback" not in err, err
+    rc = main(["lm-eval", "--model-args", f"pretrained={tiny_dir}", "--tasks", "no_such_task_anywhere"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert "memdlm lm-eval: error: unknown lm-eval task: Spec 'no_such_task_anywhere'" in err

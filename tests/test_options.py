@@ -70,7 +70,7 @@ def test_python_values_are_checked_like_flags(tmp_path):
         setup_from_options({"output_dir": str(tmp_path), "max_stepz": 3})
     with pytest.raises(ConfigError, match="--output-dir is required"):
         setup_from_options({"max_steps": 3})
-    with pytest.raises(ConfigError, match="inner_lr must be >= 0"):
+    with pytest.raises(ConfigError, match="--inner-lr must be >= 0"):
         setup_from_options({"output_dir": str(tmp_path), "inner_lr": -1})
     with pytest.raises(ConfigError, match="--trajectory 'x' is not one of"):
         setup_from_options({"output_dir": str(tmp_path), "trajectory": "x"})

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from memdlm.cli import main
 from memdlm.run_dir import resume_checkpoint
@@ -100,8 +100,9 @@ def losses(run: Path) -> dict[int, float]:
 def _checkpoint(out: Path, step: int, state: str | None) -> Path:
     ckpt = out / f"checkpoint-{step}"
     ckpt.mkdir(parents=True)
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"):  # what a resume reads
-        (ckpt / name).write_bytes(b"")
+    save_file({"w": torch.zeros(1)}, str(ckpt / "model.safetensors"))  # what a resume reads, each whole
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({}, ckpt / name)
     if state is not None:
         (ckpt / "trainer_state.json").write_text(state)
     return ckpt

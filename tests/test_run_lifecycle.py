@@ -2,7 +2,8 @@
 a non-finite step, a half-deleted checkpoint, an unfinished run given to inference.
 
 Each test runs ``memdlm.cli.main`` in process on the tiny model (1 layer, width 32) for
-a few steps; a kill is simulated by a KeyboardInterrupt raised from the loss at a chosen
+a few steps; a kill is simulated by ``Killed`` (a BaseException nothing catches, unlike
+KeyboardInterrupt, which the CLI turns into a clean stop) raised from the loss at a chosen
 step, which leaves the directory as a SIGKILL after that step's checkpoint would
 (the real SIGKILL test is ``test_resume.test_killed_run_resumes_exactly``).
 """
@@ -15,10 +16,10 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from memdlm.cli import main
-from memdlm.run_dir import missing_checkpoint_files, resume_checkpoint
+from memdlm.run_dir import LOCK_FILE, missing_checkpoint_files, resume_checkpoint
 from memdlm.training.mdlm_trainer import MDLMTrainer
 
 torch.set_num_threads(1)
@@ -53,13 +54,17 @@ def same_weights(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class Killed(BaseException):
+    """A simulated kill -9: no handler of ours catches it."""
+
+
 def interrupt_at(monkeypatch, step: int, also=None):
-    """Raise KeyboardInterrupt when the loss of optimiser step ``step`` (1-based) is taken."""
+    """Raise Killed when the loss of optimiser step ``step`` (1-based) is taken."""
     original = MDLMTrainer.loss_on
 
     def loss_on(self, model, batch, training):
         if training and self.state.global_step + 1 == step:
-            raise KeyboardInterrupt
+            raise Killed
         if also is not None:
             also(self)
         return original(self, model, batch, training)
@@ -77,13 +82,16 @@ def finished(tmp_path):
 
 # --- a used output directory ---------------------------------------------------------------------
 def test_training_into_another_runs_directory_is_refused_and_changes_nothing(finished, capsys):
-    before = {p.name: p.stat().st_mtime_ns for p in finished.iterdir()}
+    def stamps():  # the lock file is the refused process's to take and release, not the run's
+        return {p.name: p.stat().st_mtime_ns for p in finished.iterdir() if p.name != LOCK_FILE}
+
+    before = stamps()
     old_weights = weights(finished)
     line = error_line(capsys, main(train_argv(finished, seed=1)))
     run_id = read(finished / "run_identity.json")["run_id"]
     assert f"--output-dir {finished} already holds run {run_id} (finished at step 4" in line
     assert "--resume" in line and "--overwrite-output-dir" in line
-    assert {p.name: p.stat().st_mtime_ns for p in finished.iterdir()} == before  # nothing touched
+    assert stamps() == before  # nothing touched
     assert same_weights(weights(finished), old_weights)
 
 
@@ -122,7 +130,7 @@ def test_replaced_run_killed_then_resumed_uses_only_its_own_checkpoints(finished
     old = weights(finished)
     old_id = read(finished / "run_identity.json")["run_id"]
     interrupt_at(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         main(train_argv(finished, "--overwrite-output-dir", seed=1))
     new_id = read(finished / "run_identity.json")["run_id"]
     assert new_id != old_id
@@ -145,8 +153,9 @@ def test_resume_skips_checkpoints_of_another_run(tmp_path):
     def checkpoint(step, run_id):
         ckpt = tmp_path / f"checkpoint-{step}"
         ckpt.mkdir()
-        for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
-            (ckpt / name).write_bytes(b"x")
+        save_file({"w": torch.zeros(1)}, str(ckpt / "model.safetensors"))
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            torch.save({}, ckpt / name)
         state = {"global_step": step, "stateful_callbacks": {"RunRecord": {"attributes": {"run_id": run_id}}}}
         (ckpt / "trainer_state.json").write_text(json.dumps(state))
 
@@ -181,7 +190,7 @@ def test_half_deleted_checkpoint_resumes_from_the_previous_one_exactly(finished,
     assert main(train_argv(finished, "--resume", steps=6)) == 0
     reference = tmp_path / "reference"
     interrupt_at(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         main(train_argv(reference))
     monkeypatch.undo()
     assert main(train_argv(reference, "--resume", steps=6)) == 0
@@ -201,7 +210,7 @@ def test_run_complete_totals_cover_every_segment(tmp_path, monkeypatch):
 
     out = tmp_path / "run"
     interrupt_at(monkeypatch, 3, also=lambda trainer: time.sleep(0.25))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         main(train_argv(out))
     first = read(out / "checkpoint-2" / "trainer_state.json")["stateful_callbacks"]["RunRecord"]["attributes"]
     assert first["train_seconds"] >= 0.5
@@ -225,7 +234,7 @@ def test_reproduce_cell_resumes_a_cell_killed_before_its_first_checkpoint(tmp_pa
                "heldout_items": 0, "num_eval_samples": 0, "save_strategy": "no"}
     cell = tmp_path / "cell"
     interrupt_at(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         train_cell(cell, options, progress=False)
     monkeypatch.undo()
     summary = train_cell(cell, options, progress=False)

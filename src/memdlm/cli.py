@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from memdlm.errors import USER_ERRORS
+from memdlm.errors import USER_ERRORS, Stopped, disk_full_message
 
 COMMANDS = {
     "train": ("memdlm.commands.train", "Train a masked diffusion LM (Standard MDLM or MemDLM)."),
@@ -47,11 +47,46 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     module = importlib.import_module(commands[argv[0]][0])
+    previous = _stop_on_sigterm()
     try:
         return module.run(argv[1:], prog=f"memdlm {argv[0]}") or 0
     except USER_ERRORS as err:  # the user's to fix (memdlm.errors): one line, exit code 2
         print(f"memdlm {argv[0]}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        message = disk_full_message(err)  # a full disk is the user's to fix too
+        if message is None:
+            raise
+        print(f"memdlm {argv[0]}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, exit 130 / 143, no traceback
+        stopped = err if isinstance(err, Stopped) else Stopped("SIGINT")
+        print(f"memdlm {argv[0]}: {stopped.message}", file=sys.stderr)
+        return stopped.exit_code
+    finally:
+        _restore_sigterm(previous)
+
+
+def _stop_on_sigterm():
+    """SIGTERM (what schedulers send before a kill) unwinds like Ctrl-C: ``errors.Stopped``.
+    Only from the main thread (Python's rule for signal handlers)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise Stopped("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

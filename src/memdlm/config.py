@@ -135,9 +135,22 @@ def default_threads() -> int:
     266 ms on two threads against 461 ms on one. Tests pin one thread
     (OMP_NUM_THREADS=1) so that they can run side by side.
     """
-    if "OMP_NUM_THREADS" in os.environ:
-        return int(os.environ["OMP_NUM_THREADS"])
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']!r} is not a whole number >= 1; "
+                              "set it to one (e.g. OMP_NUM_THREADS=4) or unset it")
+        return int(text)
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def resolve_threads(threads: int | None) -> int:
+    """``--threads`` when given (>= 1: 0 is not "all of them"), else :func:`default_threads`."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"--threads must be a whole number >= 1, got {threads!r}")
+    return threads
 
 
 def config_dict(**parts) -> dict:

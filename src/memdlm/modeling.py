@@ -131,6 +131,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     from memdlm.bidirectional import ensure_bidirectional
+    from memdlm.integrity import check_model_files
     from memdlm.lora_run import is_lora_run, load_lora_run
     from memdlm.remote_code import (
         adapt_remote_class,
@@ -144,6 +145,7 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     if not Path(path).is_dir():
         raise MissingFileError(missing_model_message(path))
     check_remote_code(path, trust_remote_code)
+    check_model_files(path)  # a truncated safetensors file: one line naming it, not a loader traceback
     if is_lora_run(path):
         return load_lora_run(path, load_model, trust_remote_code=trust_remote_code, dtype=dtype,
                              quantization_config=quantization_config)

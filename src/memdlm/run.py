@@ -29,7 +29,7 @@ from typing import Any
 from memdlm.config import DataArguments, DiffusionArguments, ModelArguments
 from memdlm.errors import ConfigError
 from memdlm.memory.config import MemoryArguments
-from memdlm.run_dir import CONFIG_FILE, read_json
+from memdlm.run_dir import CONFIG_FILE
 
 
 def read_run_config(path) -> dict:
@@ -37,19 +37,38 @@ def read_run_config(path) -> dict:
     file = Path(path) / CONFIG_FILE
     if not file.is_file():
         return {}
-    config = read_json(file)
+    import json
+
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{file} is not valid JSON ({err}): restore it from the run (a checkpoint's copy "
+                          "will not do: it is written only here), or remove it to use the directory as a "
+                          "plain model") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{file} is not a JSON object of settings: restore it from the run, or "
                           "remove it to use the directory as a plain model")
     return config
 
 
-def _part(cls, saved: dict | None):
-    """``cls`` from a saved part; settings this version does not know are left out."""
+def _part(cls, saved: dict | None, name: str = "", where: Path | None = None):
+    """``cls`` from a saved part; settings this version does not know are left out. A value the
+    dataclass refuses is blamed on the file that holds it, not on a flag nobody passed."""
     if saved is None:
         return None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{_config_file(where)}: its '{name}' part is not a JSON object; restore the file")
     known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in saved.items() if k in known})
+    try:
+        return cls(**{k: v for k, v in saved.items() if k in known})
+    except (ConfigError, TypeError) as err:
+        raise ConfigError(f"{_config_file(where)}: a '{name}' setting cannot be used ({err}); the file was "
+                          "edited or written by another memdlm version: restore the value the run was "
+                          "trained with") from None
+
+
+def _config_file(where: Path | None) -> str:
+    return str(where / CONFIG_FILE) if where is not None else CONFIG_FILE
 
 
 @dataclass
@@ -69,10 +88,11 @@ class Run:
 
     def __post_init__(self):
         self.path = Path(self.path) if self.path is not None else None
-        self.model_args = _part(ModelArguments, self.config.get("model"))
-        self.data_args = _part(DataArguments, self.config.get("data"))
-        self.diffusion_args = _part(DiffusionArguments, self.config.get("diffusion"))
-        self.memory_args = _part(MemoryArguments, self.config.get("memory")) or MemoryArguments()
+        parts = {name: _part(cls, self.config.get(name), name, self.path) for name, cls in
+                 (("model", ModelArguments), ("data", DataArguments), ("diffusion", DiffusionArguments),
+                  ("memory", MemoryArguments))}
+        self.model_args, self.data_args, self.diffusion_args = parts["model"], parts["data"], parts["diffusion"]
+        self.memory_args = parts["memory"] or MemoryArguments()
         self.train_args = dict(self.config.get("train") or {})
 
     @classmethod
@@ -83,13 +103,15 @@ class Run:
         from memdlm.tokenizer import load_tokenizer, reconcile_mask_token
 
         resolved = resolve_model(str(path))
+        config = read_run_config(resolved)  # a broken file fails before minutes of loading
+        cls(None, None, Path(resolved), config)  # ... and so does a value in it
         tokenizer = load_tokenizer(resolved, trust_remote_code)
         model = load_model(resolved, trust_remote_code, dtype=dtype)
         reconcile_mask_token(model, tokenizer, resolved)
         if device is not None:
             model.to(device)
         model.eval()
-        return cls(model, tokenizer, Path(resolved), read_run_config(resolved))
+        return cls(model, tokenizer, Path(resolved), config)
 
     def memory(self, **overrides):
         """The prompt memory (:class:`~memdlm.memory.adapt.PromptMemory`) with this run's

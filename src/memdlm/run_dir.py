@@ -19,10 +19,13 @@ import uuid
 from pathlib import Path
 
 from memdlm.errors import ConfigError
+from memdlm.integrity import damaged_files
+from memdlm.outputs import write_json_atomic  # noqa: F401 -- re-exported: run files are written with it
 
 logger = logging.getLogger("memdlm")
 
 IDENTITY_FILE = "run_identity.json"
+LOCK_FILE = ".memdlm.lock"
 COMPLETE_FILE = "run_complete.json"
 CONFIG_FILE = "run_config.json"
 # Files a run writes besides its weights and tokenizer; any of them (or a checkpoint) means
@@ -151,6 +154,10 @@ def check_output_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> 
                           "--overwrite-output-dir to replace it, or choose another directory")
     identity = read_identity(out)
     old_config = read_json(out / CONFIG_FILE)
+    if (out / CONFIG_FILE).is_file() and not isinstance(old_config, dict):
+        raise ConfigError(f"--resume: {out / CONFIG_FILE} is not a valid JSON object (edited or cut short), so "
+                          "the run it describes cannot be checked; restore it, or pass --overwrite-output-dir "
+                          "to start again there")
     if identity is None or not isinstance(old_config, dict):
         raise ConfigError(f"--resume: {out} holds {describe(out)} but no {CONFIG_FILE} to say which run made it; "
                           "pass --overwrite-output-dir to start again there")
@@ -174,6 +181,77 @@ def remove_replaced_run(out: Path) -> None:
         shutil.rmtree(ckpt)
     for name in REPLACED_FILES:
         (out / name).unlink(missing_ok=True)
+
+
+# --- one writer at a time ----------------------------------------------------------------------
+class RunLock:
+    """An advisory lock on a run directory (``fcntl.flock`` on ``.memdlm.lock``), held while training.
+
+    The file holds the owner's pid, host and start time, so a refused second writer can name
+    it. The kernel releases a flock when its process dies (kill -9 included), so a lock can
+    never block after its owner is gone; a file still naming an owner when the lock is taken
+    was left by a process that died without releasing it, and the new owner says so. The file
+    is emptied on release but never deleted: deleting it would let a waiting process lock an
+    unlinked file while a third locks a new one.
+    """
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+        import socket
+        import time
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _owner(os.read(fd, 4096))
+            os.close(fd)
+            raise ConfigError(f"--output-dir {self.path.parent} is in use by {owner} (lock file {self.path}): "
+                              "one process trains a run directory at a time; wait for it to end, or "
+                              "choose another --output-dir") from None
+        except OSError as err:  # a file system without flock (some network mounts): warn, go on
+            logger.warning("cannot lock %s (%s): nothing stops a second process from writing there",
+                           self.path, err.strerror or err)
+            os.close(fd)
+            return self
+        previous = os.read(fd, 4096)
+        if previous.strip():
+            logger.warning("%s: taking over a stale lock of %s (it ended without releasing it)",
+                           self.path, _owner(previous))
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        import fcntl
+
+        os.ftruncate(self.fd, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _owner(raw: bytes) -> str:
+    try:
+        record = json.loads(raw)
+        return f"pid {record['pid']} on host {record['host']} (since {record.get('since', '?')})"
+    except (ValueError, TypeError, KeyError):
+        return "another process (its lock file names no owner)"
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -212,28 +290,41 @@ def checkpoint_run_id(state: dict) -> str | None:
 def resume_checkpoint(out: Path, run_id: str | None = None, quiet: bool = False) -> str | None:
     """The newest complete checkpoint of run ``run_id`` in ``out`` (any run's when None or legacy).
 
-    Complete: every file a resume reads is there, and ``trainer_state.json`` parses and
-    names the directory's own step. Others are skipped with a warning naming what is
-    missing or whose run they are.
+    Complete: every file a resume reads is there and whole (:mod:`memdlm.integrity`: not cut
+    short), and ``trainer_state.json`` parses and names the directory's own step. Others are
+    skipped with a warning naming what is missing or damaged, or whose run they are.
     """
     out = Path(out)
     warn = (lambda *a: None) if quiet else logger.warning
+    skipped = []
     for ckpt in reversed(checkpoints(out)):
-        missing = missing_checkpoint_files(ckpt)
-        if missing:
-            warn("--resume: %s is incomplete (missing %s); skipping it", ckpt, ", ".join(missing))
-            continue
-        state = read_json(ckpt / "trainer_state.json")
-        step = state.get("global_step") if isinstance(state, dict) else None
-        if step != int(ckpt.name.split("-")[-1]):
-            warn("--resume: %s is incomplete (no valid trainer_state.json); skipping it", ckpt)
-            continue
-        owner = checkpoint_run_id(state)
-        if run_id not in (None, "legacy") and owner != run_id:
-            warn("--resume: %s belongs to run %s, not to run %s; skipping it", ckpt, owner, run_id)
-            continue
-        return str(ckpt)
+        reason = unusable_checkpoint(ckpt, run_id)
+        if reason is None:
+            if skipped:
+                warn("--resume: falling back to %s, the newest checkpoint that loads (skipped: %s)", ckpt,
+                     ", ".join(skipped))
+            return str(ckpt)
+        warn("--resume: %s %s; skipping it", ckpt, reason)
+        skipped.append(ckpt.name)
     warn("--resume: no complete checkpoint in %s; starting from scratch", out)
+    return None
+
+
+def unusable_checkpoint(ckpt: Path, run_id: str | None) -> str | None:
+    """Why ``ckpt`` cannot resume run ``run_id`` (None: it can)."""
+    missing = missing_checkpoint_files(ckpt)
+    if missing:
+        return f"is incomplete (missing {', '.join(missing)})"
+    damaged = damaged_files(ckpt)
+    if damaged:
+        return f"is damaged ({'; '.join(damaged)})"
+    state = read_json(ckpt / "trainer_state.json")
+    step = state.get("global_step") if isinstance(state, dict) else None
+    if step != int(ckpt.name.split("-")[-1]):
+        return "is incomplete (no valid trainer_state.json)"
+    owner = checkpoint_run_id(state)
+    if run_id not in (None, "legacy") and owner != run_id:
+        return f"belongs to run {owner}, not to run {run_id}"
     return None
 
 
@@ -251,8 +342,3 @@ def check_finished(path: str | Path, allow_incomplete: bool = False, flag: str =
     logger.warning("%s; using them anyway (%s)", message, flag)
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temporary file, then rename it: a reader (or a kill) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

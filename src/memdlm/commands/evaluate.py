@@ -20,7 +20,8 @@ Examples:
         --unmask-rule threshold --threshold 0.9 --cache dual
 
 Writes OUT/suite.json (per-item results), OUT/suite.md (the table) and OUT/suite.png
-(score vs length, a panel per task). A (task, length) too short for the task's
+(score vs length, a panel per task). OUT is created and probed before any model is
+loaded; while the suite runs, OUT/suite.partial.json holds every cell finished so far. A (task, length) too short for the task's
 needles (e.g. mv below ~180 tokens, vt below ~136, longresp below ~244) is skipped
 and listed in the report.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 
 from memdlm.errors import ConfigError
+from memdlm.integrity import check_model_files
 from memdlm.run_dir import check_finished
 
 TASKS = ("kv", "niah")  # defaults of --tasks and --lengths
@@ -99,6 +101,7 @@ def run(argv: list[str], prog: str = "memdlm eval") -> int:
     runs = resolve_runs(args)
     for spec in runs:
         check_finished(spec.model_dir, args.allow_incomplete)
+        check_model_files(spec.model_dir)  # a damaged weight file: one line before any work
     if args.items < 1 or args.batch_size < 1:
         raise ConfigError("--items and --batch-size must be >= 1")
     if any(length < 1 for length in args.lengths):
@@ -106,24 +109,27 @@ def run(argv: list[str], prog: str = "memdlm eval") -> int:
     import torch
 
     from memdlm.commands.sampler_flags import FAST_SAMPLING_FIELDS, sampler_values
-    from memdlm.config import default_threads
-    from memdlm.eval.suite import evaluate_suite, save_suite, to_markdown
+    from memdlm.config import resolve_threads
+    from memdlm.eval.suite import PARTIAL_FILE, evaluate_suite, save_suite, to_markdown
+    from memdlm.outputs import prepare_output_dir
     from memdlm.sampling import SamplerConfig
     from memdlm.tasks import task_names
 
     unknown = sorted(set(args.tasks) - set(task_names()))
     if unknown:
         raise ConfigError(f"unknown tasks {unknown}; choose from {task_names()}")
-    torch.set_num_threads(args.threads or default_threads())
+    torch.set_num_threads(resolve_threads(args.threads))
     try:
         sampler = SamplerConfig(**sampler_values(args, FAST_SAMPLING_FIELDS))  # fail before loading models
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    out = prepare_output_dir(args.output_dir)  # before the work: an unwritable place loses nothing
     result = evaluate_suite(runs, args.tasks, args.lengths, args.items, seed=args.seed,
                             batch_size=args.batch_size,
                             memory_overrides={"adapt_mask_ratio": args.adapt_mask_ratio},
                             progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
-                            sampler={name: getattr(sampler, name) for name in FAST_SAMPLING_FIELDS})
+                            sampler={name: getattr(sampler, name) for name in FAST_SAMPLING_FIELDS},
+                            partial_path=out / PARTIAL_FILE)
     result["threads"] = torch.get_num_threads()
     paths = save_suite(result, args.output_dir)
     print(to_markdown(result))

@@ -20,7 +20,6 @@ OUT/exposure_bias.json and OUT/exposure_bias.png and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -111,14 +110,14 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
         check_finished(s.path, args.allow_incomplete)
     import torch
 
-    from memdlm.config import default_threads
+    from memdlm.config import resolve_threads
     from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
+    from memdlm.outputs import prepare_output_dir, write_json_atomic
     from memdlm.run import Run
 
-    torch.set_num_threads(args.threads or default_threads())
+    torch.set_num_threads(resolve_threads(args.threads))
     config = ExposureBiasConfig(**{f.name: getattr(args, f.name) for f in fields(ExposureBiasConfig)})
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(args.output_dir)  # before any model is loaded
     results, loaded = {}, {}
     for spec in specs:
         if spec.path not in loaded:  # keep one model at a time; DIR, DIR:memory in a row load once
@@ -132,8 +131,9 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
         result = exposure_bias(model, tokenizer, pairs, config, memory=memory, progress=True,
                                meta={"run": spec.path, "task": args.task, "length": args.length})
         results[spec.name] = result.to_dict(config.bootstrap)
-    (out / "exposure_bias.json").write_text(json.dumps(
-        {"config": vars(args), "runs": results}, indent=2))
+        # rewritten as each run finishes: a failure at a later run loses none of the earlier ones
+        write_json_atomic(out / "exposure_bias.json", {"config": vars(args), "runs": results,
+                                                       "complete": len(results) == len(specs)})
     print(format_table(results))
     try:
         from memdlm.eval.plots import plot_exposure_bias

@@ -47,23 +47,41 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def read_prompt_file(path: Path) -> list[str]:
+    """One prompt per non-blank line; a missing, unreadable or empty file is an error naming it."""
+    from memdlm.errors import MissingFileError
+
+    if not path.is_file():
+        raise MissingFileError(f"--prompt-file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--prompt-file {path} is not UTF-8 text (byte {err.start}); re-save it as UTF-8") from None
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise ConfigError(f"--prompt-file {path} holds no prompt (every line is blank); write one prompt per line")
+    return prompts
+
+
 def run(argv: list[str], prog: str = "memdlm generate") -> int:
     args = build_parser(prog).parse_args(argv)
     import torch
 
     from memdlm.commands.sampler_flags import sampler_values
-    from memdlm.config import default_threads
+    from memdlm.config import resolve_threads
     from memdlm.generation import generate
     from memdlm.run import Run
     from memdlm.sampling import SamplerConfig
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     prompts = list(args.prompt)
     if args.prompt_file:
-        prompts += [line for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
+        prompts += read_prompt_file(Path(args.prompt_file))
     if not prompts:
         raise ConfigError("give at least one --prompt or a --prompt-file")
     check_finished(args.model, args.allow_incomplete)
-    torch.set_num_threads(args.threads or default_threads())
+    torch.set_num_threads(resolve_threads(args.threads))
     loaded = Run.load(args.model, args.trust_remote_code)
     tokenizer = loaded.tokenizer
     if args.chat:

@@ -22,7 +22,7 @@ another name is asked for.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -94,14 +94,17 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
         return 2
     import torch
 
-    from memdlm.config import default_threads
+    from memdlm.config import resolve_threads
     from memdlm.eval.lm_eval_model import MemdlmLM, register
+    from memdlm.outputs import prepare_output_file, write_json_atomic
 
-    torch.set_num_threads(args.threads or default_threads())
+    torch.set_num_threads(resolve_threads(args.threads))
+    if args.output_path:  # before the evaluation: an unwritable place must not lose its results
+        prepare_output_file(args.output_path, "--output-path")
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     ours, others = resolve_tasks(names, args.export_lengths)
     model_args = simple_parse_args_string(args.model_args)
-    if "pretrained" not in model_args:
+    if not model_args.get("pretrained"):
         raise ConfigError("--model-args needs pretrained=DIR")
     check_finished(model_args["pretrained"], args.allow_incomplete)
     register()
@@ -113,11 +116,12 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
             task_list = _export(ours, args, model.tokenizer, Path(args.export_dir or tmp)) + others
             include.append(str(Path(args.export_dir or tmp).resolve()))
         manager = TaskManager(include_path=include or None, include_defaults=bool(others))
-        results = lm_eval.simple_evaluate(
-            model=model, tasks=task_list, task_manager=manager, limit=_limit(args.limit),
-            num_fewshot=args.num_fewshot, log_samples=args.log_samples,
-            apply_chat_template=args.apply_chat_template, random_seed=args.seed,
-            numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
+        with task_errors_named(others):
+            results = lm_eval.simple_evaluate(
+                model=model, tasks=task_list, task_manager=manager, limit=_limit(args.limit),
+                num_fewshot=args.num_fewshot, log_samples=args.log_samples,
+                apply_chat_template=args.apply_chat_template, random_seed=args.seed,
+                numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
     if results is None:  # a non-zero rank in a distributed run
         return 0
     if model.memory_record is not None:  # the memory settings the run adapted with
@@ -127,10 +131,25 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
         print(make_table(results, "groups"))
     if args.output_path:
         out = Path(args.output_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+        write_json_atomic(out, results, default=handle_non_serializable, ensure_ascii=False)
         print(f"results written to {out}")
     return 0
+
+
+@contextlib.contextmanager
+def task_errors_named(others: list[str]):
+    """lm-eval's failures to find or load a task (raised before any item is evaluated) as one line:
+    an unknown name (KeyError), or a data set that is not on this machine while offline."""
+    try:
+        yield
+    except KeyError as err:
+        if "not a registered task" not in str(err):
+            raise
+        raise ConfigError(f"unknown lm-eval task: {err.args[0]}; `lm-eval ls tasks` lists lm-eval's tasks, and "
+                          "ours are named memdlm_<task>_<length>") from None
+    except ConnectionError as err:  # datasets raises it for a data set it cannot fetch (offline mode too)
+        raise ConfigError(f"the data of lm-eval task(s) {', '.join(others) or '?'} is not available: {err}; "
+                          "download it once with network access (or unset HF_DATASETS_OFFLINE)") from None
 
 
 def _export(pairs: list[tuple[str, int]], args, tokenizer, out_dir: Path) -> list[str]:

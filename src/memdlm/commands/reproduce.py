@@ -105,17 +105,17 @@ def cell_seconds(out: Path) -> float:
 def run(argv: list[str], prog: str = "memdlm reproduce") -> int:
     import torch
 
-    from memdlm.config import default_threads
+    from memdlm.config import resolve_threads
+    from memdlm.outputs import prepare_output_dir
     from memdlm.reproduce.pipeline import Reproduction
     from memdlm.reproduce.presets import get_preset
     from memdlm.reproduce.report import write_report
 
     args = build_parser(prog).parse_args(argv)
     preset = get_preset(args.preset)
-    threads = args.threads or default_threads()
+    threads = resolve_threads(args.threads)
     torch.set_num_threads(threads)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(args.output_dir)  # before any cell: an unwritable place is one line
     start = time.perf_counter()
     commit, dirty = git_state()  # the code this invocation runs (cells reused from earlier ones may predate it)
     result = Reproduction(preset, out, threads=threads, progress=not args.no_progress).run()

@@ -70,11 +70,19 @@ from lm_eval.api.model import LM
 from tqdm.auto import tqdm
 
 from memdlm.errors import ConfigError
+from memdlm.validation import coerce_values
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "memdlm"
 GREEDY_CHECKS = ("decode", "none")
-# lm-eval passes model arguments as strings or guessed scalars: the sampler ones, typed
+# lm-eval parses --model-args into strings or guessed scalars ('no' stays a string, a bare key
+# becomes ''): every boolean and number among them is parsed strictly (validation.coerce_values),
+# so memory=no is False, and a bare memory or steps=abc is an error naming the key.
+MODEL_ARG_TYPES = {"memory": bool, "trust_remote_code": bool, "adapt_mask_ratio": float, "steps": (int, 1),
+                   "max_new_tokens": (int, 1), "block_length": (int, 1), "temperature": (float, 0),
+                   "threshold": float, "max_per_step": (int, 1), "batch_size": (int, 1),
+                   "mc_samples": (int, 1), "seed": (int, 0), "max_length": (int, 1)}
+# the sampler ones, typed
 _SAMPLER_TYPES = {"temperature": float, "remasking": str, "unmask_rule": str, "threshold": float,
                   "max_per_step": int, "cache": str}
 
@@ -140,6 +148,21 @@ class MemdlmLM(LM):
         self.max_length = int(max_length or getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.memory = self.run.memory(adapt_mask_ratio=adapt_mask_ratio) if memory else None
         self.memory_record = self.memory.record() if self.memory is not None else None
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lm-eval's ``--model_args`` string (its own parser), then :meth:`create_from_arg_obj`."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """The model from parsed arguments, each boolean and number parsed strictly
+        (``MODEL_ARG_TYPES``); ``additional_config``'s values (lm-eval's --batch_size, --device)
+        win over the same keys in ``arg_dict``."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**coerce_values({**arg_dict, **extra}, MODEL_ARG_TYPES))
 
     @staticmethod
     def _load(pretrained, tokenizer, device, dtype, trust_remote_code):

@@ -213,7 +213,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
                    seed: int | None = None, batch_size: int = BATCH_SIZE,
                    memory_overrides: dict | None = None,
                    progress: bool = True, trust_remote_code: bool = False,
-                   loader=None, sampler: dict | None = None) -> dict:
+                   loader=None, sampler: dict | None = None, partial_path=None) -> dict:
     """Evaluate every run on every (task, length) cell, on shared held-out items.
 
     Runs with ``memory=True`` adapt with their own run's prompt memory
@@ -223,6 +223,9 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     ``loader(dir) -> Run`` replaces loading from disk (tests, in-memory models).
     ``sampler`` overrides SamplerConfig fields of the held-out decoding (the fast-sampling
     flags of ``memdlm eval``: unmask rule, threshold, cap, cache); None keeps it as is.
+    ``partial_path``: a JSON file rewritten (atomically) as each (run, task, length) cell
+    finishes, so a failure later -- the last model, the report, a full disk -- loses none of
+    the cells already computed (``{"finished": [{"run", "task", "length", "result"}]}``).
 
     Returns a JSON-ready dict: ``runs``, ``tasks``, ``lengths``, ``n``, ``seed``,
     ``memory_args`` and ``memory_overrides`` (per adapted run: the settings used, and which
@@ -285,6 +288,8 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
                                         progress=progress and len(samples) > batch_size,
                                         sampler=sampler)
                     results[(task, length, run.name)] = cell
+                    if partial_path is not None:
+                        _write_partial(partial_path, results)
                     bar.set_postfix(score=f"{cell['score']:.1f}")
                 bar.update(1)
         del model, loaded
@@ -311,6 +316,13 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         "cells": cells,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _write_partial(path, results: dict) -> None:
+    from memdlm.outputs import write_json_atomic
+
+    write_json_atomic(path, {"finished": [{"task": task, "length": length, "run": name, "result": cell}
+                                          for (task, length, name), cell in results.items()]})
 
 
 def _load(model_dir: str, trust_remote_code: bool):
@@ -465,14 +477,20 @@ def plot_suite(result: dict, path) -> bool:
     return True
 
 
+PARTIAL_FILE = "suite.partial.json"  # the cells finished so far, while the suite runs
+
+
 def save_suite(result: dict, out_dir) -> dict[str, Path]:
     """Write ``suite.json`` (everything, per-item results included), ``suite.md``
     (:func:`to_markdown`) and ``suite.png`` (:func:`plot_suite`) to ``out_dir``."""
+    from memdlm.outputs import write_json_atomic, write_text_atomic
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "suite.json", "md": out / "suite.md", "png": out / "suite.png"}
-    paths["json"].write_text(json.dumps(result, indent=2))
-    paths["md"].write_text(to_markdown(result))
+    write_json_atomic(paths["json"], result)
+    (out / PARTIAL_FILE).unlink(missing_ok=True)  # suite.json holds every cell now
+    write_text_atomic(paths["md"], to_markdown(result))
     if not plot_suite(result, paths["png"]):
         paths.pop("png")
     return paths

@@ -82,15 +82,13 @@ class MemoryArguments:
         check_range(self, "memory_alpha", 0, low_open=True, optional=True)
         check_range(self, "inner_clip_norm", 0, low_open=True)
         check_range(self, "progressive_ratios", 0, 1, low_open=True)
-        check_range(self, "absorption_warn", 0)
+        check_range(self, "absorption_warn inner_lr", 0)
         if self.pre_anchor_steps < 1:
             raise ConfigError("pre_anchor_steps must be >= 1")
         if self.pre_anchor_scale < 1:
             raise ConfigError("pre_anchor_scale must be >= 1 (the pre-anchor state is noisier)")
         if not 0 < self.memory_layer_fraction <= 1:
             raise ConfigError("memory_layer_fraction must be in (0, 1]")
-        if self.inner_lr < 0:
-            raise ConfigError("inner_lr must be >= 0")
         if not 0 < self.adapt_mask_ratio <= 1:
             raise ConfigError("adapt_mask_ratio must be in (0, 1]")
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from memdlm.errors import ConfigError
+from memdlm.errors import ConfigError, Stopped
 from memdlm.run_dir import holds_run
 from memdlm.training.run import write_json_atomic
 
@@ -28,11 +28,16 @@ def _settings_file(cell: Path) -> Path:
 
 
 def check_settings(cell: Path, settings: dict) -> None:
-    """Record ``settings`` for ``cell``, or fail if the cell was made with others."""
+    """Record ``settings`` for ``cell``, or fail if the cell was made with others.
+
+    Paths in the settings (the runs an evaluation cell reads) are compared by where they lie
+    relative to the cell (:func:`_cell_relative`), not by their spelling: the same finished
+    reproduction reached through an absolute path, another relative one, or a copy of its
+    directory is the same."""
     path = _settings_file(cell)
-    canonical = json.loads(json.dumps(settings, sort_keys=True))
+    canonical = _cell_relative(json.loads(json.dumps(settings, sort_keys=True)), cell)
     if path.is_file():
-        recorded = json.loads(path.read_text())
+        recorded = _cell_relative(json.loads(path.read_text()), cell)
         if recorded != canonical:
             changed = sorted(k for k in set(recorded) | set(canonical) if recorded.get(k) != canonical.get(k))
             raise ConfigError(
@@ -41,6 +46,28 @@ def check_settings(cell: Path, settings: dict) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, canonical)
+
+
+PATH_LEVELS = 3  # cells lie at most two folders below the reproduction's directory
+
+
+def _cell_relative(value, cell: Path):
+    """``value`` with each string naming a path near ``cell`` (under one of its nearest
+    ``PATH_LEVELS`` folders) written as ``@cell:<path relative to the cell's folder>``."""
+    if isinstance(value, dict):
+        return {k: _cell_relative(v, cell) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cell_relative(v, cell) for v in value]
+    if not isinstance(value, str) or "/" not in value or value.startswith("@cell:"):
+        return value
+    import os
+
+    here = Path(os.path.abspath(cell))
+    target = Path(os.path.abspath(value))
+    if any(target == folder or folder in target.parents for folder in list(here.parents)[:PATH_LEVELS]
+           if folder != Path(folder.anchor)):
+        return "@cell:" + os.path.relpath(target, here.parent)
+    return value
 
 
 def train_cell(cell: Path, options: dict, runtime: dict | None = None, progress: bool = True) -> dict:
@@ -62,7 +89,12 @@ def train_cell(cell: Path, options: dict, runtime: dict | None = None, progress:
     resume = holds_run(cell)
     setup = setup_from_options({**options, **(runtime or {}), "output_dir": str(cell), "disable_tqdm": not progress})
     logger.info("training %s%s", cell, " (resuming)" if resume else "")
-    return train(setup, resume=resume)
+    try:
+        return train(setup, resume=resume)
+    except Stopped as stop:  # SIGTERM / Ctrl-C: the way on is the same reproduce command
+        raise Stopped(stop.signal_name, f"stopped by {stop.signal_name} while training {cell}; run the same "
+                                        "memdlm reproduce command again to continue (the cell resumes from its "
+                                        "newest checkpoint)") from None
 
 
 def json_cell(path: Path, settings: dict, compute: Callable[[], dict]) -> dict:

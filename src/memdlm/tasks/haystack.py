@@ -112,4 +112,7 @@ def get_haystack(spec: str) -> Haystack:
         return NoiseHaystack()
     if Path(spec).is_file():
         return FileHaystack(spec)
-    raise ValueError(f"haystack {spec!r} is neither 'prose', 'noise' nor an existing file")
+    from memdlm.errors import ConfigError
+
+    raise ConfigError(f"--haystack {spec!r} is neither 'prose', 'noise' nor an existing file; "
+                      "give one of the two names or the path of a text file")

@@ -16,6 +16,8 @@ from memdlm.config import THREADS_HELP
 from memdlm.errors import ConfigError
 from memdlm.validation import check_choices, check_range
 
+SEED_MAX = 2**32 - 1
+
 
 @dataclass
 class TrainConfig(TrainingArguments):
@@ -64,6 +66,7 @@ class TrainConfig(TrainingArguments):
         check_range(self, "logging_steps save_steps", 0, low_open=True)
         check_range(self, "eval_steps max_train_minutes", 0, low_open=True, optional=True)
         check_range(self, "save_total_limit threads", 1, optional=True)
+        check_range(self, "seed", 0, SEED_MAX)  # numpy's seeding takes [0, 2**32 - 1]
         # Without CUDA, Trainer sets up gloo DDP under torchrun and accepts --bf16 only with
         # use_cpu; a CPU-only machine has no other choice, so say it for the user.
         import torch

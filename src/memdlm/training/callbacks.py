@@ -1,12 +1,28 @@
-"""Trainer callbacks: a wall-clock budget (for compute-matched baselines) and the run's record."""
+"""Trainer callbacks: a wall-clock budget (for compute-matched baselines), the run's record,
+and a clean stop on SIGTERM / Ctrl-C."""
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 import time
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
+
+logger = logging.getLogger("memdlm")
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank when true on one (every rank must stop, skip or save at the same step,
+    or one waits forever in an all-reduce)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([float(flag)], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+    return flag
 
 
 class TimeBudgetCallback(TrainerCallback):
@@ -22,13 +38,7 @@ class TimeBudgetCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.start is None:
             return control
-        stop = time.perf_counter() - self.start >= self.seconds
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Every rank must stop at the same step, or one waits forever in an all-reduce.
-            flag = torch.tensor([float(stop)], device=args.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            stop = bool(flag.item())
-        if stop:
+        if any_rank(time.perf_counter() - self.start >= self.seconds, args.device):
             control.should_training_stop = True
             control.should_save = True
         return control
@@ -56,11 +66,18 @@ class RunRecord(TrainerCallback, ExportableState):
         self.start: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        saved = restored_attributes(state, "RunRecord")
-        if saved.get("run_id") == self.run_id and state.global_step > 0:  # a resumed checkpoint of this run
-            self.seconds_before = float(saved.get("train_seconds", 0.0))
-            self.segments = int(saved.get("segments", 1)) + 1
+        if self.restore(state):
+            self.segments += 1  # this process trains a new segment
         self.start = time.perf_counter()
+
+    def restore(self, state) -> bool:
+        """Take the totals of the checkpoint behind ``state`` when it is this run's (resumed)."""
+        saved = restored_attributes(state, "RunRecord")
+        if saved.get("run_id") != self.run_id or state.global_step <= 0:
+            return False
+        self.seconds_before = float(saved.get("train_seconds", 0.0))
+        self.segments = int(saved.get("segments", 1))
+        return True
 
     def train_seconds(self) -> float:
         return self.seconds_before + (time.perf_counter() - self.start if self.start is not None else 0.0)
@@ -69,3 +86,53 @@ class RunRecord(TrainerCallback, ExportableState):
         return {"args": {"run_id": self.run_id, "config_hash": self.config_hash},
                 "attributes": {"run_id": self.run_id, "train_seconds": round(self.train_seconds(), 3),
                                "segments": self.segments}}
+
+
+class GracefulStop(TrainerCallback):
+    """SIGTERM or Ctrl-C during training: finish the step under way, save a checkpoint of it,
+    stop. A second signal stops at once (``errors.Stopped``, which the CLI reports in one line).
+
+    Install with ``with stop.installed():`` around ``Trainer.train``; afterwards ``received``
+    names the signal (None when training ran to its end). Under several processes every rank
+    stops at the same step (one rank's signal is enough).
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self):
+        self.received: str | None = None
+
+    def _handle(self, signum, frame):
+        from memdlm.errors import Stopped
+
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            raise Stopped(name, f"stopped by a second {name} during a step; the newest checkpoint "
+                                "holds the last saved step")
+        self.received = name
+        logger.warning("%s: stopping after the step under way and saving a checkpoint of it "
+                       "(send it again to stop at once)", name)
+
+    def installed(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def handlers():
+            if threading.current_thread() is not threading.main_thread():
+                yield self
+                return
+            previous = {name: signal.signal(getattr(signal, name), self._handle) for name in self.SIGNALS}
+            try:
+                yield self
+            finally:
+                for name, handler in previous.items():
+                    signal.signal(getattr(signal, name), handler)
+
+        return handlers()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if any_rank(self.received is not None, args.device):
+            self.received = self.received or "SIGTERM"  # another rank's signal
+            control.should_training_stop = True
+            control.should_save = True  # a checkpoint of this finished step, whatever --save-strategy says
+        return control

@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from memdlm.errors import UserError
-from memdlm.training.callbacks import restored_attributes
+from memdlm.training.callbacks import any_rank, restored_attributes
 
 logger = logging.getLogger("memdlm")
 
@@ -49,15 +49,6 @@ def first_nonfinite(named_tensors) -> str | None:
     return named[int(bad[0])][0] if len(bad) else None
 
 
-def _any_rank(flag: bool, device) -> bool:
-    """True on every rank when true on one (sharded gradients: each rank sees its part)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([float(flag)], device=device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item())
-    return flag
-
-
 class NonFiniteGuard(TrainerCallback, ExportableState):
     """Checks each optimiser step before it is applied; skips or stops (see the module's policy)."""
 
@@ -72,7 +63,7 @@ class NonFiniteGuard(TrainerCallback, ExportableState):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         loss = self.trainer.take_nonfinite_loss()
         grad = first_nonfinite((n, p.grad) for n, p in model.named_parameters())
-        if not _any_rank(loss is not None or grad is not None, args.device):
+        if not any_rank(loss is not None or grad is not None, args.device):
             return
         step = state.global_step + 1  # the step being taken, numbered as logs and checkpoints number them
         parts = ([f"loss {loss}"] if loss is not None else []) + ([f"gradient of {grad}"] if grad else [])

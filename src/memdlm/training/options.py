@@ -58,9 +58,14 @@ def _registry_lists() -> dict[str, tuple[str, list[str]]]:
 
 
 def _setup(model, data, diffusion, memory, train) -> TrainingSetup:
+    from memdlm.config import resolve_threads
+
     if train.output_dir in (None, "trainer_output"):
         raise ConfigError("--output-dir is required (the run directory)")
-    return TrainingSetup(model, data, diffusion, memory, train, train.threads)
+    # None stays None: train() then keeps the caller's torch thread setting (memdlm train applies
+    # the default itself); an explicit value is checked here, before any run file is touched.
+    threads = None if train.threads is None else resolve_threads(train.threads)
+    return TrainingSetup(model, data, diffusion, memory, train, threads)
 
 
 # --- from flags and config files (memdlm train) --------------------------------------------
@@ -79,7 +84,7 @@ def load_config_file(path: str) -> dict:
         import yaml
 
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_unique_key_loader(yaml, path)) or {}  # noqa: S506 -- a SafeLoader
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -87,13 +92,41 @@ def load_config_file(path: str) -> dict:
                               f"{getattr(err, 'problem', None) or err}") from None
     else:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
         except json.JSONDecodeError as err:
             raise ConfigError(f"config file {path} is not valid JSON at line {err.lineno}, "
                               f"column {err.colno}: {err.msg}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option names to values")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return _unique_keys([(str(k).replace("-", "_"), v) for k, v in data.items()], path)
+
+
+def _unique_keys(pairs, path) -> dict:
+    """A mapping from key/value pairs; a key given twice (``max_steps`` and ``max-steps`` count
+    as one) is an error -- YAML and JSON would silently keep the last."""
+    seen: dict = {}
+    for key, value in pairs:
+        name = str(key).replace("-", "_")
+        if name in {str(k).replace("-", "_") for k in seen}:
+            raise ConfigError(f"config file {path} sets {key!r} twice; keep one of them")
+        seen[key] = value
+    return seen
+
+
+def _unique_key_loader(yaml, path):
+    """yaml.SafeLoader refusing a key given twice in one mapping."""
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            self.flatten_mapping(node)
+            keys = [(self.construct_object(k, deep=deep), k.start_mark.line + 1) for k, _ in node.value]
+            names = [str(k).replace("-", "_") for k, _ in keys]
+            for (key, line), name in zip(keys, names):
+                if names.count(name) > 1:
+                    raise ConfigError(f"config file {path} sets {key!r} twice (line {line} and "
+                                      f"{max(ln for (k, ln), n in zip(keys, names) if n == name)}); keep one of them")
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def config_to_argv(values: dict) -> tuple[list[str], dict]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -24,17 +23,20 @@ import torch
 from memdlm.config import config_dict
 from memdlm.data.collate import DiffusionCollator
 from memdlm.data.sources import DataReport, load_file_examples
+from memdlm.errors import DiskFullError, Stopped, UserError, disk_full_message
 from memdlm.run_dir import (
     COMPLETE_FILE,
     CONFIG_FILE,
     IDENTITY_FILE,
+    RunLock,
     check_output_dir,
+    read_json,
     remove_replaced_run,
     resume_checkpoint,
     write_json_atomic,
 )
 from memdlm.tasks.dataset import SyntheticTaskDataset
-from memdlm.training.callbacks import RunRecord
+from memdlm.training.callbacks import GracefulStop, RunRecord
 from memdlm.training.nonfinite import NonFiniteStepError
 
 logger = logging.getLogger("memdlm")
@@ -92,15 +94,9 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
 def make_output_dir(out: Path) -> None:
     """Create the run directory, or fail in one line naming it (a parent that is a file,
     no permission, a read-only file system)."""
-    from memdlm.errors import ConfigError
+    from memdlm.outputs import prepare_output_dir
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".memdlm_write_test.{os.getpid()}"  # one per process (DDP ranks)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"cannot write the output directory {out}: {err.strerror or err}") from None
+    prepare_output_dir(out)
 
 
 def quantization_config(model_args):
@@ -205,18 +201,37 @@ def make_trainer(cfg, model, tokenizer, train, evals):
 def train(cfg, resume: bool = False) -> dict:
     """Train according to ``cfg`` (a TrainingSetup); returns the run summary.
 
-    Order matters: the output directory is judged first (another run there is refused
-    unless replaced or resumed), then every input is checked (model, tokenizer, data),
-    and only then is anything of an earlier run removed or the new run's files written.
+    Order matters: the output directory is created, probed and locked (one writer at a
+    time), then judged (another run there is refused unless replaced or resumed), then every
+    input is checked (model, tokenizer, data), and only then is anything of an earlier run
+    removed or the new run's files written. A resumed run already at (or past) --max-steps
+    is finished without training another step.
     """
     out = Path(cfg.train.output_dir)
     make_output_dir(out)
     main = is_main_process(cfg.train)
+    lock = RunLock(out).acquire() if main else None
+    try:
+        return _train_locked(cfg, out, main, resume)
+    except Exception as err:  # torch.save on a full disk says neither "disk" nor "space"
+        message = disk_full_message(err, out)
+        if message is None or isinstance(err, UserError):
+            raise
+        raise DiskFullError(message) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
     config = resolved_config(cfg)
     plan = check_output_dir(out, config, resume, cfg.train.overwrite_output_dir)
     identity = plan["identity"]
     checkpoint = None
     if plan["action"] == "resume":
+        done = finished_summary(out, identity["run_id"], cfg.train.max_steps)
+        if done is not None:
+            return done
         checkpoint = resume_checkpoint(out, identity["run_id"])
         if checkpoint:
             logger.info("--resume: continuing run %s from %s", identity["run_id"], checkpoint)
@@ -239,10 +254,22 @@ def train(cfg, resume: bool = False) -> dict:
     trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set)
     record = RunRecord(identity["run_id"], identity["config_hash"])
     trainer.add_callback(record)
-    try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    except NonFiniteStepError as err:
-        raise NonFiniteStepError(recovery_advice(err, out, identity["run_id"], checkpoint, model), err.step) from None
+    stop = GracefulStop()
+    trainer.add_callback(stop)
+    if checkpoint and checkpoint_step(checkpoint) >= cfg.train.max_steps:
+        logger.warning("--resume: %s is at step %d, --max-steps is %d: finishing the run from it without "
+                       "training", checkpoint, checkpoint_step(checkpoint), cfg.train.max_steps)
+        restore_without_training(trainer, checkpoint, record)
+    else:
+        try:
+            with stop.installed():
+                trainer.train(resume_from_checkpoint=checkpoint)
+        except NonFiniteStepError as err:
+            raise NonFiniteStepError(recovery_advice(err, out, identity["run_id"], checkpoint, model),
+                                     err.step) from None
+    if stop.received and trainer.state.global_step < cfg.train.max_steps:
+        raise Stopped(stop.received, stopped_message(stop.received, trainer.state.global_step, out,
+                                                     identity["run_id"]))
     save_final(trainer, tokenizer, out)
     summary = {"run_id": identity["run_id"], "config_hash": identity["config_hash"],
                "train_seconds": round(record.train_seconds(), 1), "global_step": trainer.state.global_step,
@@ -264,6 +291,42 @@ def train(cfg, resume: bool = False) -> dict:
         save_merged(strip_ddp(trainer.model), tokenizer, out)  # merges in place: after everything else
     write_json_atomic(out / COMPLETE_FILE, summary)  # last: marks the run finished
     return summary
+
+
+def finished_summary(out: Path, run_id: str, max_steps: int) -> dict | None:
+    """``run_complete.json`` of a finished run that --resume has nothing to add to (it reached
+    --max-steps), or None. Such a run is left exactly as it is."""
+    done = read_json(out / COMPLETE_FILE)
+    if not isinstance(done, dict) or done.get("run_id") not in (run_id, None) or \
+            not isinstance(done.get("global_step"), int) or done["global_step"] < max_steps:
+        return None
+    logger.warning("--resume: run %s already finished at step %d (--max-steps %d): nothing to train; "
+                   "raise --max-steps to train it further", run_id, done["global_step"], max_steps)
+    return done
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    return int(Path(checkpoint).name.split("-")[-1])
+
+
+def restore_without_training(trainer, checkpoint: str, record: RunRecord) -> None:
+    """Load ``checkpoint``'s weights and state into ``trainer`` as ``Trainer.train`` would, and
+    take no step: the run killed in (or after) its final checkpoint's save is finished from it."""
+    from transformers.trainer_callback import TrainerState
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    record.restore(trainer.state)  # totals go on; no new segment was trained
+    trainer.nonfinite_guard.on_train_begin(trainer.args, trainer.state, trainer.control)
+
+
+def stopped_message(signal_name: str, step: int, out: Path, run_id: str) -> str:
+    """Where a run stopped by a signal can go on from (the checkpoint GracefulStop saved)."""
+    last = resume_checkpoint(out, run_id, quiet=True)
+    saved = f"{last} holds it" if last and checkpoint_step(last) == step else \
+        f"the newest checkpoint is {last}" if last else "no checkpoint was saved"
+    return (f"stopped by {signal_name} after step {step}; {saved}: continue with memdlm train --resume "
+            f"--output-dir {out} and the same flags")
 
 
 def recovery_advice(err, out: Path, run_id: str, resumed_from: str | None, model) -> str:
