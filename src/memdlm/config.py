@@ -69,8 +69,16 @@ class DataArguments:
     """What to train on. Without --data, generated long-context tasks are used."""
 
     data: str | None = field(default=None, metadata={
-        "help": "A .json/.jsonl file (prompt/response, instruction/input/output, messages, or text rows) "
-                "or a .txt file for pre-training. Default: generated tasks (see --tasks)."})
+        "help": "A .json/.jsonl/.parquet/.arrow file or a hub dataset name (e.g. Yukang/LongAlpaca-12k; read "
+                "from the local cache when the hub is unreachable), all read by datasets.load_dataset, whose "
+                "rows are prompt/response, instruction/input/output, messages or text; or a .txt file for "
+                "pre-training. Default: generated tasks (see --tasks)."})
+    data_split: str = field(default="train", metadata={
+        "help": "With --data: the split to train on (local files have one, 'train'); a slice such as "
+                "'train[:1000]' works without --data-streaming."})
+    data_streaming: bool = field(default=False, metadata={
+        "help": "With --data: read and tokenise rows while training (datasets streaming) instead of all up "
+                "front; data_report.json counts the rows of the first pass and is rewritten at the end."})
     tasks: list[str] = field(default_factory=lambda: ["kv"], metadata={
         "help": "Generated tasks to train on (when --data is not given), by registered name "
                 "(memdlm.tasks.task_names(); listed at the end)."})

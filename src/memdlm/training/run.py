@@ -172,7 +172,8 @@ def build_datasets(data_args, tokenizer, seed: int):
                             rows_read=len(train), examples_kept=len(train))
         return train, evals, report
     examples, report = load_file_examples(data_args.data, tokenizer, data_args.max_length,
-                                          data_args.block_size)
+                                          data_args.block_size, split=data_args.data_split,
+                                          streaming=data_args.data_streaming)
     return examples, None, report
 
 
@@ -242,6 +243,9 @@ def train(cfg, resume: bool = False) -> dict:
     except NonFiniteStepError as err:
         raise NonFiniteStepError(recovery_advice(err, out, identity["run_id"], checkpoint, model), err.step) from None
     save_final(trainer, tokenizer, out)
+    if main and report.streaming:  # the counts grew while training read the rows
+        write_json_atomic(out / "data_report.json", report.to_dict())
+        logger.info(report.summary())
     summary = {"run_id": identity["run_id"], "config_hash": identity["config_hash"],
                "train_seconds": round(record.train_seconds(), 1), "global_step": trainer.state.global_step,
                **whole_run_loss(trainer.state.log_history), "segments": record.segments,
