@@ -34,7 +34,21 @@ def resolve_model(name_or_path: str) -> str:
     shipped = SHIPPED_DIR / name_or_path
     if "/" not in name_or_path and (shipped / "config.json").is_file():
         return str(shipped)
-    return name_or_path
+    cached = hub_cache_snapshot(name_or_path)
+    return cached or name_or_path
+
+
+def hub_cache_snapshot(name: str) -> str | None:
+    """The local Hugging Face hub cache's snapshot of model ``owner/name`` (downloaded
+    earlier, e.g. ``hf download GSAI-ML/LLaDA-8B-Instruct``), or None; nothing is downloaded."""
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # not cached (or not a valid repo id): the caller reports the missing model
+        return None
 
 
 def missing_model_hint() -> str:

@@ -40,8 +40,10 @@ from memdlm.training.nonfinite import NonFiniteStepError
 logger = logging.getLogger("memdlm")
 
 
-def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
-    """The model (LoRA-wrapped with ``--use-lora``) and tokenizer.
+def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None,
+                              gradient_checkpointing: bool = False):
+    """The model (k-bit prepared with ``--load-in-4bit/8bit``, LoRA-wrapped with
+    ``--use-lora``) and tokenizer.
 
     ``out``: the run directory, given on the main process only; a LoRA run records
     there which base it needs (and a model built from scratch saves its base weights).
@@ -65,12 +67,18 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
             overrides.update(parse_overrides(model_args.tiny_overrides))
         model = build_tiny_model(tokenizer, seed=seed, config_path=init_config_path(model_args.init_config),
                                  **overrides)
+        if model_args.dtype != "auto":
+            model = model.to(weights_dtype(model_args))
     else:
         if model_args.init_config:
             from memdlm.errors import ConfigError
 
             raise ConfigError("--init-config builds a model from scratch; it cannot be combined with --model")
-        model = load_model(model_args.model, model_args.trust_remote_code, quantization_config=quantization)
+        model = load_model(model_args.model, model_args.trust_remote_code, dtype=weights_dtype(model_args),
+                           quantization_config=quantization,
+                           attn_implementation=None if model_args.attn_implementation == "auto"
+                           else model_args.attn_implementation)
+        model = prepare_kbit(model, model_args, gradient_checkpointing)
     if model_args.use_lora:
         if out is not None:
             from memdlm.lora_run import save_built_base, write_base_record
@@ -103,32 +111,58 @@ def make_output_dir(out: Path) -> None:
 
 
 def quantization_config(model_args):
-    """bitsandbytes 4-bit settings for ``--load-in-4bit`` (None without the flag).
+    """bitsandbytes settings for ``--load-in-4bit`` (NF4, double quantisation, bfloat16
+    compute: QLoRA) or ``--load-in-8bit`` (LLM.int8); None without either flag.
 
-    Checked in this order, each a one-line error: a CUDA device (bitsandbytes' 4-bit
-    kernels need one), ``--model`` (the tiny default is built, not loaded), ``--use-lora``
-    (4-bit base weights are frozen), the bitsandbytes package.
+    Checked in this order, each a one-line error: ``--model`` (the tiny default is built,
+    not loaded), ``--use-lora`` (quantised base weights are frozen), the bitsandbytes
+    package. A CUDA device is not required: bitsandbytes >= 0.49 runs both on a CPU.
     """
-    if not getattr(model_args, "load_in_4bit", False):
+    bits = 4 if getattr(model_args, "load_in_4bit", False) else 8 if getattr(model_args, "load_in_8bit", False) else 0
+    if not bits:
         return None
     from memdlm.errors import ConfigError
 
-    if not torch.cuda.is_available():
-        raise ConfigError("--load-in-4bit needs a CUDA GPU (bitsandbytes 4-bit kernels) and none is "
-                          "available; drop the flag to train in full precision here")
+    flag = f"--load-in-{bits}bit"
     if model_args.model is None:
-        raise ConfigError("--load-in-4bit quantises a checkpoint given with --model; the tiny default "
+        raise ConfigError(f"{flag} quantises a checkpoint given with --model; the tiny default "
                           "is built in float32")
     if not model_args.use_lora:
-        raise ConfigError("--load-in-4bit freezes the 4-bit base weights: add --use-lora to train an adapter")
+        raise ConfigError(f"{flag} freezes the quantised base weights: add --use-lora to train an adapter")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ConfigError("--load-in-4bit needs the bitsandbytes package (pip install bitsandbytes)") from None
+        raise ConfigError(f"{flag} needs the bitsandbytes package (pip install bitsandbytes)") from None
     from transformers import BitsAndBytesConfig
 
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def weights_dtype(model_args) -> torch.dtype | None:
+    """The dtype ``--dtype`` loads the weights in; None keeps the checkpoint's own.
+
+    auto: float32 master weights when every weight is trained (the optimiser updates
+    float32 copies; ``--bf16`` computes in bfloat16), the checkpoint's dtype for a frozen
+    LoRA base, bfloat16 for the parts of a 4/8-bit model that are not quantised.
+    """
+    if model_args.dtype != "auto":
+        return getattr(torch, model_args.dtype)
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        return torch.bfloat16
+    return None if model_args.use_lora else torch.float32
+
+
+def prepare_kbit(model, model_args, gradient_checkpointing: bool):
+    """peft's k-bit preparation of a 4/8-bit model (norms and the other unquantised weights
+    upcast to float32, input gradients on for checkpointing); other models unchanged."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
 
 def parse_overrides(text: str) -> dict:
@@ -221,7 +255,8 @@ def train(cfg, resume: bool = False) -> dict:
         if checkpoint:
             logger.info("--resume: continuing run %s from %s", identity["run_id"], checkpoint)
     torch.set_num_threads(cfg.threads)
-    model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None)
+    model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None,
+                                                 gradient_checkpointing=cfg.train.gradient_checkpointing)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
     wait_for_all_ranks()  # every rank has judged the directory before rank 0 changes it
     if main:  # inputs checked: now the directory may change
