@@ -66,6 +66,18 @@ def build_tiny_model(tokenizer, seed: int | None = None, config_path: Path | Non
     special tokens always come from the tokenizer.
     """
     import transformers
+
+    architecture, config = tiny_config(tokenizer, config_path, **overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = getattr(transformers, architecture)(config)
+    make_bidirectional(model)
+    return model
+
+
+def tiny_config(tokenizer, config_path: Path | None = None, **overrides):
+    """``(architecture class name, config)`` of the from-scratch model :func:`build_tiny_model`
+    builds (``memdlm plan`` builds the same on the meta device)."""
     from transformers import AutoConfig
 
     cfg = tiny_config_dict(config_path, **overrides)
@@ -77,11 +89,7 @@ def build_tiny_model(tokenizer, seed: int | None = None, config_path: Path | Non
         model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **cfg)
     config.mask_token_id = tokenizer.mask_token_id
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = getattr(transformers, architecture)(config)
-    make_bidirectional(model)
-    return model
+    return architecture, config
 
 
 def check_remote_code(path: str, trust_remote_code: bool) -> None:

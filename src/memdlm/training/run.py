@@ -48,25 +48,14 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None,
     ``out``: the run directory, given on the main process only; a LoRA run records
     there which base it needs (and a model built from scratch saves its base weights).
     """
-    from memdlm.modeling import build_tiny_model, init_config_path, load_model, tiny_head_overrides
+    from memdlm.modeling import build_tiny_model, init_config_path, load_model
     from memdlm.tokenizer import load_tokenizer
 
     quantization = quantization_config(model_args)  # --load-in-4bit: fails fast, before any loading
     tokenizer = load_tokenizer(model_args.model, model_args.trust_remote_code)
     if model_args.model is None:
-        overrides = {}
-        if model_args.tiny_layers:
-            overrides["num_hidden_layers"] = model_args.tiny_layers
-        if model_args.tiny_hidden_size:
-            overrides["hidden_size"] = model_args.tiny_hidden_size
-        if model_args.tiny_intermediate_size:
-            overrides["intermediate_size"] = model_args.tiny_intermediate_size
-        if model_args.tiny_heads:
-            overrides.update(tiny_head_overrides(model_args.tiny_heads, overrides.get("hidden_size")))
-        if model_args.tiny_overrides:
-            overrides.update(parse_overrides(model_args.tiny_overrides))
         model = build_tiny_model(tokenizer, seed=seed, config_path=init_config_path(model_args.init_config),
-                                 **overrides)
+                                 **tiny_overrides(model_args))
         if model_args.dtype != "auto":
             model = model.to(weights_dtype(model_args))
     else:
@@ -94,6 +83,24 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None,
         torch.manual_seed(seed)
         model = wrap_lora(model, model_args)
     return model, tokenizer
+
+
+def tiny_overrides(model_args) -> dict:
+    """Config fields the ``--tiny-*`` flags set on a from-scratch model."""
+    from memdlm.modeling import tiny_head_overrides
+
+    overrides = {}
+    if model_args.tiny_layers:
+        overrides["num_hidden_layers"] = model_args.tiny_layers
+    if model_args.tiny_hidden_size:
+        overrides["hidden_size"] = model_args.tiny_hidden_size
+    if model_args.tiny_intermediate_size:
+        overrides["intermediate_size"] = model_args.tiny_intermediate_size
+    if model_args.tiny_heads:
+        overrides.update(tiny_head_overrides(model_args.tiny_heads, overrides.get("hidden_size")))
+    if model_args.tiny_overrides:
+        overrides.update(parse_overrides(model_args.tiny_overrides))
+    return overrides
 
 
 def make_output_dir(out: Path) -> None:
