@@ -250,6 +250,7 @@ def train(cfg, resume: bool = False) -> dict:
     unless replaced or resumed), then every input is checked (model, tokenizer, data),
     and only then is anything of an earlier run removed or the new run's files written.
     """
+    check_sharding(cfg.train)
     out = Path(cfg.train.output_dir)
     make_output_dir(out)
     main = is_main_process(cfg.train)
@@ -308,6 +309,18 @@ def train(cfg, resume: bool = False) -> dict:
         save_merged(strip_ddp(trainer.model), tokenizer, out)  # merges in place: after everything else
     write_json_atomic(out / COMPLETE_FILE, summary)  # last: marks the run finished
     return summary
+
+
+def check_sharding(train_args) -> None:
+    """``--fsdp`` needs CUDA devices: on a CPU accelerate runs the job as DDP, every rank
+    holding every weight, so the flag would be silently ignored."""
+    import torch
+
+    if getattr(train_args, "fsdp", None) and not torch.cuda.is_available():
+        from memdlm.errors import ConfigError
+
+        raise ConfigError("--fsdp shards over CUDA devices (FSDP through accelerate); on a CPU it would "
+                          "run as plain DDP with nothing sharded: drop --fsdp here")
 
 
 def recovery_advice(err, out: Path, run_id: str, resumed_from: str | None, model) -> str:
