@@ -279,3 +279,24 @@ def test_fast_weight_delta_takes_the_output_dtype_under_bf16_autocast(tok, make_
     grads = torch.autograd.grad(logits.float().pow(2).mean(), memory.params())
     assert all(p.dtype == torch.float32 for p in memory.params())
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_zero3_is_refused_in_one_line(tmp_path, monkeypatch):
+    """ZeRO-3 from a --deepspeed file, a dict or accelerate's launcher: refused; ZeRO-2 passes."""
+    from types import SimpleNamespace
+
+    from memdlm.errors import ConfigError
+    from memdlm.training.run import check_sharding, zero_stage
+
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", raising=False)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    for deepspeed in (str(path), {"zero_optimization": {"stage": 3}}):
+        with pytest.raises(ConfigError, match="ZeRO-3 partitions the weights"):
+            check_sharding(SimpleNamespace(fsdp=None, deepspeed=deepspeed))
+    assert zero_stage(SimpleNamespace(deepspeed={"zero_optimization": {"stage": 2}})) == 2
+    check_sharding(SimpleNamespace(fsdp=None, deepspeed={"zero_optimization": {"stage": 2}}))
+    assert zero_stage(SimpleNamespace(deepspeed=None)) is None
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        check_sharding(SimpleNamespace(fsdp=None, deepspeed=None))

@@ -312,15 +312,40 @@ def train(cfg, resume: bool = False) -> dict:
 
 
 def check_sharding(train_args) -> None:
-    """``--fsdp`` needs CUDA devices: on a CPU accelerate runs the job as DDP, every rank
-    holding every weight, so the flag would be silently ignored."""
+    """Sharding memdlm cannot honour is refused in one line, before anything loads:
+
+    - ``--fsdp`` without CUDA devices: accelerate runs the job as DDP, every rank holding
+      every weight, so the flag would be silently ignored;
+    - DeepSpeed ZeRO-3 (a ``--deepspeed`` config or accelerate's ``deepspeed_config`` with
+      stage 3): it partitions every weight outside the forward, where memdlm reads full
+      ones -- fused MoE experts when the memory's targets are found, the load-time
+      bidirectionality check.
+    """
     import torch
 
-    if getattr(train_args, "fsdp", None) and not torch.cuda.is_available():
-        from memdlm.errors import ConfigError
+    from memdlm.errors import ConfigError
 
+    if getattr(train_args, "fsdp", None) and not torch.cuda.is_available():
         raise ConfigError("--fsdp shards over CUDA devices (FSDP through accelerate); on a CPU it would "
                           "run as plain DDP with nothing sharded: drop --fsdp here")
+    if zero_stage(train_args) == 3:
+        raise ConfigError("DeepSpeed ZeRO-3 partitions the weights that memdlm reads outside the forward "
+                          "(MoE experts for the memory's targets, the load-time bidirectionality check): use "
+                          "ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml) or FSDP")
+
+
+def zero_stage(train_args) -> int | None:
+    """The DeepSpeed ZeRO stage of the run (``--deepspeed`` file or dict, or accelerate's
+    launcher setting), None without DeepSpeed."""
+    config = getattr(train_args, "deepspeed", None)
+    if isinstance(config, str) and Path(config).is_file():
+        config = json.loads(Path(config).read_text())
+    if isinstance(config, dict) and isinstance(config.get("zero_optimization"), dict):
+        stage = config["zero_optimization"].get("stage")
+        if stage is not None:
+            return int(stage)
+    env = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    return int(env) if env and env.isdigit() else None
 
 
 def recovery_advice(err, out: Path, run_id: str, resumed_from: str | None, model) -> str:
