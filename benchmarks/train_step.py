@@ -33,7 +33,10 @@ import threading
 import time
 
 
-def build(layers: int, method: str, device: str, seq_len: int, batch: int, rank: int, split: bool):
+def build(layers: int, method: str, device: str, seq_len: int, batch: int, rank: int, split: bool,
+          overrides: dict | None = None, checkpointing: bool = False):
+    """One training step's closure. ``overrides``: config fields of the tiny model (width, FFN);
+    ``checkpointing``: gradient checkpointing as Trainer turns it on."""
     import torch
 
     from memdlm.config import DiffusionArguments
@@ -47,7 +50,9 @@ def build(layers: int, method: str, device: str, seq_len: int, batch: int, rank:
     from memdlm.training.memdlm_trainer import MemDLMTrainer
 
     tok = load_tokenizer()
-    model = build_tiny_model(tok, seed=0, num_hidden_layers=layers).to(device)
+    model = build_tiny_model(tok, seed=0, num_hidden_layers=layers, **(overrides or {})).to(device)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     data = SyntheticTaskDataset(tok, ["kv"], [seq_len], "train", 64, seed=0)
     batch_inputs = DiffusionCollator(tok.pad_token_id, tok.eos_token_id)([data[i] for i in range(batch)])
     batch_inputs = {k: v.to(device) for k, v in batch_inputs.items()}

@@ -41,8 +41,10 @@ def make_model(tok, layers: int = 2):
     return build_tiny_model(tok, seed=SEED, num_hidden_layers=layers)
 
 
-def rank_inputs(tok, rank: int):
-    """Rank ``rank``'s samples as the trainer sees them: (NoisedBatch, InnerLoopInputs)."""
+def rank_inputs(tok, rank: int, step_process: int | None = None):
+    """Rank ``rank``'s samples as the trainer sees them: (NoisedBatch, InnerLoopInputs).
+    ``step_process``: the process index in the step seed (0 on every rank for a batch-shared
+    memory averaged over the ranks; default: the rank)."""
     from memdlm.data.collate import DiffusionCollator
     from memdlm.diffusion import noise_batch
     from memdlm.masking import seeded_generator
@@ -57,26 +59,26 @@ def rank_inputs(tok, rank: int):
     batch = noise_batch(inputs, schedule=get_schedule("linear"), weighting="scheduler", eps=1e-3,
                         mask_token_id=tok.mask_token_id, generator=seeded_generator(SEED, rank, 0, 0))
     x = InnerLoopInputs(batch.clean_ids, batch.attention_mask, batch.maskable, batch.masked,
-                        batch.sample_seed, step_seed_of(SEED, rank, 0, 1))
+                        batch.sample_seed, step_seed_of(SEED, rank if step_process is None else step_process, 0, 1))
     return batch, x
 
 
-def trainer_like(tok, mode: str):
+def trainer_like(tok, mode: str, ranks: str = "local"):
     """The attributes ``MemDLMTrainer.inner_loop`` reads, without building a Trainer."""
     from memdlm.config import DiffusionArguments
     from memdlm.memory.config import MemoryArguments
     from memdlm.schedules import get_schedule
 
-    return SimpleNamespace(memory_args=MemoryArguments(memory_mode=mode), _loops={},
+    return SimpleNamespace(memory_args=MemoryArguments(memory_mode=mode, shared_memory_ranks=ranks), _loops={},
                            mask_token_id=tok.mask_token_id, schedule=get_schedule("linear"),
                            diffusion_args=DiffusionArguments())
 
 
-def write_memory(model, tok, x, mode: str):
+def write_memory(model, tok, x, mode: str, ranks: str = "local"):
     """The memory MemDLMTrainer writes for ``x`` (``model`` may be DDP-wrapped)."""
     from memdlm.training.memdlm_trainer import MemDLMTrainer
 
-    fake = trainer_like(tok, mode)
+    fake = trainer_like(tok, mode, ranks)
     loop = MemDLMTrainer.inner_loop(fake, model, mode == "per_sample", "scheduler")
     memory, _ = loop.run(x)
     return memory
@@ -101,6 +103,9 @@ def probe_inner(out: Path) -> None:
     memories = {mode: write_memory(ddp, tok, x, mode) for mode in ("per_sample", "shared")}
     for mode, memory in memories.items():
         result[mode] = [p.clone() for p in memory.params()]
+    # A batch-shared memory averaged over the ranks: the step seed of process 0 on every rank.
+    _, x_shared = rank_inputs(tok, rank, step_process=0)
+    result["shared_average"] = [p.clone() for p in write_memory(ddp, tok, x_shared, "shared", "average").params()]
     # One outer step through DDP with the per-sample memory active (first-order).
     memory = memories["per_sample"]
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)

@@ -183,6 +183,48 @@ def test_fast_weights_are_each_ranks_own(tmp_path_factory, tok, mode):
     assert ranks[0]["loss"] != ranks[1]["loss"]  # each rank's own samples
 
 
+@pytest.mark.slow
+def test_shared_memory_averaged_over_ranks_is_the_one_process_memory(tmp_path_factory, tok):
+    """--shared-memory-ranks average: both ranks write the memory one process writes for the
+    global batch (rank 0's samples then rank 1's, the same anchors), to float rounding."""
+    dump = tmp_path_factory.getbasetemp() / "inner_probe"
+    if not (dump / "inner_rank1.pt").is_file():
+        launch(torchrun(str(PROBE), "inner", "--out", str(dump)), tmp_path_factory.mktemp("log") / "log")
+    probe = load_probe()
+    ranks = [torch.load(dump / f"inner_rank{r}.pt") for r in (0, 1)]
+    parts = [probe.rank_inputs(tok, r, step_process=0)[1] for r in (0, 1)]
+    width = max(p.clean_ids.shape[1] for p in parts)
+
+    def padded(t, value):
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    x = type(parts[0])(torch.cat([padded(p.clean_ids, tok.pad_token_id) for p in parts]),
+                       torch.cat([padded(p.attention_mask, 0) for p in parts]),
+                       torch.cat([padded(p.maskable, False) for p in parts]),
+                       torch.cat([padded(p.anchor, False) for p in parts]),
+                       torch.cat([p.sample_seeds for p in parts]), parts[0].step_seed)
+    model = probe.make_model(tok)
+    model.train()
+    alone = probe.write_memory(model, tok, x, "shared", "average")  # one process: no all-reduce
+    for rank in (0, 1):
+        for got, want in zip(ranks[rank]["shared_average"], alone.params()):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    local = ranks[0]["shared"][1]  # the local memory of rank 0's samples differs from it
+    assert not torch.allclose(local, alone.params()[1])
+
+
+def test_fsdp_on_a_cpu_is_refused_in_one_line(tmp_path, capsys):
+    """accelerate runs a CPU job's --fsdp as DDP (nothing sharded): refused before anything loads."""
+    if torch.cuda.is_available():
+        pytest.skip("checks the refusal on a machine without CUDA")
+    rc = main(["train", "--fsdp", "full_shard", "--output-dir", str(tmp_path / "run"), *TINY])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("memdlm train: error:")]
+    assert rc == 2 and len(errors) == 1 and "--fsdp shards over CUDA devices" in errors[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "run_config.json").exists()
+
+
 # --- gradient accumulation, gradient checkpointing, bf16 (one process) ---------------------
 
 
@@ -253,3 +295,24 @@ def test_fast_weight_delta_takes_the_output_dtype_under_bf16_autocast(tok, make_
     grads = torch.autograd.grad(logits.float().pow(2).mean(), memory.params())
     assert all(p.dtype == torch.float32 for p in memory.params())
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_zero3_is_refused_in_one_line(tmp_path, monkeypatch):
+    """ZeRO-3 from a --deepspeed file, a dict or accelerate's launcher: refused; ZeRO-2 passes."""
+    from types import SimpleNamespace
+
+    from memdlm.errors import ConfigError
+    from memdlm.training.run import check_sharding, zero_stage
+
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", raising=False)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    for deepspeed in (str(path), {"zero_optimization": {"stage": 3}}):
+        with pytest.raises(ConfigError, match="ZeRO-3 partitions the weights"):
+            check_sharding(SimpleNamespace(fsdp=None, deepspeed=deepspeed))
+    assert zero_stage(SimpleNamespace(deepspeed={"zero_optimization": {"stage": 2}})) == 2
+    check_sharding(SimpleNamespace(fsdp=None, deepspeed={"zero_optimization": {"stage": 2}}))
+    assert zero_stage(SimpleNamespace(deepspeed=None)) is None
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        check_sharding(SimpleNamespace(fsdp=None, deepspeed=None))

@@ -21,6 +21,7 @@ COMMANDS = {
     "exposure-bias": ("memdlm.commands.exposure_bias", "Exposure-bias ratio per denoising step."),
     "lm-eval": ("memdlm.commands.lm_eval", "Run lm-evaluation-harness tasks with a memdlm model."),
     "reproduce": ("memdlm.commands.reproduce", "Mini reproduction of the MemDLM paper on a CPU."),
+    "plan": ("memdlm.commands.plan", "What a training run will hold (targets, counts, peak memory), before it runs."),
 }
 
 

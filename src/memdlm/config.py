@@ -47,8 +47,22 @@ class ModelArguments:
     tiny_overrides: str | None = field(default=None, metadata={
         "help": "Tiny default only: other config fields as JSON, e.g. '{\"query_pre_attn_scalar\": 8}'."})
     load_in_4bit: bool = field(default=False, metadata={
-        "help": "Load --model with 4-bit (NF4) weights through bitsandbytes (QLoRA; needs a CUDA GPU, "
-                "bitsandbytes and --use-lora). Fast weights stay float32 (compute dtype bfloat16)."})
+        "help": "Load --model with 4-bit NF4 weights (double quantisation, bfloat16 compute) through "
+                "bitsandbytes and prepare it for k-bit training (peft's prepare_model_for_kbit_training): "
+                "QLoRA, the paper's setting; needs --use-lora. Runs on a CPU too (bitsandbytes >= 0.49). "
+                "Fast weights stay float32."})
+    load_in_8bit: bool = field(default=False, metadata={
+        "help": "Load --model with 8-bit (LLM.int8) weights through bitsandbytes, prepared for k-bit "
+                "training; needs --use-lora."})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={
+        "help": "Dtype of the model's weights. auto: float32 master weights when every weight is trained "
+                "(a bfloat16 checkpoint is upcast; train with --bf16 for bfloat16 compute), the checkpoint's "
+                "own dtype under --use-lora (the frozen base), bfloat16 for the unquantised parts of a "
+                "4/8-bit model."})
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"] = field(
+        default="auto", metadata={
+            "help": "Attention kernel passed to from_pretrained (auto: the model's own choice; "
+                    "flash_attention_2 needs a CUDA GPU and the flash-attn package)."})
     use_lora: bool = field(default=False, metadata={
         "help": "Train an outer LoRA adapter through PEFT instead of all weights (the paper's setting)."})
     lora_r: int = field(default=32, metadata={"help": "Outer LoRA rank (paper: 32)."})
@@ -60,6 +74,9 @@ class ModelArguments:
                 "copy, loaded instead of base + adapter; lets the run travel without its base)."})
 
     def __post_init__(self):
+        check_choices(self)
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("--load-in-4bit and --load-in-8bit exclude each other; choose one")
         check_range(self, "tiny_layers tiny_hidden_size tiny_intermediate_size tiny_heads", 1, optional=True)
         check_range(self, "lora_r", 1)
         check_range(self, "lora_alpha", 0, low_open=True)
@@ -70,8 +87,16 @@ class DataArguments:
     """What to train on. Without --data, generated long-context tasks are used."""
 
     data: str | None = field(default=None, metadata={
-        "help": "A .json/.jsonl file (prompt/response, instruction/input/output, messages, or text rows) "
-                "or a .txt file for pre-training. Default: generated tasks (see --tasks)."})
+        "help": "A .json/.jsonl/.parquet/.arrow file or a hub dataset name (e.g. Yukang/LongAlpaca-12k; read "
+                "from the local cache when the hub is unreachable), all read by datasets.load_dataset, whose "
+                "rows are prompt/response, instruction/input/output, messages or text; or a .txt file for "
+                "pre-training. Default: generated tasks (see --tasks)."})
+    data_split: str = field(default="train", metadata={
+        "help": "With --data: the split to train on (local files have one, 'train'); a slice such as "
+                "'train[:1000]' works without --data-streaming."})
+    data_streaming: bool = field(default=False, metadata={
+        "help": "With --data: read and tokenise rows while training (datasets streaming) instead of all up "
+                "front; data_report.json counts the rows of the first pass and is rewritten at the end."})
     tasks: list[str] = field(default_factory=lambda: ["kv"], metadata={
         "help": "Generated tasks to train on (when --data is not given), by registered name "
                 "(memdlm.tasks.task_names(); listed at the end)."})

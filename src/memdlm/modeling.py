@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -65,6 +66,18 @@ def build_tiny_model(tokenizer, seed: int | None = None, config_path: Path | Non
     special tokens always come from the tokenizer.
     """
     import transformers
+
+    architecture, config = tiny_config(tokenizer, config_path, **overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = getattr(transformers, architecture)(config)
+    make_bidirectional(model)
+    return model
+
+
+def tiny_config(tokenizer, config_path: Path | None = None, **overrides):
+    """``(architecture class name, config)`` of the from-scratch model :func:`build_tiny_model`
+    builds (``memdlm plan`` builds the same on the meta device)."""
     from transformers import AutoConfig
 
     cfg = tiny_config_dict(config_path, **overrides)
@@ -76,11 +89,7 @@ def build_tiny_model(tokenizer, seed: int | None = None, config_path: Path | Non
         model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **cfg)
     config.mask_token_id = tokenizer.mask_token_id
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = getattr(transformers, architecture)(config)
-    make_bidirectional(model)
-    return model
+    return architecture, config
 
 
 def check_remote_code(path: str, trust_remote_code: bool) -> None:
@@ -115,7 +124,7 @@ def check_remote_code(path: str, trust_remote_code: bool) -> None:
 
 
 def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None,
-               quantization_config=None):
+               quantization_config=None, attn_implementation: str | None = None):
     """Load a local model directory, a shipped model by name or a hub id from the local HF
     cache (no hub downloads: ``local_files_only``; :func:`memdlm.shipped.resolve_model`).
 
@@ -148,13 +157,16 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     check_model_files(path)  # a truncated safetensors file: one line naming it, not a loader traceback
     if is_lora_run(path):
         return load_lora_run(path, load_model, trust_remote_code=trust_remote_code, dtype=dtype,
-                             quantization_config=quantization_config)
+                             quantization_config=quantization_config, attn_implementation=attn_implementation)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True)
     if dtype is not None:
         kwargs["dtype"] = dtype
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = quantized_device()  # bitsandbytes quantises as the weights reach it
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     if getattr(config, "is_encoder_decoder", False):
         raise ConfigError(f"{path}: encoder-decoder models are not supported")
     remote = remote_class_reference(config) if trust_remote_code else None
@@ -178,6 +190,14 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     make_bidirectional(model)
     ensure_bidirectional(model)
     return model
+
+
+def quantized_device() -> dict:
+    """Where a quantised model is loaded: this process's GPU (LOCAL_RANK under torchrun), else
+    the CPU. Trainer cannot move a 4/8-bit model after loading."""
+    if torch.cuda.is_available():
+        return {"": f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"}
+    return {"": "cpu"}
 
 
 def make_bidirectional(model) -> None:

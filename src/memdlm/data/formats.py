@@ -31,7 +31,7 @@ class PromptResponse:
 
 def check_data_path(path: Path) -> None:
     if path.is_dir():
-        raise DataError(f"data file {path} is a directory; give a .json, .jsonl or .txt file inside it")
+        raise DataError(f"data file {path} is a directory; give a .json, .jsonl, .parquet, .arrow or .txt file inside it")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
 

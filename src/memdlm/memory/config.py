@@ -26,6 +26,11 @@ class MemoryArguments:
                 "paper's numbers) or one per sample (per_sample: invariant to batch size, accumulation "
                 "and ranks, but can memorise short answers -- see docs/MEMDLM.md). Inference always "
                 "adapts per prompt."})
+    shared_memory_ranks: Literal["local", "average"] = field(default="local", metadata={
+        "help": "Batch-shared memory under several processes: each rank writes its own memory from its "
+                "micro-batch (local), or the inner gradient is averaged over the ranks, weighted by each "
+                "rank's share of the loss (average: the reference's behaviour; every rank writes the one "
+                "memory a single process writes for the global batch). Ignored for per_sample memory."})
     memory_rank: int | None = field(default=None, metadata={
         "help": "Fast-weight rank. Default: the paper's 1.6 percent of the width (32 at width 2048), at least 1 "
                 "-- rank 2 for the tiny default. The paper's absolute setting is 32."})

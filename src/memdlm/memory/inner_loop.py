@@ -169,6 +169,9 @@ class InnerLoop:
         self.warn_if_no_gradient(live, grads, calls)
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, live.params())]
         grads = [_zero_bad_slots(g, finite) for g in grads]
+        if not self.per_sample and self.args.shared_memory_ranks == "average":
+            share = x.maskable.sum() if self.normalization == "token" else x.clean_ids.shape[0]
+            grads = average_over_ranks(grads, float(share) if bool(finite.all()) else 0.0)
         grads, fired = self.clip(grads, self.args.inner_clip_norm)
         stats.clip_fired += fired
         stats.clip_checked += len(grads) * memory.num_slots
@@ -193,6 +196,25 @@ class InnerLoop:
             logger.warning("%d of %d fast-weight targets ran but received no gradient during adaptation "
                            "(e.g. %s): their forward runs without autograd, so their memory stays zero",
                            len(starved), len(memory.targets), starved[0])
+
+
+def average_over_ranks(grads: list[torch.Tensor], share: float) -> list[torch.Tensor]:
+    """The batch-shared memory's inner gradient over every rank's samples: each rank's
+    gradient times its share of the loss's denominator (maskable tokens, or sequences),
+    summed over the ranks and divided by the summed shares. Unchanged in one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return grads
+    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.ones(1, device=grads[0].device)]) * share
+    dist.all_reduce(flat)
+    total = flat[-1]
+    flat = flat[:-1] / total if total > 0 else torch.zeros_like(flat[:-1])
+    out, start = [], 0
+    for g in grads:
+        out.append(flat[start:start + g.numel()].view_as(g))
+        start += g.numel()
+    return out
 
 
 def _zero_bad_slots(grad: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:

@@ -42,8 +42,10 @@ from memdlm.training.nonfinite import NonFiniteStepError
 logger = logging.getLogger("memdlm")
 
 
-def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
-    """The model (LoRA-wrapped with ``--use-lora``) and tokenizer.
+def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None,
+                              gradient_checkpointing: bool = False):
+    """The model (k-bit prepared with ``--load-in-4bit/8bit``, LoRA-wrapped with
+    ``--use-lora``) and tokenizer.
 
     ``out``: the run directory, given on the main process only; a LoRA run records
     there which base it needs (and a model built from scratch saves its base weights).
@@ -54,26 +56,21 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
     quantization = quantization_config(model_args)  # --load-in-4bit: fails fast, before any loading
     tokenizer = load_tokenizer(model_args.model, model_args.trust_remote_code)
     if model_args.model is None:
-        overrides = {}
-        if model_args.tiny_layers:
-            overrides["num_hidden_layers"] = model_args.tiny_layers
-        if model_args.tiny_hidden_size:
-            overrides["hidden_size"] = model_args.tiny_hidden_size
-        if model_args.tiny_intermediate_size:
-            overrides["intermediate_size"] = model_args.tiny_intermediate_size
-        if model_args.tiny_heads:
-            overrides.update(tiny_head_overrides(model_args.tiny_heads, overrides.get("hidden_size")))
-        if model_args.tiny_overrides:
-            overrides.update(parse_overrides(model_args.tiny_overrides))
         model = build_tiny_model(tokenizer, seed=seed, config_path=init_config_path(model_args.init_config),
-                                 **overrides)
+                                 **tiny_overrides(model_args))
+        if model_args.dtype != "auto":
+            model = model.to(weights_dtype(model_args))
     else:
         if model_args.init_config:
             from memdlm.errors import ConfigError
 
             raise ConfigError("--init-config builds a model from scratch; it cannot be combined with --model")
-        model = load_model(model_args.model, model_args.trust_remote_code, quantization_config=quantization)
+        model = load_model(model_args.model, model_args.trust_remote_code, dtype=weights_dtype(model_args),
+                           quantization_config=quantization,
+                           attn_implementation=None if model_args.attn_implementation == "auto"
+                           else model_args.attn_implementation)
         reconcile_mask_token(model, tokenizer, model_args.model)
+        model = prepare_kbit(model, model_args, gradient_checkpointing)
     if model_args.use_lora:
         if out is not None:
             from memdlm.lora_run import save_built_base, write_base_record
@@ -91,6 +88,24 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
     return model, tokenizer
 
 
+def tiny_overrides(model_args) -> dict:
+    """Config fields the ``--tiny-*`` flags set on a from-scratch model."""
+    from memdlm.modeling import tiny_head_overrides
+
+    overrides = {}
+    if model_args.tiny_layers:
+        overrides["num_hidden_layers"] = model_args.tiny_layers
+    if model_args.tiny_hidden_size:
+        overrides["hidden_size"] = model_args.tiny_hidden_size
+    if model_args.tiny_intermediate_size:
+        overrides["intermediate_size"] = model_args.tiny_intermediate_size
+    if model_args.tiny_heads:
+        overrides.update(tiny_head_overrides(model_args.tiny_heads, overrides.get("hidden_size")))
+    if model_args.tiny_overrides:
+        overrides.update(parse_overrides(model_args.tiny_overrides))
+    return overrides
+
+
 def make_output_dir(out: Path) -> None:
     """Create the run directory, or fail in one line naming it (a parent that is a file,
     no permission, a read-only file system)."""
@@ -100,32 +115,60 @@ def make_output_dir(out: Path) -> None:
 
 
 def quantization_config(model_args):
-    """bitsandbytes 4-bit settings for ``--load-in-4bit`` (None without the flag).
+    """bitsandbytes settings for ``--load-in-4bit`` (NF4, double quantisation, bfloat16
+    compute: QLoRA) or ``--load-in-8bit`` (LLM.int8); None without either flag.
 
-    Checked in this order, each a one-line error: a CUDA device (bitsandbytes' 4-bit
-    kernels need one), ``--model`` (the tiny default is built, not loaded), ``--use-lora``
-    (4-bit base weights are frozen), the bitsandbytes package.
+    Checked in this order, each a one-line error: ``--model`` (the tiny default is built,
+    not loaded), ``--use-lora`` (quantised base weights are frozen), the bitsandbytes
+    package. A CUDA device is not required: bitsandbytes >= 0.49 runs both on a CPU.
     """
-    if not getattr(model_args, "load_in_4bit", False):
+    bits = 4 if getattr(model_args, "load_in_4bit", False) else 8 if getattr(model_args, "load_in_8bit", False) else 0
+    if not bits:
         return None
     from memdlm.errors import ConfigError
 
-    if not torch.cuda.is_available():
-        raise ConfigError("--load-in-4bit needs a CUDA GPU (bitsandbytes 4-bit kernels) and none is "
-                          "available; drop the flag to train in full precision here")
+    flag = f"--load-in-{bits}bit"
     if model_args.model is None:
-        raise ConfigError("--load-in-4bit quantises a checkpoint given with --model; the tiny default "
+        raise ConfigError(f"{flag} quantises a checkpoint given with --model; the tiny default "
                           "is built in float32")
     if not model_args.use_lora:
-        raise ConfigError("--load-in-4bit freezes the 4-bit base weights: add --use-lora to train an adapter")
+        raise ConfigError(f"{flag} freezes the quantised base weights: add --use-lora to train an adapter")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ConfigError("--load-in-4bit needs the bitsandbytes package (pip install bitsandbytes)") from None
+        raise ConfigError(f"{flag} needs the bitsandbytes package (pip install bitsandbytes)") from None
     from transformers import BitsAndBytesConfig
 
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def weights_dtype(model_args) -> torch.dtype | None:
+    """The dtype ``--dtype`` loads the weights in; None keeps the checkpoint's own.
+
+    auto: float32 master weights when every weight is trained (the optimiser updates
+    float32 copies; ``--bf16`` computes in bfloat16), the checkpoint's dtype for a frozen
+    LoRA base, bfloat16 for the parts of a 4/8-bit model that are not quantised.
+    """
+    if model_args.dtype != "auto":
+        return getattr(torch, model_args.dtype)
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        return torch.bfloat16
+    return None if model_args.use_lora else torch.float32
+
+
+def prepare_kbit(model, model_args, gradient_checkpointing: bool):
+    """peft's k-bit preparation of a 4/8-bit model (norms and the other unquantised weights
+    upcast to float32, input gradients on for checkpointing); other models unchanged."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    # memdlm enables checkpointing itself (memdlm.checkpointing: non-reentrant, per block where the
+    # model has no switch), so peft is not asked to: its call fails on remote code without a switch.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def parse_overrides(text: str) -> dict:
@@ -169,7 +212,8 @@ def build_datasets(data_args, tokenizer, seed: int):
                             rows_read=len(train), examples_kept=len(train))
         return train, evals, report
     examples, report = load_file_examples(data_args.data, tokenizer, data_args.max_length,
-                                          data_args.block_size)
+                                          data_args.block_size, split=data_args.data_split,
+                                          streaming=data_args.data_streaming)
     return examples, None, report
 
 
@@ -207,6 +251,7 @@ def train(cfg, resume: bool = False) -> dict:
     removed or the new run's files written. A resumed run already at (or past) --max-steps
     is finished without training another step.
     """
+    check_sharding(cfg.train)
     out = Path(cfg.train.output_dir)
     make_output_dir(out)
     main = is_main_process(cfg.train)
@@ -237,7 +282,8 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
             logger.info("--resume: continuing run %s from %s", identity["run_id"], checkpoint)
     if cfg.threads is not None:  # an explicit choice; otherwise the caller's setting stands
         torch.set_num_threads(cfg.threads)
-    model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None)
+    model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None,
+                                                 gradient_checkpointing=cfg.train.gradient_checkpointing)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
     wait_for_all_ranks()  # every rank has judged the directory before rank 0 changes it
     if main:  # inputs checked: now the directory may change
@@ -271,6 +317,9 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
         raise Stopped(stop.received, stopped_message(stop.received, trainer.state.global_step, out,
                                                      identity["run_id"]))
     save_final(trainer, tokenizer, out)
+    if main and report.streaming:  # the counts grew while training read the rows
+        write_json_atomic(out / "data_report.json", report.to_dict())
+        logger.info(report.summary())
     summary = {"run_id": identity["run_id"], "config_hash": identity["config_hash"],
                "train_seconds": round(record.train_seconds(), 1), "global_step": trainer.state.global_step,
                **whole_run_loss(trainer.state.log_history), "segments": record.segments,
@@ -327,6 +376,43 @@ def stopped_message(signal_name: str, step: int, out: Path, run_id: str) -> str:
         f"the newest checkpoint is {last}" if last else "no checkpoint was saved"
     return (f"stopped by {signal_name} after step {step}; {saved}: continue with memdlm train --resume "
             f"--output-dir {out} and the same flags")
+
+
+def check_sharding(train_args) -> None:
+    """Sharding memdlm cannot honour is refused in one line, before anything loads:
+
+    - ``--fsdp`` without CUDA devices: accelerate runs the job as DDP, every rank holding
+      every weight, so the flag would be silently ignored;
+    - DeepSpeed ZeRO-3 (a ``--deepspeed`` config or accelerate's ``deepspeed_config`` with
+      stage 3): it partitions every weight outside the forward, where memdlm reads full
+      ones -- fused MoE experts when the memory's targets are found, the load-time
+      bidirectionality check.
+    """
+    import torch
+
+    from memdlm.errors import ConfigError
+
+    if getattr(train_args, "fsdp", None) and not torch.cuda.is_available():
+        raise ConfigError("--fsdp shards over CUDA devices (FSDP through accelerate); on a CPU it would "
+                          "run as plain DDP with nothing sharded: drop --fsdp here")
+    if zero_stage(train_args) == 3:
+        raise ConfigError("DeepSpeed ZeRO-3 partitions the weights that memdlm reads outside the forward "
+                          "(MoE experts for the memory's targets, the load-time bidirectionality check): use "
+                          "ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml) or FSDP")
+
+
+def zero_stage(train_args) -> int | None:
+    """The DeepSpeed ZeRO stage of the run (``--deepspeed`` file or dict, or accelerate's
+    launcher setting), None without DeepSpeed."""
+    config = getattr(train_args, "deepspeed", None)
+    if isinstance(config, str) and Path(config).is_file():
+        config = json.loads(Path(config).read_text())
+    if isinstance(config, dict) and isinstance(config.get("zero_optimization"), dict):
+        stage = config["zero_optimization"].get("stage")
+        if stage is not None:
+            return int(stage)
+    env = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    return int(env) if env and env.isdigit() else None
 
 
 def recovery_advice(err, out: Path, run_id: str, resumed_from: str | None, model) -> str:
