@@ -260,6 +260,23 @@ def test_padded_2d_mask_turned_causal_is_fixed_with_a_4d_key_padding_mask(tok, w
     assert torch.equal(got[real], expected[real])
 
 
+def test_a_deep_copy_of_a_wrapped_model_runs_its_own_weights(tok, written):
+    """The 4-D mask wrapper is bound to its model: a deep copy's forward must run the copy
+    (a closure over the original made the copy's logits the original's, silently)."""
+    import copy
+
+    loaded = load_model(written["llada2"][0], trust_remote_code=True).eval()
+    twin = copy.deepcopy(loaded)
+    with torch.no_grad():
+        twin.get_input_embeddings().weight.mul_(2.0)
+    ids, mask = _batch(tok)
+    with torch.no_grad():
+        mine, theirs = forward_logits(loaded, ids, mask), forward_logits(twin, ids, mask)
+    real = mask.bool()
+    assert not torch.allclose(mine[real], theirs[real])
+    assert getattr(twin.forward, "__self__", None) is twin
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_is_bidirectional_padded_and_unpadded(written, family):
     loaded = load_model(written[family][0], trust_remote_code=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import types
 
 import torch
 
@@ -41,18 +42,21 @@ def pass_4d_key_padding_masks(model) -> None:
     """Wrap ``model.forward`` so a 2-D ``attention_mask`` keyword reaches it as a 4-D key-padding mask.
 
     The instance's ``forward`` is replaced (not a hook on ``__call__``): PEFT calls the
-    base model's ``forward`` directly.
+    base model's ``forward`` directly. It is bound to the model as a method, not a closure
+    over it, so ``copy.deepcopy(model)`` gives a copy whose forward runs the copy.
     """
     original = model.forward
+    bound = getattr(original, "__self__", None) is model
+    inner = original.__func__ if bound else None
 
     @functools.wraps(original)
-    def forward(*args, **kwargs):
+    def forward(self, *args, **kwargs):
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             kwargs["attention_mask"] = key_padding_mask_4d(mask)
-        return original(*args, **kwargs)
+        return inner(self, *args, **kwargs) if bound else original(*args, **kwargs)
 
-    model.forward = forward
+    model.forward = types.MethodType(forward, model)
     model.config.memdlm_key_padding_4d = True  # informative: shows in the run's saved config
 
 
