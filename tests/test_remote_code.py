@@ -93,6 +93,13 @@ def test_tied_list_becomes_a_tied_head_that_saves_and_reloads(tok, written, tmp_
         assert torch.equal(forward_logits(again, ids), forward_logits(loaded, ids))
 
 
+def test_tied_list_class_built_directly_is_tied_as_in_4x(written):
+    """Outside from_pretrained (which ties after loading), the patched class ties when built."""
+    loaded = load_model(written["llada2"][0], trust_remote_code=True)
+    built = type(loaded)(loaded.config)
+    assert built.lm_head.weight is built.model.embed_tokens.weight
+
+
 def test_untied_list_and_missing_post_init_meet_the_contract(written, tmp_path):
     dream = load_model(written["dream"][0], trust_remote_code=True)
     assert dream.all_tied_weights_keys == {}  # listed, but the config does not tie

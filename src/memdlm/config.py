@@ -25,8 +25,8 @@ class ModelArguments:
     model: str | None = field(default=None, metadata={
         "help": "Local model directory (with a tokenizer that has a mask token), a shipped model's "
                 "name (e.g. mqar-base) or a hub id ORG/NAME already in the local Hugging Face cache "
-                "($HF_HUB_CACHE, else $HF_HOME/hub; never downloaded). Default: a freshly initialised model from --init-config and the "
-                "shipped tokenizer."})
+                "($HF_HUB_CACHE, else $HF_HOME/hub; never downloaded). Default: a freshly initialised "
+                "model from --init-config and the shipped tokenizer."})
     init_config: str | None = field(default=None, metadata={
         "help": "Without --model: the config of the model trained from scratch -- a shipped config's "
                 "name (assets/init/, listed at the end; 'tiny' is the bidirectional Gemma3, 'recall' the "

@@ -183,6 +183,9 @@ def patch_tied_weights_contract(cls) -> None:
             source = f"{_module_name(self, self.get_input_embeddings())}.weight"
             self._tied_weights_keys = {target: source for target in listed}
             self.all_tied_weights_keys = self.get_expanded_tied_weights_keys(all_submodels=False)
+            # tie now, as 4.x's post_init did (a class built directly); from_pretrained builds
+            # under transformers' no_tie_weights (a no-op here) and ties after loading
+            self.tie_weights(recompute_mapping=False)
 
     cls.__init__ = __init__
     cls._memdlm_patched = True
