@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -50,7 +51,7 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None,
     ``out``: the run directory, given on the main process only; a LoRA run records
     there which base it needs (and a model built from scratch saves its base weights).
     """
-    from memdlm.modeling import build_tiny_model, init_config_path, load_model, tiny_head_overrides
+    from memdlm.modeling import build_tiny_model, init_config_path, load_model
     from memdlm.tokenizer import load_tokenizer, reconcile_mask_token
 
     quantization = quantization_config(model_args)  # --load-in-4bit: fails fast, before any loading
