@@ -1,7 +1,8 @@
 """One short GPU check of memdlm at scale, ready before a GPU is lent (``scripts/gpu_check.sh``).
 
     bash scripts/gpu_check.sh            # one H100/H200, bf16, a ~1.4B LLaDA-shaped random model; < 8 minutes
-    bash scripts/gpu_check.sh --tiny     # the same code on a CPU with a tiny model (tests/test_gpu_check.py)
+    bash scripts/gpu_check.sh --tiny     # the same code on a CPU: 4 layers of width 64, LLaDA's vocabulary
+                                         # (token ids past the tokenizer's, as on the GPU); tests/test_gpu_check.py
 
 Prints one JSON object (the last line) with:
 
@@ -43,7 +44,7 @@ FULL = dict(hidden_size=2048, num_hidden_layers=16, intermediate_size=6144, num_
             num_key_value_heads=16, vocab_size=126464, lengths=[2048, 4096], rounds=3, prompt_length=1024,
             new_tokens=64, prompts=16, batch=8)
 TINY = dict(hidden_size=64, num_hidden_layers=4, intermediate_size=192, num_attention_heads=4,
-            num_key_value_heads=4, vocab_size=None, lengths=[96, 128], rounds=2, prompt_length=96,
+            num_key_value_heads=4, vocab_size=126464, lengths=[96, 128], rounds=2, prompt_length=96,
             new_tokens=8, prompts=4, batch=2)
 
 

@@ -138,3 +138,11 @@ def test_train_on_longalpaca_parquet(tmp_path, streaming):
     else:  # at least the four examples two steps of two took (the loader reads ahead)
         assert report["examples_kept"] >= 4
         assert report["rows_read"] == report["examples_kept"] + len(report["dropped_too_long"])
+
+
+def test_streaming_with_loader_workers_is_refused(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", LONGALPACA)
+    rc = main(["train", "--data", data, "--data-streaming", "true", "--dataloader-num-workers", "2",
+               "--output-dir", str(tmp_path / "run"), *TINY])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--data-streaming reads rows in the main process" in err

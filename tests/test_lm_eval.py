@@ -136,15 +136,18 @@ def test_estimate_ignores_batch_mates_and_approaches_the_elbo(lm, tiny, tok):
     assert estimate == pytest.approx(elbo, abs=0.05)  # 60 draws: MC error ~0.01 nats here
 
 
-def test_rolling_is_finite_and_windows_cover_the_text(lm, tok):
+def test_rolling_is_the_sum_of_its_windows_which_cover_the_text(lm, tok):
     text = "The harbour greeted the slow stream without a word. " * 3
-    (value,) = lm.loglikelihood_rolling([_request("loglikelihood_rolling", text)])
-    assert value < 0 and torch.isfinite(torch.tensor(value))
-    short = MemdlmLM(lm.model, tokenizer=tok, max_length=16, mc_samples=1, device="cpu")
+    short = MemdlmLM(lm.model, tokenizer=tok, max_length=16, mc_samples=2, device="cpu")
     tokens = short._encode(text)
     windows = short._windows(tokens)
-    assert sum((piece for _, piece in windows), []) == tokens
+    assert len(windows) > 2 and sum((piece for _, piece in windows), []) == tokens
     assert all(len(c) + len(p) <= 16 for c, p in windows)
+    (value,) = short.loglikelihood_rolling([_request("loglikelihood_rolling", text)])
+    # each window is one log-likelihood request with its own seed (text, window index)
+    parts = [short._mc_loglik([w], [request_seed(short.seed, text, str(i))], None)[0]
+             for i, w in enumerate(windows)]
+    assert value == pytest.approx(sum(parts), abs=1e-4) and value < 0
 
 
 def test_memory_settings_come_from_the_run(tmp_path, tiny, tok):

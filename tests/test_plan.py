@@ -123,3 +123,15 @@ def test_estimate_within_ten_percent_of_a_measured_cpu_peak():
     measured = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
     estimate, _ = estimated_peak(row)
     assert abs(estimate / measured - 1) < 0.10, (estimate, measured)
+
+
+def test_train_dry_run_is_the_plan(capsys, tmp_path):
+    """``memdlm train ... --dry-run`` prints the plan of exactly that run and writes nothing."""
+    out = tmp_path / "run"
+    flags = ["--tiny-layers", "2", "--method", "memdlm", "--output-dir", str(out)]
+    assert main(["train", *flags, "--dry-run", "--json"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert main(["plan", *flags, "--json"]) == 0
+    assert dry == json.loads(capsys.readouterr().out)
+    assert dry["settings"]["method"] == "memdlm" and dry["memory_layers"] == [1]
+    assert not out.exists()

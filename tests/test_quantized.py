@@ -113,3 +113,23 @@ def test_qlora_memdlm_on_4bit_ffn_layers_trains_and_round_trips(tok, tmp_path):
     for name, tensor in saved.items():  # exact round trip of every adapter tensor
         match = [v for n, v in lora.items() if n.replace(".default", "").endswith(name.split("base_model.model.")[-1])]
         assert len(match) == 1 and torch.equal(match[0].float(), tensor), name
+
+
+@pytest.mark.slow
+def test_8bit_memdlm_trains_on_the_cpu(tok, tmp_path):
+    """--load-in-8bit: the memory's targets are bitsandbytes Linear8bitLt layers; two MemDLM steps
+    with finite losses and an inner loop that moved the memory."""
+    from bitsandbytes.nn import Linear8bitLt
+
+    from memdlm.memory.targets import find_targets, linear_of
+    from memdlm.training.run import build_model_and_tokenizer
+
+    path = tiny_llama_dir(tok, tmp_path / "base")
+    model, _ = build_model_and_tokenizer(ModelArguments(model=path, load_in_8bit=True, use_lora=True), seed=0)
+    assert all(isinstance(linear_of(t.module), Linear8bitLt) for t in find_targets(model))
+    out = tmp_path / "run"
+    rc = main(["train", "--method", "memdlm", "--model", path, "--load-in-8bit", "--use-lora", "--lora-r", "4",
+               "--lora-alpha", "8", "--output-dir", str(out), *QUICK])
+    assert rc == 0
+    history = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert len(history) == 2 and all(h["loss"] > 0 and h["memory/norm"] > 0 for h in history)

@@ -25,7 +25,8 @@ def run(argv: list[str], prog: str = "memdlm plan") -> int:
     from memdlm.training.options import parse
     from memdlm.training.plan import make_plan, render
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(prog=prog, add_help=False,
+                                  description="The plan's own options; every memdlm train option follows.")
     pre.add_argument("--devices", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
                      help="Devices the run shards over with --fsdp (default: WORLD_SIZE, else 1).")
     pre.add_argument("--json", action="store_true", help="Print the plan as one JSON object.")

@@ -10,6 +10,8 @@ Examples:
     memdlm train --config configs/tiny.yaml --max-steps 200
     # your own data (prompt/response, Alpaca, messages or text rows)
     memdlm train --data data.jsonl --model path/to/dlm --use-lora --learning-rate 2e-5
+    # what the run would hold (targets, counts, peak memory per device), without running it
+    memdlm train --config configs/paper_llada.yaml --dry-run
     # two processes (DDP over gloo on a CPU, NCCL on GPUs)
     torchrun --nproc_per_node 2 -m memdlm.cli train --output-dir runs/ddp
 """
@@ -27,6 +29,10 @@ def parse(argv: list[str], prog: str = "memdlm train"):
 
 
 def run(argv: list[str], prog: str = "memdlm train") -> int:
+    if "--dry-run" in argv:  # the plan of this run, nothing trained or written
+        from memdlm.commands import plan
+
+        return plan.run([a for a in argv if a != "--dry-run"], prog=f"{prog} --dry-run")
     import torch
 
     from memdlm.config import default_threads

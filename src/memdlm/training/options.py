@@ -180,6 +180,9 @@ def build_parser(prog: str = "memdlm train", description: str | None = None):
     parser.add_argument("--resume", action="store_true",
                         help="Continue the run in --output-dir from its newest complete checkpoint (same settings; "
                              "the schedule -- learning rate, max steps, warmup -- may change).")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Print what the run would hold -- memory targets, LoRA and fast-weight counts, peak "
+                             "memory per device -- and stop (memdlm plan); nothing is loaded or written.")
     lists = _registry_lists()
     for action in parser._actions:  # argparse has no public way to reach an added option's help
         if action.dest in lists:

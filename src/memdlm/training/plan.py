@@ -352,7 +352,7 @@ def make_plan(setup, devices: int = 1) -> Plan:
     memory = estimate_memory(model, setup, source.config_dict, shapes, lora, trainable, fast, slots,
                              devices, experts_as_linear=bool(source.stand_in))
     family = family_of(type("Config", (), {"model_type": source.config_dict.get("model_type")})())
-    settings = {"method": setup.train.method, "precision": precision_name(setup),
+    settings = {"method": setup.train.method, "precision": precision_name(setup, source.config_dict),
                 "micro_batch": setup.train.per_device_train_batch_size, "length": sequence_length(setup.data),
                 "gradient_checkpointing": bool(setup.train.gradient_checkpointing),
                 "sharding": f"fsdp over {devices} devices" if getattr(setup.train, "fsdp", None) else "none",
@@ -362,9 +362,10 @@ def make_plan(setup, devices: int = 1) -> Plan:
                 family.ffn, fast, slots, lora, trainable, memory, settings)
 
 
-def precision_name(setup) -> str:
+def precision_name(setup, config_dict: dict) -> str:
     m, t = setup.model, setup.train
-    base = "4-bit NF4" if m.load_in_4bit else "8-bit" if m.load_in_8bit else f"weights {m.dtype}"
+    dtype = str(loaded_dtype(m, config_dict)).replace("torch.", "")
+    base = "4-bit NF4" if m.load_in_4bit else "8-bit" if m.load_in_8bit else f"{dtype} weights"
     compute = "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32"
     return f"{base}, {compute} compute"
 

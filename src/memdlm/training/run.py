@@ -253,6 +253,11 @@ def train(cfg, resume: bool = False) -> dict:
     is finished without training another step.
     """
     check_sharding(cfg.train)
+    if cfg.data.data_streaming and cfg.train.dataloader_num_workers > 0:
+        from memdlm.errors import ConfigError
+
+        raise ConfigError("--data-streaming reads rows in the main process (each loader worker would read "
+                          "every row again): set --dataloader-num-workers 0")
     out = Path(cfg.train.output_dir)
     make_output_dir(out)
     main = is_main_process(cfg.train)
