@@ -72,6 +72,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from DIR.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
+    from memdlm.placement import add_inference_flags
+
+    add_inference_flags(p)
     defaults = ExposureBiasConfig()
     for f in fields(ExposureBiasConfig):
         default = getattr(defaults, f.name)
@@ -113,7 +116,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
 
     from memdlm.config import default_threads
     from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
-    from memdlm.run import Run
+    from memdlm.placement import load_run
 
     torch.set_num_threads(args.threads or default_threads())
     config = ExposureBiasConfig(**{f.name: getattr(args, f.name) for f in fields(ExposureBiasConfig)})
@@ -122,7 +125,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
     results, loaded = {}, {}
     for spec in specs:
         if spec.path not in loaded:  # keep one model at a time; DIR, DIR:memory in a row load once
-            loaded = {spec.path: Run.load(spec.path, args.trust_remote_code)}
+            loaded = {spec.path: load_run(spec.path, args)}
         current = loaded[spec.path]
         model, tokenizer = current.model, current.tokenizer
         pairs = heldout_pairs(tokenizer, args.items, args.length, args.task)
@@ -130,7 +133,8 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
         logger.info("exposure bias: %s (%s%s)", spec.name, spec.path,
                     f", memory: {memory.describe()}" if memory else "")
         result = exposure_bias(model, tokenizer, pairs, config, memory=memory, progress=True,
-                               meta={"run": spec.path, "task": args.task, "length": args.length})
+                               meta={"run": spec.path, "task": args.task, "length": args.length},
+                               context_overflow=args.context_overflow)
         results[spec.name] = result.to_dict(config.bootstrap)
     (out / "exposure_bias.json").write_text(json.dumps(
         {"config": vars(args), "runs": results}, indent=2))
