@@ -57,10 +57,3 @@ def add_inference_flags(parser) -> None:
     parser.add_argument("--context-overflow", default=OVERFLOW_CHOICES[0], choices=OVERFLOW_CHOICES,
                         help=OVERFLOW_HELP)
 
-
-def load_run(path, args):
-    """``memdlm.run.Run.load`` on ``--device`` / ``--dtype`` (``args``: the parsed flags)."""
-    from memdlm.run import Run
-
-    return Run.load(path, getattr(args, "trust_remote_code", False), dtype=resolve_dtype(args.dtype),
-                    device=resolve_device(args.device))

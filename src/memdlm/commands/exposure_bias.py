@@ -116,7 +116,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
 
     from memdlm.config import default_threads
     from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
-    from memdlm.placement import load_run
+    from memdlm.run import load_run
 
     torch.set_num_threads(args.threads or default_threads())
     config = ExposureBiasConfig(**{f.name: getattr(args, f.name) for f in fields(ExposureBiasConfig)})

@@ -56,7 +56,8 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     from memdlm.commands.sampler_flags import sampler_values
     from memdlm.config import default_threads
     from memdlm.generation import generate
-    from memdlm.placement import load_run, record
+    from memdlm.placement import record
+    from memdlm.run import load_run
     from memdlm.sampling import SamplerConfig
 
     prompts = list(args.prompt)

@@ -169,11 +169,25 @@ def local_dataset_yaml(task: str, config_path: Path, data: Path, split: str) -> 
     return "\n".join(lines) + "\n"
 
 
-def write_local_datasets(specs: list[str], task_manager_factory, out_dir: Path) -> None:
+def task_config_file(task: str, include: list[str]) -> Path | None:
+    """The YAML file that defines lm-eval task ``task`` (include folders win over the
+    harness's own, as in lm-eval); a text search, not lm-eval's full index (~20 s)."""
+    import re
+
+    import lm_eval.tasks
+
+    pattern = re.compile(rf"^task:\s*['\"]?{re.escape(task)}['\"]?\s*$", re.MULTILINE)
+    for root in [*map(Path, reversed(include)), Path(lm_eval.tasks.__file__).parent]:
+        for path in sorted(root.rglob("*.yaml")):
+            if pattern.search(path.read_text(encoding="utf-8", errors="ignore")):
+                return path
+    return None
+
+
+def write_local_datasets(specs: list[str], include: list[str], out_dir: Path) -> None:
     """One override YAML per ``TASK=PATH`` in ``out_dir`` (a folder lm-eval includes)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    manager = task_manager_factory()
     for spec in specs:
         task, sep, path = spec.partition("=")
         if not sep or not task or not path:
@@ -181,14 +195,13 @@ def write_local_datasets(specs: list[str], task_manager_factory, out_dir: Path) 
         data = Path(path).expanduser().resolve()
         if not data.exists():
             raise ConfigError(f"--local-dataset {spec}: {data} does not exist")
-        entry = manager._index.get(task)  # lm-eval's index of task name -> config file
-        if entry is None or getattr(entry, "yaml_path", None) is None:
+        config_file = task_config_file(task, include)
+        if config_file is None:
             raise ConfigError(f"--local-dataset {spec}: lm-eval has no task {task!r} defined by a YAML file")
-        config = load_yaml(Path(entry.yaml_path), resolve_func=False, recursive=True)
+        config = load_yaml(config_file, resolve_func=False, recursive=True)
         split = config.get("test_split") or config.get("validation_split") or "test"
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"memdlm_local_{task}.yaml").write_text(
-            local_dataset_yaml(task, Path(entry.yaml_path), data, split))
+        (out_dir / f"memdlm_local_{task}.yaml").write_text(local_dataset_yaml(task, config_file, data, split))
 
 
 def hub_data_error(err: BaseException, tasks: list[str]) -> HubDataError | None:
@@ -250,10 +263,8 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
             ns.tasks = names + others
             include.append(str(export_dir))
         if ours.local_dataset:
-            from lm_eval.tasks import TaskManager
-
             local_dir = Path(tmp) / "local"
-            write_local_datasets(ours.local_dataset, lambda: TaskManager(include_path=include or None), local_dir)
+            write_local_datasets(ours.local_dataset, include, local_dir)
             include.append(str(local_dir))
         ns.include_path = include or None
         register()
