@@ -10,7 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from memdlm.cli import main
-from memdlm.context import ContextLimit, ContextOverflowError, context_limit, fit_prompts, new_counts
+from memdlm.context import (
+    ContextLimit,
+    ContextOverflowError,
+    context_limit,
+    fit_prompts,
+    new_counts,
+)
 
 LIMIT = 64  # positions of the small model below
 
