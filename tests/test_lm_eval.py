@@ -305,3 +305,33 @@ def test_fast_sampling_model_arguments(tiny, tok):
     assert (fast.unmask_rule, fast.threshold, fast.max_per_step, fast.cache) == ("threshold", 0.5, 2, "dual")
     with pytest.raises(ValueError, match="unknown cache"):
         MemdlmLM(tiny, tokenizer=tok, device="cpu", cache="full")
+
+
+def _responses(out_dir) -> dict:
+    (samples,) = out_dir.rglob("samples_*.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    return {row["doc_id"]: (row["doc"]["target"], row["resps"]) for row in rows}
+
+
+@pytest.mark.slow
+def test_two_processes_on_the_cpu_give_one_process_results(tmp_path, monkeypatch):
+    """torchrun, 2 processes, gloo: lm-eval splits the items between them and gathers the
+    answers; every answer and the score equal one process's (4 items: an even split, so no
+    item is repeated as padding)."""
+    from memdlm.commands.lm_eval import run
+
+    argv = ["--model-args", "pretrained=mqar-base", "--tasks", "memdlm_kv_128", "--limit", "4", "--log-samples"]
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": os.pathsep.join(sys.path)}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "memdlm.cli",
+                          "lm-eval", *argv, "--output-path", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    assert run([*argv, "--output-path", str(tmp_path / "one")]) == 0
+    one_answers, two_answers = _responses(tmp_path / "one"), _responses(tmp_path / "two")
+    assert sorted(one_answers) == [0, 1, 2, 3] and two_answers == one_answers
+    (one,), (two,) = (tmp_path / "one").rglob("results_*.json"), (tmp_path / "two").rglob("results_*.json")
+    one, two = json.loads(one.read_text()), json.loads(two.read_text())
+    assert two["results"] == one["results"]
+    assert (one["config"]["memdlm"]["world_size"], two["config"]["memdlm"]["world_size"]) == (1, 2)

@@ -211,6 +211,7 @@ class MemdlmLM(LM):
             return tensor
         import torch.distributed as dist
 
+        tensor = tensor.reshape(-1)  # lm-eval gathers 0-d counts too; concatenated as 1-d
         parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
         dist.all_gather(parts, tensor)
         return torch.cat(parts)
