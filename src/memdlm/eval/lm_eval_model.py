@@ -13,7 +13,7 @@ directory), ``memory`` (inference-time adaptation on each context before
 answering: a fresh per-request memory, see :mod:`memdlm.memory.adapt`),
 ``adapt_mask_ratio``, ``steps`` / ``max_new_tokens`` / ``block_length`` /
 ``temperature`` / ``remasking`` / ``unmask_rule`` / ``threshold`` / ``max_per_step`` /
-``cache`` (the sampler, :class:`memdlm.sampling.SamplerConfig`, whose defaults apply when
+``cache`` / ``dream_eps`` (the sampler, :class:`memdlm.sampling.SamplerConfig`, whose defaults apply when
 an argument is not given),
 ``batch_size`` (sequences per forward pass), ``mc_samples``, ``seed``,
 ``greedy_check``, ``max_length`` (the context limit; default: the model's, read by
@@ -85,7 +85,7 @@ GREEDY_CHECKS = ("decode", "none")
 BATCH_SIZE = 16  # sequences per forward pass unless --batch_size / batch_size= says
 # lm-eval passes model arguments as strings or guessed scalars: the sampler ones, typed
 _SAMPLER_TYPES = {"temperature": float, "remasking": str, "unmask_rule": str, "threshold": float,
-                  "max_per_step": int, "cache": str}
+                  "max_per_step": int, "cache": str, "dream_eps": float}
 
 
 def register() -> None:
@@ -124,6 +124,7 @@ class MemdlmLM(LM):
                  max_new_tokens: int = 256, block_length: int | None = None,
                  temperature: float | None = None, remasking: str | None = None, unmask_rule: str | None = None,
                  threshold: float | None = None, max_per_step: int | None = None, cache: str | None = None,
+                 dream_eps: float | None = None,
                  batch_size: int | str = BATCH_SIZE,
                  mc_samples: int = 32, seed: int = 0, greedy_check: str = "decode",
                  max_length: int | None = None, device: str | None = None, dtype: str | None = None,
@@ -153,7 +154,7 @@ class MemdlmLM(LM):
         self.steps, self.max_new_tokens = steps, int(max_new_tokens)
         self.block_length = block_length
         given = dict(temperature=temperature, remasking=remasking, unmask_rule=unmask_rule, threshold=threshold,
-                     max_per_step=max_per_step, cache=cache)
+                     max_per_step=max_per_step, cache=cache, dream_eps=dream_eps)
         self.sampler_args = {k: _SAMPLER_TYPES[k](v) for k, v in given.items() if v is not None}  # else SamplerConfig's
         self.batch_size, self.mc_samples, self.seed = int(batch_size), int(mc_samples), int(seed)
         self.greedy_check = greedy_check
