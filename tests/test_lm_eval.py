@@ -335,3 +335,23 @@ def test_two_processes_on_the_cpu_give_one_process_results(tmp_path, monkeypatch
     one, two = json.loads(one.read_text()), json.loads(two.read_text())
     assert two["results"] == one["results"]
     assert (one["config"]["memdlm"]["world_size"], two["config"]["memdlm"]["world_size"]) == (1, 2)
+
+
+def test_help_lists_memdlm_and_harness_flags(capsys):
+    from memdlm.commands.lm_eval import run
+
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--export-lengths", "--local-dataset", "--context-overflow", "--dtype", "--metadata",
+                 "--gen_kwargs", "--output_path", "--log_samples"):
+        assert flag in out
+
+
+def test_only_hub_and_nltk_data_failures_become_one_line():
+    from memdlm.commands.lm_eval import hub_data_error
+
+    missing = LookupError("Resource punkt_tab not found. Please use the NLTK Downloader")
+    line = str(hub_data_error(missing, ["niah_multivalue"]))
+    assert "niah_multivalue need NLTK's punkt_tab data" in line and "docs/LM_EVAL.md" in line
+    assert "\n" not in line
+    assert hub_data_error(ValueError("a bug in a task"), ["ruler_vt"]) is None  # keeps its traceback
