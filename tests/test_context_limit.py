@@ -128,3 +128,4 @@ def test_lm_eval_model_refuses_or_truncates_and_counts(small_dir):
     info = cut.get_model_info()["memdlm"]
     assert (info["context"]["tokens"], info["context"]["truncated"], info["context"]["requests"]) == (LIMIT, 2, 2)
     assert (info["device"], info["dtype"]) == ("cpu", "float32")
+    assert (info["sampler"]["unmask_rule"], info["sampler"]["remasking"]) == ("fixed", "low_confidence")

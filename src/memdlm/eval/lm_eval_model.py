@@ -203,7 +203,9 @@ class MemdlmLM(LM):
         return {"memdlm": {**record(self.model), "context": {**self.limit.to_dict(),
                                                              "overflow": self.context_overflow,
                                                              **self.context_counts},
-                           "memory": self.memory_record, "world_size": self.world_size}}
+                           "memory": self.memory_record, "world_size": self.world_size,
+                           # the decoding rule of generate_until (its length follows each task's max_gen_toks)
+                           "sampler": dataclasses.asdict(self.sampler_config())}}
 
     # -- several processes (torchrun / accelerate launch): lm-eval splits the requests --
 
