@@ -58,6 +58,7 @@ def test_generate_records_device_and_dtype(capsys):
         (row,) = json.loads(capsys.readouterr().out)
         assert (row["device"], row["dtype"]) == ("cpu", dtype)
         assert row["context"]["limit"] == 4096 and row["context"]["truncated"] == 0
+        assert (row["sampler"]["unmask_rule"], row["sampler"]["max_new_tokens"]) == ("fixed", 4)
         outputs[dtype] = row["response"]
     assert outputs["bfloat16"] == outputs["float32"]
 

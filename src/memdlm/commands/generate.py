@@ -11,6 +11,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -85,7 +86,8 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     placement = record(loaded.model)
     logger.info("ran on %s in %s; context: %s", placement["device"], placement["dtype"], stats["context"])
     if args.json:
-        print(json.dumps([{"prompt": p, "response": t, **placement, "context": stats["context"]}
+        sampler = dataclasses.asdict(config)  # the decoding rule used (unmask_rule, remasking, ...)
+        print(json.dumps([{"prompt": p, "response": t, **placement, "context": stats["context"], "sampler": sampler}
                           for p, t in zip(prompts, texts)], indent=2))
     else:
         for t in texts:
