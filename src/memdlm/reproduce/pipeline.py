@@ -225,7 +225,8 @@ class Reproduction:
     def exposure_bias(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
         p = self.preset
         settings = {"items": p.eb_items, "steps": p.eb_steps, "length": p.eb_length, "task": p.eb_task,
-                    "memory": chosen, "runs": {k: str(dirs[k]) for k in ("eb_standard", "eb_memdlm")}, **self.placement_settings()}
+                    "memory": chosen, "runs": {k: str(dirs[k]) for k in ("eb_standard", "eb_memdlm")},
+                    **self.placement_settings()}
 
         def compute():
             from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
@@ -275,7 +276,8 @@ class Reproduction:
 
     def probe(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
         p = self.preset
-        settings = {"items": p.probe_items, "length": p.probe_length, "task": p.probe_task, "memory": chosen, **self.placement_settings()}
+        settings = {"items": p.probe_items, "length": p.probe_length, "task": p.probe_task, "memory": chosen,
+                    **self.placement_settings()}
 
         def compute():
             from memdlm.reproduce.probe import probe_items, run_probe
