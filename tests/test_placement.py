@@ -71,3 +71,15 @@ def test_bad_device_and_dtype_are_named():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_reproduction_cells_name_device_and_dtype_only_when_given(tmp_path):
+    """Evaluation cells computed before --device/--dtype existed keep their settings (reused);
+    a cell asked for in another precision has different settings (recomputed, not reused)."""
+    from memdlm.reproduce.pipeline import Reproduction
+    from memdlm.reproduce.presets import get_preset
+
+    preset = get_preset("smoke")
+    assert Reproduction(preset, tmp_path).placement_settings() == {}
+    assert Reproduction(preset, tmp_path, device="cpu", dtype="bfloat16").placement_settings() == {
+        "device": "cpu", "dtype": "bfloat16"}
