@@ -95,3 +95,19 @@ def test_dream_options_are_checked():
         SamplerConfig(unmask_rule="dream", dream_eps=0.0)
     with pytest.raises(ValueError, match="steps must lie in"):
         SamplerConfig(max_new_tokens=4, steps=5, unmask_rule="dream")
+
+
+def test_native_is_the_family_rule_and_is_recorded(tok):
+    def typed(model_type):
+        return SimpleNamespace(config=SimpleNamespace(model_type=model_type))
+
+    assert SamplerConfig().unmask_rule == "native"
+    assert SamplerConfig().for_model(typed("dream")).unmask_rule == "dream"
+    assert SamplerConfig().for_model(typed("llada")).unmask_rule == "fixed"
+    assert SamplerConfig(unmask_rule="fixed").for_model(typed("dream")).unmask_rule == "fixed"  # explicit wins
+    prompt, n, steps = [10, 11, 12], 12, 5
+    table = torch.randn(len(prompt) + n + 2, len(tok), generator=torch.Generator().manual_seed(3)) * 3
+    model = PositionLogits(table)  # no config: not a known family, so LLaDA's fixed rule
+    out = Sampler(model, tok, SamplerConfig(max_new_tokens=n, steps=steps)).generate([prompt], return_history=True)
+    assert out.unmask_rule == "fixed"
+    assert [int(step.committed[0].sum()) for step in out.history] == [3, 3, 2, 2, 2]  # 12 over 5, even

@@ -80,3 +80,4 @@ def _add_counts(stats: dict, out) -> None:
     stats["model_calls"] = stats.get("model_calls", 0) + out.model_calls
     stats.setdefault("calls_per_sample", []).extend(out.calls_per_sample)
     stats["cache_used"] = out.cache_used
+    stats["unmask_rule"] = out.unmask_rule

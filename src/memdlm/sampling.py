@@ -19,7 +19,9 @@ The rules, in the order a call applies them:
    gets more steps than it has slots (a short last block gives its surplus to
    the earliest blocks with room). So every step commits at least one token,
    the total is exactly S, and S must lie in ``[num_blocks, N]``.
-4. **Tokens per step**, by ``unmask_rule``:
+4. **Tokens per step**, by ``unmask_rule`` (default ``"native"``: the model family's own
+   rule from :mod:`memdlm.backbones` -- ``"dream"`` for Dream, ``"fixed"`` for every other
+   family; the rule used is reported as ``SamplerOutput.unmask_rule``):
 
    a. ``"fixed"`` (:func:`tokens_per_step`; LLaDA). Within a block of n slots and
       s steps, each step commits ``n // s`` tokens, the first ``n % s`` steps one
@@ -335,8 +337,10 @@ class SamplerConfig:
             "help": "Which masked slots to commit: the most confident proposals (probability; Dream's "
                     "maskgit_plus), uniformly random ones, the largest top-1 minus top-2 probability "
                     "margin or the lowest entropy (Dream's topk_margin / entropy)."})
-    unmask_rule: Literal["fixed", "threshold", "dream"] = field(default="fixed", metadata={
-        "help": "How many slots a step commits: 'fixed' follows the S-step schedule; 'threshold' "
+    unmask_rule: Literal["native", "fixed", "threshold", "dream"] = field(default="native", metadata={
+        "help": "How many slots a step commits: 'native' is the model family's own rule (Dream: "
+                "'dream', every other family: 'fixed'; docs/BACKBONES.md); 'fixed' follows the "
+                "S-step schedule (LLaDA's even split); 'threshold' "
                 "commits every masked slot of the current block whose confidence is >= --threshold "
                 "(at least one, at most --max-per-step), so the number of model calls depends on "
                 "the data (Fast-dLLM); 'dream' is Dream's timestep schedule (int(m (1 - s/t)) of "
@@ -405,8 +409,17 @@ class SamplerConfig:
     def num_blocks(self) -> int:
         return len(block_sizes(self.max_new_tokens, self.block_length or self.max_new_tokens))
 
+    def for_model(self, model) -> SamplerConfig:
+        """This config with ``unmask_rule="native"`` replaced by ``model``'s family's rule."""
+        if self.unmask_rule != "native":
+            return self
+        from memdlm.backbones import family_of
+
+        return dataclasses.replace(self, unmask_rule=family_of(getattr(model, "config", None)).decoding)
+
     def plan(self) -> list[BlockPlan]:
-        """The decoding schedule: one entry per block with its per-step counts (fixed rule)."""
+        """The decoding schedule: one entry per block with its per-step counts ("native"
+        unresolved -- no model at hand -- plans as "fixed"; :meth:`for_model` resolves it)."""
         sizes = block_sizes(self.max_new_tokens, self.block_length or self.max_new_tokens)
         if self.unmask_rule == "threshold":
             starts = [sum(sizes[:i]) for i in range(len(sizes))]
@@ -442,6 +455,7 @@ class SamplerOutput:
     model_calls: int = 0  # forward passes of the batch
     calls_per_sample: list[int] | None = None  # forwards in which each sample had a slot to commit
     cache_used: str = "none"  # the cache mode actually used ("none" where the family cannot cache)
+    unmask_rule: str = "fixed"  # the rule actually used ("native" resolved to the family's)
 
 
 # ---------------------------------------------------------------------------
@@ -484,7 +498,7 @@ class Sampler:
         ``attention_mask`` (either padding side). ``overrides`` replace
         :class:`SamplerConfig` fields for this call only.
         """
-        config = self._with_overrides(overrides)
+        config = self._with_overrides(overrides).for_model(self.model)
         prompt_ids = self._encode(prompts, attention_mask)
         context = forward_context or self.forward_context or contextlib.nullcontext
         was_training = self.model.training
@@ -498,6 +512,7 @@ class Sampler:
         out = self._package(x, prompt_ids, resp_pos, history, config)
         out.model_calls, out.calls_per_sample = forward.calls, forward.calls_per_sample.tolist()
         out.cache_used = forward.mode
+        out.unmask_rule = config.unmask_rule
         return out
 
     # -- pieces of generate ------------------------------------------------

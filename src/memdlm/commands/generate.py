@@ -86,7 +86,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     placement = record(loaded.model)
     logger.info("ran on %s in %s; context: %s", placement["device"], placement["dtype"], stats["context"])
     if args.json:
-        sampler = dataclasses.asdict(config)  # the decoding rule used (unmask_rule, remasking, ...)
+        sampler = dataclasses.asdict(config.for_model(loaded.model))  # the decoding rule used
         print(json.dumps([{"prompt": p, "response": t, **placement, "context": stats["context"], "sampler": sampler}
                           for p, t in zip(prompts, texts)], indent=2))
     else:

@@ -205,7 +205,7 @@ class MemdlmLM(LM):
                                                              **self.context_counts},
                            "memory": self.memory_record, "world_size": self.world_size,
                            # the decoding rule of generate_until (its length follows each task's max_gen_toks)
-                           "sampler": dataclasses.asdict(self.sampler_config())}}
+                           "sampler": dataclasses.asdict(self.sampler_config().for_model(self.model))}}
 
     # -- several processes (torchrun / accelerate launch): lm-eval splits the requests --
 

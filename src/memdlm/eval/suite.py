@@ -199,6 +199,7 @@ def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sample
         "item_correct": exact,
         "predictions": texts,
         "context": counts["context"],  # the model's limit and prompts truncated / run past it
+        "unmask_rule": counts["unmask_rule"],  # the decoding rule used ("native" resolved)
     }
     recall = recall_of(task, texts, samples)
     if recall:  # associative recall: reference levels and where wrong answers came from
