@@ -259,7 +259,8 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
         include = [ns.include_path] if ns.include_path else []
         if ours_tasks:
             export_dir = Path(ours.export_dir or Path(tmp) / "export").resolve()
-            names = _export(ours_tasks, ours, ns.limit, _tokenizer(ns.model_args["pretrained"]), export_dir)
+            tokenizer = _tokenizer(ns.model_args["pretrained"], bool(ns.model_args.get("trust_remote_code")))
+            names = _export(ours_tasks, ours, ns.limit, tokenizer, export_dir)
             ns.tasks = names + others
             include.append(str(export_dir))
         if ours.local_dataset:
@@ -280,10 +281,10 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
     return 0
 
 
-def _tokenizer(path: str):
+def _tokenizer(path: str, trust_remote_code: bool):
     from memdlm.tokenizer import load_tokenizer
 
-    return load_tokenizer(path)
+    return load_tokenizer(path, trust_remote_code)
 
 
 def _export(pairs: list[tuple[str, int]], ours, limit, tokenizer, out_dir: Path) -> list[str]:
