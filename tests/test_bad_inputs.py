@@ -418,8 +418,9 @@ def test_auto_map_without_trust_remote_code(tiny_model_dir, tmp_path, capsys, mo
     assert needle in line and "--trust-remote-code" in line
 
 
-def test_prompt_past_absolute_positions_is_an_error_and_past_rope_a_warning(tok, tmp_path, capsys, caplog,
-                                                                             tiny_model_dir):
+def test_prompt_past_absolute_positions_is_an_error_and_past_rope_refused_unless_extended(
+        tok, tmp_path, capsys, caplog, tiny_model_dir):
+    """Before: past a rotary model's max_position_embeddings generation ran with a warning."""
     from transformers import BertConfig, BertForMaskedLM
 
     # a bidirectional encoder with a 32-row absolute position table
@@ -429,17 +430,25 @@ def test_prompt_past_absolute_positions_is_an_error_and_past_rope_a_warning(tok,
     BertForMaskedLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     prompt = "word " * 40
+    n = len(tok(prompt, add_special_tokens=False)["input_ids"])
     line = one_error_line(capsys, main(["generate", "--model", str(path), "--prompt", prompt,
                                         "--max-new-tokens", "4"]), "generate")
-    assert re.search(r"prompt 0 is \d+ tokens \+ 4 new = \d+ positions, past the model's "
-                     r"max_position_embeddings 32 \(absolute position embeddings\)", line)
+    assert (f"prompt 0 is {n} tokens + 4 new = {n + 4} positions, past the model's context limit 32 "
+            "(config.max_position_embeddings)") in line
+    line = one_error_line(capsys, main(["generate", "--model", str(path), "--prompt", prompt, "--max-new-tokens",
+                                        "4", "--context-overflow", "extend"]), "generate")
+    assert "absolute table" in line
     rope = tmp_path / "rope"
     shutil.copytree(tiny_model_dir, rope)
     config = json.loads((rope / "config.json").read_text())
     config["max_position_embeddings"] = 16
     (rope / "config.json").write_text(json.dumps(config))
-    assert main(["generate", "--model", str(rope), "--prompt", prompt, "--max-new-tokens", "2"]) == 0
-    assert "past the model's max_position_embeddings 16 (rotary positions" in caplog.text
+    line = one_error_line(capsys, main(["generate", "--model", str(rope), "--prompt", prompt,
+                                        "--max-new-tokens", "2"]), "generate")
+    assert f"{n + 2} positions, past the model's context limit 16" in line and "--context-overflow" in line
+    assert main(["generate", "--model", str(rope), "--prompt", prompt, "--max-new-tokens", "2",
+                 "--context-overflow", "extend"]) == 0
+    assert "1 run past it" in caplog.text
 
 
 def test_generate_steps_default_follows_max_new_tokens(tiny_model_dir, capsys):

@@ -229,7 +229,9 @@ def test_cli_runs_an_exported_task_offline(tiny, tok, tmp_path, monkeypatch):
     rc = run(["--model-args", f"pretrained={model_dir},batch_size=4", "--tasks", "memdlm_kv_128",
               "--limit", "4", "--output-path", str(out), "--export-dir", str(tmp_path / "tasks")])
     assert rc == 0
-    result = json.loads(out.read_text())["results"]["memdlm_kv_128"]
+    (written,) = tmp_path.glob("results_*.json")  # lm-eval stamps FILE.json with the date
+    results = json.loads(written.read_text())
+    result = results["results"]["memdlm_kv_128"]
     assert result["sample_len"] == 4
     # the score is the task's scorer on what the model answers to the first four exported rows
     from memdlm.eval.lm_eval_tasks import STOP_STRINGS, process_results
@@ -243,6 +245,89 @@ def test_cli_runs_an_exported_task_offline(tiny, tok, tmp_path, monkeypatch):
                                   for row in rows[:4]])
     expected = sum(process_results(row, [a])["string_match_all"] for row, a in zip(rows, answers)) / 4
     assert result["string_match_all,none"] == pytest.approx(expected)
+    assert results["config"]["batch_size"] == "4"  # moved out of --model-args to lm-eval's own flag
+    memdlm = results["config"]["memdlm"]
+    assert (memdlm["device"], memdlm["dtype"], memdlm["world_size"]) == ("cpu", "float32", 1)
+    assert memdlm["context"]["source"] == "config.max_position_embeddings"
+    assert memdlm["context"]["requests"] == 4 and memdlm["context"]["truncated"] == 0
+
+
+def test_harness_flags_in_either_spelling():
+    from memdlm.commands.lm_eval import _run_options, harness_argv, harness_parser
+
+    options = _run_options(harness_parser())
+    argv = ["--model-args", "pretrained=x,memory=True", "--output-path=o", "--log-samples", "--gen_kwargs",
+            "temperature=0", "--not-a-flag", "--limit", "2"]
+    assert harness_argv(argv, options) == [
+        "--model_args", "pretrained=x,memory=True", "--output_path=o", "--log_samples", "--gen_kwargs",
+        "temperature=0", "--not-a-flag", "--limit", "2"]
+
+
+def test_namespace_for_the_memdlm_model(tmp_path):
+    from memdlm.commands.lm_eval import build_parser, harness_parser, prepare_namespace
+    from memdlm.errors import ConfigError
+    from memdlm.shipped import resolve_model
+
+    def prepared(*argv, ours=()):
+        ns = harness_parser().parse_args(["run", "--tasks", "ruler_vt", *argv])
+        prepare_namespace(ns, build_parser("x").parse_args(list(ours)))
+        return ns
+
+    ns = prepared("--model_args", "pretrained=mqar-base,device=cpu,batch_size=3", ours=["--dtype", "bfloat16"])
+    assert ns.model == "memdlm" and (ns.device, ns.batch_size) == ("cpu", "3")
+    # the shipped name becomes the path RULER's data builder loads the tokenizer from
+    assert ns.model_args == {"pretrained": resolve_model("mqar-base"), "dtype": "bfloat16"}
+    ns = prepared("--model_args", "pretrained=mqar-base")
+    assert ns.batch_size == "16" and ns.device in ("cpu", "cuda")  # not lm-eval's cuda:0 on a CPU machine
+    with pytest.raises(ConfigError, match="device is given twice"):
+        prepared("--model_args", "pretrained=mqar-base,device=cpu", "--device", "cpu")
+    with pytest.raises(ConfigError, match="needs pretrained"):
+        prepared("--model_args", "memory=True")
+    with pytest.raises(ConfigError, match="runs the memdlm model"):
+        prepared("--model", "hf", "--model_args", "pretrained=mqar-base")
+
+
+def test_local_dataset_config_overrides_the_hub_loader(tmp_path):
+    from memdlm.commands.lm_eval import local_dataset_yaml
+
+    data = tmp_path / "qa1.jsonl"
+    text = local_dataset_yaml("babilong_qa1", tmp_path / "babilong_qa1.yaml", data, "qa1")
+    assert text.splitlines() == [
+        "task: babilong_qa1", f'include: "{tmp_path / "babilong_qa1.yaml"}"', "custom_dataset: null",
+        "dataset_path: json", "dataset_name: null", f'dataset_kwargs: {{data_files: {{"qa1": "{data}"}}}}']
+
+
+BABILONG_FIXTURE = [  # BABILong's columns: input (facts), question, target
+    {"input": "Mary went to the garden. John moved to the kitchen.", "question": "Where is Mary?",
+     "target": "garden"},
+    {"input": "John went to the hallway. Mary moved to the office.", "question": "Where is John?",
+     "target": "hallway"},
+]
+
+
+@pytest.mark.slow
+def test_hub_task_on_a_local_dataset_and_without_it(tmp_path, monkeypatch):
+    """lm-eval's own babilong_qa1 on a local fixture file (the harness's prompt, few-shot
+    examples and scorer); without the file, offline: one line naming the dataset."""
+    from memdlm.commands.lm_eval import run
+
+    data = tmp_path / "qa1.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in BABILONG_FIXTURE))
+    base = ["--model-args", "pretrained=mqar-base", "--tasks", "babilong_qa1", "--limit", "2"]
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    assert run([*base, "--local-dataset", f"babilong_qa1={data}", "--output-path", str(tmp_path / "out"),
+                "--log-samples"]) == 0
+    (samples_file,) = (tmp_path / "out").rglob("samples_babilong_qa1_*.jsonl")
+    samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    assert sorted(s["doc"]["target"] for s in samples) == ["garden", "hallway"]
+    assert all(s["doc"]["input"] in s["arguments"]["gen_args_0"]["arg_0"] for s in samples)
+    # a fresh process, so the hub libraries read the offline switches at import
+    missing = subprocess.run([sys.executable, "-m", "memdlm.cli", "lm-eval", *base], capture_output=True,
+                             text=True, env={**os.environ, **OFFLINE}, cwd=tmp_path)
+    lines = [line for line in missing.stderr.splitlines() if line.startswith("memdlm lm-eval: error:")]
+    assert missing.returncode == 2 and len(lines) == 1 and "Traceback" not in missing.stderr, missing.stderr[-3000:]
+    assert "RMT-team/babilong-1k-samples" in lines[0] and "--local-dataset" in lines[0]
 
 
 def test_fast_sampling_model_arguments(tiny, tok):
@@ -310,3 +395,51 @@ def test_unknown_lm_eval_task_is_one_line(tiny_dir, capsys, monkeypatch, tmp_pat
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err, err
     assert "memdlm lm-eval: error: unknown lm-eval task: Spec 'no_such_task_anywhere'" in err
+def _responses(out_dir) -> dict:
+    (samples,) = out_dir.rglob("samples_*.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    return {row["doc_id"]: (row["doc"]["target"], row["resps"]) for row in rows}
+
+
+@pytest.mark.slow
+def test_two_processes_on_the_cpu_give_one_process_results(tmp_path, monkeypatch):
+    """torchrun, 2 processes, gloo: lm-eval splits the items between them and gathers the
+    answers; every answer and the score equal one process's (4 items: an even split, so no
+    item is repeated as padding)."""
+    from memdlm.commands.lm_eval import run
+
+    argv = ["--model-args", "pretrained=mqar-base", "--tasks", "memdlm_kv_128", "--limit", "4", "--log-samples"]
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": os.pathsep.join(sys.path)}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "memdlm.cli",
+                          "lm-eval", *argv, "--output-path", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    assert run([*argv, "--output-path", str(tmp_path / "one")]) == 0
+    one_answers, two_answers = _responses(tmp_path / "one"), _responses(tmp_path / "two")
+    assert sorted(one_answers) == [0, 1, 2, 3] and two_answers == one_answers
+    (one,), (two,) = (tmp_path / "one").rglob("results_*.json"), (tmp_path / "two").rglob("results_*.json")
+    one, two = json.loads(one.read_text()), json.loads(two.read_text())
+    assert two["results"] == one["results"]
+    assert (one["config"]["memdlm"]["world_size"], two["config"]["memdlm"]["world_size"]) == (1, 2)
+
+
+def test_help_lists_memdlm_and_harness_flags(capsys):
+    from memdlm.commands.lm_eval import run
+
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--export-lengths", "--local-dataset", "--context-overflow", "--dtype", "--metadata",
+                 "--gen_kwargs", "--output_path", "--log_samples"):
+        assert flag in out
+
+
+def test_only_hub_and_nltk_data_failures_become_one_line():
+    from memdlm.commands.lm_eval import hub_data_error
+
+    missing = LookupError("Resource punkt_tab not found. Please use the NLTK Downloader")
+    line = str(hub_data_error(missing, ["niah_multivalue"]))
+    assert "niah_multivalue need NLTK's punkt_tab data" in line and "docs/LM_EVAL.md" in line
+    assert "\n" not in line
+    assert hub_data_error(ValueError("a bug in a task"), ["ruler_vt"]) is None  # keeps its traceback

@@ -63,6 +63,9 @@ class Family:
     # [b, L, H]; a cached step computes it on the whole canvas and keeps the query columns
     cache_embeddings: str | None = None
     logits_shift: bool = False  # position i's logits predict token i + 1 (Dream's AR init)
+    # the family's own tokens-per-step rule, used by the sampler's default unmask_rule "native"
+    # (memdlm.sampling): "fixed" (LLaDA's even split) or "dream" (Dream's timestep schedule)
+    decoding: str = "fixed"
     # The module (path from the model) whose first input is the final hidden state, when the
     # head does not call its output embedding as a module; None: the output embedding. It
     # must act position by position, so gathering positions before it is exact.
@@ -98,7 +101,7 @@ _ENTRIES = (
            attn=("attention.output.dense",), head_input="cls.predictions", block_cache=True,
            cache_embeddings="mobilebert.embeddings"),
     # remote code written for transformers 4 (memdlm/remote_code.py; docs/BACKBONES.md)
-    Family("dream", "Dream", "native", logits_shift=True, mask_from_tokenizer=True),
+    Family("dream", "Dream", "native", logits_shift=True, mask_from_tokenizer=True, decoding="dream"),
     Family("llada", "LLaDA", "native", ffn=("ff_proj", "up_proj", "ff_out"),
            attn=("q_proj", "k_proj", "v_proj", "att_proj", "attn_out"), mask_from_tokenizer=True),
     Family("lladamoe", "LLaDA-MoE", "native", mask_from_tokenizer=True),
@@ -147,16 +150,17 @@ def markdown_table() -> str:
 
     rows = ["| family (`model_type`) | bidirectional by | prepared masks | split forward | block cache | "
             "logits shift | LM head input | FFN targets (and any fused MoE experts) | attention targets "
-            "(`ffn_attn`) | config mask id unlike the tokenizer's |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "(`ffn_attn`) | config mask id unlike the tokenizer's | decoding (`native`) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in _ENTRIES:
         cache = f"yes (encoder: `{f.cache_embeddings}`)" if f.cache_embeddings else yes(f.block_cache)
         head = f"`{f.head_input}`" if f.head_input else "output embedding"
         rows.append(f"| {f.name} (`{f.model_type}`) | {f.bidirectional} | {yes(f.prepared_masks)} "
                     f"| {yes(f.split_forward)} | {cache} | {yes(f.logits_shift)} | {head} "
-                    f"| {names(f.ffn)} | {names(f.attn)} | {mask_rule(f)} |")
+                    f"| {names(f.ffn)} | {names(f.attn)} | {mask_rule(f)} | {f.decoding} |")
     rows.append(f"| any other | `is_causal` set if the config has it | - | - | - | - | output embedding "
-                f"| all of the above, {names(OTHER_FFN)} | all of the above, {names(OTHER_ATTN)} | refused |")
+                f"| all of the above, {names(OTHER_FFN)} | all of the above, {names(OTHER_ATTN)} | refused "
+                f"| {OTHER.decoding} |")
     return "\n".join(rows)
 
 

@@ -26,35 +26,10 @@ def _encode_prompts(tokenizer, prompts, what: str = "prompt") -> list[list[int]]
     return ids
 
 
-def check_positions(model, prompt_ids: list[list[int]], max_new_tokens: int, what: str = "prompt") -> None:
-    """A prompt and its response must fit the model's positions: past an absolute position
-    table there is no embedding (an index error deep in the model), so that is an error;
-    past a RoPE model's ``max_position_embeddings`` it runs but was never trained there, so
-    that is a warning."""
-    import logging
-
-    from memdlm.errors import ConfigError
-
-    config = getattr(model, "config", None)
-    limit = getattr(config, "max_position_embeddings", None)
-    if not isinstance(limit, int):
-        return
-    longest = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    need = len(prompt_ids[longest]) + max_new_tokens
-    if need <= limit:
-        return
-    text = (f"{what} {longest} is {len(prompt_ids[longest])} tokens + {max_new_tokens} new = {need} positions, "
-            f"past the model's max_position_embeddings {limit}")
-    if getattr(config, "rope_parameters", None) is None and getattr(config, "rope_theta", None) is None:
-        raise ConfigError(f"{text} (absolute position embeddings); shorten the prompt or lower --max-new-tokens")
-    logging.getLogger("memdlm").warning("%s (rotary positions: it runs, but the model was not trained that "
-                                        "long); expect degraded output", text)
-
-
 def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: SamplerConfig,
              memory=None, seeds: list[int] | None = None, batch_size: int = BATCH_SIZE,
              progress: bool = False, adapt_on: list[str] | list[list[int]] | None = None,
-             stats: dict | None = None) -> list[str]:
+             stats: dict | None = None, context_overflow: str = "refuse") -> list[str]:
     """Texts of the responses, in prompt order.
 
     ``memory``: a :class:`~memdlm.memory.adapt.PromptMemory` built for ``model``, or None.
@@ -64,9 +39,21 @@ def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: Sam
     ``stats``: a dict that receives the sampler's counts: ``model_calls`` (forward
     passes of all batches), ``calls_per_sample`` (in prompt order) and ``cache_used``.
     Adaptation's own forward passes are not counted.
+    A prompt past the model's context limit is handled by ``context_overflow``
+    (:mod:`memdlm.context`: refused unless ``truncate`` or ``extend``); ``stats["context"]``
+    gets the limit and the counts. A truncated prompt's memory adapts on what is kept.
     """
+    from memdlm.context import context_limit, fit_prompts
+
     prompt_ids = _encode_prompts(tokenizer, prompts)
-    check_positions(model, prompt_ids, config.max_new_tokens)
+    limit = context_limit(model, tokenizer)
+    counts = (stats.setdefault("context", {}) if stats is not None else {})
+    counts.update(limit=limit.tokens, limit_source=limit.source, overflow=context_overflow)
+    fitted = fit_prompts(prompt_ids, config.max_new_tokens, limit, context_overflow, counts)
+    if adapt_on is None:
+        prompt_ids = fitted
+    elif fitted != prompt_ids:
+        raise ValueError("adapt_on with prompts past the context limit: fit the prompts first")
     adapt_ids = prompt_ids if adapt_on is None else _encode_prompts(tokenizer, adapt_on, "adaptation text")
     if len(adapt_ids) != len(prompt_ids):
         raise ValueError(f"adapt_on has {len(adapt_ids)} texts for {len(prompt_ids)} prompts")
@@ -93,3 +80,4 @@ def _add_counts(stats: dict, out) -> None:
     stats["model_calls"] = stats.get("model_calls", 0) + out.model_calls
     stats.setdefault("calls_per_sample", []).extend(out.calls_per_sample)
     stats["cache_used"] = out.cache_used
+    stats["unmask_rule"] = out.unmask_rule

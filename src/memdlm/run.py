@@ -125,4 +125,13 @@ class Run:
         return PromptMemory(self.model, self.tokenizer, replace(self.memory_args, **given), given)
 
 
-__all__ = ["Run", "read_run_config"]
+def load_run(path, args) -> Run:
+    """:meth:`Run.load` as the inference commands do: on ``args.device`` in ``args.dtype``
+    (:mod:`memdlm.placement`), remote code as ``args.trust_remote_code`` allows."""
+    from memdlm.placement import resolve_device, resolve_dtype
+
+    return Run.load(path, getattr(args, "trust_remote_code", False), dtype=resolve_dtype(args.dtype),
+                    device=resolve_device(args.device))
+
+
+__all__ = ["Run", "load_run", "read_run_config"]

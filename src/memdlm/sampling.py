@@ -19,7 +19,9 @@ The rules, in the order a call applies them:
    gets more steps than it has slots (a short last block gives its surplus to
    the earliest blocks with room). So every step commits at least one token,
    the total is exactly S, and S must lie in ``[num_blocks, N]``.
-4. **Tokens per step**, by ``unmask_rule``:
+4. **Tokens per step**, by ``unmask_rule`` (default ``"native"``: the model family's own
+   rule from :mod:`memdlm.backbones` -- ``"dream"`` for Dream, ``"fixed"`` for every other
+   family; the rule used is reported as ``SamplerOutput.unmask_rule``):
 
    a. ``"fixed"`` (:func:`tokens_per_step`; LLaDA). Within a block of n slots and
       s steps, each step commits ``n // s`` tokens, the first ``n % s`` steps one
@@ -40,13 +42,27 @@ The rules, in the order a call applies them:
       logits, and temperature draws follow rule 7 (a per-sample generator draws
       only on the steps its sample takes part in, so its draws do not depend on
       how many steps its batch mates needed).
+   c. ``"dream"`` (:func:`dream_counts`; Dream 7B, Ye et al. 2025, its published
+      sampling loop): the s steps of a block run on timesteps ``t_i`` evenly spaced
+      from 1 down to ``dream_eps`` (``s + 1`` points); step i commits
+      ``int(m_i * (1 - t_{i+1} / t_i))`` of the ``m_i`` slots still masked (float32
+      arithmetic, as Dream's), the last step all that remain. Few tokens early, many
+      late; a step may commit none (the model call is still made, as in Dream's
+      loop). With one block, ``stop_at_eos=False`` and greedy proposals this is
+      Dream's ``diffusion_generate`` with ``alg`` = the remasking rule below. Dream
+      computes m_i as a batch mean; here it is the plan's own count, the same
+      for every sample (EOS fills only lower what is left to commit).
 5. **Proposal and confidence.** At every step the model predicts each slot of
    the current block; the mask token and the pad token (unless pad doubles as
    EOS) get logit -inf. The proposal is the argmax at temperature 0, otherwise a
    draw from ``softmax(logits / temperature)``. Confidence is the model's
-   (untempered) probability of the proposal (``"low_confidence"``) or a uniform
-   random score (``"random"``); the k still-masked slots with the highest score
-   are committed (ties: leftmost first).
+   (untempered) probability of the proposal (``"low_confidence"``; Dream's
+   ``maskgit_plus`` at temperature 0), a uniform random score (``"random"``), the
+   margin between the two most probable tokens (``"topk_margin"``, Dream's) or the
+   negative entropy ``sum_v p_v log(p_v + 1e-10)`` of the slot's distribution
+   (``"entropy"``, Dream's); the k still-masked slots with the highest score are
+   committed (ties: leftmost first). (Dream computes its confidences from the
+   tempered distribution; at temperature 0 the two agree.)
 6. **EOS** (``stop_at_eos=True``). As soon as a sample has an EOS in its
    response, every response slot after its first EOS becomes EOS at once (also
    a slot already committed to another token), so no step is spent there; later
@@ -107,6 +123,19 @@ def tokens_per_step(n_tokens: int, steps: int) -> torch.Tensor:
     counts = torch.full((steps,), n_tokens // steps, dtype=torch.long)
     counts[: n_tokens % steps] += 1
     return counts
+
+
+def dream_counts(n_tokens: int, steps: int, eps: float) -> torch.Tensor:
+    """Dream's tokens per step (rule 4c): ``[steps]``, summing to ``n_tokens``."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    times = torch.linspace(1, eps, steps + 1)  # float32, as Dream's
+    counts, left = [], n_tokens
+    for i in range(steps):
+        k = left if i == steps - 1 else int(torch.tensor(float(left)) * (1 - times[i + 1] / times[i]))
+        counts.append(k)
+        left -= k
+    return torch.tensor(counts, dtype=torch.long)
 
 
 def block_sizes(n_tokens: int, block_length: int) -> list[int]:
@@ -246,17 +275,29 @@ def propose_tokens(
     return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
 
 
-def _low_confidence_scores(confidence: torch.Tensor, draws: _Draws, active=None) -> torch.Tensor:
+def _low_confidence_scores(confidence: torch.Tensor, draws: _Draws, active=None, logits=None) -> torch.Tensor:
     return confidence
 
 
-def _random_scores(confidence: torch.Tensor, draws: _Draws, active=None) -> torch.Tensor:
+def _random_scores(confidence: torch.Tensor, draws: _Draws, active=None, logits=None) -> torch.Tensor:
     return draws.uniform(tuple(confidence.shape), confidence.device, active)
+
+
+def _margin_scores(confidence: torch.Tensor, draws: _Draws, active=None, logits=None) -> torch.Tensor:
+    top2 = logits.float().softmax(-1).topk(2, dim=-1).values  # [b, B, 2]
+    return top2[..., 0] - top2[..., 1]
+
+
+def _entropy_scores(confidence: torch.Tensor, draws: _Draws, active=None, logits=None) -> torch.Tensor:
+    probs = logits.float().softmax(-1)
+    return (probs * (probs + 1e-10).log()).sum(-1)  # negative entropy: higher is surer
 
 
 REMASKING: dict[str, Callable[..., torch.Tensor]] = {
     "low_confidence": _low_confidence_scores,
     "random": _random_scores,
+    "topk_margin": _margin_scores,
+    "entropy": _entropy_scores,
 }
 
 
@@ -291,15 +332,23 @@ class SamplerConfig:
                 "slots). A remainder makes the last block shorter."})
     temperature: float = field(default=0.0, metadata={
         "help": "Sampling temperature of the proposals; 0 means argmax."})
-    remasking: Literal["low_confidence", "random"] = field(default="low_confidence", metadata={
-        "help": "Which masked slots to commit: the most confident proposals, or uniformly random."})
-    unmask_rule: Literal["fixed", "threshold"] = field(default="fixed", metadata={
-        "help": "How many slots a step commits: 'fixed' follows the S-step schedule; 'threshold' "
+    remasking: Literal["low_confidence", "random", "topk_margin", "entropy"] = field(
+        default="low_confidence", metadata={
+            "help": "Which masked slots to commit: the most confident proposals (probability; Dream's "
+                    "maskgit_plus), uniformly random ones, the largest top-1 minus top-2 probability "
+                    "margin or the lowest entropy (Dream's topk_margin / entropy)."})
+    unmask_rule: Literal["native", "fixed", "threshold", "dream"] = field(default="native", metadata={
+        "help": "How many slots a step commits: 'native' is the model family's own rule (Dream: "
+                "'dream', every other family: 'fixed'; docs/BACKBONES.md); 'fixed' follows the "
+                "S-step schedule (LLaDA's even split); 'threshold' "
                 "commits every masked slot of the current block whose confidence is >= --threshold "
                 "(at least one, at most --max-per-step), so the number of model calls depends on "
-                "the data (Fast-dLLM)."})
+                "the data (Fast-dLLM); 'dream' is Dream's timestep schedule (int(m (1 - s/t)) of "
+                "the m masked slots per step, timesteps from 1 to --dream-eps)."})
     threshold: float = field(default=0.9, metadata={
         "help": "Confidence threshold tau of the threshold rule, in [0, 1]."})
+    dream_eps: float = field(default=1e-3, metadata={
+        "help": "The dream rule's last timestep (Dream's eps)."})
     max_per_step: int | None = field(default=None, metadata={
         "help": "Threshold rule: commit at most this many slots per step (None: no cap)."})
     cache: Literal["none", "prefix", "dual"] = field(default="none", metadata={
@@ -326,7 +375,7 @@ class SamplerConfig:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if self.remasking not in REMASKING:
             raise ConfigError(f"unknown remasking {self.remasking!r}; choose from {sorted(REMASKING)}")
-        problem = self._fast_option_problem() or (self._steps_problem() if self.unmask_rule == "fixed" else None)
+        problem = self._fast_option_problem() or (self._steps_problem() if self.unmask_rule != "threshold" else None)
         if problem:
             raise ConfigError(problem)
 
@@ -344,6 +393,8 @@ class SamplerConfig:
             return f"unknown unmask_rule {self.unmask_rule!r}; choose from {list(UNMASK_RULES)}"
         if self.cache not in CACHE_MODES:
             return f"unknown cache {self.cache!r}; choose from {list(CACHE_MODES)}"
+        if not 0.0 < self.dream_eps < 1.0:
+            return f"dream_eps must lie in (0, 1), got {self.dream_eps}"
         if not 0.0 <= self.threshold <= 1.0:
             return f"threshold must lie in [0, 1], got {self.threshold}"
         if self.max_per_step is not None and self.max_per_step < 1:
@@ -358,15 +409,25 @@ class SamplerConfig:
     def num_blocks(self) -> int:
         return len(block_sizes(self.max_new_tokens, self.block_length or self.max_new_tokens))
 
+    def for_model(self, model) -> SamplerConfig:
+        """This config with ``unmask_rule="native"`` replaced by ``model``'s family's rule."""
+        if self.unmask_rule != "native":
+            return self
+        from memdlm.backbones import family_of
+
+        return dataclasses.replace(self, unmask_rule=family_of(getattr(model, "config", None)).decoding)
+
     def plan(self) -> list[BlockPlan]:
-        """The decoding schedule: one entry per block with its per-step counts (fixed rule)."""
+        """The decoding schedule: one entry per block with its per-step counts ("native"
+        unresolved -- no model at hand -- plans as "fixed"; :meth:`for_model` resolves it)."""
         sizes = block_sizes(self.max_new_tokens, self.block_length or self.max_new_tokens)
         if self.unmask_rule == "threshold":
             starts = [sum(sizes[:i]) for i in range(len(sizes))]
             return [BlockPlan(s, s + size, None) for s, size in zip(starts, sizes)]
         plans, start = [], 0
+        schedule = (lambda n, k: dream_counts(n, k, self.dream_eps)) if self.unmask_rule == "dream" else tokens_per_step
         for size, n_steps in zip(sizes, steps_per_block(sizes, self.steps)):
-            plans.append(BlockPlan(start, start + size, tokens_per_step(size, n_steps)))
+            plans.append(BlockPlan(start, start + size, schedule(size, n_steps)))
             start += size
         return plans
 
@@ -394,6 +455,7 @@ class SamplerOutput:
     model_calls: int = 0  # forward passes of the batch
     calls_per_sample: list[int] | None = None  # forwards in which each sample had a slot to commit
     cache_used: str = "none"  # the cache mode actually used ("none" where the family cannot cache)
+    unmask_rule: str = "fixed"  # the rule actually used ("native" resolved to the family's)
 
 
 # ---------------------------------------------------------------------------
@@ -436,7 +498,7 @@ class Sampler:
         ``attention_mask`` (either padding side). ``overrides`` replace
         :class:`SamplerConfig` fields for this call only.
         """
-        config = self._with_overrides(overrides)
+        config = self._with_overrides(overrides).for_model(self.model)
         prompt_ids = self._encode(prompts, attention_mask)
         context = forward_context or self.forward_context or contextlib.nullcontext
         was_training = self.model.training
@@ -450,6 +512,7 @@ class Sampler:
         out = self._package(x, prompt_ids, resp_pos, history, config)
         out.model_calls, out.calls_per_sample = forward.calls, forward.calls_per_sample.tolist()
         out.cache_used = forward.mode
+        out.unmask_rule = config.unmask_rule
         return out
 
     # -- pieces of generate ------------------------------------------------
@@ -522,7 +585,7 @@ class Sampler:
         if k is None:
             commit = select_above_threshold(confidence, candidates, config.threshold, config.max_per_step)
         else:
-            scores = REMASKING[config.remasking](confidence, draws, active)  # [b, B]
+            scores = REMASKING[config.remasking](confidence, draws, active, logits)  # [b, B]
             commit = select_commits(scores, candidates, k)  # [b, B]
         x = x.scatter(1, block_pos, torch.where(commit, tokens, block))
         if config.stop_at_eos:

@@ -75,6 +75,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     from memdlm.commands.sampler_flags import FAST_SAMPLING_FIELDS, add_sampler_flags
 
     add_sampler_flags(p.add_argument_group("fast sampling (defaults: today's decoding)"), FAST_SAMPLING_FIELDS)
+    from memdlm.placement import add_inference_flags
+
+    add_inference_flags(p)
     return p
 
 
@@ -129,7 +132,8 @@ def run(argv: list[str], prog: str = "memdlm eval") -> int:
                             memory_overrides={"adapt_mask_ratio": args.adapt_mask_ratio},
                             progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
                             sampler={name: getattr(sampler, name) for name in FAST_SAMPLING_FIELDS},
-                            partial_path=out / PARTIAL_FILE)
+                            partial_path=out / PARTIAL_FILE, device=args.device, dtype=args.dtype,
+                            context_overflow=args.context_overflow)
     result["threads"] = torch.get_num_threads()
     paths = save_suite(result, args.output_dir)
     print(to_markdown(result))

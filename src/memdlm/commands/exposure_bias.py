@@ -71,6 +71,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from DIR.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
+    from memdlm.placement import add_inference_flags
+
+    add_inference_flags(p)
     defaults = ExposureBiasConfig()
     for f in fields(ExposureBiasConfig):
         default = getattr(defaults, f.name)
@@ -113,7 +116,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
     from memdlm.config import resolve_threads
     from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
     from memdlm.outputs import prepare_output_dir, write_json_atomic
-    from memdlm.run import Run
+    from memdlm.run import load_run
 
     torch.set_num_threads(resolve_threads(args.threads))
     config = ExposureBiasConfig(**{f.name: getattr(args, f.name) for f in fields(ExposureBiasConfig)})
@@ -121,7 +124,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
     results, loaded = {}, {}
     for spec in specs:
         if spec.path not in loaded:  # keep one model at a time; DIR, DIR:memory in a row load once
-            loaded = {spec.path: Run.load(spec.path, args.trust_remote_code)}
+            loaded = {spec.path: load_run(spec.path, args)}
         current = loaded[spec.path]
         model, tokenizer = current.model, current.tokenizer
         pairs = heldout_pairs(tokenizer, args.items, args.length, args.task)
@@ -129,7 +132,8 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
         logger.info("exposure bias: %s (%s%s)", spec.name, spec.path,
                     f", memory: {memory.describe()}" if memory else "")
         result = exposure_bias(model, tokenizer, pairs, config, memory=memory, progress=True,
-                               meta={"run": spec.path, "task": args.task, "length": args.length})
+                               meta={"run": spec.path, "task": args.task, "length": args.length},
+                               context_overflow=args.context_overflow)
         results[spec.name] = result.to_dict(config.bootstrap)
         # rewritten as each run finishes: a failure at a later run loses none of the earlier ones
         write_json_atomic(out / "exposure_bias.json", {"config": vars(args), "runs": results,

@@ -11,6 +11,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -25,6 +26,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     from memdlm.commands.sampler_flags import add_sampler_flags
     from memdlm.config import THREADS_HELP
     from memdlm.generation import BATCH_SIZE
+    from memdlm.placement import add_inference_flags
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +44,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
     p.add_argument("--json", action="store_true", help="Print a JSON list instead of plain text.")
     add_sampler_flags(p)
+    add_inference_flags(p)
     # unset --steps: as many as the sampler's default allows for --max-new-tokens
     p.set_defaults(steps=None)
     return p
@@ -70,7 +73,8 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     from memdlm.commands.sampler_flags import sampler_values
     from memdlm.config import resolve_threads
     from memdlm.generation import generate
-    from memdlm.run import Run
+    from memdlm.placement import record
+    from memdlm.run import load_run
     from memdlm.sampling import SamplerConfig
 
     if args.batch_size < 1:
@@ -82,7 +86,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
         raise ConfigError("give at least one --prompt or a --prompt-file")
     check_finished(args.model, args.allow_incomplete)
     torch.set_num_threads(resolve_threads(args.threads))
-    loaded = Run.load(args.model, args.trust_remote_code)
+    loaded = load_run(args.model, args)
     tokenizer = loaded.tokenizer
     if args.chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
@@ -94,10 +98,15 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     if args.memory:
         memory = loaded.memory(adapt_mask_ratio=args.adapt_mask_ratio)
         logger.info("memory: %s", memory.describe())
+    stats: dict = {}
     texts = generate(loaded.model, tokenizer, prompts, config, memory=memory, batch_size=args.batch_size,
-                     progress=len(prompts) > args.batch_size)
+                     progress=len(prompts) > args.batch_size, stats=stats, context_overflow=args.context_overflow)
+    placement = record(loaded.model)
+    logger.info("ran on %s in %s; context: %s", placement["device"], placement["dtype"], stats["context"])
     if args.json:
-        print(json.dumps([{"prompt": p, "response": t} for p, t in zip(prompts, texts)], indent=2))
+        sampler = dataclasses.asdict(config.for_model(loaded.model))  # the decoding rule used
+        print(json.dumps([{"prompt": p, "response": t, **placement, "context": stats["context"], "sampler": sampler}
+                          for p, t in zip(prompts, texts)], indent=2))
     else:
         for t in texts:
             print(t)

@@ -56,6 +56,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="Where every cell, the plots and REPORT.md go (reused when rerun).")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    from memdlm.placement import DEVICE_HELP, DTYPE_CHOICES, DTYPE_HELP
+
+    p.add_argument("--device", default=None, help="Evaluation cells: " + DEVICE_HELP)
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="Evaluation cells: " + DTYPE_HELP)
     return p
 
 
@@ -118,7 +122,8 @@ def run(argv: list[str], prog: str = "memdlm reproduce") -> int:
     out = prepare_output_dir(args.output_dir)  # before any cell: an unwritable place is one line
     start = time.perf_counter()
     commit, dirty = git_state()  # the code this invocation runs (cells reused from earlier ones may predate it)
-    result = Reproduction(preset, out, threads=threads, progress=not args.no_progress).run()
+    result = Reproduction(preset, out, threads=threads, progress=not args.no_progress, device=args.device,
+                          dtype=args.dtype).run()
     provenance = {
         "command": "memdlm reproduce " + " ".join(shlex.quote(a) for a in argv),
         "commit": commit, "dirty": dirty, "preset": preset.name, "config_hash": preset.config_hash(),

@@ -411,16 +411,25 @@ def encode_pairs(tokenizer, pairs, append_eos: bool = True) -> tuple[list[list[i
 
 
 def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = None,
-                  memory=None, progress: bool = False, meta: dict | None = None, temperature: float = 1.0
-                  ) -> ExposureBiasResult:
+                  memory=None, progress: bool = False, meta: dict | None = None, temperature: float = 1.0,
+                  context_overflow: str = "refuse") -> ExposureBiasResult:
     """The analysis for a model on (prompt, response) pairs; ``memory`` (a
     :class:`~memdlm.memory.adapt.PromptMemory` for ``model``): Train & Inference, its
     settings recorded in ``meta``. ``temperature``: every logit divided by it, for decoding
-    and scoring alike (recorded in ``meta``)."""
+    and scoring alike (recorded in ``meta``). A prompt whose tokens and response pass the
+    model's context limit is handled by ``context_overflow`` (:mod:`memdlm.context`); the
+    limit, the rule and the counts go into ``meta["context"]``, the device and dtype into ``meta``."""
+    from memdlm.context import context_limit, fit_prompts
+    from memdlm.placement import record
+
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
     config = config or ExposureBiasConfig()
     prompts, responses = encode_pairs(tokenizer, pairs, config.append_eos)
+    limit = context_limit(model, tokenizer)
+    counts = {"limit": limit.tokens, "limit_source": limit.source, "overflow": context_overflow}
+    prompts = fit_prompts(prompts, [len(r) for r in responses], limit, context_overflow, counts, what="item")
+    meta = {**(meta or {}), **record(model), "context": counts}
     if any(not p for p in prompts) and memory is not None:
         raise ValueError(f"item {next(i for i, p in enumerate(prompts) if not p)}: empty prompt; "
                          "memory mode adapts on the prompt")

@@ -13,10 +13,17 @@ directory), ``memory`` (inference-time adaptation on each context before
 answering: a fresh per-request memory, see :mod:`memdlm.memory.adapt`),
 ``adapt_mask_ratio``, ``steps`` / ``max_new_tokens`` / ``block_length`` /
 ``temperature`` / ``remasking`` / ``unmask_rule`` / ``threshold`` / ``max_per_step`` /
-``cache`` (the sampler, :class:`memdlm.sampling.SamplerConfig`, whose defaults apply when
+``cache`` / ``dream_eps`` (the sampler, :class:`memdlm.sampling.SamplerConfig`, whose defaults apply when
 an argument is not given),
 ``batch_size`` (sequences per forward pass), ``mc_samples``, ``seed``,
-``greedy_check``, ``max_length``, ``device``, ``dtype``, ``trust_remote_code``.
+``greedy_check``, ``max_length`` (the context limit; default: the model's, read by
+:func:`memdlm.context.context_limit` -- never a made-up number), ``context_overflow``
+(``refuse`` / ``truncate`` / ``extend``: what happens to a request past the limit,
+:mod:`memdlm.context`; counted in the results' ``config.memdlm.context``), ``device``,
+``dtype``, ``trust_remote_code``. lm-eval parses ``--model_args`` itself (``key=value``
+pairs, values typed by its ``simple_parse_args_string``) and passes ``--device`` and
+``--batch_size`` as keyword arguments; :func:`memdlm.commands.lm_eval.harness_argv` moves
+those two out of ``--model-args`` when given there.
 
 **Log-likelihood** of a continuation y (L tokens) given a context c is estimated
 with the masked-diffusion ELBO in LLaDA's form (Nie et al. 2025, Eq. 6; the MDLM
@@ -62,6 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import zlib
 from pathlib import Path
 
@@ -75,16 +83,17 @@ from memdlm.validation import coerce_values
 logger = logging.getLogger(__name__)
 MODEL_NAME = "memdlm"
 GREEDY_CHECKS = ("decode", "none")
+BATCH_SIZE = 16  # sequences per forward pass unless --batch_size / batch_size= says
 # lm-eval parses --model-args into strings or guessed scalars ('no' stays a string, a bare key
 # becomes ''): every boolean and number among them is parsed strictly (validation.coerce_values),
 # so memory=no is False, and a bare memory or steps=abc is an error naming the key.
 MODEL_ARG_TYPES = {"memory": bool, "trust_remote_code": bool, "adapt_mask_ratio": float, "steps": (int, 1),
                    "max_new_tokens": (int, 1), "block_length": (int, 1), "temperature": (float, 0),
                    "threshold": float, "max_per_step": (int, 1), "batch_size": (int, 1),
-                   "mc_samples": (int, 1), "seed": (int, 0), "max_length": (int, 1)}
+                   "mc_samples": (int, 1), "seed": (int, 0), "max_length": (int, 1), "dream_eps": float}
 # the sampler ones, typed
 _SAMPLER_TYPES = {"temperature": float, "remasking": str, "unmask_rule": str, "threshold": float,
-                  "max_per_step": int, "cache": str}
+                  "max_per_step": int, "cache": str, "dream_eps": float}
 
 
 def register() -> None:
@@ -123,29 +132,41 @@ class MemdlmLM(LM):
                  max_new_tokens: int = 256, block_length: int | None = None,
                  temperature: float | None = None, remasking: str | None = None, unmask_rule: str | None = None,
                  threshold: float | None = None, max_per_step: int | None = None, cache: str | None = None,
-                 batch_size: int = 16,
+                 dream_eps: float | None = None,
+                 batch_size: int | str = BATCH_SIZE,
                  mc_samples: int = 32, seed: int = 0, greedy_check: str = "decode",
                  max_length: int | None = None, device: str | None = None, dtype: str | None = None,
-                 trust_remote_code: bool = False, **unused):
+                 trust_remote_code: bool = False, context_overflow: str = "refuse", **unused):
         super().__init__()
+        from memdlm.context import check_overflow_choice, context_limit, new_counts
+
+        unused.pop("max_batch_size", None)  # lm-eval's auto batching: not used here
         if unused:
             logger.warning("memdlm model: ignoring unknown model arguments %s", sorted(unused))
         if greedy_check not in GREEDY_CHECKS:
             raise ConfigError(f"unknown greedy_check {greedy_check!r}; choose one of {GREEDY_CHECKS}")
+        if not str(batch_size).isdigit():
+            raise ConfigError(f"batch_size {batch_size!r}: give a number of sequences per forward pass "
+                              "(lm-eval's 'auto' is not supported)")
         if int(mc_samples) < 1 or int(batch_size) < 1:
             raise ValueError("mc_samples and batch_size must be >= 1")
+        self._rank, self._world_size = _distributed_setup()
+        if device is None and self._world_size > 1 and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"  # one GPU per process
         self.run = self._load(pretrained, tokenizer, device, dtype, trust_remote_code)
         self.model, self.tokenizer = self.run.model, self.run.tokenizer
         self._device = next(self.model.parameters()).device
+        self.context_overflow = check_overflow_choice(str(context_overflow))
+        self.limit = context_limit(self.model, self.tokenizer, override=max_length)
+        self.context_counts = new_counts()
         self.steps, self.max_new_tokens = steps, int(max_new_tokens)
         self.block_length = block_length
         given = dict(temperature=temperature, remasking=remasking, unmask_rule=unmask_rule, threshold=threshold,
-                     max_per_step=max_per_step, cache=cache)
+                     max_per_step=max_per_step, cache=cache, dream_eps=dream_eps)
         self.sampler_args = {k: _SAMPLER_TYPES[k](v) for k, v in given.items() if v is not None}  # else SamplerConfig's
         self.batch_size, self.mc_samples, self.seed = int(batch_size), int(mc_samples), int(seed)
         self.greedy_check = greedy_check
         self.sampler_config()  # validate the sampler settings now, not at the first request
-        self.max_length = int(max_length or getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.memory = self.run.memory(adapt_mask_ratio=adapt_mask_ratio) if memory else None
         self.memory_record = self.memory.record() if self.memory is not None else None
 
@@ -168,24 +189,73 @@ class MemdlmLM(LM):
     def _load(pretrained, tokenizer, device, dtype, trust_remote_code):
         """The :class:`memdlm.run.Run` of ``pretrained`` (a directory, or an in-memory model
         with its tokenizer), on ``device``, in eval mode."""
+        from memdlm.placement import resolve_device, resolve_dtype
         from memdlm.run import Run
         from memdlm.tokenizer import ensure_special_tokens
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device)
         if isinstance(pretrained, (str, Path)):
-            torch_dtype = getattr(torch, dtype) if dtype not in (None, "auto") else None
-            run = Run.load(str(pretrained), trust_remote_code, dtype=torch_dtype, device=device)
+            run = Run.load(str(pretrained), trust_remote_code, dtype=resolve_dtype(dtype), device=device)
             if tokenizer is not None:
                 run.tokenizer = tokenizer
         elif tokenizer is None:
             raise ValueError("pass the tokenizer along with an in-memory model")
         else:
             run = Run(pretrained, tokenizer)
-            run.model.to(device).eval()
+            run.model.to(device=device, dtype=resolve_dtype(dtype) if dtype not in (None, "auto") else None).eval()
         ensure_special_tokens(run.tokenizer, source="lm-eval model")
         return run
 
     # -- lm-eval metadata ----------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        """The context limit in tokens (``max_length`` argument, else the model's config or
+        tokenizer); an error when neither says, rather than a made-up number."""
+        if self.limit.tokens is None:
+            raise ConfigError("the model's context limit is unknown (no max_position_embeddings, "
+                              "max_sequence_length, ... in its config, no tokenizer model_max_length): "
+                              "pass max_length=N in --model-args")
+        return self.limit.tokens
+
+    def get_model_info(self) -> dict:
+        """What lm-eval adds to ``results["config"]``: the memdlm settings of this evaluation
+        (device, dtype, context limit with the requests truncated or run past it, memory)."""
+        from memdlm.placement import record
+
+        return {"memdlm": {**record(self.model), "context": {**self.limit.to_dict(),
+                                                             "overflow": self.context_overflow,
+                                                             **self.context_counts},
+                           "memory": self.memory_record, "world_size": self.world_size,
+                           # the decoding rule of generate_until (its length follows each task's max_gen_toks)
+                           "sampler": dataclasses.asdict(self.sampler_config().for_model(self.model))}}
+
+    # -- several processes (torchrun / accelerate launch): lm-eval splits the requests --
+
+    def all_gather(self, tensor):
+        if self.world_size == 1:
+            return tensor
+        import torch.distributed as dist
+
+        tensor = tensor.reshape(-1)  # lm-eval gathers 0-d counts too; concatenated as 1-d
+        parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor)
+        return torch.cat(parts)
+
+    def gather_object(self, obj, dst=0):
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(obj, out, dst=dst)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     @property
     def tokenizer_name(self) -> str:
@@ -217,10 +287,14 @@ class MemdlmLM(LM):
         cont = whole[len(ctx):]
         if not cont:
             raise ValueError(f"continuation {continuation!r} encodes to no tokens")
-        if len(cont) > self.max_length:
-            raise ValueError(f"a continuation of {len(cont)} tokens exceeds max_length={self.max_length}")
-        ctx = (ctx or self._prefix())[max(0, len(ctx) - (self.max_length - len(cont))):]
-        return ctx, cont
+        return self._fit(ctx or self._prefix(), len(cont), "context"), cont
+
+    def _fit(self, ids: list[int], new_tokens: int, what: str) -> list[int]:
+        """``ids`` within the context limit with room for ``new_tokens``: refused past it unless
+        ``context_overflow`` says truncate / extend (:mod:`memdlm.context`); counted."""
+        from memdlm.context import fit_prompts
+
+        return fit_prompts([ids], new_tokens, self.limit, self.context_overflow, self.context_counts, what)[0]
 
     # -- memory ----------------------------------------------------------------------
 
@@ -388,7 +462,9 @@ class MemdlmLM(LM):
             prompts = [self._prompt_ids(requests[i].args[0], config.max_new_tokens) for i in members]
             seeds = [request_seed(self.seed, requests[i].args[0]) for i in members]
             texts = generate(self.model, self.tokenizer, prompts, config, memory=self.memory,
-                             seeds=seeds, batch_size=self.batch_size, progress=not disable_tqdm)
+                             seeds=seeds, batch_size=self.batch_size, progress=not disable_tqdm,
+                             # fitted to self.limit by _prompt_ids (refused / truncated / counted there)
+                             context_overflow="extend")
             for i, text in zip(members, texts):
                 outputs[i] = cut_at_stop(text, until)
                 self.cache_hook.add_partial("generate_until", requests[i].args, outputs[i])
@@ -398,7 +474,7 @@ class MemdlmLM(LM):
         ids = self._encode(context) or self._prefix()
         if not ids:
             raise ValueError("generate_until got an empty context and the tokenizer has no BOS token")
-        return ids[max(0, len(ids) - max(1, self.max_length - new_tokens)):]
+        return self._fit(ids, new_tokens, "prompt")
 
 
 def cut_at_stop(text: str, until: list[str]) -> str:
@@ -410,3 +486,17 @@ def cut_at_stop(text: str, until: list[str]) -> str:
             if at != -1:
                 cut = min(cut, at)
     return text[:cut]
+
+
+def _distributed_setup() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) alone; under ``torchrun`` or ``accelerate
+    launch`` the process group is started here (gloo on CPUs, nccl on GPUs) so lm-eval can
+    split the requests and gather the results (``all_gather`` / ``gather_object``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()

@@ -170,7 +170,8 @@ def _suite_items(tokenizer, tasks, lengths, n, seed):
     return items
 
 
-def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sampler=None) -> dict:
+def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sampler=None,
+                 context_overflow: str = "refuse") -> dict:
     """Generate and score one run on one cell's items."""
     from memdlm.eval.heldout import answer_sampler_config, recall_of
     from memdlm.generation import generate
@@ -181,7 +182,7 @@ def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sample
     counts: dict = {}
     texts = generate(model, tokenizer, [s.prompt for s in samples], config, memory=memory,
                      seeds=list(range(len(samples))), batch_size=batch_size, progress=progress,
-                     stats=counts)
+                     stats=counts, context_overflow=context_overflow)
     seconds = time.perf_counter() - start
     task = samples[0].task
     item_scores = [score_samples(task, [t], [s]) for t, s in zip(texts, samples)]
@@ -197,6 +198,8 @@ def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sample
         "item_scores": item_scores,
         "item_correct": exact,
         "predictions": texts,
+        "context": counts["context"],  # the model's limit and prompts truncated / run past it
+        "unmask_rule": counts["unmask_rule"],  # the decoding rule used ("native" resolved)
     }
     recall = recall_of(task, texts, samples)
     if recall:  # associative recall: reference levels and where wrong answers came from
@@ -213,7 +216,8 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
                    seed: int | None = None, batch_size: int = BATCH_SIZE,
                    memory_overrides: dict | None = None,
                    progress: bool = True, trust_remote_code: bool = False,
-                   loader=None, sampler: dict | None = None, partial_path=None) -> dict:
+                   loader=None, sampler: dict | None = None, partial_path=None, device: str | None = None,
+                   dtype=None, context_overflow: str = "refuse") -> dict:
     """Evaluate every run on every (task, length) cell, on shared held-out items.
 
     Runs with ``memory=True`` adapt with their own run's prompt memory
@@ -226,6 +230,9 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     ``partial_path``: a JSON file rewritten (atomically) as each (run, task, length) cell
     finishes, so a failure later -- the last model, the report, a full disk -- loses none of
     the cells already computed (``{"finished": [{"run", "task", "length", "result"}]}``).
+    ``device`` / ``dtype`` place every loaded model (:mod:`memdlm.placement`; recorded per run
+    in ``placement``); ``context_overflow`` is the rule for prompts past a model's context
+    limit (:mod:`memdlm.context`; each cell's result records its ``context`` counts).
 
     Returns a JSON-ready dict: ``runs``, ``tasks``, ``lengths``, ``n``, ``seed``,
     ``memory_args`` and ``memory_overrides`` (per adapted run: the settings used, and which
@@ -249,7 +256,11 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         if getattr(get_task(task), "plain_text", False):
             raise ValueError(f"task {task!r} is plain text for pre-training: it has no answers to score")
     seed = HELDOUT_SEED if seed is None else seed
-    loader = loader or (lambda d: _load(d, trust_remote_code))
+    from memdlm.context import check_overflow_choice
+    from memdlm.placement import record as placement_record
+
+    check_overflow_choice(context_overflow)
+    loader = loader or (lambda d: _load(d, trust_remote_code, device, dtype))
     start = time.perf_counter()
 
     # Runs grouped by model directory, in first-appearance order: each model loaded once.
@@ -259,6 +270,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
 
     items = None
     memory_by_run: dict[str, dict] = {}
+    placement: dict[str, dict] = {}
     overrides_by_run: dict[str, dict] = {}
     reference_signature = None
     results: dict[tuple[str, int, str], dict] = {}
@@ -276,6 +288,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
             logger.warning("%s has a different tokenizer from %s: its items' lengths are counted "
                            "in the first run's tokens", model_dir, runs[0].model_dir)
         for run in group:
+            placement[run.name] = placement_record(model)
             run_memory = loaded.memory(**(memory_overrides or {})) if run.memory else None
             if run_memory is not None:
                 record = run_memory.record()
@@ -286,7 +299,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
                 if not isinstance(samples, str):
                     cell = _answer_cell(model, tokenizer, samples, run_memory, batch_size,
                                         progress=progress and len(samples) > batch_size,
-                                        sampler=sampler)
+                                        sampler=sampler, context_overflow=context_overflow)
                     results[(task, length, run.name)] = cell
                     if partial_path is not None:
                         _write_partial(partial_path, results)
@@ -313,6 +326,8 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         "memory_args": memory_by_run,  # per adapted run: the settings it was adapted with
         "memory_overrides": overrides_by_run,  # ... and which of them differ from the run's own
         "sampler": dict(sampler or {}),
+        "placement": placement,  # per run: the device and dtype it ran on
+        "context_overflow": context_overflow,
         "cells": cells,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -325,10 +340,11 @@ def _write_partial(path, results: dict) -> None:
                                           for (task, length, name), cell in results.items()]})
 
 
-def _load(model_dir: str, trust_remote_code: bool):
+def _load(model_dir: str, trust_remote_code: bool, device: str | None = None, dtype=None):
+    from memdlm.placement import resolve_device, resolve_dtype
     from memdlm.run import Run
 
-    return Run.load(model_dir, trust_remote_code)
+    return Run.load(model_dir, trust_remote_code, dtype=resolve_dtype(dtype), device=resolve_device(device))
 
 
 def get_cell(result: dict, task: str, length: int) -> dict:

@@ -52,6 +52,20 @@ class Reproduction:
     out: Path
     threads: int | None = None
     progress: bool = True
+    device: str | None = None  # where evaluation cells run (memdlm.placement); None: cuda if visible
+    dtype: str | None = None  # their weights' precision; None: the checkpoint's own
+
+    def placement_settings(self) -> dict:
+        """``device`` / ``dtype`` when given: part of an evaluation cell's settings, so a cell
+        computed in another precision is not reused (none given: the settings as before)."""
+        return {k: v for k, v in (("device", self.device), ("dtype", self.dtype)) if v is not None}
+
+    def load(self, path):
+        """A trained arm for evaluation, on ``device`` in ``dtype``."""
+        from memdlm.placement import resolve_device, resolve_dtype
+        from memdlm.run import Run
+
+        return Run.load(path, dtype=resolve_dtype(self.dtype), device=resolve_device(self.device))
 
     # ------------------------------------------------------------------ training
     def _train(self, cell: Path, options: dict) -> dict:
@@ -199,10 +213,12 @@ class Reproduction:
         extra.update({k: f"MemDLM {k.removeprefix('ablation_')}, Train-Only" for k in dirs if k.startswith("ablation_")})
         runs += [RunSpec(label, str(dirs[k])) for k, label in extra.items() if k in dirs]
         settings = {"runs": [asdict(r) for r in runs], "tasks": list(p.eval_tasks),
-                    "lengths": list(p.eval_lengths), "n": p.eval_items, "memory": chosen, "adaptation": self.memory_overrides()}
+                    "lengths": list(p.eval_lengths), "n": p.eval_items, "memory": chosen, "adaptation": self.memory_overrides(),
+                    **self.placement_settings()}
         return json_cell(self.out / f"seed{seed}" / "eval.json", settings, lambda: evaluate_suite(
             runs, list(p.eval_tasks), list(p.eval_lengths), p.eval_items,
-            memory_overrides=self.memory_overrides(chosen), progress=self.progress))
+            memory_overrides=self.memory_overrides(chosen), progress=self.progress,
+            device=self.device, dtype=self.dtype))
 
     def dev(self, dirs: dict[str, Path], chosen: dict) -> dict:
         """Standard and MemDLM on dev items at the trained length: the operating-point check."""
@@ -212,10 +228,11 @@ class Reproduction:
         runs = [RunSpec(STANDARD, str(dirs["standard"])), RunSpec(TRAIN_ONLY, str(dirs["memdlm"]))]
         length = max(p.finetune.lengths)
         settings = {"runs": [asdict(r) for r in runs], "tasks": list(p.eval_tasks), "length": length,
-                    "n": p.dev_items, "seed": DEV_SEED}
+                    "n": p.dev_items, "seed": DEV_SEED, **self.placement_settings()}
         return json_cell(self.out / "dev.json", settings, lambda: evaluate_suite(
             runs, list(p.eval_tasks), [length], p.dev_items, seed=DEV_SEED,
-            memory_overrides=self.memory_overrides(chosen), progress=self.progress))
+            memory_overrides=self.memory_overrides(chosen), progress=self.progress,
+            device=self.device, dtype=self.dtype))
 
     def exposure_bias(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
         """R_EB and the gaps of Standard, MemDLM Train-Only and Train & Inference on the
@@ -228,7 +245,8 @@ class Reproduction:
         settings = {"items": p.eb_items, "steps": p.eb_steps, "length": p.eb_length, "task": p.eb_task,
                     "memory": chosen, "adaptation": self.memory_overrides(),
                     "runs": {k: str(dirs[k]) for k in ("eb_standard", "eb_memdlm")},
-                    "calibration_items": p.eb_calibration_items, "flatten": p.eb_flatten_temperature}
+                    "calibration_items": p.eb_calibration_items, "flatten": p.eb_flatten_temperature,
+                    **self.placement_settings()}
 
         def compute():
             from memdlm.eval.exposure_bias import (
@@ -238,13 +256,12 @@ class Reproduction:
                 heldout_pairs,
             )
             from memdlm.eval.item_loss import temperature_nll
-            from memdlm.run import Run
 
             config = ExposureBiasConfig(steps=p.eb_steps)
             out = {"results": {}, "calibrated": {}, "flattened": {}, "temperatures": {}, "calibration_nll": {}}
             for arm, modes in (("eb_standard", (("Standard", False),)),
                                ("eb_memdlm", (("MemDLM Train-Only", False), ("MemDLM Train & Inference", True)))):
-                run = Run.load(dirs[arm])
+                run = self.load(dirs[arm])
                 pairs = [(s.prompt, s.response)
                          for s in heldout_pairs(run.tokenizer, p.eb_items, p.eb_length, p.eb_task)]
                 calibration = heldout_pairs(run.tokenizer, p.eb_calibration_items, p.eb_length, p.eb_task,
@@ -275,16 +292,16 @@ class Reproduction:
         length = max(p.finetune.lengths)
         arms = [a for a in dirs if not a.startswith("eb_")]
         settings = {"tasks": list(p.finetune.tasks), "length": length, "items": p.eval_items,
-                    "memory": chosen, "adaptation": self.memory_overrides(), "runs": {a: str(dirs[a]) for a in arms}}
+                    "memory": chosen, "adaptation": self.memory_overrides(), "runs": {a: str(dirs[a]) for a in arms},
+                    **self.placement_settings()}
 
         def compute():
             from memdlm.eval.heldout import heldout_samples
             from memdlm.eval.item_loss import item_losses
-            from memdlm.run import Run
 
             out, samples = {}, None
             for arm in arms:
-                run = Run.load(dirs[arm])
+                run = self.load(dirs[arm])
                 if samples is None:  # every arm fine-tunes the same base: one tokenizer, one item set
                     samples = heldout_samples(run.tokenizer, list(p.finetune.tasks), length, p.eval_items)
                 out[arm] = {"off": item_losses(run.model, run.tokenizer, samples, progress=self.progress),
@@ -302,15 +319,14 @@ class Reproduction:
         p = self.preset
         settings = {"items": p.probe_items, "length": p.probe_length, "task": p.probe_task, "memory": chosen,
                     "adaptation": self.memory_overrides(), "control": asdict(p.probe_control),
-                    "kind": "logprob"}
+                    "kind": "logprob", **self.placement_settings()}
 
         def compute():
             from memdlm.reproduce.probe import probe_items, run_logprob_probe
-            from memdlm.run import Run
 
             out, memory_used = {}, {}
             for label, arm in (("Standard", "standard"), ("MemDLM", "memdlm")):
-                run = Run.load(dirs[arm])
+                run = self.load(dirs[arm])
                 samples = probe_items(run.tokenizer, p.probe_items, p.probe_length, p.probe_task)
                 memory = run.memory(**self.memory_overrides())
                 out[label] = run_logprob_probe(run, samples, memory, p.probe_control, progress=self.progress)
