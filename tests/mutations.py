@@ -142,9 +142,9 @@ MUTATIONS = [
              ("tests/test_sampling.py::test_random_remasking_commits_independently_of_confidence",),
              fast=True),
     Mutation("low_confidence_commits_least_confident", "sampling.py",
-             "def _low_confidence_scores(confidence: torch.Tensor, draws: _Draws, active=None) -> torch.Tensor:\n"
+             "def _low_confidence_scores(confidence: torch.Tensor, draws: _Draws, active=None, logits=None) -> torch.Tensor:\n"
              "    return confidence",
-             "def _low_confidence_scores(confidence: torch.Tensor, draws: _Draws, active=None) -> torch.Tensor:\n"
+             "def _low_confidence_scores(confidence: torch.Tensor, draws: _Draws, active=None, logits=None) -> torch.Tensor:\n"
              "    return -confidence",
              ("tests/test_sampling.py::test_low_confidence_commits_most_confident_first",)),
     Mutation("remainder_tokens_go_to_the_last_steps", "sampling.py",

@@ -363,7 +363,6 @@ def test_memory_model_argument_is_a_strict_boolean(tiny_dir, text, on):
 
 
 @pytest.mark.parametrize("args, needle", [
-    ("memory", "memory (no value) is not a boolean: write memory=true or memory=false"),
     ("memory=on", "memory='on' is not a boolean"),
     ("steps=abc", "steps='abc' is not a whole number"),
     ("mc_samples=0", "mc_samples must be >= 1, got 0"),
@@ -394,7 +393,18 @@ def test_unknown_lm_eval_task_is_one_line(tiny_dir, capsys, monkeypatch, tmp_pat
     rc = main(["lm-eval", "--model-args", f"pretrained={tiny_dir}", "--tasks", "no_such_task_anywhere"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err, err
-    assert "memdlm lm-eval: error: unknown lm-eval task: Spec 'no_such_task_anywhere'" in err
+    assert "memdlm lm-eval: error: unknown lm-eval task: no_such_task_anywhere" in err
+
+
+def test_a_bare_model_argument_is_the_harness_one_line_error(tiny_dir, capsys):
+    """A bare ``memory`` (before: silently off) is refused by lm-eval's own --model_args parser."""
+    from memdlm.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["lm-eval", "--model-args", f"pretrained={tiny_dir},memory", "--tasks", "memdlm_kv_128"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert "expected `key=value`, got 'memory'" in err.strip().splitlines()[-1]
 def _responses(out_dir) -> dict:
     (samples,) = out_dir.rglob("samples_*.jsonl")
     rows = [json.loads(line) for line in samples.read_text().splitlines()]

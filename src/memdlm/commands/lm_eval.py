@@ -301,6 +301,11 @@ def task_errors_named(others: list[str]):
             raise
         raise ConfigError(f"unknown lm-eval task: {err.args[0]}; `lm-eval ls tasks` lists lm-eval's tasks, and "
                           "ours are named memdlm_<task>_<length>") from None
+    except ValueError as err:  # lm-eval's run command: "Tasks not found: a, b"
+        if not str(err).startswith("Tasks not found"):
+            raise
+        raise ConfigError(f"unknown lm-eval task: {str(err).split(':', 1)[1].strip()}; `lm-eval ls tasks` lists "
+                          "lm-eval's tasks, and ours are named memdlm_<task>_<length>") from None
     except ConnectionError as err:  # datasets raises it for a data set it cannot fetch (offline mode too)
         raise ConfigError(f"the data of lm-eval task(s) {', '.join(others) or '?'} is not available: {err}; "
                           "download it once with network access (or unset HF_DATASETS_OFFLINE)") from None
