@@ -463,4 +463,5 @@ def test_generate_steps_default_follows_max_new_tokens(tiny_model_dir, capsys):
                  "--json"]) == 0
     loaded = Run.load(tiny_model_dir)
     expected = generate(loaded.model, loaded.tokenizer, ["hi"], SamplerConfig(max_new_tokens=4, steps=4))
-    assert json.loads(capsys.readouterr().out) == [{"prompt": "hi", "response": expected[0]}]
+    rows = json.loads(capsys.readouterr().out)
+    assert [{k: row[k] for k in ("prompt", "response")} for row in rows] == [{"prompt": "hi", "response": expected[0]}]

@@ -278,7 +278,7 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
         ns.include_path = include or None
         register()
         try:
-            with task_errors_named(others):
+            with task_errors_named():
                 ns.func(ns)
         except UserError:
             raise
@@ -291,9 +291,9 @@ def run(argv: list[str], prog: str = "memdlm lm-eval") -> int:
 
 
 @contextlib.contextmanager
-def task_errors_named(others: list[str]):
-    """lm-eval's failures to find or load a task (raised before any item is evaluated) as one line:
-    an unknown name (KeyError), or a data set that is not on this machine while offline."""
+def task_errors_named():
+    """An unknown task name (lm-eval raises it before any item is evaluated) as one line; data
+    that cannot be fetched is :func:`hub_data_error`'s."""
     try:
         yield
     except KeyError as err:
@@ -306,9 +306,6 @@ def task_errors_named(others: list[str]):
             raise
         raise ConfigError(f"unknown lm-eval task: {str(err).split(':', 1)[1].strip()}; `lm-eval ls tasks` lists "
                           "lm-eval's tasks, and ours are named memdlm_<task>_<length>") from None
-    except ConnectionError as err:  # datasets raises it for a data set it cannot fetch (offline mode too)
-        raise ConfigError(f"the data of lm-eval task(s) {', '.join(others) or '?'} is not available: {err}; "
-                          "download it once with network access (or unset HF_DATASETS_OFFLINE)") from None
 
 
 def _tokenizer(path: str, trust_remote_code: bool):
