@@ -608,3 +608,15 @@ def test_smoke_claims_recompute_from_the_exported_cells(smoke_run, tmp_path):
     assert (tmp_path / "copy" / "memory_strength.png").is_file()
     recorded = json.loads((smoke_run / "report.json").read_text())["claims"]
     assert recompute_claims(tmp_path / "copy") == recorded
+
+
+def test_committed_pilot_report_recomputes_from_its_cells():
+    """docs/results/pilot_active holds only JSON cells, run logs and plots; every claim row
+    recomputes from them exactly."""
+    from pathlib import Path
+
+    from memdlm.reproduce.report import recompute_claims
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "results" / "pilot_active"
+    recorded = json.loads((root / "report.json").read_text())["claims"]
+    assert recompute_claims(root) == recorded
