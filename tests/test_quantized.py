@@ -86,7 +86,7 @@ def test_qlora_memdlm_on_4bit_ffn_layers_trains_and_round_trips(tok, tmp_path):
 
     path = tiny_llama_dir(tok, tmp_path / "base")
     args = ModelArguments(model=path, load_in_4bit=True, use_lora=True, lora_r=4, lora_alpha=8)
-    model, _ = build_model_and_tokenizer(args, seed=0, gradient_checkpointing=True)
+    model, _ = build_model_and_tokenizer(args, seed=0)
     targets = find_targets(model, "ffn", MemoryArguments().memory_layer_fraction)
     assert [t.name.split(".")[-1] for t in targets] == ["gate_proj", "up_proj", "down_proj"]
     assert all(isinstance(linear_of(t.module), Linear4bit) for t in targets)

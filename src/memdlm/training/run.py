@@ -43,8 +43,7 @@ from memdlm.training.nonfinite import NonFiniteStepError
 logger = logging.getLogger("memdlm")
 
 
-def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None,
-                              gradient_checkpointing: bool = False):
+def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
     """The model (k-bit prepared with ``--load-in-4bit/8bit``, LoRA-wrapped with
     ``--use-lora``) and tokenizer.
 
@@ -71,7 +70,7 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None,
                            attn_implementation=None if model_args.attn_implementation == "auto"
                            else model_args.attn_implementation)
         reconcile_mask_token(model, tokenizer, model_args.model)
-        model = prepare_kbit(model, model_args, gradient_checkpointing)
+        model = prepare_kbit(model, model_args)
     if model_args.use_lora:
         if out is not None:
             from memdlm.lora_run import save_built_base, write_base_record
@@ -160,9 +159,9 @@ def weights_dtype(model_args) -> torch.dtype | None:
     return None if model_args.use_lora else torch.float32
 
 
-def prepare_kbit(model, model_args, gradient_checkpointing: bool):
+def prepare_kbit(model, model_args):
     """peft's k-bit preparation of a 4/8-bit model (norms and the other unquantised weights
-    upcast to float32, input gradients on for checkpointing); other models unchanged."""
+    upcast to float32); other models unchanged."""
     if not (model_args.load_in_4bit or model_args.load_in_8bit):
         return model
     from peft import prepare_model_for_kbit_training
@@ -288,8 +287,7 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
             logger.info("--resume: continuing run %s from %s", identity["run_id"], checkpoint)
     if cfg.threads is not None:  # an explicit choice; otherwise the caller's setting stands
         torch.set_num_threads(cfg.threads)
-    model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None,
-                                                 gradient_checkpointing=cfg.train.gradient_checkpointing)
+    model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
     wait_for_all_ranks()  # every rank has judged the directory before rank 0 changes it
     if main:  # inputs checked: now the directory may change
