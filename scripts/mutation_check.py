@@ -3,7 +3,7 @@
 
     python scripts/mutation_check.py            # every mutation in tests/mutations.py
     python scripts/mutation_check.py --fast     # the fast subset (the suite runs it as a slow test)
-    python scripts/mutation_check.py --only forward_kl_is_reverse_kl --keep-going
+    python scripts/mutation_check.py --only forward_kl_is_reverse_kl   # one (or a few) by id
 
 For each mutation: its ``old`` text must occur exactly once in its file (else it is
 reported *stale*: the code moved and the list must follow); a copy of ``src`` gets the
