@@ -4,8 +4,9 @@
 # off and on), sampling and batched-adaptation throughput; one JSON object on the last line.
 #   bash scripts/gpu_check.sh          # on the GPU
 #   bash scripts/gpu_check.sh --tiny   # a tiny model on the CPU (what tests/test_gpu_check.py runs)
-# Progress lines go to stderr; docs/SCALING.md says how to read the result.
+# Progress lines go to stderr; docs/SCALING.md says how to read the result. PYTHON names the
+# interpreter (default: `python` on PATH, e.g. an activated .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-exec timeout 480 python scripts/gpu_check.py "$@"
+exec timeout 480 "${PYTHON:-python}" scripts/gpu_check.py "$@"

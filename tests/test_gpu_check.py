@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_gpu_check_tiny_prints_one_json_object():
     out = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), "--tiny"], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["device"] == "cpu" and result["dtype"] == "float32"
