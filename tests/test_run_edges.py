@@ -206,7 +206,9 @@ def test_two_concurrent_trainings_one_refused_then_sigterm_stops_the_other_clean
     then stops the first after a step, with a checkpoint of it, exit 143 and no traceback; and
     --resume finishes the run."""
     out = tmp_path / "run"
-    argv = train_argv(out, "--save-strategy", "no", steps=400)
+    # far more steps than can finish while the second process starts (400 steps took 9 s, less than
+    # a loaded machine's cold start of the second): SIGTERM must always arrive during training
+    argv = train_argv(out, "--save-strategy", "no", steps=100_000)
     first = start(argv, tmp_path / "first.log")
     try:
         wait_for(lambda: "'loss':" in (tmp_path / "first.log").read_text(), first, tmp_path / "first.log")
