@@ -36,10 +36,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-from train_step import heap_bytes  # the same live-heap measure as the training-step benchmark
+from train_step import HeapPeak  # the same live-heap measure as the training-step benchmark
 
 CONFIGS = ("off", "own switch", "per block")
 
@@ -97,30 +96,24 @@ def child(opts) -> None:
     if opts.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base, peak, done = heap_bytes(), [0], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], heap_bytes())
-                time.sleep(0.001)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-    times = []
-    for _ in range(opts.rounds):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    if opts.device == "cuda":
+        times = timed_rounds(step, opts.rounds)
         peak_bytes = torch.cuda.max_memory_allocated() - base
     else:
-        done.set()
-        thread.join()
-        peak_bytes = peak[0] - base
+        with HeapPeak() as heap:
+            times = timed_rounds(step, opts.rounds)
+        peak_bytes = heap.bytes
     with tempfile.NamedTemporaryFile(suffix=".pt", delete=False) as digest:
         torch.save(grads, digest)
     print(json.dumps({"peak_bytes": peak_bytes, "step_s": statistics.median(times), "grads": digest.name}))
+
+
+def timed_rounds(step, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def run_child(opts, config: str) -> dict:

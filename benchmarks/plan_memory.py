@@ -19,8 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,26 +45,16 @@ def overrides(hidden: int, ffn: int) -> dict:
 
 def measured_peak(row, threads: int) -> int:
     import torch
-    from train_step import build, heap_bytes
+    from train_step import HeapPeak, build
 
     layers, hidden, ffn, seq_len, batch, method, checkpointing = row
     torch.set_num_threads(threads)
     step = build(layers, method, "cpu", seq_len, batch, 32, True, overrides(hidden, ffn), checkpointing)
     step()
-    base, peak, done = heap_bytes(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], heap_bytes())
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    for _ in range(3):
-        step()
-    done.set()
-    thread.join()
-    return peak[0] - base
+    with HeapPeak() as heap:
+        for _ in range(3):
+            step()
+    return heap.bytes
 
 
 def estimated_peak(row) -> tuple[int, dict]:

@@ -99,6 +99,31 @@ def heap_bytes() -> int:
     return info.uordblks + info.hblkhd
 
 
+class HeapPeak:
+    """The peak of :func:`heap_bytes` above its level at entry, sampled every millisecond by a
+    thread while the ``with`` block runs (``.bytes`` after the block)."""
+
+    def __enter__(self):
+        self.base = self.peak = heap_bytes()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, heap_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def bytes(self) -> int:
+        return self.peak - self.base
+
+
 def child(opts) -> None:
     """One configuration in its own process: peak memory above the post-build baseline."""
     import torch
@@ -113,20 +138,10 @@ def child(opts) -> None:
             step()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base, peak_rss, done = heap_bytes(), [0], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak_rss[0] = max(peak_rss[0], heap_bytes())
-                time.sleep(0.001)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        for _ in range(3):
-            step()
-        done.set()
-        thread.join()
-        peak = peak_rss[0] - base
+        with HeapPeak() as heap:
+            for _ in range(3):
+                step()
+        peak = heap.bytes
     print(json.dumps({"peak_bytes": peak}))
 
 

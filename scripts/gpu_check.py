@@ -33,7 +33,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -83,19 +82,10 @@ class Peak:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
-            from train_step import heap_bytes
+            from train_step import HeapPeak
 
-            self.base, self.peak, self.done = heap_bytes(), 0, threading.Event()
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
+            self.heap = HeapPeak().__enter__()
         return self
-
-    def _sample(self):
-        from train_step import heap_bytes
-
-        while not self.done.is_set():
-            self.peak = max(self.peak, heap_bytes())
-            time.sleep(0.001)
 
     def __exit__(self, *exc):
         import torch
@@ -104,9 +94,8 @@ class Peak:
             torch.cuda.synchronize()
             self.bytes = torch.cuda.max_memory_allocated()  # weights and optimizer state included
         else:
-            self.done.set()
-            self.thread.join()
-            self.bytes = self.peak - self.base
+            self.heap.__exit__(*exc)
+            self.bytes = self.heap.bytes
         return False
 
 

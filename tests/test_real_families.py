@@ -16,7 +16,6 @@ without ``--memory``, a LoRA run whose adapter-off logits equal the base's.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from memdlm.cli import main
 from memdlm.modeling import forward_logits, load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_remote_code import TRAIN, _generate  # noqa: E402
+from test_remote_code import TRAIN, _generate, _train_and_generate  # noqa: E402
 
 ROOT = os.environ.get("MEMDLM_REAL_FAMILIES_DIR")
 DIRS = sorted(str(p.parent) for p in Path(ROOT).glob("*/config.json")) if ROOT else []
@@ -101,11 +100,7 @@ def test_train_shared_and_per_sample_generate_and_lora_round_trip(family_dir, tm
 
     for mode in ("shared", "per_sample"):
         run = tmp_path / mode
-        assert main(["train", "--model", family_dir, "--memory-mode", mode, "--output-dir", str(run), *TRAIN]) == 0
-        logged = [h for h in json.loads((run / "log_history.json").read_text()) if "loss" in h]
-        assert len(logged) == 2 and all(h["memory/norm"] > 0 and h["inner/skipped_nonfinite"] == 0 for h in logged)
-        for extra in ([], ["--memory"]):
-            _generate(run, capsys, *extra)
+        _train_and_generate(family_dir, run, mode, capsys)
     lora = tmp_path / "lora"
     assert main(["train", "--model", family_dir, "--use-lora", "--lora-r", "4", "--learning-rate", "1e-2",
                  "--output-dir", str(lora), *TRAIN]) == 0

@@ -449,6 +449,17 @@ TRAIN = ["--trust-remote-code", "--method", "memdlm", "--max-steps", "2", "--per
          "--save-strategy", "no", "--disable-tqdm", "true", "--logging-steps", "1"]
 
 
+def _train_and_generate(path, run, mode: str, capsys, *flags):
+    """Two MemDLM steps of ``mode`` memory (the memory written, no step skipped), then
+    generation with and without inference-time memory."""
+    assert main(["train", "--model", str(path), "--memory-mode", mode, "--output-dir", str(run), *TRAIN,
+                 *flags]) == 0
+    logged = [h for h in json.loads((run / "log_history.json").read_text()) if "loss" in h]
+    assert len(logged) == 2 and all(h["memory/norm"] > 0 and h["inner/skipped_nonfinite"] == 0 for h in logged)
+    for extra in ([], ["--memory"]):
+        _generate(run, capsys, *extra)
+
+
 def _generate(run, capsys, *extra):
     capsys.readouterr()
     assert main(["generate", "--model", str(run), "--trust-remote-code", "--prompt", "The value of red fox is",
@@ -466,12 +477,7 @@ def test_train_generate_and_lora_round_trip_from_the_cli(tok, written, tmp_path,
     for mode in ("shared", "per_sample"):
         run = tmp_path / mode
         checkpointing = ["--gradient-checkpointing"] if mode == "per_sample" else []  # every family has it
-        assert main(["train", "--model", path, "--memory-mode", mode, "--output-dir", str(run), *TRAIN,
-                     *checkpointing]) == 0
-        logged = [h for h in json.loads((run / "log_history.json").read_text()) if "loss" in h]
-        assert len(logged) == 2 and all(h["memory/norm"] > 0 and h["inner/skipped_nonfinite"] == 0 for h in logged)
-        for extra in ([], ["--memory"]):
-            _generate(run, capsys, *extra)
+        _train_and_generate(path, run, mode, capsys, *checkpointing)
     lora = tmp_path / "lora"
     assert main(["train", "--model", path, "--use-lora", "--lora-r", "4", "--learning-rate", "1e-2",
                  "--output-dir", str(lora), *TRAIN]) == 0

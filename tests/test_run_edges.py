@@ -462,19 +462,26 @@ def test_unwritable_output_is_one_line_before_any_work(model_dir, tmp_path, caps
     assert f"cannot write the output directory {blocker / 'sub'}" in line
 
 
-def test_eval_keeps_every_finished_cell_when_a_later_one_fails(model_dir, tmp_path, capsys, monkeypatch):
-    """Before: eval wrote only at the end, so a failure there (a full disk) lost everything.
-    Now the first run's cell is in suite.partial.json when the second run's fails; and when
-    only the report fails, suite.json (written first, atomically) holds every cell."""
-    import memdlm.eval.suite as suite
-
-    original, calls = suite._answer_cell, []
+def failing_on_the_second_call(original):
+    """``original``, except that its second call fails as a full disk does."""
+    calls = []
 
     def second_fails(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(*args, **kwargs)
+
+    return second_fails
+
+
+def test_eval_keeps_every_finished_cell_when_a_later_one_fails(model_dir, tmp_path, capsys, monkeypatch):
+    """Before: eval wrote only at the end, so a failure there (a full disk) lost everything.
+    Now the first run's cell is in suite.partial.json when the second run's fails; and when
+    only the report fails, suite.json (written first, atomically) holds every cell."""
+    import memdlm.eval.suite as suite
+
+    second_fails = failing_on_the_second_call(suite._answer_cell)
 
     argv = ["eval", "--standard", str(model_dir), "--output-dir", str(tmp_path / "e"), "--items", "1",
             "--tasks", "kv", "--lengths", "128", "--no-progress"]
@@ -576,13 +583,7 @@ def test_exposure_bias_keeps_each_finished_run_when_a_later_one_fails(model_dir,
     """Before: exposure_bias.json was written once, at the end."""
     import memdlm.eval.exposure_bias as eb
 
-    original, calls = eb.exposure_bias, []
-
-    def second_fails(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(*args, **kwargs)
+    second_fails = failing_on_the_second_call(eb.exposure_bias)
 
     monkeypatch.setattr(eb, "exposure_bias", second_fails)
     out = tmp_path / "x"
