@@ -11,7 +11,7 @@ layers), weights, batch and masks, side by side in one run:
 - ``own switch``: ``--gradient-checkpointing`` through the model's own switch (Gemma3
   declares ``supports_gradient_checkpointing``);
 - ``per block``: the same model with its switch hidden, so memdlm checkpoints each block
-  itself (``memdlm.checkpointing``, the way 4.x remote code without a switch -- LLaDA's hub
+  itself (``memdlm.backbones.checkpointing``, the way 4.x remote code without a switch -- LLaDA's hub
   code -- is checkpointed).
 
 Each step is ``MemDLMTrainer.training_step`` (per-sample memory, the paper's inner loop:
@@ -49,9 +49,9 @@ def build(opts, config: str):
     from memdlm.config import DiffusionArguments
     from memdlm.data.collate import DiffusionCollator
     from memdlm.memory.config import MemoryArguments
-    from memdlm.modeling import build_tiny_model
+    from memdlm.backbones.modeling import build_tiny_model
     from memdlm.tasks.dataset import SyntheticTaskDataset
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.tokenizer import load_tokenizer
     from memdlm.training.args import TrainConfig
     from memdlm.training.memdlm_trainer import MemDLMTrainer
 

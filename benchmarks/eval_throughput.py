@@ -10,12 +10,12 @@ What is timed: for 16 kv prompts of different lengths around 256 tokens (230..28
 prompt (pre-anchor stage + anchor-to-target stage, two SGD steps), then greedy
 iterative denoising with that memory active. Two ways:
 
-- batched: ``memdlm.generation.generate(..., batch_size=8)`` -- per-sample memory,
+- batched: ``memdlm.sampling.generation.generate(..., batch_size=8)`` -- per-sample memory,
   one fast-weight slot per prompt, all prompts of a batch in one forward;
 - sequential: ``batch_size=1`` -- one prompt at a time, the reference's way.
 
 Both go through the library's own code path (the run's prompt memory,
-``memdlm.run.Run.memory().adapt``, then ``Sampler.generate`` with the memory as forward
+``memdlm.runs.run.Run.memory().adapt``, then ``Sampler.generate`` with the memory as forward
 context); a trained run adapts with its own memory settings, a fresh model with the defaults. The script warms up,
 interleaves the two modes for ``--rounds`` rounds (alternating which goes first) and
 reports medians. It checks that both modes give each prompt the same fast weights
@@ -53,7 +53,7 @@ def parse_args(argv=None):
 def make_prompts(tokenizer, n, lo, hi, seed):
     """``n`` kv prompts (eval split) with context lengths spread evenly over [lo, hi]."""
     from memdlm.tasks import get_task
-    from memdlm.tokenizer import count_tokens_fn
+    from memdlm.backbones.tokenizer import count_tokens_fn
 
     count = count_tokens_fn(tokenizer)
     task = get_task("kv")
@@ -81,7 +81,7 @@ def answer(model, tokenizer, memory, prompts, config, batch_size, keep=False):
 
     With ``keep`` also returns each prompt's fast weights (one slot each) and response ids.
     """
-    from memdlm.sampling import Sampler
+    from memdlm.sampling.sampler import Sampler
 
     sampler = Sampler(model, tokenizer, config)
     device = next(model.parameters()).device
@@ -107,7 +107,7 @@ def canvas_logits(model, tokenizer, prompts, memories, n_new, batch_size):
     import torch
 
     from memdlm.memory.fast_weights import FastWeights
-    from memdlm.modeling import forward_logits
+    from memdlm.backbones.modeling import forward_logits
 
     device = next(model.parameters()).device
     out = []
@@ -136,10 +136,10 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from memdlm.modeling import build_tiny_model
-    from memdlm.run import Run
-    from memdlm.sampling import SamplerConfig
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.modeling import build_tiny_model
+    from memdlm.runs.run import Run
+    from memdlm.sampling.sampler import SamplerConfig
+    from memdlm.backbones.tokenizer import load_tokenizer
 
     device = torch.device(args.device)
     if args.model:

@@ -38,7 +38,7 @@ DEFAULT_ROWS = [
 
 
 def overrides(hidden: int, ffn: int) -> dict:
-    from memdlm.modeling import tiny_head_overrides
+    from memdlm.backbones.modeling import tiny_head_overrides
 
     return {"hidden_size": hidden, "intermediate_size": ffn, **tiny_head_overrides(4, hidden)}
 
@@ -62,7 +62,7 @@ def estimated_peak(row) -> tuple[int, dict]:
     memory of rank 32, as train_step.py uses)."""
     from memdlm.data.collate import DiffusionCollator
     from memdlm.tasks.dataset import SyntheticTaskDataset
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.tokenizer import load_tokenizer
     from memdlm.training.options import setup_from_options
     from memdlm.training.plan import make_plan
 

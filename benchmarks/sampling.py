@@ -64,7 +64,7 @@ def run_config(model, tok, samples, base_config, overrides, memory, batch_size) 
     """Answer every item with one sampler configuration; score, calls, seconds."""
     import dataclasses
 
-    from memdlm.generation import generate
+    from memdlm.sampling.generation import generate
     from memdlm.tasks.scoring import score_samples
 
     config = dataclasses.replace(base_config, **overrides)
@@ -186,7 +186,7 @@ def main() -> None:
     import torch
 
     from memdlm.eval.heldout import HELDOUT_SEED, answer_sampler_config, heldout_samples
-    from memdlm.run import Run
+    from memdlm.runs.run import Run
     from memdlm.tasks.scoring import reference_levels
 
     torch.set_num_threads(args.threads)

@@ -42,9 +42,9 @@ def build(layers: int, method: str, device: str, seq_len: int, batch: int, rank:
     from memdlm.config import DiffusionArguments
     from memdlm.data.collate import DiffusionCollator
     from memdlm.memory.config import MemoryArguments
-    from memdlm.modeling import build_tiny_model
+    from memdlm.backbones.modeling import build_tiny_model
     from memdlm.tasks.dataset import SyntheticTaskDataset
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.tokenizer import load_tokenizer
     from memdlm.training.args import TrainConfig
     from memdlm.training.mdlm_trainer import MDLMTrainer
     from memdlm.training.memdlm_trainer import MemDLMTrainer

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-import memdlm.training.run as training_run
+import memdlm.training.train as training_run
 from memdlm.cli import main
-from memdlm.run_dir import RunLock
+from memdlm.runs.directory import RunLock
 from memdlm.training.mdlm_trainer import MDLMTrainer
 
 torch.set_num_threads(1)

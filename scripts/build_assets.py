@@ -12,7 +12,7 @@ import random
 
 from memdlm.data import words
 from memdlm.tasks.haystack import ProseHaystack
-from memdlm.tokenizer import ASSET_DIR, train_tokenizer
+from memdlm.backbones.tokenizer import ASSET_DIR, train_tokenizer
 
 
 def corpus(n_prose: int = 20000):

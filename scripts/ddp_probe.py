@@ -36,7 +36,7 @@ LENGTH = 96
 
 
 def make_model(tok, layers: int = 2):
-    from memdlm.modeling import build_tiny_model
+    from memdlm.backbones.modeling import build_tiny_model
 
     return build_tiny_model(tok, seed=SEED, num_hidden_layers=layers)
 
@@ -46,10 +46,10 @@ def rank_inputs(tok, rank: int, step_process: int | None = None):
     ``step_process``: the process index in the step seed (0 on every rank for a batch-shared
     memory averaged over the ranks; default: the rank)."""
     from memdlm.data.collate import DiffusionCollator
-    from memdlm.diffusion import noise_batch
-    from memdlm.masking import seeded_generator
+    from memdlm.diffusion.process import noise_batch
+    from memdlm.diffusion.masking import seeded_generator
     from memdlm.memory.inner_loop import InnerLoopInputs, step_seed_of
-    from memdlm.schedules import get_schedule
+    from memdlm.diffusion.schedules import get_schedule
     from memdlm.tasks.dataset import SyntheticTaskDataset
 
     data = SyntheticTaskDataset(tok, ["kv"], [LENGTH], "train", 64, seed=SEED)
@@ -67,7 +67,7 @@ def trainer_like(tok, mode: str, ranks: str = "local"):
     """The attributes ``MemDLMTrainer.inner_loop`` reads, without building a Trainer."""
     from memdlm.config import DiffusionArguments
     from memdlm.memory.config import MemoryArguments
-    from memdlm.schedules import get_schedule
+    from memdlm.diffusion.schedules import get_schedule
 
     return SimpleNamespace(memory_args=MemoryArguments(memory_mode=mode, shared_memory_ranks=ranks), _loops={},
                            mask_token_id=tok.mask_token_id, schedule=get_schedule("linear"),
@@ -88,8 +88,8 @@ def probe_inner(out: Path) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from memdlm.diffusion import mdlm_loss
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.diffusion.process import mdlm_loss
+    from memdlm.backbones.tokenizer import load_tokenizer
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -123,7 +123,7 @@ def probe_inner(out: Path) -> None:
 def probe_train(out: Path, argv: list[str]) -> int:
     from transformers import TrainerCallback
 
-    import memdlm.training.run as run
+    import memdlm.training.train as run
     from memdlm.cli import main
 
     rank = int(os.environ.get("RANK", "0"))

@@ -19,8 +19,8 @@ import torch
 
 from memdlm.data.collate import IGNORE, encode_pair
 from memdlm.eval.heldout import heldout_samples
-from memdlm.modeling import forward_logits, load_model
-from memdlm.tokenizer import load_tokenizer
+from memdlm.backbones.modeling import forward_logits, load_model
+from memdlm.backbones.tokenizer import load_tokenizer
 
 
 def one_shot(model, tok, sample, reveal: str | None = None) -> str:

@@ -52,7 +52,7 @@ def build_model(tok, shape: dict, device, dtype):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from memdlm.modeling import make_bidirectional
+    from memdlm.backbones.modeling import make_bidirectional
 
     config = LlamaConfig(hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_hidden_layers"],
                          intermediate_size=shape["intermediate_size"],
@@ -175,7 +175,7 @@ def time_training(model, tok, shape, device) -> list[dict]:
 
 
 def time_sampling(model, tok, prompts, shape, device) -> dict:
-    from memdlm.sampling import Sampler, SamplerConfig
+    from memdlm.sampling.sampler import Sampler, SamplerConfig
 
     model.eval()
     n = shape["new_tokens"]
@@ -199,8 +199,8 @@ def time_sampling(model, tok, prompts, shape, device) -> dict:
 def time_adaptation(model, tok, prompts, shape, device) -> dict:
     from eval_throughput import answer
 
-    from memdlm.run import Run
-    from memdlm.sampling import SamplerConfig
+    from memdlm.runs.run import Run
+    from memdlm.sampling.sampler import SamplerConfig
 
     model.eval()
     memory = Run(model, tok).memory()
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     import torch
     from eval_throughput import make_prompts
 
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.tokenizer import load_tokenizer
 
     started = time.perf_counter()
     shape = TINY if args.tiny else FULL

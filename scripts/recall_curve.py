@@ -22,10 +22,10 @@ import torch
 
 from memdlm.errors import ConfigError
 from memdlm.eval.heldout import evaluate_samples, heldout_samples
-from memdlm.modeling import load_model
-from memdlm.shipped import resolve_model
+from memdlm.backbones.modeling import load_model
+from memdlm.backbones.shipped import resolve_model
 from memdlm.tasks import get_task
-from memdlm.tokenizer import load_tokenizer
+from memdlm.backbones.tokenizer import load_tokenizer
 
 CURVE_SEED = 80_000  # disjoint from the training seeds, HELDOUT_SEED's and the provenance's
 VARIANTS = {4: "mqar4", 8: "mqar", 16: "mqar16", 32: "mqar32"}

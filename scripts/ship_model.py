@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 from memdlm.eval.heldout import evaluate_samples, heldout_samples
-from memdlm.modeling import load_model
-from memdlm.shipped import PROVENANCE_JSON, PROVENANCE_MD, SHIPPED_DIR, render_provenance
+from memdlm.backbones.modeling import load_model
+from memdlm.backbones.shipped import PROVENANCE_JSON, PROVENANCE_MD, SHIPPED_DIR, render_provenance
 from memdlm.tasks import get_task
 from memdlm.tasks.recall import AssociativeRecallTask
-from memdlm.tokenizer import load_tokenizer
+from memdlm.backbones.tokenizer import load_tokenizer
 
 FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
          "chat_template.jinja", "special_tokens_map.json", "generation_config.json")

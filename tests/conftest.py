@@ -19,8 +19,8 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tok():
-    """The shipped tokenizer, loaded once per session (``memdlm.tokenizer.load_tokenizer()``)."""
-    from memdlm.tokenizer import load_tokenizer
+    """The shipped tokenizer, loaded once per session (``memdlm.backbones.tokenizer.load_tokenizer()``)."""
+    from memdlm.backbones.tokenizer import load_tokenizer
 
     return load_tokenizer()
 
@@ -28,7 +28,7 @@ def tok():
 @pytest.fixture(scope="session")
 def make_tiny_model(tok):
     """``make_tiny_model(seed=0, num_hidden_layers=2, **overrides)``: a fresh tiny Gemma3."""
-    from memdlm.modeling import build_tiny_model
+    from memdlm.backbones.modeling import build_tiny_model
 
     def make(seed: int = 0, num_hidden_layers: int = 2, **overrides):
         return build_tiny_model(tok, seed=seed, num_hidden_layers=num_hidden_layers, **overrides)
@@ -56,7 +56,7 @@ def block_pair():
     response columns ``slots`` -- the comparison every block-cache exactness test makes."""
     import contextlib
 
-    from memdlm.block_cache import BlockForward
+    from memdlm.sampling.block_cache import BlockForward
 
     def make(model, attn, block, slots, mode: str = "dual"):
         pair = (BlockForward(model, attn, "none", contextlib.nullcontext),

@@ -19,14 +19,14 @@ import torch
 
 from memdlm.cli import main
 from memdlm.config import DiffusionArguments
-from memdlm.diffusion import NoisedBatch, mdlm_loss
-from memdlm.masking import apply_mask, mask_with_probability
+from memdlm.diffusion.process import NoisedBatch, mdlm_loss
+from memdlm.diffusion.masking import apply_mask, mask_with_probability
 from memdlm.memory.config import MemoryArguments
 from memdlm.memory.experts import slot_delta
 from memdlm.memory.fast_weights import FastWeights
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs
 from memdlm.memory.targets import expert_targets, find_targets
-from memdlm.modeling import (
+from memdlm.backbones.modeling import (
     build_tiny_model,
     forward_logits,
     init_config_path,
@@ -35,8 +35,8 @@ from memdlm.modeling import (
     logits_shift,
     make_bidirectional,
 )
-from memdlm.sampling import Sampler, SamplerConfig
-from memdlm.schedules import get_schedule
+from memdlm.sampling.sampler import Sampler, SamplerConfig
+from memdlm.diffusion.schedules import get_schedule
 
 torch.set_num_threads(1)
 
@@ -574,7 +574,7 @@ def test_load_in_4bit_checks_model_lora_and_bitsandbytes():
     trains a 4-bit model on the CPU)."""
     from memdlm.config import ModelArguments
     from memdlm.errors import ConfigError
-    from memdlm.training.run import quantization_config
+    from memdlm.training.train import quantization_config
 
     assert quantization_config(ModelArguments(model="m")) is None  # flag off: nothing checked
     with pytest.raises(ConfigError, match="quantises a checkpoint given with --model"):
@@ -622,9 +622,9 @@ def test_train_memdlm_and_generate_from_the_cli(tok, tmp_path, capsys, name):
     logged = [h for h in json.loads((run / "log_history.json").read_text()) if "loss" in h]
     assert len(logged) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logged)
     assert all(h["inner/skipped_nonfinite"] == 0 and h["memory/norm"] > 0 for h in logged)
-    from memdlm.generation import generate
-    from memdlm.run import Run
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.generation import generate
+    from memdlm.runs.run import Run
+    from memdlm.sampling.sampler import SamplerConfig
 
     capsys.readouterr()
     loaded = Run.load(run)
@@ -641,7 +641,7 @@ def test_train_memdlm_and_generate_from_the_cli(tok, tmp_path, capsys, name):
 
 
 def test_tiny_heads_span_the_hidden_size(tok):
-    from memdlm.modeling import build_tiny_model, tiny_head_overrides
+    from memdlm.backbones.modeling import build_tiny_model, tiny_head_overrides
 
     fields = tiny_head_overrides(8)
     assert fields == {"num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 16,
@@ -655,7 +655,7 @@ def test_tiny_heads_span_the_hidden_size(tok):
 
 def test_tiny_overrides_reach_the_model_config(tmp_path):
     from memdlm.config import ModelArguments
-    from memdlm.training.run import build_model_and_tokenizer
+    from memdlm.training.train import build_model_and_tokenizer
 
     args = ModelArguments(tiny_layers=1, tiny_heads=8, tiny_overrides='{"query_pre_attn_scalar": 4}')
     model, _ = build_model_and_tokenizer(args, seed=0)
@@ -664,7 +664,7 @@ def test_tiny_overrides_reach_the_model_config(tmp_path):
 
 def test_tiny_overrides_that_are_not_a_json_object_are_named():
     from memdlm.errors import ConfigError
-    from memdlm.training.run import parse_overrides
+    from memdlm.training.train import parse_overrides
 
     with pytest.raises(ConfigError, match="not JSON"):
         parse_overrides("{query_pre_attn_scalar: 8}")

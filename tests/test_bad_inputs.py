@@ -283,8 +283,8 @@ def test_interrupted_run_has_no_completion_marker(tmp_path, monkeypatch):
 # --- generation ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from memdlm.modeling import build_tiny_model
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.modeling import build_tiny_model
+    from memdlm.backbones.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     path = tmp_path_factory.mktemp("tiny")
@@ -454,9 +454,9 @@ def test_prompt_past_absolute_positions_is_an_error_and_past_rope_refused_unless
 def test_generate_steps_default_follows_max_new_tokens(tiny_model_dir, capsys):
     """Before: --max-new-tokens 4 alone failed on the default --steps 64. Now the steps are 4:
     the answer is the sampler's with one token per step."""
-    from memdlm.generation import generate
-    from memdlm.run import Run
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.generation import generate
+    from memdlm.runs.run import Run
+    from memdlm.sampling.sampler import SamplerConfig
 
     capsys.readouterr()
     assert main(["generate", "--model", str(tiny_model_dir), "--prompt", "hi", "--max-new-tokens", "4",

@@ -1,6 +1,6 @@
 """Block-wise key/value cache of the sampler: exact where claimed, shapes, memory, fallback.
 
-Decoders (a ``Cache`` object) and MobileBERT (``memdlm.encoder_cache``: trigram embeddings
+Decoders (a ``Cache`` object) and MobileBERT (``memdlm.sampling.encoder_cache``: trigram embeddings
 from the whole canvas, attention routed through transformers' attention interface) alike.
 """
 
@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from memdlm.block_cache import BlockForward, cache_unsupported, warn_no_cache
-from memdlm.generation import generate
-from memdlm.modeling import build_tiny_model, init_config_path
-from memdlm.run import Run
-from memdlm.sampling import Sampler, SamplerConfig
+from memdlm.sampling.block_cache import BlockForward, cache_unsupported, warn_no_cache
+from memdlm.sampling.generation import generate
+from memdlm.backbones.modeling import build_tiny_model, init_config_path
+from memdlm.runs.run import Run
+from memdlm.sampling.sampler import Sampler, SamplerConfig
 
 torch.set_num_threads(1)
 

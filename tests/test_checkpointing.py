@@ -1,4 +1,4 @@
-"""Gradient checkpointing for every family (memdlm.checkpointing), with MemDLM memory active.
+"""Gradient checkpointing for every family (memdlm.backbones.checkpointing), with MemDLM memory active.
 
 One MemDLM training step (inner loop, outer loss, backward) with and without
 ``--gradient-checkpointing`` from the same weights and masks: the trainable parameters'
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from memdlm.checkpointing import (
+from memdlm.backbones.checkpointing import (
     MEMDLM,
     OWN,
     enable_checkpointing,
@@ -25,7 +25,7 @@ from memdlm.checkpointing import (
 from memdlm.config import DiffusionArguments
 from memdlm.errors import ConfigError
 from memdlm.memory.config import MemoryArguments
-from memdlm.modeling import load_model
+from memdlm.backbones.modeling import load_model
 from memdlm.training.args import TrainConfig
 from memdlm.training.memdlm_trainer import MemDLMTrainer
 

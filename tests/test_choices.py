@@ -11,13 +11,13 @@ import pytest
 
 from memdlm.config import DiffusionArguments
 from memdlm.errors import ConfigError
-from memdlm.loss import NORMALIZATIONS, WEIGHTINGS
+from memdlm.diffusion.loss import NORMALIZATIONS, WEIGHTINGS
 from memdlm.memory.config import MemoryArguments
 from memdlm.memory.fast_weights import CLIPPERS
 from memdlm.memory.inner_losses import INNER_LOSS_CLASSES, get_inner_loss
 from memdlm.memory.trajectories import TRAJECTORY_CLASSES, get_trajectory
-from memdlm.sampling import REMASKING, SamplerConfig
-from memdlm.schedules import SCHEDULES, get_schedule
+from memdlm.sampling.sampler import REMASKING, SamplerConfig
+from memdlm.diffusion.schedules import SCHEDULES, get_schedule
 
 
 def literal(cls, name: str) -> set:

@@ -88,7 +88,7 @@ def test_help_lists_every_registered_task(monkeypatch, capsys, command):
 
 
 def test_help_lists_presets_and_shipped_init_configs_from_their_registries(capsys):
-    from memdlm.modeling import init_configs
+    from memdlm.backbones.modeling import init_configs
     from memdlm.reproduce.presets import PRESETS
 
     for command, names in (("reproduce", list(PRESETS)), ("train", init_configs())):
@@ -202,9 +202,9 @@ def test_missing_model_dir_exits_2(tmp_path, capsys):
 
 
 def test_user_errors_are_recognised_by_type_alone():
-    from memdlm.bidirectional import CausalAttentionError
+    from memdlm.backbones.bidirectional import CausalAttentionError
     from memdlm.errors import ConfigError, DataError, MissingFileError, UserError, is_user_error
-    from memdlm.remote_code import RemoteCodeError
+    from memdlm.backbones.remote_code import RemoteCodeError
     from memdlm.training.nonfinite import NonFiniteStepError
 
     for cls in (ConfigError, DataError, MissingFileError, CausalAttentionError, RemoteCodeError,

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from memdlm.cli import main
-from memdlm.context import (
+from memdlm.backbones.context import (
     ContextLimit,
     ContextOverflowError,
     context_limit,
@@ -68,7 +68,7 @@ def test_fit_prompts_by_hand():
 
 @pytest.fixture(scope="module")
 def small_dir(tmp_path_factory, tok):
-    from memdlm.modeling import build_tiny_model
+    from memdlm.backbones.modeling import build_tiny_model
 
     path = tmp_path_factory.mktemp("small")
     build_tiny_model(tok, seed=0, num_hidden_layers=1, hidden_size=32, intermediate_size=64,

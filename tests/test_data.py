@@ -13,7 +13,7 @@ from memdlm.data.collate import IGNORE, DiffusionCollator, encode_pair, pack_tex
 from memdlm.data.formats import DataError, PromptResponse, row_to_example
 from memdlm.data.sources import load_file_examples
 from memdlm.tasks.dataset import SyntheticTaskDataset
-from memdlm.tokenizer import count_tokens_fn, ensure_special_tokens, load_tokenizer
+from memdlm.backbones.tokenizer import count_tokens_fn, ensure_special_tokens, load_tokenizer
 
 # --- DiffusionCollator ------------------------------------------------------------------
 

@@ -302,7 +302,7 @@ def test_zero3_is_refused_in_one_line(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from memdlm.errors import ConfigError
-    from memdlm.training.run import check_sharding, zero_stage
+    from memdlm.training.train import check_sharding, zero_stage
 
     monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", raising=False)
     path = tmp_path / "ds.json"

@@ -182,7 +182,7 @@ def test_suite_fast_sampling_settings(model_dir):
 def test_cli_eval_fast_sampling_flags(capsys):
     from memdlm.commands.evaluate import build_parser, run
     from memdlm.errors import ConfigError
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.sampler import SamplerConfig
 
     args = build_parser("memdlm eval").parse_args(["--run", "a=x", "--output-dir", "o"])
     defaults = SamplerConfig()

@@ -20,7 +20,7 @@ from memdlm.eval.exposure_bias import (
     model_logits_fn,
     score_batch,
 )
-from memdlm.sampling import Sampler, SamplerConfig
+from memdlm.sampling.sampler import Sampler, SamplerConfig
 
 torch.set_num_threads(1)
 
@@ -149,7 +149,7 @@ def test_too_short_response_names_the_item(model, tok):
 
 
 def test_memory_mode(model, tok, result):
-    from memdlm.run import Run
+    from memdlm.runs.run import Run
 
     with_memory = exposure_bias(model, tok, PAIRS, ExposureBiasConfig(steps=STEPS, batch_size=2),
                                 memory=Run(model, tok).memory(inner_lr=1.0))

@@ -1,4 +1,4 @@
-"""The backbone table (``memdlm.backbones``): one row per family, each fact checked on a
+"""The backbone table (``memdlm.backbones.families``): one row per family, each fact checked on a
 tiny model of that family.
 
 Adding a family to the table means adding its builder to ``ROWS`` here; the first test
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from memdlm.backbones import FAMILIES, OTHER, family_of, markdown_table
-from memdlm.bidirectional import position_zero_sees_last_token
-from memdlm.block_cache import cache_unsupported
+from memdlm.backbones.families import FAMILIES, OTHER, family_of, markdown_table
+from memdlm.backbones.bidirectional import position_zero_sees_last_token
+from memdlm.sampling.block_cache import cache_unsupported
 from memdlm.memory.targets import find_targets
-from memdlm.modeling import (
+from memdlm.backbones.modeling import (
     build_tiny_model,
     forward_logits,
     init_config_path,
@@ -29,8 +29,8 @@ from memdlm.modeling import (
     make_bidirectional,
     reuse_attention_masks,
 )
-from memdlm.sampling import Sampler
-from memdlm.split_forward import lower, supports_split, upper
+from memdlm.sampling.sampler import Sampler
+from memdlm.backbones.split_forward import lower, supports_split, upper
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lookalikes import write_family  # noqa: E402
@@ -85,7 +85,7 @@ def remote(lookalike: str):
     return build
 
 
-# model_type -> builder(tok, tmp_path): one row per entry of memdlm.backbones.FAMILIES
+# model_type -> builder(tok, tmp_path): one row per entry of memdlm.backbones.families.FAMILIES
 ROWS = {
     "gemma3_text": gemma3,
     "llama": stock("LlamaConfig", "LlamaForCausalLM", head_dim=8),
@@ -118,10 +118,10 @@ def test_names_are_unique_per_family_and_the_fallback_covers_them_all():
 
 def test_docs_table_is_the_code_table():
     doc = (Path(__file__).parents[1] / "docs" / "BACKBONES.md").read_text()
-    start, end = "<!-- family table: memdlm.backbones.markdown_table() -->", "<!-- end of family table -->"
+    start, end = "<!-- family table: memdlm.backbones.families.markdown_table() -->", "<!-- end of family table -->"
     assert start in doc and end in doc, "docs/BACKBONES.md lost its family-table markers"
     table = doc.split(start, 1)[1].split(end, 1)[0].strip()
-    assert table == markdown_table(), "regenerate with: python -m memdlm.backbones"
+    assert table == markdown_table(), "regenerate with: python -m memdlm.backbones.families"
 
 
 @pytest.fixture(scope="module")

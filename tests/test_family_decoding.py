@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from memdlm.sampling import Sampler, SamplerConfig, dream_counts
+from memdlm.sampling.sampler import Sampler, SamplerConfig, dream_counts
 
 
 class PositionLogits(nn.Module):

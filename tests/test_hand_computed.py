@@ -19,7 +19,7 @@ from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, InnerLoopStats
 from memdlm.memory.inner_losses import INNER_LOSS_CLASSES, CrossEntropy
 from memdlm.memory.targets import Target
 from memdlm.memory.trajectories import Stage
-from memdlm.schedules import get_schedule
+from memdlm.diffusion.schedules import get_schedule
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -197,7 +197,7 @@ def test_the_kl_teacher_sees_the_memory_written_so_far():
 
 # --- the absorption ratio -------------------------------------------------------------------
 def test_absorption_ratio_by_hand():
-    from memdlm.loss import absorption_ratio
+    from memdlm.diffusion.loss import absorption_ratio
 
     assert absorption_ratio(torch.tensor(0.6), torch.tensor(2.4)) == pytest.approx(0.25)  # with / without
     assert absorption_ratio(torch.tensor(3.0), torch.tensor(2.0)) == pytest.approx(1.5)

@@ -53,7 +53,7 @@ def test_paired_items_do_not_depend_on_batch_mates(model, tok):
 
 
 def test_memory_adapted_on_the_prompt(model, tok):
-    from memdlm.run import Run
+    from memdlm.runs.run import Run
 
     off = item_losses(model, tok, PAIRS, batch_size=2)
     inert = item_losses(model, tok, PAIRS, batch_size=2, memory=Run(model, tok).memory(inner_lr=0.0))

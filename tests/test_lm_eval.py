@@ -17,7 +17,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from memdlm.eval.lm_eval_model import MemdlmLM, cut_at_stop, mask_draws, request_seed  # noqa: E402
-from memdlm.modeling import forward_logits  # noqa: E402
+from memdlm.backbones.modeling import forward_logits  # noqa: E402
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 CONTEXT = "The value of red fox is 1234. The value of blue owl is 5678. Question: what is the value of red fox?"
@@ -98,7 +98,7 @@ def test_one_token_estimate_is_exact_with_memory(tiny, tok):
 
 
 def test_greedy_flag_matches_the_sampler(lm, tiny, tok):
-    from memdlm.sampling import Sampler, SamplerConfig
+    from memdlm.sampling.sampler import Sampler, SamplerConfig
 
     ctx = lm._encode(CONTEXT)
     config = SamplerConfig(max_new_tokens=2, steps=2, stop_at_eos=False)
@@ -266,7 +266,7 @@ def test_harness_flags_in_either_spelling():
 def test_namespace_for_the_memdlm_model(tmp_path):
     from memdlm.commands.lm_eval import build_parser, harness_parser, prepare_namespace
     from memdlm.errors import ConfigError
-    from memdlm.shipped import resolve_model
+    from memdlm.backbones.shipped import resolve_model
 
     def prepared(*argv, ours=()):
         ns = harness_parser().parse_args(["run", "--tasks", "ruler_vt", *argv])
@@ -331,7 +331,7 @@ def test_hub_task_on_a_local_dataset_and_without_it(tmp_path, monkeypatch):
 
 
 def test_fast_sampling_model_arguments(tiny, tok):
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.sampler import SamplerConfig
 
     default = MemdlmLM(tiny, tokenizer=tok, device="cpu").sampler_config(16)
     base = SamplerConfig()

@@ -16,7 +16,7 @@ import torch
 from memdlm.cli import main
 from memdlm.config import ModelArguments
 from memdlm.errors import ConfigError
-from memdlm.modeling import build_tiny_model, forward_logits, load_model
+from memdlm.backbones.modeling import build_tiny_model, forward_logits, load_model
 
 torch.set_num_threads(1)
 
@@ -39,7 +39,7 @@ def _in_memory_twin(tok, run):
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from memdlm.training.run import wrap_lora
+    from memdlm.training.train import wrap_lora
 
     model = wrap_lora(build_tiny_model(tok, seed=3, num_hidden_layers=2),
                       ModelArguments(use_lora=True, lora_r=4))
@@ -68,9 +68,9 @@ def test_loaded_run_equals_base_plus_adapter_in_memory(tok, lora_run):
 
 
 def test_generate_and_eval_take_the_run(lora_run, tmp_path, capsys):
-    from memdlm.generation import generate
-    from memdlm.run import Run
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.generation import generate
+    from memdlm.runs.run import Run
+    from memdlm.sampling.sampler import SamplerConfig
 
     capsys.readouterr()
     loaded = Run.load(lora_run)
@@ -122,7 +122,7 @@ def test_adapter_init_follows_the_run_seed(tok, tmp_path):
     """A LoRA run on a saved model draws its adapter's random half from the run's seed, not
     from whatever the global generator holds: two runs of one seed start from the same
     adapter (the inner-lr-0 control compares Standard and MemDLM runs step by step)."""
-    from memdlm.training.run import build_model_and_tokenizer
+    from memdlm.training.train import build_model_and_tokenizer
 
     base = tmp_path / "base"
     build_tiny_model(tok, seed=0, num_hidden_layers=1).save_pretrained(base)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from memdlm.data.collate import IGNORE, DiffusionCollator
-from memdlm.diffusion import NoisedBatch, masked_nll, mdlm_loss, noise_batch
-from memdlm.loss import (
+from memdlm.diffusion.process import NoisedBatch, masked_nll, mdlm_loss, noise_batch
+from memdlm.diffusion.loss import (
     NORMALIZATIONS,
     loss_weights,
     per_sample_loss,
@@ -21,8 +21,8 @@ from memdlm.loss import (
     scatter_token_nll,
     sequence_sums,
 )
-from memdlm.masking import seeded_generator
-from memdlm.schedules import CosineSchedule, LinearSchedule
+from memdlm.diffusion.masking import seeded_generator
+from memdlm.diffusion.schedules import CosineSchedule, LinearSchedule
 
 T = torch.tensor([1e-3, 0.1, 0.25, 0.5, 0.9, 1.0])
 
@@ -229,7 +229,7 @@ def test_noise_batch_masks_with_the_schedules_probability():
     the cosine ELBO weight (pi/2) sin(pi t / 2) / (1 - cos(pi t / 2))."""
     import math
 
-    from memdlm.schedules import CosineSchedule
+    from memdlm.diffusion.schedules import CosineSchedule
 
     n = 400
     inputs = {"input_ids": torch.full((n, n), 5), "labels": torch.full((n, n), 5),
@@ -303,7 +303,7 @@ def test_tiny_backbone_is_bidirectional_and_ignores_padding(make_tiny_model):
 
 
 def test_forward_logits_at_positions_equals_full_logits(make_tiny_model):
-    from memdlm.modeling import forward_logits
+    from memdlm.backbones.modeling import forward_logits
 
     model = make_tiny_model(seed=1).eval()
     ids = torch.tensor([[40, 41, 42, 43, 44, 45], [50, 51, 52, 53, 54, 55]])

@@ -8,7 +8,7 @@ from itertools import permutations
 import pytest
 import torch
 
-from memdlm.masking import (
+from memdlm.diffusion.masking import (
     apply_mask,
     extend_mask_to_fraction,
     hashed_uniform,
@@ -18,7 +18,7 @@ from memdlm.masking import (
     sample_times,
     seeded_generator,
 )
-from memdlm.schedules import CosineSchedule, LinearSchedule, get_schedule
+from memdlm.diffusion.schedules import CosineSchedule, LinearSchedule, get_schedule
 
 T_GRID = torch.tensor([0.0, 1e-3, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
 

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 import memdlm.training.memdlm_trainer as memdlm_trainer
 from memdlm.config import DiffusionArguments
-from memdlm.diffusion import NoisedBatch, mdlm_loss
-from memdlm.masking import apply_mask, mask_with_probability
+from memdlm.diffusion.process import NoisedBatch, mdlm_loss
+from memdlm.diffusion.masking import apply_mask, mask_with_probability
 from memdlm.memory.config import MemoryArguments
-from memdlm.modeling import build_tiny_model
+from memdlm.backbones.modeling import build_tiny_model
 from memdlm.training.args import TrainConfig
 from memdlm.training.mdlm_trainer import MDLMTrainer
 from memdlm.training.memdlm_trainer import MemDLMTrainer
@@ -112,7 +112,7 @@ def test_memdlm_trains_and_saves_no_fast_weights(tmp_path, extra):
         keys = load_file(str(out / "adapter_model.safetensors")).keys()
         assert keys and all("lora_A" in k or "lora_B" in k for k in keys)
         return
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.tokenizer import load_tokenizer
 
     fresh = build_tiny_model(load_tokenizer(), seed=0, num_hidden_layers=2)
     expected = set(fresh.state_dict()) - {"lm_head.weight"}  # tied to the embeddings
@@ -145,7 +145,7 @@ def test_reused_attention_masks_change_nothing(tok, tmp_path, monkeypatch):
 
 
 def test_reuse_attention_masks_substitutes_the_prepared_masks(tok):
-    from memdlm.modeling import reuse_attention_masks
+    from memdlm.backbones.modeling import reuse_attention_masks
 
     model = build_tiny_model(tok, seed=0, num_hidden_layers=2)
     batch = noised(tok)

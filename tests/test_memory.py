@@ -12,17 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memdlm.diffusion import NoisedBatch, mdlm_loss
-from memdlm.loss import loss_weights, per_sample_loss
-from memdlm.masking import apply_mask, mask_with_probability
+from memdlm.diffusion.process import NoisedBatch, mdlm_loss
+from memdlm.diffusion.loss import loss_weights, per_sample_loss
+from memdlm.diffusion.masking import apply_mask, mask_with_probability
 from memdlm.memory.config import MemoryArguments
 from memdlm.memory.fast_weights import clip_global, clip_per_param
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, InnerLoopStats
 from memdlm.memory.targets import find_targets, first_adapted_layer
 from memdlm.memory.trajectories import Stage, TrajectoryInputs, get_trajectory
-from memdlm.modeling import build_tiny_model
-from memdlm.schedules import get_schedule
-from memdlm.tokenizer import load_tokenizer
+from memdlm.backbones.modeling import build_tiny_model
+from memdlm.diffusion.schedules import get_schedule
+from memdlm.backbones.tokenizer import load_tokenizer
 
 torch.set_num_threads(1)
 TOK = load_tokenizer()

@@ -10,7 +10,7 @@ import pytest
 
 from memdlm.errors import ConfigError
 from memdlm.training.options import parse, setup_from_options
-from memdlm.training.run import resolved_config
+from memdlm.training.train import resolved_config
 
 
 def reproduction_options(tmp_path) -> dict[str, dict]:

@@ -10,7 +10,7 @@ import torch
 
 from memdlm.cli import main
 from memdlm.errors import ConfigError
-from memdlm.placement import resolve_device, resolve_dtype
+from memdlm.runs.placement import resolve_device, resolve_dtype
 
 
 def _masked_answers(tok, samples):
@@ -34,8 +34,8 @@ def test_bfloat16_on_cpu_gives_float32s_argmax_on_the_shipped_base():
     """The argmax at every masked answer token of 8 held-out recall items (the unmasked prompt
     positions are no prediction: near-ties there may flip, and do at 160 tokens)."""
     from memdlm.eval.heldout import heldout_samples
-    from memdlm.modeling import forward_logits
-    from memdlm.run import Run
+    from memdlm.backbones.modeling import forward_logits
+    from memdlm.runs.run import Run
 
     full = Run.load("mqar-base", dtype=resolve_dtype("float32"), device=resolve_device("cpu"))
     half = Run.load("mqar-base", dtype=resolve_dtype("bfloat16"), device=resolve_device("cpu"))

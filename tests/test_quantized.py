@@ -11,7 +11,7 @@ import torch
 from memdlm.cli import main
 from memdlm.config import ModelArguments
 from memdlm.errors import ConfigError
-from memdlm.training.run import quantization_config, weights_dtype
+from memdlm.training.train import quantization_config, weights_dtype
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -58,7 +58,7 @@ def test_weights_dtype(kwargs, dtype):
 
 
 def test_full_fine_tuning_upcasts_a_bf16_checkpoint(tok, tmp_path):
-    from memdlm.training.run import build_model_and_tokenizer
+    from memdlm.training.train import build_model_and_tokenizer
 
     path = tiny_llama_dir(tok, tmp_path / "m")
     from transformers import AutoModelForCausalLM
@@ -81,8 +81,8 @@ def test_qlora_memdlm_on_4bit_ffn_layers_trains_and_round_trips(tok, tmp_path):
     from memdlm.memory.config import MemoryArguments
     from memdlm.memory.fast_weights import FastWeights
     from memdlm.memory.targets import find_targets, linear_of
-    from memdlm.run import Run
-    from memdlm.training.run import build_model_and_tokenizer
+    from memdlm.runs.run import Run
+    from memdlm.training.train import build_model_and_tokenizer
 
     path = tiny_llama_dir(tok, tmp_path / "base")
     args = ModelArguments(model=path, load_in_4bit=True, use_lora=True, lora_r=4, lora_alpha=8)
@@ -122,7 +122,7 @@ def test_8bit_memdlm_trains_on_the_cpu(tok, tmp_path):
     from bitsandbytes.nn import Linear8bitLt
 
     from memdlm.memory.targets import find_targets, linear_of
-    from memdlm.training.run import build_model_and_tokenizer
+    from memdlm.training.train import build_model_and_tokenizer
 
     path = tiny_llama_dir(tok, tmp_path / "base")
     model, _ = build_model_and_tokenizer(ModelArguments(model=path, load_in_8bit=True, use_lora=True), seed=0)

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from memdlm.bidirectional import position_zero_sees_last_token
+from memdlm.backbones.bidirectional import position_zero_sees_last_token
 from memdlm.cli import main
-from memdlm.modeling import forward_logits, load_model
+from memdlm.backbones.modeling import forward_logits, load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_remote_code import TRAIN, _generate, _train_and_generate  # noqa: E402
@@ -48,7 +48,7 @@ def direct_build(path: str):
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from memdlm.remote_code import adapt_remote_class, import_remote_class, remote_class_reference
+    from memdlm.backbones.remote_code import adapt_remote_class, import_remote_class, remote_class_reference
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=True, local_files_only=True)
     cls = import_remote_class(path, remote_class_reference(config)[1])
@@ -89,7 +89,7 @@ def test_bidirectional_padded_and_unpadded(family_dir):
 
 
 def test_mask_ids_agree_after_loading(family_dir):
-    from memdlm.run import Run
+    from memdlm.runs.run import Run
 
     run = Run.load(family_dir, trust_remote_code=True)
     assert getattr(run.model.config, "mask_token_id", None) in (None, run.tokenizer.mask_token_id)

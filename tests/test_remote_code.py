@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from memdlm.bidirectional import (
+from memdlm.backbones.bidirectional import (
     CausalAttentionError,
     ensure_bidirectional,
     key_padding_mask_4d,
@@ -25,8 +25,8 @@ from memdlm.bidirectional import (
 from memdlm.cli import main
 from memdlm.memory.fast_weights import FastWeights
 from memdlm.memory.targets import find_targets
-from memdlm.modeling import forward_logits, load_model
-from memdlm.remote_code import RemoteCodeError, reset_rotary_buffers
+from memdlm.backbones.modeling import forward_logits, load_model
+from memdlm.backbones.remote_code import RemoteCodeError, reset_rotary_buffers
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lookalikes import write_family  # noqa: E402
@@ -146,7 +146,7 @@ def test_is_torch_fx_available_is_provided_while_the_code_imports_only(written):
 def test_rope_default_is_given_to_the_models_own_module_only(written, family):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from memdlm.remote_code import default_rope
+    from memdlm.backbones.remote_code import default_rope
 
     loaded = load_model(written[family][0], trust_remote_code=True)
     assert sys.modules[type(loaded).__module__].ROPE_INIT_FUNCTIONS["default"] is default_rope
@@ -160,7 +160,7 @@ def test_rope_default_is_given_to_the_models_own_module_only(written, family):
 def test_default_rope_takes_base_and_dim_from_kwargs_or_the_config():
     from types import SimpleNamespace
 
-    from memdlm.remote_code import default_rope
+    from memdlm.backbones.remote_code import default_rope
 
     inv, scaling = default_rope(None, None, base=100.0, dim=4)
     assert scaling == 1.0 and torch.equal(inv, torch.tensor([1.0, 0.1]))
@@ -199,7 +199,7 @@ def test_layers_the_code_builds_on_cuda_are_built_on_the_cpu_without_cuda(tok, w
 
 
 def test_device_redirect_rewrites_cuda_only_and_only_inside_the_block():
-    from memdlm.remote_code import _DevicesOnCpu
+    from memdlm.backbones.remote_code import _DevicesOnCpu
 
     with _DevicesOnCpu() as mode:
         made = [torch.zeros(2, device="cuda"), torch.ones(2, device=torch.device("cuda", 0)),
@@ -210,7 +210,7 @@ def test_device_redirect_rewrites_cuda_only_and_only_inside_the_block():
 def test_a_config_mask_id_unlike_the_tokenizers(tok, written, caplog):
     """LLaDA-MoE's config names another mask id than its tokenizer: memdlm masks with the
     tokenizer's (as dllm does), writes it into the config and says so."""
-    from memdlm.run import Run
+    from memdlm.runs.run import Run
 
     path = written["llada_moe"][0]
     assert json.loads((Path(path) / "config.json").read_text())["mask_token_id"] == tok.mask_token_id + 7
@@ -224,7 +224,7 @@ def test_a_config_mask_id_unlike_the_tokenizers_is_refused_outside_the_dlm_famil
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from memdlm.errors import ConfigError
-    from memdlm.run import Run
+    from memdlm.runs.run import Run
 
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=len(tok), mask_token_id=tok.mask_token_id + 1)
@@ -238,7 +238,7 @@ def test_a_config_mask_id_unlike_the_tokenizers_is_refused_outside_the_dlm_famil
 def test_ffn_attn_targets_llada2s_attention_and_a_table_that_misses_it_is_an_error(written, monkeypatch):
     from dataclasses import replace
 
-    from memdlm.backbones import FAMILIES, LLAMA_ATTN
+    from memdlm.backbones.families import FAMILIES, LLAMA_ATTN
     from memdlm.errors import ConfigError
 
     loaded = load_model(written["llada2"][0], trust_remote_code=True)

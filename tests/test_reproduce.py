@@ -9,7 +9,7 @@ import pytest
 
 from memdlm.errors import ConfigError
 from memdlm.reproduce.cells import check_settings, json_cell
-from memdlm.reproduce.stats import capability_gate, eb_measurable, score_verdict, usability_note
+from memdlm.reproduce.rules import capability_gate, eb_measurable, score_verdict, usability_note
 
 STD, TO, TI = "Standard", "MemDLM Train-Only", "MemDLM Train & Inference"
 RUNS = [("Standard", "standard", False), ("Standard + adaptation", "standard", True), (TO, "memdlm", False),
@@ -521,7 +521,7 @@ def test_answer_logprob_and_rank_by_hand(tok, make_tiny_model):
     (answer + EOS); rank counts the vocabulary entries scored above it."""
     import torch
 
-    from memdlm.modeling import forward_logits
+    from memdlm.backbones.modeling import forward_logits
     from memdlm.reproduce.probe import answer_logprobs
 
     model = make_tiny_model(seed=3).eval()
@@ -556,7 +556,7 @@ def test_temperature_scaling_divides_the_logits(tok, make_tiny_model):
 
     from memdlm.eval.exposure_bias import model_logits_fn
     from memdlm.eval.item_loss import temperature_nll
-    from memdlm.modeling import forward_logits
+    from memdlm.backbones.modeling import forward_logits
 
     model = make_tiny_model(seed=3).eval()
     ids = torch.tensor([[5, 6, tok.mask_token_id, 7]])

@@ -8,7 +8,7 @@ consumed batches, so nothing depends on where the run was cut.
 
 How checkpoints stay safe (transformers 5.24, ``Trainer._save_checkpoint``): the model
 (safetensors), optimizer, scheduler and RNG state are written first and
-``trainer_state.json`` last; ``memdlm.run_dir.resume_checkpoint`` accepts only a
+``trainer_state.json`` last; ``memdlm.runs.directory.resume_checkpoint`` accepts only a
 checkpoint holding every file a resume reads, whose ``trainer_state.json`` parses and
 names the checkpoint's own step, so a checkpoint cut mid-save (or mid-rotation) is never
 picked up (tests/test_run_lifecycle.py covers the other files and the run identity).
@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from memdlm.cli import main
-from memdlm.run_dir import resume_checkpoint
+from memdlm.runs.directory import resume_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SAVE_STEPS, MAX_STEPS = 4, 12

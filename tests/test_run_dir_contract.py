@@ -9,7 +9,7 @@ import json
 import pytest
 
 from memdlm.errors import ConfigError
-from memdlm.run_dir import (
+from memdlm.runs.directory import (
     check_finished,
     check_output_dir,
     identity_hash,

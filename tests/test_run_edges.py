@@ -22,9 +22,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import memdlm.training.run as training_run
+import memdlm.training.train as training_run
 from memdlm.cli import main
-from memdlm.run_dir import LOCK_FILE, RunLock, resume_checkpoint
+from memdlm.runs.directory import LOCK_FILE, RunLock, resume_checkpoint
 from memdlm.training.mdlm_trainer import MDLMTrainer
 
 torch.set_num_threads(1)
@@ -506,7 +506,7 @@ def test_eval_keeps_every_finished_cell_when_a_later_one_fails(model_dir, tmp_pa
 # nothing runs after it), then the run is resumed here and compared with an uninterrupted one.
 KILLER = """
 import os, random, signal, sys, torch
-import memdlm.training.run as training_run
+import memdlm.training.train as training_run
 from memdlm.cli import main
 from memdlm.training.mdlm_trainer import MDLMTrainer
 

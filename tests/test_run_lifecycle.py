@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from memdlm.cli import main
-from memdlm.run_dir import LOCK_FILE, missing_checkpoint_files, resume_checkpoint
+from memdlm.runs.directory import LOCK_FILE, missing_checkpoint_files, resume_checkpoint
 from memdlm.training.mdlm_trainer import MDLMTrainer
 
 torch.set_num_threads(1)

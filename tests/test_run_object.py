@@ -1,4 +1,4 @@
-"""The run object (memdlm.run.Run): every inference path adapts with the run's own memory.
+"""The run object (memdlm.runs.run.Run): every inference path adapts with the run's own memory.
 
 A tiny MemDLM run is trained with non-default memory settings (rank 4, FFN and attention
 targets, the progressive trajectory, adaptation ratio 0.3). ``memdlm generate --memory``,
@@ -47,8 +47,8 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def direct(run_dir):
     """The run's model and tokenizer loaded by hand, with an inner loop built from TRAINED."""
-    from memdlm.modeling import load_model
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.modeling import load_model
+    from memdlm.backbones.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(run_dir))
     model = load_model(str(run_dir)).eval()
@@ -86,7 +86,7 @@ def assert_adapted_as_trained(calls, direct, settings=TRAINED):
 
 def direct_generate(direct, prompts, config, seeds, adapt_on=None) -> list[str]:
     """Adapt with the directly built loop, then sample with that memory active, one batch."""
-    from memdlm.sampling import Sampler
+    from memdlm.sampling.sampler import Sampler
 
     tok = direct.tok
     ids = [tok(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
@@ -97,7 +97,7 @@ def direct_generate(direct, prompts, config, seeds, adapt_on=None) -> list[str]:
 
 
 def test_the_run_holds_its_settings(run_dir):
-    from memdlm.run import Run
+    from memdlm.runs.run import Run
 
     run = Run.load(run_dir)
     assert run.memory_args == TRAINED
@@ -118,7 +118,7 @@ def test_the_run_holds_its_settings(run_dir):
 @pytest.mark.slow
 def test_generate_memory(run_dir, direct, spy, capsys):
     from memdlm.cli import main
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.sampler import SamplerConfig
 
     prompts = ["The value of red fox is 1234. Question: what is the value of red fox? Answer:",
                "The value of blue owl is 77. The value of grey cat is 5. Question: what is the value of grey cat?"]
@@ -220,7 +220,7 @@ def test_inference_paths_take_memory_from_the_run_only():
     adaptation ratio's default is written once (MemoryArguments)."""
     root = Path(__file__).resolve().parents[1]
     inference = [*(root / "src/memdlm/eval").glob("*.py"), *(root / "src/memdlm/commands").glob("*.py"),
-                 *(root / "src/memdlm/reproduce").glob("*.py"), root / "src/memdlm/generation.py",
+                 *(root / "src/memdlm/reproduce").glob("*.py"), root / "src/memdlm/sampling/generation.py",
                  root / "benchmarks/eval_throughput.py", root / "benchmarks/sampling.py"]
     for path in inference:
         text = without_positive_control(path)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from memdlm.modeling import build_tiny_model
-from memdlm.sampling import (
+from memdlm.backbones.modeling import build_tiny_model
+from memdlm.sampling.sampler import (
     Sampler,
     SamplerConfig,
     block_sizes,
@@ -20,7 +20,7 @@ from memdlm.sampling import (
     steps_per_block,
     tokens_per_step,
 )
-from memdlm.tokenizer import load_tokenizer
+from memdlm.backbones.tokenizer import load_tokenizer
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import memdlm.shipped as shipped
+import memdlm.backbones.shipped as shipped
 
 
 @pytest.fixture()
@@ -32,7 +32,7 @@ def test_a_name_resolves_to_the_asset_and_a_local_directory_wins(assets, tmp_pat
 
 
 def test_a_missing_model_names_the_shipped_ones(assets):
-    from memdlm.modeling import load_model
+    from memdlm.backbones.modeling import load_model
 
     with pytest.raises(FileNotFoundError, match=r"does not exist \(shipped models, usable by name: base\)"):
         load_model("no-such-model")
@@ -76,8 +76,8 @@ def test_a_cached_hub_id_loads_from_the_cache(hub_cache, tok, make_tiny_model, c
     import torch
 
     from memdlm.cli import main
-    from memdlm.modeling import forward_logits, load_model
-    from memdlm.run import Run
+    from memdlm.backbones.modeling import forward_logits, load_model
+    from memdlm.runs.run import Run
 
     model = make_tiny_model(seed=3).eval()
     snapshot = cache_model(hub_cache, "some-org/tiny-dlm", tok, model)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from memdlm.shipped import (
+from memdlm.backbones.shipped import (
     PROVENANCE_MD,
     SHIPPED_DIR,
     load_provenance,
@@ -42,8 +42,8 @@ def test_a_local_directory_wins_over_a_shipped_name(tmp_path, monkeypatch):
 @pytest.mark.parametrize("length", [19, 128])
 def test_the_base_answers_90_percent_of_fresh_queries(length):
     from memdlm.eval.heldout import evaluate_samples, heldout_samples
-    from memdlm.modeling import load_model
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.modeling import load_model
+    from memdlm.backbones.tokenizer import load_tokenizer
 
     tok, model = load_tokenizer(BASE), load_model(BASE).eval()  # by name, no path
     samples = heldout_samples(tok, ["mqar"], length, 200, seed=GUARD_SEED)
@@ -59,8 +59,8 @@ def test_the_prose_base_continues_prose_far_better_than_a_unigram_model():
     provenance (shipped: 2.16 vs 4.45 nats/token at 128 tokens)."""
     from memdlm.eval.heldout import heldout_samples
     from memdlm.eval.item_loss import item_losses
-    from memdlm.modeling import load_model
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.modeling import load_model
+    from memdlm.backbones.tokenizer import load_tokenizer
 
     provenance = load_provenance("prose-base")
     cell = provenance["heldout"]["128"]

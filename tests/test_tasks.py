@@ -15,7 +15,7 @@ from memdlm.tasks.haystack import FillerStream, NoiseHaystack, ProseHaystack
 from memdlm.tasks.longresponse import LongResponseTask
 from memdlm.tasks.recall import AssociativeRecallTask, pools, recall_report
 from memdlm.tasks.ruler import CommonWordsTask
-from memdlm.tokenizer import count_tokens_fn
+from memdlm.backbones.tokenizer import count_tokens_fn
 
 TASKS = [t for t in task_names() if not getattr(get_task(t), "plain_text", False)]  # tasks with answers
 BABI = ["qa1", "qa2", "qa3", "qa4", "qa5"]

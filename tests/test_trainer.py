@@ -215,7 +215,7 @@ def test_in_process_train_keeps_the_callers_threads(tmp_path, monkeypatch):
     """``train`` without an explicit ``threads`` leaves torch's setting alone (the command's
     default, which the environment says is 2 here, is not applied behind the caller's back)."""
     from memdlm.training.options import setup_from_options
-    from memdlm.training.run import train
+    from memdlm.training.train import train
 
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     torch.set_num_threads(1)

@@ -133,7 +133,7 @@ class DataArguments:
 
 @dataclass
 class DiffusionArguments:
-    """The MDLM objective (Sahoo et al. 2024; the weighting and normalisation of memdlm.loss)."""
+    """The MDLM objective (Sahoo et al. 2024; the weighting and normalisation of memdlm.diffusion.loss)."""
 
     schedule: Literal["linear", "cosine"] = field(default="linear", metadata={
         "help": "Noise schedule alpha(t): linear (masked fraction = t) or cosine."})

@@ -32,7 +32,7 @@ import argparse
 
 from memdlm.errors import ConfigError
 from memdlm.integrity import check_model_files
-from memdlm.run_dir import check_finished
+from memdlm.runs.directory import check_finished
 
 TASKS = ("kv", "niah")  # defaults of --tasks and --lengths
 LENGTHS = (128, 256, 512)
@@ -75,7 +75,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     from memdlm.commands.sampler_flags import FAST_SAMPLING_FIELDS, add_sampler_flags
 
     add_sampler_flags(p.add_argument_group("fast sampling (defaults: today's decoding)"), FAST_SAMPLING_FIELDS)
-    from memdlm.placement import add_inference_flags
+    from memdlm.runs.placement import add_inference_flags
 
     add_inference_flags(p)
     return p
@@ -115,7 +115,7 @@ def run(argv: list[str], prog: str = "memdlm eval") -> int:
     from memdlm.config import resolve_threads
     from memdlm.eval.suite import PARTIAL_FILE, evaluate_suite, save_suite, to_markdown
     from memdlm.outputs import prepare_output_dir
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.sampler import SamplerConfig
     from memdlm.tasks import task_names
 
     unknown = sorted(set(args.tasks) - set(task_names()))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from memdlm.errors import ConfigError, MissingFileError
-from memdlm.run_dir import check_finished
+from memdlm.runs.directory import check_finished
 
 logger = logging.getLogger("memdlm")
 
@@ -71,7 +71,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from DIR.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
-    from memdlm.placement import add_inference_flags
+    from memdlm.runs.placement import add_inference_flags
 
     add_inference_flags(p)
     defaults = ExposureBiasConfig()
@@ -116,7 +116,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
     from memdlm.config import resolve_threads
     from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
     from memdlm.outputs import prepare_output_dir, write_json_atomic
-    from memdlm.run import load_run
+    from memdlm.runs.run import load_run
 
     torch.set_num_threads(resolve_threads(args.threads))
     config = ExposureBiasConfig(**{f.name: getattr(args, f.name) for f in fields(ExposureBiasConfig)})

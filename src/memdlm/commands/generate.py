@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from memdlm.errors import ConfigError
-from memdlm.run_dir import check_finished
+from memdlm.runs.directory import check_finished
 
 logger = logging.getLogger("memdlm")
 
@@ -25,8 +25,8 @@ logger = logging.getLogger("memdlm")
 def build_parser(prog: str) -> argparse.ArgumentParser:
     from memdlm.commands.sampler_flags import add_sampler_flags
     from memdlm.config import THREADS_HELP
-    from memdlm.generation import BATCH_SIZE
-    from memdlm.placement import add_inference_flags
+    from memdlm.sampling.generation import BATCH_SIZE
+    from memdlm.runs.placement import add_inference_flags
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,10 +72,10 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
 
     from memdlm.commands.sampler_flags import sampler_values
     from memdlm.config import resolve_threads
-    from memdlm.generation import generate
-    from memdlm.placement import record
-    from memdlm.run import load_run
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.generation import generate
+    from memdlm.runs.placement import record
+    from memdlm.runs.run import load_run
+    from memdlm.sampling.sampler import SamplerConfig
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")

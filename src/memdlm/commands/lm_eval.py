@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 from memdlm.errors import ConfigError, UserError
-from memdlm.run_dir import check_finished
+from memdlm.runs.directory import check_finished
 
 INSTALL_HINT = "lm-eval is not installed: pip install 'memdlm[lmeval]'"
 MODEL_NAME = "memdlm"
@@ -51,9 +51,9 @@ class HubDataError(UserError, RuntimeError):
 def build_parser(prog: str) -> argparse.ArgumentParser:
     """memdlm's own flags; everything else goes to lm-eval's ``run``."""
     from memdlm.config import THREADS_HELP
-    from memdlm.context import OVERFLOW_CHOICES, OVERFLOW_HELP
+    from memdlm.backbones.context import OVERFLOW_CHOICES, OVERFLOW_HELP
     from memdlm.eval.lm_eval_tasks import EXPORT_SEED
-    from memdlm.placement import DTYPE_CHOICES, DTYPE_HELP
+    from memdlm.runs.placement import DTYPE_CHOICES, DTYPE_HELP
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__, add_help=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,8 +122,8 @@ def resolve_tasks(names: list[str], lengths: list[int]) -> tuple[list[tuple[str,
 
 def prepare_namespace(ns: argparse.Namespace, ours: argparse.Namespace) -> dict:
     """Fill in the harness namespace for the memdlm model; returns its model arguments."""
-    from memdlm.placement import resolve_device
-    from memdlm.shipped import resolve_model
+    from memdlm.runs.placement import resolve_device
+    from memdlm.backbones.shipped import resolve_model
 
     if ns.model not in (None, MODEL_NAME):
         raise ConfigError(f"--model {ns.model}: memdlm lm-eval runs the memdlm model; use lm-eval itself "
@@ -309,7 +309,7 @@ def task_errors_named():
 
 
 def _tokenizer(path: str, trust_remote_code: bool):
-    from memdlm.tokenizer import load_tokenizer
+    from memdlm.backbones.tokenizer import load_tokenizer
 
     return load_tokenizer(path, trust_remote_code)
 

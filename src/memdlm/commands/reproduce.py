@@ -56,7 +56,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="Where every cell, the plots and REPORT.md go (reused when rerun).")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
-    from memdlm.placement import DEVICE_HELP, DTYPE_CHOICES, DTYPE_HELP
+    from memdlm.runs.placement import DEVICE_HELP, DTYPE_CHOICES, DTYPE_HELP
 
     p.add_argument("--device", default=None, help="Evaluation cells: " + DEVICE_HELP)
     p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="Evaluation cells: " + DTYPE_HELP)

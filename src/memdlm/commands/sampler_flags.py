@@ -1,4 +1,4 @@
-"""Command-line flags made from :class:`memdlm.sampling.SamplerConfig` fields.
+"""Command-line flags made from :class:`memdlm.sampling.sampler.SamplerConfig` fields.
 
 The defaults and help texts live in ``SamplerConfig`` only; ``generate`` exposes every
 field, ``eval`` the fast-sampling ones (``FAST_SAMPLING_FIELDS``).
@@ -19,7 +19,7 @@ def _parse_bool(text: str) -> bool:
 
 def add_sampler_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
     """Add ``--field-name`` for each SamplerConfig field (``names``: only those)."""
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.sampler import SamplerConfig
 
     defaults = SamplerConfig()
     hints = typing.get_type_hints(SamplerConfig)
@@ -39,6 +39,6 @@ def add_sampler_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | 
 
 def sampler_values(args: argparse.Namespace, names: tuple[str, ...] | None = None) -> dict:
     """The parsed values of the flags :func:`add_sampler_flags` added."""
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.sampler import SamplerConfig
 
     return {f.name: getattr(args, f.name) for f in fields(SamplerConfig) if names is None or f.name in names}

@@ -36,7 +36,7 @@ def run(argv: list[str], prog: str = "memdlm train") -> int:
     import torch
 
     from memdlm.config import default_threads
-    from memdlm.training.run import train
+    from memdlm.training.train import train
 
     setup, resume = parse(argv, prog)
     if setup.threads is None:  # the command's default; train() itself keeps whatever it is given

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from memdlm.loss import IGNORE
-from memdlm.tokenizer import token_ids
+from memdlm.diffusion.loss import IGNORE
+from memdlm.backbones.tokenizer import token_ids
 
 
 def encode_pair(tokenizer, prompt: str, response: str) -> dict:

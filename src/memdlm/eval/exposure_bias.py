@@ -6,7 +6,7 @@
 For held-out prompt / response pairs (response = its tokens followed by EOS, as in
 training; N tokens, N >= S), the model decodes the N response slots from all-mask in
 S steps (one block, temperature 0, no EOS stop; the commit counts of
-:func:`memdlm.sampling.tokens_per_step`). Let ``x_k`` be the state *before* step k
+:func:`memdlm.sampling.sampler.tokens_per_step`). Let ``x_k`` be the state *before* step k
 (k = 0 .. S-1) and ``M_k`` its still-masked response slots, ``m_k = |M_k| >= 1``. The
 fully decoded state after the last step has nothing masked and so no ratio; it is
 not listed. For every item and step, with ``CE(M | x)`` the mean cross-entropy of the
@@ -36,11 +36,11 @@ All five inputs of a step go through one batched forward. The core runs on any
 ``logits_fn(ids [r, L], attention_mask [r, L], positions [r, L] bool) -> [n, V]``
 (logits at the selected positions, row-major): the r rows are groups of the batch's
 b items, row j belonging to item ``j % b``. With ``memory`` (a run's prompt memory,
-:meth:`memdlm.run.Run.memory`) each prompt gets a memory adapted on the prompt alone,
+:meth:`memdlm.runs.run.Run.memory`) each prompt gets a memory adapted on the prompt alone,
 active for the trajectory and every loss forward ("Train & Inference" mode).
 
 Randomness is per item: the random-order trajectory draws from
-``torch.Generator().manual_seed(item_seed)`` exactly as :class:`memdlm.sampling.Sampler`
+``torch.Generator().manual_seed(item_seed)`` exactly as :class:`memdlm.sampling.sampler.Sampler`
 does with ``seeds=[...]``, the static masks from ``seeded_generator(item_seed, 1)``;
 results do not depend on batch size or batch mates.
 """
@@ -59,8 +59,8 @@ import torch
 import torch.nn.functional as F
 
 from memdlm.errors import ConfigError
-from memdlm.masking import seeded_generator
-from memdlm.sampling import propose_tokens, select_commits, tokens_per_step
+from memdlm.diffusion.masking import seeded_generator
+from memdlm.sampling.sampler import propose_tokens, select_commits, tokens_per_step
 from memdlm.stats import RESAMPLES
 
 logger = logging.getLogger("memdlm")
@@ -379,7 +379,7 @@ def model_logits_fn(model, memory=None, temperature: float = 1.0) -> LogitsFn:
     The forward's rows are groups of the b items, so row j uses memory slot ``j % b``.
     ``temperature``: the logits are divided by it (a model scaled to a matched calibration).
     """
-    from memdlm.modeling import forward_logits
+    from memdlm.backbones.modeling import forward_logits
 
     def logits_fn(ids, attention_mask, positions):
         context = contextlib.nullcontext()
@@ -417,10 +417,10 @@ def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = N
     :class:`~memdlm.memory.adapt.PromptMemory` for ``model``): Train & Inference, its
     settings recorded in ``meta``. ``temperature``: every logit divided by it, for decoding
     and scoring alike (recorded in ``meta``). A prompt whose tokens and response pass the
-    model's context limit is handled by ``context_overflow`` (:mod:`memdlm.context`); the
+    model's context limit is handled by ``context_overflow`` (:mod:`memdlm.backbones.context`); the
     limit, the rule and the counts go into ``meta["context"]``, the device and dtype into ``meta``."""
-    from memdlm.context import context_limit, fit_prompts
-    from memdlm.placement import record
+    from memdlm.backbones.context import context_limit, fit_prompts
+    from memdlm.runs.placement import record
 
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")

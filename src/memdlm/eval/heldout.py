@@ -38,7 +38,7 @@ def answer_sampler_config(tokenizer, samples, **overrides):
 
     ``overrides`` replace SamplerConfig fields (e.g. the fast-sampling ones of ``memdlm eval``).
     """
-    from memdlm.sampling import SamplerConfig
+    from memdlm.sampling.sampler import SamplerConfig
 
     longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
     if all(fixed_slots(s.task) for s in samples):
@@ -69,7 +69,7 @@ def evaluate_samples(model, tokenizer, samples, memory=None, batch_size: int = 1
     per-query and all-correct accuracy beside the uniform and copy levels, and where
     the wrong answers came from (:func:`memdlm.tasks.recall.recall_report`).
     """
-    from memdlm.generation import generate
+    from memdlm.sampling.generation import generate
     from memdlm.tasks.scoring import score_samples
 
     groups: dict[str, list[int]] = {}
@@ -119,7 +119,7 @@ def describe_recall(report: dict) -> str:
 
 
 def evaluate_heldout(run, memory=None) -> dict:
-    """A trained run (:class:`memdlm.run.Run`) on held-out items of its own task mix at its
+    """A trained run (:class:`memdlm.runs.run.Run`) on held-out items of its own task mix at its
     longest training length; writes ``heldout_eval.json`` into the run directory.
     ``memory``: the run's prompt memory (``run.memory()``) to answer with, or None."""
     data_args, model, tokenizer = run.data_args, run.model, run.tokenizer

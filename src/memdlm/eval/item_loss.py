@@ -74,7 +74,7 @@ def item_losses(model, tokenizer, samples, memory=None, levels: int = LEVELS, ba
     from tqdm.auto import tqdm
 
     from memdlm.eval.exposure_bias import encode_pairs
-    from memdlm.modeling import forward_logits
+    from memdlm.backbones.modeling import forward_logits
 
     if levels < 1:
         raise ConfigError(f"levels must be >= 1, got {levels}")
@@ -123,7 +123,7 @@ def temperature_nll(model, tokenizer, samples, temperatures=TEMPERATURES, levels
     levels of :func:`level_masks`) of ``model`` with its logits divided by each temperature.
     The minimiser is the temperature that calibrates the model on these items."""
     from memdlm.eval.exposure_bias import encode_pairs
-    from memdlm.modeling import forward_logits
+    from memdlm.backbones.modeling import forward_logits
 
     prompts, responses = encode_pairs(tokenizer, samples)
     device = next(model.parameters()).device

@@ -13,13 +13,13 @@ directory), ``memory`` (inference-time adaptation on each context before
 answering: a fresh per-request memory, see :mod:`memdlm.memory.adapt`),
 ``adapt_mask_ratio``, ``steps`` / ``max_new_tokens`` / ``block_length`` /
 ``temperature`` / ``remasking`` / ``unmask_rule`` / ``threshold`` / ``max_per_step`` /
-``cache`` / ``dream_eps`` (the sampler, :class:`memdlm.sampling.SamplerConfig`, whose defaults apply when
+``cache`` / ``dream_eps`` (the sampler, :class:`memdlm.sampling.sampler.SamplerConfig`, whose defaults apply when
 an argument is not given),
 ``batch_size`` (sequences per forward pass), ``mc_samples``, ``seed``,
 ``greedy_check``, ``max_length`` (the context limit; default: the model's, read by
-:func:`memdlm.context.context_limit` -- never a made-up number), ``context_overflow``
+:func:`memdlm.backbones.context.context_limit` -- never a made-up number), ``context_overflow``
 (``refuse`` / ``truncate`` / ``extend``: what happens to a request past the limit,
-:mod:`memdlm.context`; counted in the results' ``config.memdlm.context``), ``device``,
+:mod:`memdlm.backbones.context`; counted in the results' ``config.memdlm.backbones.context``), ``device``,
 ``dtype``, ``trust_remote_code``. lm-eval parses ``--model_args`` itself (``key=value``
 pairs, values typed by its ``simple_parse_args_string``) and passes ``--device`` and
 ``--batch_size`` as keyword arguments; :func:`memdlm.commands.lm_eval.harness_argv` moves
@@ -60,7 +60,7 @@ With ``memory=True`` every request first writes a memory from its context alone
 (the ``memdlm generate --memory`` recipe), which stays active for all of that
 request's forward passes; requests without a context (rolling windows at the
 start of a text) run without memory. The memory is the run's
-(:meth:`memdlm.run.Run.memory`: its ``run_config.json`` settings when ``pretrained`` is a
+(:meth:`memdlm.runs.run.Run.memory`: its ``run_config.json`` settings when ``pretrained`` is a
 memdlm run, else the defaults) with ``adapt_mask_ratio`` overriding when given;
 ``memory_record`` holds the settings used.
 """
@@ -138,7 +138,7 @@ class MemdlmLM(LM):
                  max_length: int | None = None, device: str | None = None, dtype: str | None = None,
                  trust_remote_code: bool = False, context_overflow: str = "refuse", **unused):
         super().__init__()
-        from memdlm.context import check_overflow_choice, context_limit, new_counts
+        from memdlm.backbones.context import check_overflow_choice, context_limit, new_counts
 
         unused.pop("max_batch_size", None)  # lm-eval's auto batching: not used here
         if unused:
@@ -187,11 +187,11 @@ class MemdlmLM(LM):
 
     @staticmethod
     def _load(pretrained, tokenizer, device, dtype, trust_remote_code):
-        """The :class:`memdlm.run.Run` of ``pretrained`` (a directory, or an in-memory model
+        """The :class:`memdlm.runs.run.Run` of ``pretrained`` (a directory, or an in-memory model
         with its tokenizer), on ``device``, in eval mode."""
-        from memdlm.placement import resolve_device, resolve_dtype
-        from memdlm.run import Run
-        from memdlm.tokenizer import ensure_special_tokens
+        from memdlm.runs.placement import resolve_device, resolve_dtype
+        from memdlm.runs.run import Run
+        from memdlm.backbones.tokenizer import ensure_special_tokens
 
         device = resolve_device(device)
         if isinstance(pretrained, (str, Path)):
@@ -221,7 +221,7 @@ class MemdlmLM(LM):
     def get_model_info(self) -> dict:
         """What lm-eval adds to ``results["config"]``: the memdlm settings of this evaluation
         (device, dtype, context limit with the requests truncated or run past it, memory)."""
-        from memdlm.placement import record
+        from memdlm.runs.placement import record
 
         return {"memdlm": {**record(self.model), "context": {**self.limit.to_dict(),
                                                              "overflow": self.context_overflow,
@@ -291,8 +291,8 @@ class MemdlmLM(LM):
 
     def _fit(self, ids: list[int], new_tokens: int, what: str) -> list[int]:
         """``ids`` within the context limit with room for ``new_tokens``: refused past it unless
-        ``context_overflow`` says truncate / extend (:mod:`memdlm.context`); counted."""
-        from memdlm.context import fit_prompts
+        ``context_overflow`` says truncate / extend (:mod:`memdlm.backbones.context`); counted."""
+        from memdlm.backbones.context import fit_prompts
 
         return fit_prompts([ids], new_tokens, self.limit, self.context_overflow, self.context_counts, what)[0]
 
@@ -351,7 +351,7 @@ class MemdlmLM(LM):
         return (totals / self.mc_samples).tolist()
 
     def _forward(self, ids, attn, where) -> torch.Tensor:
-        from memdlm.modeling import forward_logits
+        from memdlm.backbones.modeling import forward_logits
 
         return forward_logits(self.model, ids, attn, positions=where)
 
@@ -359,7 +359,7 @@ class MemdlmLM(LM):
         """Whether the sampler's greedy decode of len(continuation) slots gives the continuation."""
         if self.greedy_check == "none":
             return [False] * len(pairs)
-        from memdlm.sampling import Sampler, SamplerConfig
+        from memdlm.sampling.sampler import Sampler, SamplerConfig
 
         out = [False] * len(pairs)
         by_length: dict[int, list[int]] = {}
@@ -435,7 +435,7 @@ class MemdlmLM(LM):
 
     def sampler_config(self, max_gen_toks: int | None = None, temperature: float | None = None):
         """The sampler settings for one request: steps and blocks clipped to fit N tokens."""
-        from memdlm.sampling import SamplerConfig
+        from memdlm.sampling.sampler import SamplerConfig
 
         n = int(max_gen_toks or self.max_new_tokens)
         block = self.block_length if self.block_length and self.block_length < n else None
@@ -446,7 +446,7 @@ class MemdlmLM(LM):
                              **args)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from memdlm.generation import generate
+        from memdlm.sampling.generation import generate
 
         groups: dict[str, tuple] = {}  # same sampler settings and stop strings
         for i, req in enumerate(requests):

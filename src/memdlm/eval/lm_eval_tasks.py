@@ -49,7 +49,7 @@ def parse_task_name(name: str) -> tuple[str, int | None]:
 def export_tasks(task_names, lengths, n: int, out_dir, tokenizer, seed: int = EXPORT_SEED) -> list[str]:
     """Write a JSONL file and a task YAML per (task, length); returns the lm-eval task names."""
     from memdlm.tasks import get_task
-    from memdlm.tokenizer import count_tokens_fn
+    from memdlm.backbones.tokenizer import count_tokens_fn
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

@@ -174,7 +174,7 @@ def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sample
                  context_overflow: str = "refuse") -> dict:
     """Generate and score one run on one cell's items."""
     from memdlm.eval.heldout import answer_sampler_config, recall_of
-    from memdlm.generation import generate
+    from memdlm.sampling.generation import generate
     from memdlm.tasks.scoring import score_samples
 
     config = answer_sampler_config(tokenizer, samples, **(sampler or {}))  # the held-out decoding
@@ -221,7 +221,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     """Evaluate every run on every (task, length) cell, on shared held-out items.
 
     Runs with ``memory=True`` adapt with their own run's prompt memory
-    (:meth:`memdlm.run.Run.memory`: the settings in ``run_config.json``, the defaults for a
+    (:meth:`memdlm.runs.run.Run.memory`: the settings in ``run_config.json``, the defaults for a
     model that has none) with ``memory_overrides`` applied (None values keep the run's own).
     ``seed`` selects the held-out items (default ``memdlm.eval.heldout.HELDOUT_SEED``).
     ``loader(dir) -> Run`` replaces loading from disk (tests, in-memory models).
@@ -230,9 +230,9 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     ``partial_path``: a JSON file rewritten (atomically) as each (run, task, length) cell
     finishes, so a failure later -- the last model, the report, a full disk -- loses none of
     the cells already computed (``{"finished": [{"run", "task", "length", "result"}]}``).
-    ``device`` / ``dtype`` place every loaded model (:mod:`memdlm.placement`; recorded per run
+    ``device`` / ``dtype`` place every loaded model (:mod:`memdlm.runs.placement`; recorded per run
     in ``placement``); ``context_overflow`` is the rule for prompts past a model's context
-    limit (:mod:`memdlm.context`; each cell's result records its ``context`` counts).
+    limit (:mod:`memdlm.backbones.context`; each cell's result records its ``context`` counts).
 
     Returns a JSON-ready dict: ``runs``, ``tasks``, ``lengths``, ``n``, ``seed``,
     ``memory_args`` and ``memory_overrides`` (per adapted run: the settings used, and which
@@ -256,8 +256,8 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         if getattr(get_task(task), "plain_text", False):
             raise ValueError(f"task {task!r} is plain text for pre-training: it has no answers to score")
     seed = HELDOUT_SEED if seed is None else seed
-    from memdlm.context import check_overflow_choice
-    from memdlm.placement import record as placement_record
+    from memdlm.backbones.context import check_overflow_choice
+    from memdlm.runs.placement import record as placement_record
 
     check_overflow_choice(context_overflow)
     loader = loader or (lambda d: _load(d, trust_remote_code, device, dtype))
@@ -341,8 +341,8 @@ def _write_partial(path, results: dict) -> None:
 
 
 def _load(model_dir: str, trust_remote_code: bool, device: str | None = None, dtype=None):
-    from memdlm.placement import resolve_device, resolve_dtype
-    from memdlm.run import Run
+    from memdlm.runs.placement import resolve_device, resolve_dtype
+    from memdlm.runs.run import Run
 
     return Run.load(model_dir, trust_remote_code, dtype=resolve_dtype(dtype), device=resolve_device(device))
 

@@ -6,7 +6,7 @@ anchor-to-target: two SGD steps by default) runs with uniform weights, one memor
 per prompt, each from its own seed. Generate inside ``memory.active()``.
 
 Every inference path adapts through one :class:`PromptMemory`, normally a run's
-(``memdlm.run.Run.memory``), so generation, the evaluation suite, the exposure-bias
+(``memdlm.runs.run.Run.memory``), so generation, the evaluation suite, the exposure-bias
 analysis, the lm-eval model, the probe and the benchmarks all adapt with the same
 settings as training did, plus only the overrides the caller names.
 """
@@ -35,8 +35,8 @@ def adapt_on_prompts(loop: InnerLoop, input_ids: torch.Tensor, attention_mask: t
 def build_adaptation_loop(model, memory_args, mask_token_id: int) -> InnerLoop:
     """A per-sample, uniformly weighted inner loop for ``model`` (inference settings)."""
     from memdlm.memory.targets import find_targets
-    from memdlm.modeling import unwrap
-    from memdlm.schedules import get_schedule
+    from memdlm.backbones.modeling import unwrap
+    from memdlm.diffusion.schedules import get_schedule
 
     a = memory_args
     targets = find_targets(model, a.memory_scope, a.memory_layer_fraction, a.memory_target_modules)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memdlm.masking import seeded_generator
+from memdlm.diffusion.masking import seeded_generator
 from memdlm.memory.expert_lists import RowSlots, route_rows_to_slots
 from memdlm.memory.experts import install_expert_hooks, slot_delta
 from memdlm.memory.targets import Target

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memdlm.loss import loss_weights, per_sample_loss, reduce_loss
-from memdlm.masking import apply_mask, masked_fraction, seeded_generator
+from memdlm.diffusion.loss import loss_weights, per_sample_loss, reduce_loss
+from memdlm.diffusion.masking import apply_mask, masked_fraction, seeded_generator
 from memdlm.memory.expert_lists import blocks_in_training_mode
 from memdlm.memory.fast_weights import CLIPPERS, FastWeights
 from memdlm.memory.inner_losses import get_inner_loss
@@ -122,7 +122,7 @@ class InnerLoop:
         for stage in stages:
             forward = None
             if anchor_hidden is not None and stage.name == "anchor" and self.loss_fn.accepts_split_forward:
-                from memdlm.split_forward import upper
+                from memdlm.backbones.split_forward import upper
 
                 hidden = anchor_hidden.detach()
                 k = self.first_layer_index
@@ -230,7 +230,7 @@ def prompt_anchor(input_ids, attention_mask, prompt_positions, mask_ratio: float
     Each prompt's mask comes from its own seed (hashed), so it is the same alone or
     in a batch. At least one prompt token is masked.
     """
-    from memdlm.masking import hashed_uniform, mask_with_probability
+    from memdlm.diffusion.masking import hashed_uniform, mask_with_probability
 
     scores = hashed_uniform(seeds, input_ids.shape[1], salt=977).to(input_ids.device)
     prob = torch.full((input_ids.shape[0],), float(mask_ratio), device=input_ids.device)

@@ -1,7 +1,7 @@
 """Inner-loop losses: per-token values ``[b, l]`` at a stage's loss positions.
 
 The inner loop weights and normalises them exactly as the outer MDLM loss does
-(``memdlm.loss``), so the variants differ only in the per-token term:
+(``memdlm.diffusion.loss``), so the variants differ only in the per-token term:
 
 - ``ce``: -log p(x0_i | student state) -- the paper's choice;
 - ``kl`` / ``reverse_kl``: KL(teacher || student) / KL(student || teacher) of the
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from memdlm.errors import ConfigError
-from memdlm.masking import apply_mask
-from memdlm.modeling import capture_final_hidden, forward_logits, logits_only_at
+from memdlm.diffusion.masking import apply_mask
+from memdlm.backbones.modeling import capture_final_hidden, forward_logits, logits_only_at
 
 
 def _dense(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Default (the MemDLM paper's setting): the FFN projections of the last ``fraction``
 of layers, first adapted layer ``floor(L * (1 - fraction))`` and at least one layer.
-FFN and attention names per family live in the backbone table (``memdlm.backbones``);
+FFN and attention names per family live in the backbone table (``memdlm.backbones.families``);
 ``--memory_target_modules`` (a regex over module names) overrides the table for
 anything else.
 """
@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from memdlm.backbones import family_of
-from memdlm.checkpointing import BLOCK_LIST_NAMES
+from memdlm.backbones.families import family_of
+from memdlm.backbones.checkpointing import BLOCK_LIST_NAMES
 from memdlm.errors import ConfigError
 from memdlm.memory.expert_lists import expert_list_blocks
 from memdlm.memory.experts import fused_expert_params, num_experts
-from memdlm.modeling import unwrap
+from memdlm.backbones.modeling import unwrap
 
 LAYER_PATTERN = re.compile(r"\.(?:" + "|".join(BLOCK_LIST_NAMES) + r")\.(\d+)\.")
 
@@ -155,7 +155,7 @@ def check_scope_kinds(model: nn.Module, targets: list[Target], scope: str, first
         raise ConfigError(
             f"--memory-scope {scope} selects no {missing[0]} module of {type(unwrap(model)).__name__} "
             f"(family {family.name}, looking for {', '.join(names)}); its linear modules in layers >= {first}: "
-            f"{', '.join(linear_module_names(model, first))}; fix the family's names in memdlm.backbones "
+            f"{', '.join(linear_module_names(model, first))}; fix the family's names in memdlm.backbones.families "
             "or pass --memory_target_modules with a regex over those names")
 
 

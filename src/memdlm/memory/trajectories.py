@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from memdlm.errors import ConfigError
-from memdlm.masking import extend_mask_to_fraction, hashed_uniform, masked_fraction, random_ranks
+from memdlm.diffusion.masking import extend_mask_to_fraction, hashed_uniform, masked_fraction, random_ranks
 
 
 @dataclass

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memdlm.errors import ConfigError, Stopped
-from memdlm.run_dir import holds_run
-from memdlm.training.run import write_json_atomic
+from memdlm.runs.directory import holds_run
+from memdlm.training.train import write_json_atomic
 
 logger = logging.getLogger("memdlm")
 
@@ -77,7 +77,7 @@ def train_cell(cell: Path, options: dict, runtime: dict | None = None, progress:
     ``runtime`` options (threads) change how fast, not what, and are not recorded.
     """
     from memdlm.training.options import setup_from_options
-    from memdlm.training.run import train
+    from memdlm.training.train import train
 
     check_settings(cell, options)
     done = cell / "run_complete.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from memdlm.reproduce.stats import arm_notes, score_verdict, with_note
+from memdlm.reproduce.rules import arm_notes, score_verdict, with_note
 
 
 def _f(x, digits: int = 1) -> str:

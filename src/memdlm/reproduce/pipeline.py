@@ -52,7 +52,7 @@ class Reproduction:
     out: Path
     threads: int | None = None
     progress: bool = True
-    device: str | None = None  # where evaluation cells run (memdlm.placement); None: cuda if visible
+    device: str | None = None  # where evaluation cells run (memdlm.runs.placement); None: cuda if visible
     dtype: str | None = None  # their weights' precision; None: the checkpoint's own
 
     def placement_settings(self) -> dict:
@@ -62,8 +62,8 @@ class Reproduction:
 
     def load(self, path):
         """A trained arm for evaluation, on ``device`` in ``dtype``."""
-        from memdlm.placement import resolve_device, resolve_dtype
-        from memdlm.run import Run
+        from memdlm.runs.placement import resolve_device, resolve_dtype
+        from memdlm.runs.run import Run
 
         return Run.load(path, dtype=resolve_dtype(self.dtype), device=resolve_device(self.device))
 

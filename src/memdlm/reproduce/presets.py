@@ -132,7 +132,7 @@ class Preset:
     name: str
     seeds: tuple[int, ...]
     finetune: TrainSpec  # every arm fine-tunes the shipped base on this, with the same outer adapter
-    base_model: str = "mqar-base"  # a shipped model (memdlm.shipped) or a model directory
+    base_model: str = "mqar-base"  # a shipped model (memdlm.backbones.shipped) or a model directory
     lora: OuterLora = OuterLora()
     # MemDLM: batch-shared memory (the paper's; the headline) and per-sample memory (a
     # variant). The operating point is fixed by rule (issue 22; docs/REPRODUCE.md): the

@@ -77,10 +77,10 @@ def probe_items(tokenizer, n: int, length: int, task: str = "kv"):
 
 
 def run_probe(run, samples, memory, batch_size: int = 8, progress: bool = False) -> dict:
-    """Every condition's per-item predictions and scores for one run (:class:`memdlm.run.Run`);
+    """Every condition's per-item predictions and scores for one run (:class:`memdlm.runs.run.Run`);
     ``memory``: its prompt memory (``run.memory(...)``). Generation-based: the earlier probe,
     kept for callers; the reproduction's probe is :func:`run_logprob_probe`."""
-    from memdlm.generation import generate
+    from memdlm.sampling.generation import generate
 
     model, tokenizer = run.model, run.tokenizer
     config = answer_sampler_config(tokenizer, samples)
@@ -191,7 +191,7 @@ def answer_logprobs(model, tokenizer, prompts: list[list[int]], answers: list[li
     import torch
 
     from memdlm.memory.adapt import right_pad
-    from memdlm.modeling import forward_logits
+    from memdlm.backbones.modeling import forward_logits
 
     device = next(model.parameters()).device
     rows = [p + [tokenizer.mask_token_id] * (len(a) + 1) for p, a in zip(prompts, answers)]

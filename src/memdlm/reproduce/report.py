@@ -6,7 +6,7 @@ of the paper gets an estimate, two 95% intervals -- the paired-item bootstrap (t
 item indices resampled for every seed) and the t-interval over the seed means
 (:mod:`memdlm.stats`) -- and a verdict: ``reproduced`` / ``opposite`` only when both
 intervals lie on that side of zero, else ``unresolved``. The reading rules of
-:mod:`memdlm.reproduce.stats` come first: a retrieval claim is "not testable here" when
+:mod:`memdlm.reproduce.rules` come first: a retrieval claim is "not testable here" when
 Standard does not clear the copy level on the dev items, an exposure-bias claim "not
 measurable" when the same-position control shows no climb, and a verdict on a collapsed
 memory says so.
@@ -22,7 +22,7 @@ import numpy as np
 
 from memdlm.reproduce.markdown import ci
 from memdlm.reproduce.pipeline import log_history, training_seconds, window_mean
-from memdlm.reproduce.stats import (
+from memdlm.reproduce.rules import (
     NEAR_ZERO,
     arm_notes,
     capability_gate,
@@ -328,7 +328,7 @@ def base_loss_differences(seeds: dict) -> dict[str, dict]:
 
 
 def usability(summary: dict) -> dict[str, str]:
-    """arm -> why it is unusable, for every MemDLM arm that is (:func:`memdlm.reproduce.stats.usability_note`)."""
+    """arm -> why it is unusable, for every MemDLM arm that is (:func:`memdlm.reproduce.rules.usability_note`)."""
     by_arm: dict[str, list[dict]] = {}
     for r in summary["memory_trajectory"]:
         by_arm.setdefault(r["arm"], []).append(r)

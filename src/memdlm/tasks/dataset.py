@@ -12,7 +12,7 @@ import torch
 from memdlm.data.collate import encode_pair
 from memdlm.errors import ConfigError
 from memdlm.tasks.base import get_task
-from memdlm.tokenizer import count_tokens_fn
+from memdlm.backbones.tokenizer import count_tokens_fn
 
 
 class SyntheticTaskDataset(torch.utils.data.Dataset):

@@ -14,9 +14,9 @@ from collections import defaultdict
 import torch
 from transformers import Trainer
 
-from memdlm.diffusion import NoisedBatch, mdlm_loss, noise_batch
-from memdlm.masking import seeded_generator
-from memdlm.schedules import get_schedule
+from memdlm.diffusion.process import NoisedBatch, mdlm_loss, noise_batch
+from memdlm.diffusion.masking import seeded_generator
+from memdlm.diffusion.schedules import get_schedule
 from memdlm.training.nonfinite import NonFiniteGuard, NonFiniteStepError, first_nonfinite
 
 logger = logging.getLogger("memdlm")
@@ -44,13 +44,13 @@ class MDLMTrainer(Trainer):
         self.add_callback(self.nonfinite_guard)
 
     def _enable_checkpointing(self) -> str | None:
-        """``--gradient-checkpointing``, for every family (:mod:`memdlm.checkpointing`): enabled
+        """``--gradient-checkpointing``, for every family (:mod:`memdlm.backbones.checkpointing`): enabled
         here, and the flag then cleared so Trainer does not call the model's own switch again
         (4.x remote code without one would raise)."""
         args = self.args
         if not (getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)):
             return None
-        from memdlm.checkpointing import enable_checkpointing
+        from memdlm.backbones.checkpointing import enable_checkpointing
 
         kwargs = getattr(args, "activation_checkpointing_kwargs", None) or getattr(args, "gradient_checkpointing_kwargs", None)
         how = enable_checkpointing(self.model, kwargs, memory=self.takes_inner_gradients)

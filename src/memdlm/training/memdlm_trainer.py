@@ -18,12 +18,12 @@ import logging
 
 import torch
 
-from memdlm.diffusion import NoisedBatch, mdlm_loss
-from memdlm.loss import absorption_ratio, reduce_loss, scatter_token_nll
+from memdlm.diffusion.process import NoisedBatch, mdlm_loss
+from memdlm.diffusion.loss import absorption_ratio, reduce_loss, scatter_token_nll
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, step_seed_of
 from memdlm.memory.targets import find_targets
-from memdlm.modeling import reuse_attention_masks, strip_ddp, unwrap
-from memdlm.split_forward import lower, supports_split, upper
+from memdlm.backbones.modeling import reuse_attention_masks, strip_ddp, unwrap
+from memdlm.backbones.split_forward import lower, supports_split, upper
 from memdlm.training.mdlm_trainer import MDLMTrainer
 
 logger = logging.getLogger("memdlm")

@@ -51,7 +51,7 @@ def option_classes() -> tuple:
 
 def _registry_lists() -> dict[str, tuple[str, list[str]]]:
     """Field name -> (label, names) for the fields whose valid names live in a registry."""
-    from memdlm.modeling import init_configs
+    from memdlm.backbones.modeling import init_configs
     from memdlm.tasks import task_names
 
     return {"tasks": ("Registered tasks", task_names()), "init_config": ("Shipped configs", init_configs())}

@@ -4,7 +4,7 @@ The model is built on the meta device from its config alone (no weights are read
 allocated): a local model directory, a hub model in the local cache, a shipped hub-style
 config of one of the paper's models (``assets/hub_configs/``), or the from-scratch
 configs. A remote-code family whose code is absent is replaced by a stock architecture of
-the same shapes (:mod:`memdlm.stand_ins`). The settings are resolved exactly as
+the same shapes (:mod:`memdlm.backbones.stand_ins`). The settings are resolved exactly as
 ``memdlm train`` resolves them (``training.options.parse``), and the plan reports:
 
 - the memory's targets (modules and layers) and its fast-weight parameter count;
@@ -106,13 +106,13 @@ class Plan:
 def model_source(model_args) -> ModelSource:
     """The config a plan builds from, for ``--model`` / ``--init-config`` / the tiny default."""
     from memdlm.errors import MissingFileError
-    from memdlm.modeling import init_config_path
-    from memdlm.shipped import resolve_model
+    from memdlm.backbones.modeling import init_config_path
+    from memdlm.backbones.shipped import resolve_model
 
     if model_args.model is None:
-        from memdlm.modeling import tiny_config
-        from memdlm.tokenizer import load_tokenizer
-        from memdlm.training.run import tiny_overrides
+        from memdlm.backbones.modeling import tiny_config
+        from memdlm.backbones.tokenizer import load_tokenizer
+        from memdlm.training.train import tiny_overrides
 
         path = init_config_path(model_args.init_config)
         architecture, config = tiny_config(load_tokenizer(), path, **tiny_overrides(model_args))
@@ -137,7 +137,7 @@ def build_meta_model(source: ModelSource, model_args):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from memdlm.stand_ins import stand_in_config
+    from memdlm.backbones.stand_ins import stand_in_config
 
     if source.built is not None:
         import transformers
@@ -194,7 +194,7 @@ def lora_parameter_count(model, model_args, experts_as_linear: bool = False) -> 
     import torch
 
     from memdlm.memory.experts import fused_expert_params, num_experts
-    from memdlm.training.run import wrap_lora
+    from memdlm.training.train import wrap_lora
 
     with contextlib.redirect_stdout(None), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT's notes on patterns for fused experts it does not adapt
@@ -248,7 +248,7 @@ def loaded_dtype(model_args, config_dict: dict):
     """The dtype the run's weights are held in: ``--dtype`` resolved, else the checkpoint's."""
     import torch
 
-    from memdlm.training.run import weights_dtype
+    from memdlm.training.train import weights_dtype
 
     dtype = weights_dtype(model_args)
     if dtype is None:
@@ -334,7 +334,7 @@ def estimate_memory(model, setup, config_dict: dict, shapes: Shapes, lora_params
 
 
 def make_plan(setup, devices: int = 1) -> Plan:
-    from memdlm.backbones import family_of
+    from memdlm.backbones.families import family_of
     from memdlm.memory.targets import find_targets
 
     source = model_source(setup.model)

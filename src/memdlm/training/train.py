@@ -5,7 +5,7 @@ identity (``run_identity.json``), the resolved config (``run_config.json``), the
 history (``log_history.json``), the data report, the held-out answers
 (``heldout_eval.json``) and, written last, ``run_complete.json`` -- a directory without
 it is not a finished run. The contract (which directories may be trained into, which
-checkpoints resume) is ``memdlm.run_dir``'s.
+checkpoints resume) is ``memdlm.runs.directory``'s.
 
 Under several processes (torchrun / accelerate) every rank trains, but only the
 main process (global rank 0) writes the run directory's files and runs the
@@ -25,7 +25,7 @@ from memdlm.config import config_dict
 from memdlm.data.collate import DiffusionCollator
 from memdlm.data.sources import DataReport, load_file_examples
 from memdlm.errors import DiskFullError, Stopped, UserError, disk_full_message
-from memdlm.run_dir import (
+from memdlm.runs.directory import (
     COMPLETE_FILE,
     CONFIG_FILE,
     IDENTITY_FILE,
@@ -50,8 +50,8 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
     ``out``: the run directory, given on the main process only; a LoRA run records
     there which base it needs (and a model built from scratch saves its base weights).
     """
-    from memdlm.modeling import build_tiny_model, init_config_path, load_model
-    from memdlm.tokenizer import load_tokenizer, reconcile_mask_token
+    from memdlm.backbones.modeling import build_tiny_model, init_config_path, load_model
+    from memdlm.backbones.tokenizer import load_tokenizer, reconcile_mask_token
 
     quantization = quantization_config(model_args)  # --load-in-4bit: fails fast, before any loading
     tokenizer = load_tokenizer(model_args.model, model_args.trust_remote_code)
@@ -73,7 +73,7 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
         model = prepare_kbit(model, model_args)
     if model_args.use_lora:
         if out is not None:
-            from memdlm.lora_run import save_built_base, write_base_record
+            from memdlm.backbones.lora import save_built_base, write_base_record
 
             if model_args.model is None:
                 save_built_base(model, tokenizer, out)
@@ -90,7 +90,7 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
 
 def tiny_overrides(model_args) -> dict:
     """Config fields the ``--tiny-*`` flags set on a from-scratch model."""
-    from memdlm.modeling import tiny_head_overrides
+    from memdlm.backbones.modeling import tiny_head_overrides
 
     overrides = {}
     if model_args.tiny_layers:
@@ -166,7 +166,7 @@ def prepare_kbit(model, model_args):
         return model
     from peft import prepare_model_for_kbit_training
 
-    # memdlm enables checkpointing itself (memdlm.checkpointing: non-reentrant, per block where the
+    # memdlm enables checkpointing itself (memdlm.backbones.checkpointing: non-reentrant, per block where the
     # model has no switch), so peft is not asked to: its call fails on remote code without a switch.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
@@ -334,12 +334,12 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
         return summary  # rank 0 evaluates and writes the run directory
     if cfg.data.data is None and cfg.data.heldout_items:
         from memdlm.eval.heldout import evaluate_heldout
-        from memdlm.run import Run
+        from memdlm.runs.run import Run
 
         summary["heldout"] = evaluate_heldout(Run(trainer.model, tokenizer, out, config))
     if cfg.model.use_lora and cfg.model.save_merged_lora:
-        from memdlm.lora_run import save_merged
-        from memdlm.modeling import strip_ddp
+        from memdlm.backbones.lora import save_merged
+        from memdlm.backbones.modeling import strip_ddp
 
         save_merged(strip_ddp(trainer.model), tokenizer, out)  # merges in place: after everything else
     write_json_atomic(out / COMPLETE_FILE, summary)  # last: marks the run finished

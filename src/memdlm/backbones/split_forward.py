@@ -20,7 +20,7 @@ layer list [k, L) and its own copy of the config. The model itself is never chan
 
 This works for decoder families whose forward loops over the layer list as above and
 feeds ``inputs_embeds`` straight to the first layer: ``split_forward`` in
-``memdlm.backbones``. ``supports_split`` says whether a model qualifies, and callers
+``memdlm.backbones.families``. ``supports_split`` says whether a model qualifies, and callers
 fall back to full forwards otherwise. Tests check exact equality with the full forward,
 and that the model is unchanged during and after a call (also when a layer raises).
 """
@@ -32,8 +32,8 @@ import copy
 import torch
 import torch.nn as nn
 
-from memdlm.backbones import family_of
-from memdlm.modeling import logits_only_at, unwrap
+from memdlm.backbones.families import family_of
+from memdlm.backbones.modeling import logits_only_at, unwrap
 
 
 class _Stop(Exception):

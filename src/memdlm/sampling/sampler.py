@@ -20,7 +20,7 @@ The rules, in the order a call applies them:
    the earliest blocks with room). So every step commits at least one token,
    the total is exactly S, and S must lie in ``[num_blocks, N]``.
 4. **Tokens per step**, by ``unmask_rule`` (default ``"native"``: the model family's own
-   rule from :mod:`memdlm.backbones` -- ``"dream"`` for Dream, ``"fixed"`` for every other
+   rule from :mod:`memdlm.backbones.families` -- ``"dream"`` for Dream, ``"fixed"`` for every other
    family; the rule used is reported as ``SamplerOutput.unmask_rule``):
 
    a. ``"fixed"`` (:func:`tokens_per_step`; LLaDA). Within a block of n slots and
@@ -75,7 +75,7 @@ The rules, in the order a call applies them:
    draws of a shape fixed by the config, so its result does not depend on its
    batch mates.
 
-8. **Key/value cache** (``cache``; :mod:`memdlm.block_cache`). ``"none"`` runs the
+8. **Key/value cache** (``cache``; :mod:`memdlm.sampling.block_cache`). ``"none"`` runs the
    whole canvas at every step. ``"prefix"`` / ``"dual"`` run it at the first step of
    each block and keep every layer's keys/values; the block's later steps
    recompute only the block and what follows it (prefix) or only the block (dual)
@@ -100,7 +100,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from memdlm.block_cache import BlockForward
+from memdlm.sampling.block_cache import BlockForward
 from memdlm.errors import ConfigError
 from memdlm.validation import literal_choices
 
@@ -413,7 +413,7 @@ class SamplerConfig:
         """This config with ``unmask_rule="native"`` replaced by ``model``'s family's rule."""
         if self.unmask_rule != "native":
             return self
-        from memdlm.backbones import family_of
+        from memdlm.backbones.families import family_of
 
         return dataclasses.replace(self, unmask_rule=family_of(getattr(model, "config", None)).decoding)
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from memdlm.backbones import family_of
+from memdlm.backbones.families import family_of
 from memdlm.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger("memdlm")
-INIT_DIR = Path(__file__).parent / "assets" / "init"  # configs of models trained from scratch
+INIT_DIR = Path(__file__).parents[1] / "assets" / "init"  # configs of models trained from scratch
 TINY_CONFIG = INIT_DIR / "tiny.json"
 
 
@@ -126,29 +126,29 @@ def check_remote_code(path: str, trust_remote_code: bool) -> None:
 def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | None = None,
                quantization_config=None, attn_implementation: str | None = None):
     """Load a local model directory, a shipped model by name or a hub id from the local HF
-    cache (no hub downloads: ``local_files_only``; :func:`memdlm.shipped.resolve_model`).
+    cache (no hub downloads: ``local_files_only``; :func:`memdlm.backbones.shipped.resolve_model`).
 
     ``*ForMaskedLM`` architectures (ModernBERT) load as masked LMs, everything else
     as a causal-LM class made bidirectional (:func:`make_bidirectional`). Remote code
     (``--trust-remote-code``) loads the class its ``auto_map`` names, with the fixes
-    4.x-era code needs under transformers 5 (:mod:`memdlm.remote_code`). Every model is
+    4.x-era code needs under transformers 5 (:mod:`memdlm.backbones.remote_code`). Every model is
     then checked to attend bidirectionally in unpadded and padded batches
-    (:mod:`memdlm.bidirectional`). ``quantization_config`` (e.g. bitsandbytes 4-bit) is
+    (:mod:`memdlm.backbones.bidirectional`). ``quantization_config`` (e.g. bitsandbytes 4-bit) is
     passed to ``from_pretrained``. A LoRA run directory loads as its base plus adapter
-    (:mod:`memdlm.lora_run`).
+    (:mod:`memdlm.backbones.lora`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from memdlm.bidirectional import ensure_bidirectional
+    from memdlm.backbones.bidirectional import ensure_bidirectional
     from memdlm.integrity import check_model_files
-    from memdlm.lora_run import is_lora_run, load_lora_run
-    from memdlm.remote_code import (
+    from memdlm.backbones.lora import is_lora_run, load_lora_run
+    from memdlm.backbones.remote_code import (
         adapt_remote_class,
         import_remote_class,
         remote_class_reference,
         reset_rotary_buffers,
     )
-    from memdlm.shipped import missing_model_message, resolve_model
+    from memdlm.backbones.shipped import missing_model_message, resolve_model
 
     path = resolve_model(path)
     if not Path(path).is_dir():
@@ -203,7 +203,7 @@ def quantized_device() -> dict:
 def make_bidirectional(model) -> None:
     """Turn off causal masking where the architecture exposes a switch.
 
-    The switch is the family's (``memdlm.backbones``): Gemma3 reads
+    The switch is the family's (``memdlm.backbones.families``): Gemma3 reads
     ``use_bidirectional_attention`` (set at build time, refused here when False);
     Llama/Qwen-style decoders read ``config.is_causal``, set to False here (as for any
     config that has the attribute); encoders and remote-code DLMs (LLaDA, Dream) are
@@ -227,7 +227,7 @@ def logits_shift(model) -> bool:
     """Whether position i's logits predict token i+1 (Dream's convention, from its AR init).
 
     ``config.logits_shift`` decides when set (any checkpoint can opt in or out);
-    otherwise the family's entry in ``memdlm.backbones`` (on for Dream). With it on,
+    otherwise the family's entry in ``memdlm.backbones.families`` (on for Dream). With it on,
     everything that reads logits through :func:`logits_only_at` (loss, inner loop,
     sampler, evaluation) gets, for position i, the logits the model computed at i - 1
     (position 0 keeps its own, as Dream's sampler does; it is never masked there).
@@ -276,7 +276,7 @@ def logits_only_at(model, positions: torch.Tensor | None):
         if not fired:
             raise RuntimeError(f"{type(base).__name__}: the LM head never called {type(head).__name__}, so "
                                "logits could not be gathered/shifted; set head_input in the family's entry "
-                               "in memdlm.backbones")
+                               "in memdlm.backbones.families")
         fired.clear()
 
     handles = [head.register_forward_pre_hook(gather), base.register_forward_hook(check)]
@@ -289,7 +289,7 @@ def logits_only_at(model, positions: torch.Tensor | None):
 
 def logits_input_module(model):
     """The module whose first input is the final hidden state [b, l, d]: the output
-    embedding, or the family's ``head_input`` (``memdlm.backbones``) for heads that do not
+    embedding, or the family's ``head_input`` (``memdlm.backbones.families``) for heads that do not
     call their output embedding as a module."""
     path = family_of(getattr(model, "config", None)).head_input
     head = model.get_submodule(path) if path else model.get_output_embeddings()
@@ -344,7 +344,7 @@ def reuse_attention_masks(model, attention_mask: torch.Tensor):
     The first forward inside the block records, per layer type, the mask its layers
     receive; later forwards with the same 2-D mask get that dict instead of rebuilding
     it (the decoder accepts a prepared dict). Families without that entry point
-    (``prepared_masks`` in ``memdlm.backbones``), and calls with another mask, run unchanged.
+    (``prepared_masks`` in ``memdlm.backbones.families``), and calls with another mask, run unchanged.
     """
     base = unwrap(model)
     decoder = getattr(base, "model", None)

@@ -4,7 +4,7 @@ A masked diffusion model must let position 0 see the last token. Some remote cod
 is bidirectional only while no row is padded: LLaDA2 turns a padded 2-D attention
 mask into a *causal* 4-D mask (transformers 4's ``_prepare_4d_causal_attention_mask``),
 and memdlm's data mixes lengths, so padded batches are the rule. The check runs
-once per :func:`memdlm.modeling.load_model` on a few random tokens:
+once per :func:`memdlm.backbones.modeling.load_model` on a few random tokens:
 
 - unpadded (one row): position 0's logits must change when the last token changes;
 - padded (two rows, the first right-padded by 2): row 0's position 0 must change when

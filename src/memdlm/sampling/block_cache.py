@@ -18,7 +18,7 @@ cache whose layers scatter the fresh keys/values of those columns into a copy of
 recorded ones, so attention still sees all L columns (padding masked by a prepared
 4-D mask). Column order is the canvas order, so RoPE positions are unchanged.
 
-Encoders (MobileBERT; :mod:`memdlm.encoder_cache`) take neither a cache object nor
+Encoders (MobileBERT; :mod:`memdlm.sampling.encoder_cache`) take neither a cache object nor
 ``position_ids``, and MobileBERT's embedding is a trigram (tokens i - 1, i, i + 1) plus
 absolute positions, so a column cannot be embedded from its own id. There every call
 routes attention through a function registered with transformers' ``AttentionInterface``:
@@ -61,7 +61,7 @@ Families: the decoder path needs attention layers that call ``cache.update(k, v,
 layer_idx)``, take ``position_ids`` and accept a prepared 4-D mask, and a full
 attention in every layer; the encoder path needs attention that goes through
 ``ALL_ATTENTION_FUNCTIONS`` and position-wise modules everywhere else. The families
-marked ``block_cache`` in ``memdlm.backbones``: Gemma3 with full attention only, Llama,
+marked ``block_cache`` in ``memdlm.backbones.families``: Gemma3 with full attention only, Llama,
 Mistral, Qwen2, Qwen3 and their MoE variants, and MobileBERT (``cache_embeddings``: the
 encoder path), under the ``sdpa`` or ``eager`` attention. Everything else (ModernBERT,
 remote-code LLaDA/Dream, right-shifted logits, sliding-window layers, other attention
@@ -76,9 +76,9 @@ import logging
 
 import torch
 
-from memdlm import encoder_cache
-from memdlm.backbones import FAMILIES, family_of
-from memdlm.modeling import logits_only_at, logits_shift, unwrap
+from memdlm.sampling import encoder_cache
+from memdlm.backbones.families import FAMILIES, family_of
+from memdlm.backbones.modeling import logits_only_at, logits_shift, unwrap
 
 logger = logging.getLogger("memdlm")
 

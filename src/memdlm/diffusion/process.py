@@ -1,7 +1,7 @@
 """One noised batch and the MDLM loss on it -- the forward process used everywhere.
 
     x0 --(mask maskable tokens w.p. 1 - alpha(t))--> x_t
-    loss = sum_{masked i} w(t) * -log p(x0_i | x_t) / normaliser      (memdlm.loss)
+    loss = sum_{masked i} w(t) * -log p(x0_i | x_t) / normaliser      (memdlm.diffusion.loss)
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from memdlm.loss import IGNORE, loss_weights, reduce_loss, scatter_token_nll
-from memdlm.masking import apply_mask, mask_with_probability, sample_times
-from memdlm.modeling import forward_logits
+from memdlm.diffusion.loss import IGNORE, loss_weights, reduce_loss, scatter_token_nll
+from memdlm.diffusion.masking import apply_mask, mask_with_probability, sample_times
+from memdlm.backbones.modeling import forward_logits
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The block cache's path for transformers encoders (MobileBERT): no ``Cache``, no ``position_ids``.
 
-:class:`memdlm.block_cache.BlockForward` runs decoders with a ``Cache`` object and
+:class:`memdlm.sampling.block_cache.BlockForward` runs decoders with a ``Cache`` object and
 explicit ``position_ids``. A transformers encoder takes neither, but its self-attention
 asks ``ALL_ATTENTION_FUNCTIONS`` for its attention function by
 ``config._attn_implementation`` at every call. During BlockForward's calls that name is
@@ -15,7 +15,7 @@ original's mask function), whose :func:`_attention` sees every layer's keys and 
 - :func:`columns` (a cached step): the model is still given the whole canvas ``[b, L]``,
   so its embeddings (MobileBERT's trigram: tokens i - 1, i, i + 1, plus absolute
   positions) are the no-cache ones; a hook on the family's embedding module
-  (``cache_embeddings`` in ``memdlm.backbones``) keeps only the query columns
+  (``cache_embeddings`` in ``memdlm.backbones.families``) keeps only the query columns
   ``[b, q, H]``, every later module but attention is position-wise, and
   :func:`_attention` scatters each layer's fresh keys/values of those columns into the
   recorded ones, so the q queries attend over all L columns. The caller passes a
@@ -33,8 +33,8 @@ import sys
 
 import torch
 
-from memdlm.backbones import family_of
-from memdlm.modeling import unwrap
+from memdlm.backbones.families import family_of
+from memdlm.backbones.modeling import unwrap
 
 PREFIX = "memdlm_block_cache_"
 

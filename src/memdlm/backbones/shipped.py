@@ -21,7 +21,7 @@ import os
 import re
 from pathlib import Path
 
-SHIPPED_DIR = Path(__file__).parent / "assets" / "models"
+SHIPPED_DIR = Path(__file__).parents[1] / "assets" / "models"
 PROVENANCE_JSON = "provenance.json"
 PROVENANCE_MD = "PROVENANCE.md"
 

@@ -14,7 +14,7 @@ The tiny default is built from scratch and exists nowhere on disk, so its base w
 before training starts. A real checkpoint is referenced by its absolute path, not
 copied (it may be 8B parameters).
 
-Loading (:func:`load_lora_run`, called by :func:`memdlm.modeling.load_model`):
+Loading (:func:`load_lora_run`, called by :func:`memdlm.backbones.modeling.load_model`):
 ``RUN/merged/`` if present (written with ``--save-merged-lora``: the base with the
 adapter merged in, a plain model directory), else the base plus the adapter, unmerged
 (a ``PeftModel``; logits equal those of the trained model in memory exactly). The
@@ -39,8 +39,8 @@ def is_lora_run(path) -> bool:
 
 def write_base_record(out: Path, model_args) -> None:
     """``lora_base.json``: which base the adapter in ``out`` needs."""
-    from memdlm.run_dir import write_json_atomic
-    from memdlm.shipped import resolve_model
+    from memdlm.outputs import write_json_atomic
+    from memdlm.backbones.shipped import resolve_model
 
     built = model_args.model is None
     # a shipped model's name (``mqar-base``) is recorded as the directory it resolves to

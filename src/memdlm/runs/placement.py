@@ -50,7 +50,7 @@ def record(model) -> dict:
 def add_inference_flags(parser) -> None:
     """``--device``, ``--dtype`` and ``--context-overflow``: one definition for every
     inference command."""
-    from memdlm.context import OVERFLOW_CHOICES, OVERFLOW_HELP
+    from memdlm.backbones.context import OVERFLOW_CHOICES, OVERFLOW_HELP
 
     parser.add_argument("--device", default=None, help=DEVICE_HELP)
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help=DTYPE_HELP)

@@ -52,19 +52,19 @@ class Family:
     # the decoder accepts a prepared {layer type: mask} dict as ``attention_mask``
     prepared_masks: bool = False
     # forward loops over ``model.model.layers[:config.num_hidden_layers]`` and feeds
-    # ``inputs_embeds`` straight to the first layer (memdlm.split_forward)
+    # ``inputs_embeds`` straight to the first layer (memdlm.backbones.split_forward)
     split_forward: bool = False
-    # the block cache has a path (memdlm.block_cache): decoders whose attention layers call
+    # the block cache has a path (memdlm.sampling.block_cache): decoders whose attention layers call
     # ``cache.update(k, v, layer_idx)`` and take ``position_ids`` and a prepared 4-D mask, or,
     # with ``cache_embeddings``, encoders whose attention goes through transformers'
-    # ALL_ATTENTION_FUNCTIONS (memdlm.encoder_cache)
+    # ALL_ATTENTION_FUNCTIONS (memdlm.sampling.encoder_cache)
     block_cache: bool = False
     # encoders only: the module (path from the model) whose output is the first layer's input
     # [b, L, H]; a cached step computes it on the whole canvas and keeps the query columns
     cache_embeddings: str | None = None
     logits_shift: bool = False  # position i's logits predict token i + 1 (Dream's AR init)
     # the family's own tokens-per-step rule, used by the sampler's default unmask_rule "native"
-    # (memdlm.sampling): "fixed" (LLaDA's even split) or "dream" (Dream's timestep schedule)
+    # (memdlm.sampling.sampler): "fixed" (LLaDA's even split) or "dream" (Dream's timestep schedule)
     decoding: str = "fixed"
     # The module (path from the model) whose first input is the final hidden state, when the
     # head does not call its output embedding as a module; None: the output embedding. It
@@ -76,7 +76,7 @@ class Family:
     # When ``config.mask_token_id`` and the tokenizer's mask id differ: True -- the model's code
     # never reads the config's id and the family's reference pipelines (dllm) mask with the
     # tokenizer's, so the tokenizer's is used and written into the config (warned); False --
-    # refused (memdlm.tokenizer.reconcile_mask_token)
+    # refused (memdlm.backbones.tokenizer.reconcile_mask_token)
     mask_from_tokenizer: bool = False
 
 
@@ -100,7 +100,7 @@ _ENTRIES = (
     Family("mobilebert", "MobileBERT", "native", ffn=("intermediate.dense", "output.dense"),
            attn=("attention.output.dense",), head_input="cls.predictions", block_cache=True,
            cache_embeddings="mobilebert.embeddings"),
-    # remote code written for transformers 4 (memdlm/remote_code.py; docs/BACKBONES.md)
+    # remote code written for transformers 4 (memdlm/backbones/remote_code.py; docs/BACKBONES.md)
     Family("dream", "Dream", "native", logits_shift=True, mask_from_tokenizer=True, decoding="dream"),
     Family("llada", "LLaDA", "native", ffn=("ff_proj", "up_proj", "ff_out"),
            attn=("q_proj", "k_proj", "v_proj", "att_proj", "attn_out"), mask_from_tokenizer=True),

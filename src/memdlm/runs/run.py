@@ -13,10 +13,10 @@ inference-time adaptation must. An override is a keyword the caller names; ``Non
 "the run's own value", and :meth:`PromptMemory.record` says which settings were used and
 which were overridden, for the outputs to store.
 
-The directory contract (identity, finished or not) is :mod:`memdlm.run_dir`'s; loading
-a LoRA run as base plus adapter is :mod:`memdlm.lora_run`'s (through
-:func:`memdlm.modeling.load_model`); a shipped model's name resolves as in
-:mod:`memdlm.shipped`. A plain model directory (no ``run_config.json``) is a run with
+The directory contract (identity, finished or not) is :mod:`memdlm.runs.directory`'s; loading
+a LoRA run as base plus adapter is :mod:`memdlm.backbones.lora`'s (through
+:func:`memdlm.backbones.modeling.load_model`); a shipped model's name resolves as in
+:mod:`memdlm.backbones.shipped`. A plain model directory (no ``run_config.json``) is a run with
 no saved settings: its memory uses the defaults.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 from memdlm.config import DataArguments, DiffusionArguments, ModelArguments
 from memdlm.errors import ConfigError
 from memdlm.memory.config import MemoryArguments
-from memdlm.run_dir import CONFIG_FILE
+from memdlm.runs.directory import CONFIG_FILE
 
 
 def read_run_config(path) -> dict:
@@ -98,9 +98,9 @@ class Run:
     @classmethod
     def load(cls, path, trust_remote_code: bool = False, dtype=None, device=None) -> Run:
         """The run (or model) directory ``path``, or a shipped model's name, in eval mode."""
-        from memdlm.modeling import load_model
-        from memdlm.shipped import resolve_model
-        from memdlm.tokenizer import load_tokenizer, reconcile_mask_token
+        from memdlm.backbones.modeling import load_model
+        from memdlm.backbones.shipped import resolve_model
+        from memdlm.backbones.tokenizer import load_tokenizer, reconcile_mask_token
 
         resolved = resolve_model(str(path))
         config = read_run_config(resolved)  # a broken file fails before minutes of loading
@@ -127,8 +127,8 @@ class Run:
 
 def load_run(path, args) -> Run:
     """:meth:`Run.load` as the inference commands do: on ``args.device`` in ``args.dtype``
-    (:mod:`memdlm.placement`), remote code as ``args.trust_remote_code`` allows."""
-    from memdlm.placement import resolve_device, resolve_dtype
+    (:mod:`memdlm.runs.placement`), remote code as ``args.trust_remote_code`` allows."""
+    from memdlm.runs.placement import resolve_device, resolve_dtype
 
     return Run.load(path, getattr(args, "trust_remote_code", False), dtype=resolve_dtype(args.dtype),
                     device=resolve_device(args.device))

@@ -53,7 +53,7 @@ def enable_checkpointing(model, kwargs: dict | None = None, memory: bool = False
     ``torch.utils.checkpoint.checkpoint``. ``memory``: MemDLM trains this model, so
     reentrant checkpointing is refused in one line.
     """
-    from memdlm.modeling import unwrap
+    from memdlm.backbones.modeling import unwrap
 
     options = dict(kwargs or {})
     every = int(options.pop("every_n_layers", 1))

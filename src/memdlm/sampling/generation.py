@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from memdlm.sampling import Sampler, SamplerConfig
+from memdlm.sampling.sampler import Sampler, SamplerConfig
 
 BATCH_SIZE = 16  # prompts per batch unless the caller says (memdlm generate --batch-size)
 
@@ -40,10 +40,10 @@ def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: Sam
     passes of all batches), ``calls_per_sample`` (in prompt order) and ``cache_used``.
     Adaptation's own forward passes are not counted.
     A prompt past the model's context limit is handled by ``context_overflow``
-    (:mod:`memdlm.context`: refused unless ``truncate`` or ``extend``); ``stats["context"]``
+    (:mod:`memdlm.backbones.context`: refused unless ``truncate`` or ``extend``); ``stats["context"]``
     gets the limit and the counts. A truncated prompt's memory adapts on what is kept.
     """
-    from memdlm.context import context_limit, fit_prompts
+    from memdlm.backbones.context import context_limit, fit_prompts
 
     prompt_ids = _encode_prompts(tokenizer, prompts)
     limit = context_limit(model, tokenizer)

@@ -15,7 +15,7 @@ from memdlm.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger("memdlm")
 
-ASSET_DIR = Path(__file__).parent / "assets" / "tokenizer"
+ASSET_DIR = Path(__file__).parents[1] / "assets" / "tokenizer"
 PAD, MASK, EOS = "<|pad|>", "<|mask|>", "<|eos|>"
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'assistant' %}Assistant: {{ m['content'] }}"
@@ -63,7 +63,7 @@ def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
     else:
         from transformers import AutoTokenizer
 
-        from memdlm.shipped import missing_model_message, resolve_model
+        from memdlm.backbones.shipped import missing_model_message, resolve_model
 
         path = resolve_model(path)
         if not Path(path).is_dir():
@@ -73,7 +73,7 @@ def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
             raise MissingFileError(
                 f"{path} has no tokenizer files" + (" (an unfinished run: no run_complete.json; "
                 "resume it with memdlm train --resume --output-dir ...)" if unfinished else ""))
-        from memdlm.modeling import check_remote_code
+        from memdlm.backbones.modeling import check_remote_code
 
         check_remote_code(path, trust_remote_code)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
@@ -97,11 +97,11 @@ def ensure_special_tokens(tokenizer, source: str):
 def reconcile_mask_token(model, tokenizer, source: str) -> None:
     """Compare the model config's ``mask_token_id`` with the tokenizer's mask id (memdlm masks
     with the tokenizer's everywhere). Equal, or no id in the config: nothing to do. Different:
-    the family decides (``mask_from_tokenizer`` in ``memdlm.backbones``) -- the tokenizer's id is
+    the family decides (``mask_from_tokenizer`` in ``memdlm.backbones.families``) -- the tokenizer's id is
     written into the config with a warning naming both, or the pair is refused in one line.
     """
-    from memdlm.backbones import family_of
-    from memdlm.modeling import unwrap
+    from memdlm.backbones.families import family_of
+    from memdlm.backbones.modeling import unwrap
 
     config = getattr(unwrap(model), "config", None)
     configured, ours = getattr(config, "mask_token_id", None), tokenizer.mask_token_id

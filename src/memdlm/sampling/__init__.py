@@ -1,0 +1,3 @@
+"""Decoding: the iterative denoising sampler (``sampler``), the block-wise key/value caches
+(``block_cache``, ``encoder_cache``) and batched generation with an optional prompt memory
+(``generation``)."""
