@@ -137,19 +137,15 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     passed to ``from_pretrained``. A LoRA run directory loads as its base plus adapter
     (:mod:`memdlm.backbones.lora`).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoConfig
 
     from memdlm.backbones.bidirectional import ensure_bidirectional
     from memdlm.integrity import check_model_files
     from memdlm.backbones.lora import is_lora_run, load_lora_run
-    from memdlm.backbones.remote_code import (
-        adapt_remote_class,
-        import_remote_class,
-        remote_class_reference,
-        reset_rotary_buffers,
-    )
+    from memdlm.backbones.remote_code import remote_class_reference
     from memdlm.backbones.shipped import missing_model_message, resolve_model
 
+    # 1. find the directory and refuse what cannot load, before transformers reads anything
     path = resolve_model(path)
     if not Path(path).is_dir():
         raise MissingFileError(missing_model_message(path))
@@ -158,7 +154,24 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     if is_lora_run(path):
         return load_lora_run(path, load_model, trust_remote_code=trust_remote_code, dtype=dtype,
                              quantization_config=quantization_config, attn_implementation=attn_implementation)
+    # 2. load the directory's own code or the stock class its config names
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    kwargs = _from_pretrained_kwargs(trust_remote_code, dtype, quantization_config, attn_implementation)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ConfigError(f"{path}: encoder-decoder models are not supported")
+    remote = remote_class_reference(config) if trust_remote_code else None
+    if remote is not None:
+        model = _load_remote_class(path, config, *remote, kwargs)
+    else:
+        model = _load_stock_class(path, config, kwargs)
+    # 3. every position sees the whole sequence, padded or not
+    make_bidirectional(model)
+    ensure_bidirectional(model)
+    return model
+
+
+def _from_pretrained_kwargs(trust_remote_code: bool, dtype, quantization_config, attn_implementation) -> dict:
+    """``from_pretrained``'s arguments: local files only, and each option only when it is set."""
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=True)
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -167,29 +180,40 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
         kwargs["device_map"] = quantized_device()  # bitsandbytes quantises as the weights reach it
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    if getattr(config, "is_encoder_decoder", False):
-        raise ConfigError(f"{path}: encoder-decoder models are not supported")
-    remote = remote_class_reference(config) if trust_remote_code else None
-    if remote is not None:
-        key, reference = remote
-        cls = import_remote_class(path, reference)
-        for fix in adapt_remote_class(cls):
-            logger.info("%s: %s", path, fix)
-        cls.register_for_auto_class(key)  # so save_pretrained copies the code into run directories
-        model = cls.from_pretrained(path, config=config, **kwargs)
-        if key == "AutoModel" and model.get_output_embeddings() is None:
-            raise ConfigError(f"{path}: auto_map names only AutoModel ({reference}), and that class has no LM "
-                             "head (get_output_embeddings() is None)")
-        reset = reset_rotary_buffers(model)
-        if reset:
-            logger.info("%s: recomputed %d rotary inv_freq buffers from the config", path, len(reset))
-    else:
-        architectures = getattr(config, "architectures", None) or []
-        loader = AutoModelForMaskedLM if any("MaskedLM" in a for a in architectures) else AutoModelForCausalLM
-        model = loader.from_pretrained(path, **kwargs)
-    make_bidirectional(model)
-    ensure_bidirectional(model)
+    return kwargs
+
+
+def _load_remote_class(path: str, config, key: str, reference: str, kwargs: dict):
+    """The model class the directory's ``auto_map`` names under ``key``, adapted to transformers 5
+    (:mod:`memdlm.backbones.remote_code`), loaded; a bare ``AutoModel`` without an LM head is refused."""
+    from memdlm.backbones.remote_code import (
+        adapt_remote_class,
+        import_remote_class,
+        reset_rotary_buffers,
+    )
+
+    cls = import_remote_class(path, reference)
+    for fix in adapt_remote_class(cls):
+        logger.info("%s: %s", path, fix)
+    cls.register_for_auto_class(key)  # so save_pretrained copies the code into run directories
+    model = cls.from_pretrained(path, config=config, **kwargs)
+    if key == "AutoModel" and model.get_output_embeddings() is None:
+        raise ConfigError(f"{path}: auto_map names only AutoModel ({reference}), and that class has no LM "
+                         "head (get_output_embeddings() is None)")
+    reset = reset_rotary_buffers(model)
+    if reset:
+        logger.info("%s: recomputed %d rotary inv_freq buffers from the config", path, len(reset))
     return model
+
+
+def _load_stock_class(path: str, config, kwargs: dict):
+    """A stock transformers model: ``*ForMaskedLM`` architectures as masked LMs, all others as
+    causal LMs (made bidirectional by the caller)."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    architectures = getattr(config, "architectures", None) or []
+    loader = AutoModelForMaskedLM if any("MaskedLM" in a for a in architectures) else AutoModelForCausalLM
+    return loader.from_pretrained(path, **kwargs)
 
 
 def quantized_device() -> dict:

@@ -241,10 +241,33 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     "results": {run name: {"score", "exact_match", "n", "seconds", "model_calls",
     "mean_calls_per_item", "item_keys", "item_scores", "item_correct", "predictions"}}}``.
     """
-    from tqdm.auto import tqdm
-
     from memdlm.eval.heldout import HELDOUT_SEED
 
+    _check_request(runs, tasks, lengths, n, context_overflow)  # before any model is loaded
+    seed = HELDOUT_SEED if seed is None else seed
+    loader = loader or (lambda d: _load(d, trust_remote_code, device, dtype))
+    start = time.perf_counter()
+    decoding = dict(batch_size=batch_size, progress=progress, sampler=sampler, context_overflow=context_overflow)
+    items, results, records = _answer_all(runs, tasks, lengths, n, seed, loader, memory_overrides, decoding,
+                                          partial_path)
+    return {
+        "version": SUITE_VERSION,
+        "runs": [asdict(r) for r in runs],
+        "tasks": list(tasks), "lengths": list(lengths), "n": n, "seed": seed,
+        "batch_size": batch_size,
+        "memory_args": records["memory_args"],  # per adapted run: the settings it was adapted with
+        "memory_overrides": records["memory_overrides"],  # ... and which of them differ from the run's own
+        "sampler": dict(sampler or {}),
+        "placement": records["placement"],  # per run: the device and dtype it ran on
+        "context_overflow": context_overflow,
+        "cells": _suite_cells(items, results, runs),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _check_request(runs: list[RunSpec], tasks: list[str], lengths: list[int], n: int,
+                   context_overflow: str) -> None:
+    """Runs, tasks, lengths, item count and overflow rule, checked before any model loads."""
     _check_runs(runs)
     if not tasks or not lengths:
         raise ValueError("need at least one task and one length")
@@ -255,13 +278,20 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     for task in tasks:  # unknown or unscorable tasks fail before any model is loaded
         if getattr(get_task(task), "plain_text", False):
             raise ValueError(f"task {task!r} is plain text for pre-training: it has no answers to score")
-    seed = HELDOUT_SEED if seed is None else seed
     from memdlm.backbones.context import check_overflow_choice
-    from memdlm.runs.placement import record as placement_record
 
     check_overflow_choice(context_overflow)
-    loader = loader or (lambda d: _load(d, trust_remote_code, device, dtype))
-    start = time.perf_counter()
+
+
+def _answer_all(runs, tasks, lengths, n, seed, loader, memory_overrides, decoding: dict, partial_path):
+    """Every run answers every cell: ``(items, results, records)``.
+
+    ``items`` is :func:`_suite_items` (made with the first model's tokenizer), ``results``
+    ``{(task, length, run name): cell}``, ``records`` the per-run ``memory_args``,
+    ``memory_overrides`` and ``placement``. ``decoding``: ``batch_size``, ``progress``,
+    ``sampler``, ``context_overflow``.
+    """
+    from tqdm.auto import tqdm
 
     # Runs grouped by model directory, in first-appearance order: each model loaded once.
     groups: dict[str, list[RunSpec]] = {}
@@ -269,13 +299,11 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         groups.setdefault(run.model_dir, []).append(run)
 
     items = None
-    memory_by_run: dict[str, dict] = {}
-    placement: dict[str, dict] = {}
-    overrides_by_run: dict[str, dict] = {}
+    records: dict[str, dict] = {"memory_args": {}, "memory_overrides": {}, "placement": {}}
     reference_signature = None
     results: dict[tuple[str, int, str], dict] = {}
     total = len(runs) * len(tasks) * len(lengths)
-    bar = tqdm(total=total, desc="eval", disable=not progress)
+    bar = tqdm(total=total, desc="eval", disable=not decoding["progress"])
     for model_dir, group in groups.items():
         loaded = loader(model_dir)
         model, tokenizer = loaded.model, loaded.tokenizer
@@ -288,26 +316,47 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
             logger.warning("%s has a different tokenizer from %s: its items' lengths are counted "
                            "in the first run's tokens", model_dir, runs[0].model_dir)
         for run in group:
-            placement[run.name] = placement_record(model)
-            run_memory = loaded.memory(**(memory_overrides or {})) if run.memory else None
-            if run_memory is not None:
-                record = run_memory.record()
-                memory_by_run[run.name] = record["memory_args"]
-                overrides_by_run[run.name] = record["memory_overrides"]
-            for (task, length), samples in items.items():
-                bar.set_description(f"{run.name} | {task}@{length}")
-                if not isinstance(samples, str):
-                    cell = _answer_cell(model, tokenizer, samples, run_memory, batch_size,
-                                        progress=progress and len(samples) > batch_size,
-                                        sampler=sampler, context_overflow=context_overflow)
-                    results[(task, length, run.name)] = cell
-                    if partial_path is not None:
-                        _write_partial(partial_path, results)
-                    bar.set_postfix(score=f"{cell['score']:.1f}")
-                bar.update(1)
+            run_memory = _prepare_run(run, loaded, model, memory_overrides, records)
+            _answer_run(run, model, tokenizer, items, run_memory, decoding, results, partial_path, bar)
         del model, loaded
     bar.close()
+    return items, results, records
 
+
+def _prepare_run(run: RunSpec, loaded, model, memory_overrides: dict | None, records: dict):
+    """Record where ``run`` runs and, for an adapted run, the memory settings it adapts with;
+    returns its prompt memory (None without adaptation)."""
+    from memdlm.runs.placement import record as placement_record
+
+    records["placement"][run.name] = placement_record(model)
+    run_memory = loaded.memory(**(memory_overrides or {})) if run.memory else None
+    if run_memory is not None:
+        record = run_memory.record()
+        records["memory_args"][run.name] = record["memory_args"]
+        records["memory_overrides"][run.name] = record["memory_overrides"]
+    return run_memory
+
+
+def _answer_run(run: RunSpec, model, tokenizer, items: dict, run_memory, decoding: dict, results: dict,
+                partial_path, bar) -> None:
+    """One run on every cell that is not skipped; each finished cell goes into ``results`` (and
+    the partial file) at once."""
+    batch_size = decoding["batch_size"]
+    for (task, length), samples in items.items():
+        bar.set_description(f"{run.name} | {task}@{length}")
+        if not isinstance(samples, str):
+            cell = _answer_cell(model, tokenizer, samples, run_memory, batch_size,
+                                progress=decoding["progress"] and len(samples) > batch_size,
+                                sampler=decoding["sampler"], context_overflow=decoding["context_overflow"])
+            results[(task, length, run.name)] = cell
+            if partial_path is not None:
+                _write_partial(partial_path, results)
+            bar.set_postfix(score=f"{cell['score']:.1f}")
+        bar.update(1)
+
+
+def _suite_cells(items: dict, results: dict, runs: list[RunSpec]) -> list[dict]:
+    """The result's ``cells``, one per (task, length) in task-major order."""
     cells = []
     for (task, length), samples in items.items():
         skipped = samples if isinstance(samples, str) else None
@@ -318,19 +367,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
             cell["answers"] = [list(s.answers) for s in samples]
             cell["results"] = {run.name: results[(task, length, run.name)] for run in runs}
         cells.append(cell)
-    return {
-        "version": SUITE_VERSION,
-        "runs": [asdict(r) for r in runs],
-        "tasks": list(tasks), "lengths": list(lengths), "n": n, "seed": seed,
-        "batch_size": batch_size,
-        "memory_args": memory_by_run,  # per adapted run: the settings it was adapted with
-        "memory_overrides": overrides_by_run,  # ... and which of them differ from the run's own
-        "sampler": dict(sampler or {}),
-        "placement": placement,  # per run: the device and dtype it ran on
-        "context_overflow": context_overflow,
-        "cells": cells,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    return cells
 
 
 def _write_partial(path, results: dict) -> None:

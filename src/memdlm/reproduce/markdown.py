@@ -188,59 +188,65 @@ def _probe(summary: dict, preset: dict) -> list[str]:
     return parts
 
 
-def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> str:
-    preset = result["preset"]
-    cal = result["calibration"]
-    ctrl = result["control_lr0"]
-    dev = result["dev"]
-    parts = [f"# MemDLM mini reproduction: preset `{preset['name']}`", "",
-             "Produced by `memdlm reproduce`; every number below is read from this directory's cached "
-             "outputs. Each difference has two 95% intervals: a bootstrap over the test items (the same item "
-             "indices resampled for every seed) and a t-interval over the seed means (undefined with one "
-             "seed). A verdict is **reproduced** or **opposite** only when both lie on that side of zero; "
-             "otherwise it is **unresolved** and says why.", "", _provenance(prov), ""]
+def _introduction(preset: dict, prov: dict) -> list[str]:
+    return [f"# MemDLM mini reproduction: preset `{preset['name']}`", "",
+            "Produced by `memdlm reproduce`; every number below is read from this directory's cached "
+            "outputs. Each difference has two 95% intervals: a bootstrap over the test items (the same item "
+            "indices resampled for every seed) and a t-interval over the seed means (undefined with one "
+            "seed). A verdict is **reproduced** or **opposite** only when both lie on that side of zero; "
+            "otherwise it is **unresolved** and says why.", "", _provenance(prov), ""]
 
-    parts += ["## The paper's claims here", "",
-              _table(["claim", "measured as", "estimate; 95% intervals", "verdict"],
-                     [list(r) for r in claim_rows]), ""]
 
-    parts += ["## Setup", "",
-              f"- Base: the shipped `{preset['base_model']}` (a model trained once by a project command; "
-              "its provenance.json says how), loaded frozen; every arm trains the same outer LoRA adapter "
-              f"(rank {preset['lora']['r']}, alpha {preset['lora']['alpha']}, on {preset['lora']['targets']}).",
-              f"- Fine-tuning (every arm from that base): {preset['finetune']['steps']} steps on "
-              f"{', '.join(preset['finetune']['tasks'])} at {preset['finetune']['lengths']} tokens, "
-              f"lr {preset['finetune']['learning_rate']}, batch {preset['finetune']['batch_size']}"
-              + (f" in micro-batches of {preset['finetune']['micro_batch']}" if preset['finetune'].get('micro_batch') else "")
-              + f", outer-loss weighting {preset['finetune'].get('weighting', 'uniform')}; seeds {preset['seeds']}.",
-              f"- MemDLM memory: scope {preset.get('memory_scope', 'ffn')}, last "
-              f"{preset.get('memory_layer_fraction', 0.1)} of the layers; inference-time adaptation for every arm: "
-              + (", ".join(f"{k} {v}" for k, v in preset["adaptation"].items()) if "adaptation" in preset
-                 else "the headline arm's settings") + ".",
-              f"- Test items: {preset['eval_items']} per (task, length), eval split (seeds never used in "
-              f"training); lengths {preset['eval_lengths']} (trained: {summary['trained_length']}).",
-              f"- Exposure bias: its own pair of arms, Standard and MemDLM (batch-shared memory at the "
-              f"headline's operating point), fine-tuned alike from the shipped `{preset['eb_base']}` "
-              f"({preset['eb_finetune']['steps']} steps on {', '.join(preset['eb_finetune']['tasks'])} at "
-              f"{preset['eb_finetune']['lengths']} tokens, same adapter and lr), then decoded in "
-              f"{preset['eb_steps']} steps on {preset['eb_items']} held-out `{preset['eb_task']}` items.", ""]
+def _claims(claim_rows) -> list[str]:
+    return ["## The paper's claims here", "",
+            _table(["claim", "measured as", "estimate; 95% intervals", "verdict"],
+                   [list(r) for r in claim_rows]), ""]
 
-    parts += _calibration(cal, preset["finetune"]["steps"])
-    parts += _memory(summary, plots)
+
+def _setup(preset: dict, summary: dict) -> list[str]:
+    """What was trained and evaluated: the base, the fine-tune, the memory, the items."""
+    return ["## Setup", "",
+            f"- Base: the shipped `{preset['base_model']}` (a model trained once by a project command; "
+            "its provenance.json says how), loaded frozen; every arm trains the same outer LoRA adapter "
+            f"(rank {preset['lora']['r']}, alpha {preset['lora']['alpha']}, on {preset['lora']['targets']}).",
+            f"- Fine-tuning (every arm from that base): {preset['finetune']['steps']} steps on "
+            f"{', '.join(preset['finetune']['tasks'])} at {preset['finetune']['lengths']} tokens, "
+            f"lr {preset['finetune']['learning_rate']}, batch {preset['finetune']['batch_size']}"
+            + (f" in micro-batches of {preset['finetune']['micro_batch']}" if preset['finetune'].get('micro_batch') else "")
+            + f", outer-loss weighting {preset['finetune'].get('weighting', 'uniform')}; seeds {preset['seeds']}.",
+            f"- MemDLM memory: scope {preset.get('memory_scope', 'ffn')}, last "
+            f"{preset.get('memory_layer_fraction', 0.1)} of the layers; inference-time adaptation for every arm: "
+            + (", ".join(f"{k} {v}" for k, v in preset["adaptation"].items()) if "adaptation" in preset
+               else "the headline arm's settings") + ".",
+            f"- Test items: {preset['eval_items']} per (task, length), eval split (seeds never used in "
+            f"training); lengths {preset['eval_lengths']} (trained: {summary['trained_length']}).",
+            f"- Exposure bias: its own pair of arms, Standard and MemDLM (batch-shared memory at the "
+            f"headline's operating point), fine-tuned alike from the shipped `{preset['eb_base']}` "
+            f"({preset['eb_finetune']['steps']} steps on {', '.join(preset['eb_finetune']['tasks'])} at "
+            f"{preset['eb_finetune']['lengths']} tokens, same adapter and lr), then decoded in "
+            f"{preset['eb_steps']} steps on {preset['eb_items']} held-out `{preset['eb_task']}` items.", ""]
+
+
+def _dev(dev: dict) -> list[str]:
+    """The dev items' scores (first seed), every run."""
     dev_rows = []
     for cell in dev["cells"]:
         if cell["skipped"] is None:
             dev_rows.append([cell["task"], cell["length"]] + [_f(r["score"]) for r in cell["results"].values()])
     dev_runs = [r["name"] for r in dev["runs"]]
-    parts += ["Dev items (a seed range disjoint from the test items), first seed:", "",
-              _table(["task", "length"] + dev_runs, dev_rows), ""]
-    parts += _capability(summary)
+    return ["Dev items (a seed range disjoint from the test items), first seed:", "",
+            _table(["task", "length"] + dev_runs, dev_rows), ""]
 
-    parts += ["## Retrieval: scores (mean over seeds)", "", _scores(summary, preset), "",
-              f"![score against length]({plots['score_vs_length']})", "",
-              "### Differences from Standard, paired on items", "", _comparisons(summary), ""]
 
-    parts += ["## Training and held-out loss", ""]
+def _retrieval(summary: dict, preset: dict, plots: dict) -> list[str]:
+    return ["## Retrieval: scores (mean over seeds)", "", _scores(summary, preset), "",
+            f"![score against length]({plots['score_vs_length']})", "",
+            "### Differences from Standard, paired on items", "", _comparisons(summary), ""]
+
+
+def _losses(summary: dict, plots: dict) -> list[str]:
+    """The loss curves, each arm's last training and held-out loss, the per-item held-out loss."""
+    parts = ["## Training and held-out loss", ""]
     for key in ("loss", "eval_loss"):
         if key in plots:
             parts += [f"![{key}]({plots[key]})", ""]
@@ -252,46 +258,76 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
     parts += ["MemDLM's training loss is measured after its inner loop wrote memory from the very targets "
               "being scored, so it is not comparable with Standard's; the held-out loss is computed with "
               "memory off.", "", _table(["seed", "arm", "last training loss", "last held-out loss"], loss_rows), ""]
-    parts += _heldout(summary)
+    return parts + _heldout(summary)
 
+
+def _exposure_bias(summary: dict, plots: dict) -> list[str]:
+    """The first seed's means over steps, how to read R_EB, and the measurability rule's outcome."""
     eb_ok = summary["eb_measurable"]
-    parts += ["## Exposure bias", "", f"![R_EB]({plots['exposure_bias']})", "",
-              _table(["run (first seed)", "mean R_EB", "mean gap L_seq - L_static (nats)",
-                      "mean R_ctrl (same positions)", "mean control gap L_seq - L_static_same (nats)"],
-                     [[run, _f(v["r_eb"], 3), _f(v["gap"], 3), _f(v["r_ctrl"], 3), _f(v["gap_ctrl"], 3)]
-                      for run, v in summary["eb_means"].items()]), "",
-              "R_EB is a ratio: a model with a worse static loss looks flatter for the same absolute gap, "
-              "so the gap is reported beside it. A less confident model also looks flatter on both: the "
-              "*calibrated* rows divide each model's logits by the temperature that minimises its static NLL "
-              "on held-out items of their own seed range (" + _temps(summary) + "), and the comparisons that "
-              "decide are made there; the *flattening control* is Standard with its logits divided by a fixed "
-              "temperature, a model no better at anything that looks flatter. Measurability rule: exposure bias is measurable only when "
-              "Standard's same-position control gap (mean over steps) lies above zero by both intervals "
-              "(the item interval alone with one seed); otherwise the rise of R_EB is the low-confidence "
-              "order -- the hardest positions are decoded last -- and the flatness claims are \"not "
-              f"measurable\". Here: {eb_ok['reason']} -> "
-              + ("measurable." if eb_ok["measurable"] else "**not measurable**."), ""]
+    return ["## Exposure bias", "", f"![R_EB]({plots['exposure_bias']})", "",
+            _table(["run (first seed)", "mean R_EB", "mean gap L_seq - L_static (nats)",
+                    "mean R_ctrl (same positions)", "mean control gap L_seq - L_static_same (nats)"],
+                   [[run, _f(v["r_eb"], 3), _f(v["gap"], 3), _f(v["r_ctrl"], 3), _f(v["gap_ctrl"], 3)]
+                    for run, v in summary["eb_means"].items()]), "",
+            "R_EB is a ratio: a model with a worse static loss looks flatter for the same absolute gap, "
+            "so the gap is reported beside it. A less confident model also looks flatter on both: the "
+            "*calibrated* rows divide each model's logits by the temperature that minimises its static NLL "
+            "on held-out items of their own seed range (" + _temps(summary) + "), and the comparisons that "
+            "decide are made there; the *flattening control* is Standard with its logits divided by a fixed "
+            "temperature, a model no better at anything that looks flatter. Measurability rule: exposure bias is measurable only when "
+            "Standard's same-position control gap (mean over steps) lies above zero by both intervals "
+            "(the item interval alone with one seed); otherwise the rise of R_EB is the low-confidence "
+            "order -- the hardest positions are decoded last -- and the flatness claims are \"not "
+            f"measurable\". Here: {eb_ok['reason']} -> "
+            + ("measurable." if eb_ok["measurable"] else "**not measurable**."), ""]
 
-    parts += _probe(summary, preset)
 
-    parts += ["## Controls and cost", "",
-              f"- Inner lr 0 against Standard, {ctrl['steps']} steps, same seed: largest per-step training-loss "
-              f"difference {ctrl['max_abs_difference']:.2e}.",
-              "- Compute-matched Standard: the `Standard, compute-matched` row above, when the preset has it (as "
-              "many steps as fit in MemDLM's measured training time, the held-out evaluations during training "
-              "left out).", ""]
-    parts += ["Training seconds per step (held-out evaluations during training left out):", "",
-              _table(["seed", "Standard s/step", "MemDLM s/step", "ratio"],
-                     [[r["seed"], _f(r["standard_s_per_step"], 3), _f(r["memdlm_s_per_step"], 3), _f(r["ratio"], 2)]
-                      for r in summary["overhead"]]), "",
-              "Seconds per step are whole-run wall times on a shared machine; the controlled, side-by-side "
-              "measurement is `benchmarks/train_step.py`.", ""]
-    cost = result.get("cost")
+def _controls(ctrl: dict, summary: dict) -> list[str]:
+    """The inner-lr-0 control, the compute-matched arm, and training seconds per step."""
+    return ["## Controls and cost", "",
+            f"- Inner lr 0 against Standard, {ctrl['steps']} steps, same seed: largest per-step training-loss "
+            f"difference {ctrl['max_abs_difference']:.2e}.",
+            "- Compute-matched Standard: the `Standard, compute-matched` row above, when the preset has it (as "
+            "many steps as fit in MemDLM's measured training time, the held-out evaluations during training "
+            "left out).", "",
+            "Training seconds per step (held-out evaluations during training left out):", "",
+            _table(["seed", "Standard s/step", "MemDLM s/step", "ratio"],
+                   [[r["seed"], _f(r["standard_s_per_step"], 3), _f(r["memdlm_s_per_step"], 3), _f(r["ratio"], 2)]
+                    for r in summary["overhead"]]), "",
+            "Seconds per step are whole-run wall times on a shared machine; the controlled, side-by-side "
+            "measurement is `benchmarks/train_step.py`.", ""]
+
+
+def _cost(cost: dict | None) -> list[str]:
+    """The side-by-side step cost (``benchmarks/train_step.py``), or why it is missing."""
     if cost and "result" in cost:
         r = cost["result"]
-        parts += [f"Side by side (`python {cost['command']}`, medians of interleaved steps): MemDLM's step "
-                  f"takes {r['time_ratio']:.2f}x Standard's time and {r['peak_mem_ratio']:.2f}x its peak memory "
-                  f"({r['layers']} layers, {r['threads']} thread(s), {r['device']}).", ""]
-    elif cost:
-        parts += [f"Side-by-side cost not measured: {cost['error']}.", ""]
+        return [f"Side by side (`python {cost['command']}`, medians of interleaved steps): MemDLM's step "
+                f"takes {r['time_ratio']:.2f}x Standard's time and {r['peak_mem_ratio']:.2f}x its peak memory "
+                f"({r['layers']} layers, {r['threads']} thread(s), {r['device']}).", ""]
+    if cost:
+        return [f"Side-by-side cost not measured: {cost['error']}.", ""]
+    return []
+
+
+def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> str:
+    """REPORT.md: its sections in reading order, each from the cells ``result`` holds and the
+    numbers ``summary`` computed from them."""
+    preset = result["preset"]
+    parts = _introduction(preset, prov)
+    parts += _claims(claim_rows)
+    parts += _setup(preset, summary)
+    # 1. the operating point and the memory it gave, then whether the tasks are testable at all
+    parts += _calibration(result["calibration"], preset["finetune"]["steps"])
+    parts += _memory(summary, plots)
+    parts += _dev(result["dev"])
+    parts += _capability(summary)
+    # 2. the measurements the claims read
+    parts += _retrieval(summary, preset, plots)
+    parts += _losses(summary, plots)
+    parts += _exposure_bias(summary, plots)
+    parts += _probe(summary, preset)
+    # 3. what it cost, and the controls beside it
+    parts += _controls(result["control_lr0"], summary)
+    parts += _cost(result.get("cost"))
     return "\n".join(parts)

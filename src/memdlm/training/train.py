@@ -274,6 +274,7 @@ def train(cfg, resume: bool = False) -> dict:
 
 
 def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
+    # 1. judge the directory: a resumed run may have nothing left to train
     config = resolved_config(cfg)
     plan = check_output_dir(out, config, resume, cfg.train.overwrite_output_dir)
     identity = plan["identity"]
@@ -285,10 +286,29 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
         checkpoint = resume_checkpoint(out, identity["run_id"])
         if checkpoint:
             logger.info("--resume: continuing run %s from %s", identity["run_id"], checkpoint)
+    # 2. check every input (model, tokenizer, data) before anything in the directory changes
     if cfg.threads is not None:  # an explicit choice; otherwise the caller's setting stands
         torch.set_num_threads(cfg.threads)
     model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
+    identity = start_run_files(out, plan, config, report, main)  # every rank: the identity rank 0 wrote
+    # 3. train (or finish from a checkpoint already at --max-steps), save, and on rank 0 evaluate
+    trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set)
+    record = train_or_restore(trainer, model, cfg, out, identity, checkpoint)
+    save_final(trainer, tokenizer, out)
+    if main and report.streaming:  # the counts grew while training read the rows
+        write_json_atomic(out / "data_report.json", report.to_dict())
+        logger.info(report.summary())
+    summary = run_summary(cfg, trainer, model, identity, record)
+    if not trainer.is_world_process_zero():
+        return summary  # rank 0 evaluates and writes the run directory
+    return finish_run(summary, cfg, trainer, tokenizer, out, config)
+
+
+def start_run_files(out: Path, plan: dict, config: dict, report: DataReport, main: bool) -> dict:
+    """Inputs checked: rank 0 removes a replaced run and writes the new run's identity, data
+    report and config. Returns the run's identity, the one rank 0 drew, on every rank."""
+    identity = plan["identity"]
     wait_for_all_ranks()  # every rank has judged the directory before rank 0 changes it
     if main:  # inputs checked: now the directory may change
         if plan["action"] == "replace":
@@ -301,7 +321,13 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
     wait_for_all_ranks()
     if not main:  # one identity for all ranks: the one rank 0 drew and wrote
         identity = json.loads((out / IDENTITY_FILE).read_text())
-    trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set)
+    return identity
+
+
+def train_or_restore(trainer, model, cfg, out: Path, identity: dict, checkpoint: str | None) -> RunRecord:
+    """Train to --max-steps from ``checkpoint`` (or the start), or only load a checkpoint that is
+    already there. A non-finite step or a stopping signal ends in an error that says how to go on.
+    Returns the run's record (its segments and training seconds)."""
     record = RunRecord(identity["run_id"], identity["config_hash"])
     trainer.add_callback(record)
     stop = GracefulStop()
@@ -320,18 +346,22 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
     if stop.received and trainer.state.global_step < cfg.train.max_steps:
         raise Stopped(stop.received, stopped_message(stop.received, trainer.state.global_step, out,
                                                      identity["run_id"]))
-    save_final(trainer, tokenizer, out)
-    if main and report.streaming:  # the counts grew while training read the rows
-        write_json_atomic(out / "data_report.json", report.to_dict())
-        logger.info(report.summary())
-    summary = {"run_id": identity["run_id"], "config_hash": identity["config_hash"],
-               "train_seconds": round(record.train_seconds(), 1), "global_step": trainer.state.global_step,
-               **whole_run_loss(trainer.state.log_history), "segments": record.segments,
-               "nonfinite_skipped": trainer.nonfinite_guard.skipped,
-               "parameters": sum(p.numel() for p in model.parameters()), "method": cfg.train.method,
-               "threads": torch.get_num_threads()}
-    if not trainer.is_world_process_zero():
-        return summary  # rank 0 evaluates and writes the run directory
+    return record
+
+
+def run_summary(cfg, trainer, model, identity: dict, record: RunRecord) -> dict:
+    """What ``train`` returns (and ``run_complete.json`` holds, with the held-out answers)."""
+    return {"run_id": identity["run_id"], "config_hash": identity["config_hash"],
+            "train_seconds": round(record.train_seconds(), 1), "global_step": trainer.state.global_step,
+            **whole_run_loss(trainer.state.log_history), "segments": record.segments,
+            "nonfinite_skipped": trainer.nonfinite_guard.skipped,
+            "parameters": sum(p.numel() for p in model.parameters()), "method": cfg.train.method,
+            "threads": torch.get_num_threads()}
+
+
+def finish_run(summary: dict, cfg, trainer, tokenizer, out: Path, config: dict) -> dict:
+    """Rank 0's end of a run: the held-out evaluation into ``summary``, the merged LoRA model,
+    and, last, ``run_complete.json``. Returns ``summary``."""
     if cfg.data.data is None and cfg.data.heldout_items:
         from memdlm.eval.heldout import evaluate_heldout
         from memdlm.runs.run import Run
