@@ -64,7 +64,8 @@ class Family:
     cache_embeddings: str | None = None
     logits_shift: bool = False  # position i's logits predict token i + 1 (Dream's AR init)
     # the family's own tokens-per-step rule, used by the sampler's default unmask_rule "native"
-    # (memdlm.sampling.sampler): "fixed" (LLaDA's even split) or "dream" (Dream's timestep schedule)
+    # (memdlm.sampling.sampler): "fixed" (LLaDA's even split), "dream" (Dream's timestep schedule)
+    # or "llada2" (LLaDA2's block-causal decoding with its threshold rule)
     decoding: str = "fixed"
     # The module (path from the model) whose first input is the final hidden state, when the
     # head does not call its output embedding as a module; None: the output embedding. It
@@ -108,7 +109,7 @@ _ENTRIES = (
     # LLaDA2's attention is a fused query_key_value projection and an output ``dense``
     # (modeling_llada2_moe.py); ``attention.dense`` keeps other ``dense`` layers out
     Family("llada2_moe", "LLaDA2", "native", attn=("query_key_value", "attention.dense"),
-           mask_from_tokenizer=True),
+           mask_from_tokenizer=True, decoding="llada2"),
 )
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
 
