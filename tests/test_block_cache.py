@@ -13,10 +13,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from memdlm.sampling.block_cache import BlockForward, _cache_keyword, cache_unsupported, warn_no_cache
-from memdlm.sampling.generation import generate
 from memdlm.backbones.modeling import build_tiny_model, init_config_path
 from memdlm.runs.run import Run
+from memdlm.sampling.block_cache import (
+    BlockForward,
+    _cache_keyword,
+    cache_unsupported,
+    warn_no_cache,
+)
+from memdlm.sampling.generation import generate
 from memdlm.sampling.sampler import Sampler, SamplerConfig
 
 torch.set_num_threads(1)

@@ -62,11 +62,14 @@ layer_idx)``, take ``position_ids`` and accept a prepared 4-D mask, and a full
 attention in every layer; the encoder path needs attention that goes through
 ``ALL_ATTENTION_FUNCTIONS`` and position-wise modules everywhere else. The families
 marked ``block_cache`` in ``memdlm.backbones.families``: Gemma3 with full attention only, Llama,
-Mistral, Qwen2, Qwen3 and their MoE variants, and MobileBERT (``cache_embeddings``: the
-encoder path), under the ``sdpa`` or ``eager`` attention. Everything else (ModernBERT,
-remote-code LLaDA/Dream, right-shifted logits, sliding-window layers, other attention
-kernels) falls back to no cache with a warning; the output's ``cache_used`` says which
-was used.
+Mistral, Qwen2, Qwen3 and their MoE variants, the remote-code Dream and LLaDA2 (written for
+transformers 4, they take the cache as ``past_key_values``), and MobileBERT
+(``cache_embeddings``: the encoder path), under the ``sdpa`` or ``eager`` attention.
+Right-shifted logits (Dream) read slot j from column j - 1, so a cached step also recomputes
+the column just before the block. Everything else falls back to no cache with a warning
+that says why -- for LLaDA and LLaDA-MoE the family's own code (its entry's
+``no_cache_reason``); ModernBERT, sliding-window layers, other attention kernels -- and the
+output's ``cache_used`` says which was used.
 """
 
 from __future__ import annotations
@@ -76,9 +79,9 @@ import logging
 
 import torch
 
-from memdlm.sampling import encoder_cache
 from memdlm.backbones.families import FAMILIES, family_of
 from memdlm.backbones.modeling import logits_only_at, logits_shift, unwrap
+from memdlm.sampling import encoder_cache
 
 logger = logging.getLogger("memdlm")
 

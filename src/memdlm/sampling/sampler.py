@@ -20,8 +20,8 @@ The rules, in the order a call applies them:
    the earliest blocks with room). So every step commits at least one token,
    the total is exactly S, and S must lie in ``[num_blocks, N]``.
 4. **Tokens per step**, by ``unmask_rule`` (default ``"native"``: the model family's own
-   rule from :mod:`memdlm.backbones.families` -- ``"dream"`` for Dream, ``"fixed"`` for every other
-   family; the rule used is reported as ``SamplerOutput.unmask_rule``):
+   rule from :mod:`memdlm.backbones.families` -- ``"dream"`` for Dream, ``"llada2"`` for LLaDA2,
+   ``"fixed"`` for every other family; the rule used is reported as ``SamplerOutput.unmask_rule``):
 
    a. ``"fixed"`` (:func:`tokens_per_step`; LLaDA). Within a block of n slots and
       s steps, each step commits ``n // s`` tokens, the first ``n % s`` steps one
@@ -51,7 +51,16 @@ The rules, in the order a call applies them:
       loop). With one block, ``stop_at_eos=False`` and greedy proposals this is
       Dream's ``diffusion_generate`` with ``alg`` = the remasking rule below. Dream
       computes m_i as a batch mean; here it is the plan's own count, the same
-      for every sample (EOS fills only lower what is left to commit).
+      for every sample (EOS fills only lower what is left to commit). With
+      ``remasking="origin"`` (Dream's default ``alg``) there is no count: each masked slot
+      of the block is committed with probability ``1 - t_{i+1} / t_i`` (all at the last
+      step), one uniform per masked slot drawn left to right as Dream draws them.
+   d. ``"llada2"`` (:mod:`memdlm.sampling.block_causal`; LLaDA2's own ``generate``): a
+      different loop -- blocks on a grid from position 0, block-causal attention, ``steps``
+      per block, and :func:`select_above_threshold_or_top_k` (every slot above the threshold
+      if there are at least the step's quota, else the quota's most confident); EOS stops a
+      sample after its block. Rules 2, 3 and 6 do not apply; rule 5's confidence is
+      ``"low_confidence"``'s.
 5. **Proposal and confidence.** At every step the model predicts each slot of
    the current block; the mask token and the pad token (unless pad doubles as
    EOS) get logit -inf. The proposal is the argmax at temperature 0, otherwise a
@@ -100,9 +109,9 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from memdlm.errors import ConfigError
 from memdlm.sampling.block_cache import BlockForward
 from memdlm.sampling.block_causal import BlockCausalForward, grid_end
-from memdlm.errors import ConfigError
 from memdlm.validation import literal_choices
 
 # ---------------------------------------------------------------------------
