@@ -306,9 +306,16 @@ def test_mqar_base_cache_is_exact_where_claimed(mqar_base, block_pair):
 
 
 def test_unsupported_families_fall_back_to_no_cache(tok, caplog):
+    class Double:  # a model as the check sees it: its config and its forward's signature
+        def __init__(self, config):
+            self.config = config
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+            raise AssertionError("never called")
+
     def config(**kw):
         base = dict(model_type="gemma3_text", layer_types=["full_attention"], _attn_implementation="sdpa")
-        return SimpleNamespace(config=SimpleNamespace(**{**base, **kw}))
+        return Double(SimpleNamespace(**{**base, **kw}))
 
     assert cache_unsupported(config()) is None
     assert "sliding" in cache_unsupported(config(layer_types=["full_attention", "sliding_attention"]))
@@ -321,6 +328,8 @@ def test_unsupported_families_fall_back_to_no_cache(tok, caplog):
     assert cache_unsupported(config(model_type="dream")) is None
     assert cache_unsupported(config(model_type="llada2_moe")) is None
     assert "attention" in cache_unsupported(config(_attn_implementation="flash_attention_2"))
+    Double.forward = lambda self, input_ids, attention_mask=None, **kwargs: None  # swallows everything
+    assert "takes no cache argument" in cache_unsupported(config(model_type="dream"))
     modernbert = build_modernbert(tok)
     cfg = SamplerConfig(max_new_tokens=4, steps=4, stop_at_eos=False)
     plain = Sampler(modernbert, tok, cfg).generate(PROMPTS)

@@ -101,6 +101,8 @@ def cache_unsupported(model) -> str | None:
         return "some layers use local (sliding-window) attention"
     if logits_shift(model) and family.cache_embeddings is not None:
         return "right-shifted logits on the encoder path"
+    if family.cache_embeddings is None and _cache_keyword(model) is None:
+        return f"{type(unwrap(model)).__name__}.forward takes no cache argument (cache / past_key_values)"
     if config._attn_implementation not in CACHE_ATTENTION:
         return f"attention {config._attn_implementation!r} (supported: {sorted(CACHE_ATTENTION)})"
     return None
@@ -126,13 +128,13 @@ def _column_layer_class():
     return ColumnLayer
 
 
-def _cache_keyword(model) -> str:
+def _cache_keyword(model) -> str | None:
     """The forward's name for the cache object: transformers 5's ``cache``, or ``past_key_values``
-    in remote code written for transformers 4 (Dream, LLaDA-MoE, LLaDA2)."""
+    in remote code written for transformers 4 (Dream, LLaDA2); None if it names neither."""
     import inspect
 
     params = inspect.signature(type(unwrap(model)).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 @functools.cache
