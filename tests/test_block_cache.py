@@ -13,10 +13,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from memdlm.sampling.block_cache import BlockForward, cache_unsupported, warn_no_cache
-from memdlm.sampling.generation import generate
 from memdlm.backbones.modeling import build_tiny_model, init_config_path
 from memdlm.runs.run import Run
+from memdlm.sampling.block_cache import (
+    BlockForward,
+    _cache_keyword,
+    cache_unsupported,
+    warn_no_cache,
+)
+from memdlm.sampling.generation import generate
 from memdlm.sampling.sampler import Sampler, SamplerConfig
 
 torch.set_num_threads(1)
@@ -38,9 +43,10 @@ def build(family, tok, attn="sdpa"):
         model = build_tiny_model(tok, seed=0, config_path=init_config_path("recall"), hidden_size=32,
                                  embedding_size=32, true_hidden_size=32, intermediate_size=64,
                                  num_hidden_layers=2, num_attention_heads=4)
-    elif family == "llama":
+    elif family in ("llama", "llama_shifted"):
         config = LlamaConfig(**SMALL, **ids)
         config.is_causal = False
+        config.logits_shift = family == "llama_shifted"  # Dream's convention on a stock decoder
         model = LlamaForCausalLM(config)
     else:
         config = Qwen3MoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, **ids)
@@ -80,7 +86,8 @@ def record_widths(model):
 
 @pytest.mark.parametrize("family, attn", [("gemma3", "sdpa"), ("gemma3", "eager"), ("llama", "sdpa"),
                                           ("llama", "eager"), ("qwen3_moe", "sdpa"), ("mobilebert", "sdpa"),
-                                          ("mobilebert", "eager")])
+                                          ("mobilebert", "eager"), ("llama_shifted", "sdpa"),
+                                          ("llama_shifted", "eager")])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_refresh_is_exact_and_cached_step_matches_on_unchanged_canvas(tok, family, attn, mode, block_pair):
     model = build(family, tok, attn)
@@ -97,7 +104,8 @@ def test_refresh_is_exact_and_cached_step_matches_on_unchanged_canvas(tok, famil
         handle.remove()
     assert torch.equal(refresh, reference)  # the refresh is the no-cache forward, bit for bit
     torch.testing.assert_close(step, reference, atol=1e-5, rtol=0)  # only rounding differs
-    assert widths == [x.shape[1], 8 if mode == "prefix" else 4]  # the step ran on its query columns
+    shift = int(family == "llama_shifted")  # the column before the block, which the block's first slot reads
+    assert widths == [x.shape[1], (8 if mode == "prefix" else 4) + shift]  # the step ran on its query columns
     assert cached.calls == 2 and cached.calls_per_sample.tolist() == [2, 2, 2]
     # the cached step really reuses keys/values: after a change outside its query, it does not see it
     x2 = x.clone()
@@ -110,6 +118,20 @@ def test_refresh_is_exact_and_cached_step_matches_on_unchanged_canvas(tok, famil
 @pytest.mark.parametrize("rule", [dict(steps=8), dict(unmask_rule="threshold", threshold=5e-4)])
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_refresh_every_step_equals_no_cache(model, tok, rule, mode):
+    refresh_every_step_equals_no_cache(model, tok, rule, mode)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_shifted_logits_refresh_every_step_equals_no_cache(tok, mode):
+    """Dream's right-shifted logits: the block's first slot is read from the column before it."""
+    shifted = build("llama_shifted", tok)
+    refresh_every_step_equals_no_cache(shifted, tok, dict(steps=8), mode)
+    cfg = SamplerConfig(max_new_tokens=12, steps=12, block_length=4, stop_at_eos=False)
+    cached = Sampler(shifted, tok, cfg).generate(PROMPTS, cache=mode)  # stale keys/values, right columns
+    assert cached.cache_used == mode and cached.model_calls == 12
+
+
+def refresh_every_step_equals_no_cache(model, tok, rule, mode):
     cfg = SamplerConfig(max_new_tokens=12, block_length=4, stop_at_eos=False, **rule)
     sampler = Sampler(model, tok, cfg)
     plain = sampler.generate(PROMPTS, return_history=True)
@@ -284,15 +306,30 @@ def test_mqar_base_cache_is_exact_where_claimed(mqar_base, block_pair):
 
 
 def test_unsupported_families_fall_back_to_no_cache(tok, caplog):
+    class Double:  # a model as the check sees it: its config and its forward's signature
+        def __init__(self, config):
+            self.config = config
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+            raise AssertionError("never called")
+
     def config(**kw):
         base = dict(model_type="gemma3_text", layer_types=["full_attention"], _attn_implementation="sdpa")
-        return SimpleNamespace(config=SimpleNamespace(**{**base, **kw}))
+        return Double(SimpleNamespace(**{**base, **kw}))
 
     assert cache_unsupported(config()) is None
     assert "sliding" in cache_unsupported(config(layer_types=["full_attention", "sliding_attention"]))
     assert "family" in cache_unsupported(config(model_type="modernbert"))
-    assert "right-shifted" in cache_unsupported(config(logits_shift=True))  # a Dream-style opt-in
+    assert cache_unsupported(config(logits_shift=True)) is None  # Dream's shift: the decoder path reads j - 1
+    assert "encoder" in cache_unsupported(config(model_type="mobilebert", logits_shift=True))
+    for family, why in [("llada", "modeling_llada.py"), ("lladamoe", "modeling_lladamoe.py")]:
+        reason = cache_unsupported(config(model_type=family))  # one line: the family and its code's reason
+        assert reason.startswith(f"family {family!r}: ") and why in reason and "\n" not in reason
+    assert cache_unsupported(config(model_type="dream")) is None
+    assert cache_unsupported(config(model_type="llada2_moe")) is None
     assert "attention" in cache_unsupported(config(_attn_implementation="flash_attention_2"))
+    Double.forward = lambda self, input_ids, attention_mask=None, **kwargs: None  # swallows everything
+    assert "takes no cache argument" in cache_unsupported(config(model_type="dream"))
     modernbert = build_modernbert(tok)
     cfg = SamplerConfig(max_new_tokens=4, steps=4, stop_at_eos=False)
     plain = Sampler(modernbert, tok, cfg).generate(PROMPTS)
@@ -302,6 +339,15 @@ def test_unsupported_families_fall_back_to_no_cache(tok, caplog):
         Sampler(modernbert, tok, cfg).generate(PROMPTS, cache="dual")  # the next batch: no second warning
     assert cached.cache_used == "none" and caplog.text.count("not available") == 1
     assert torch.equal(cached.sequences, plain.sequences)
+
+
+def test_cache_keyword_follows_the_forward(tok):
+    class Remote4x(torch.nn.Module):  # remote code written for transformers 4 names it past_key_values
+        def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None):
+            return input_ids
+
+    assert _cache_keyword(Remote4x()) == "past_key_values"
+    assert _cache_keyword(build("llama", tok)) == "cache"
 
 
 def build_modernbert(tok):

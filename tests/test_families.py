@@ -247,6 +247,11 @@ def test_head_input_gathers_exactly(tok, models, model_type):
 def test_block_cache(tok, models, model_type, block_pair):
     model = models(model_type)
     reason = cache_unsupported(model)
+    if reason is not None and "takes no cache argument" in reason:
+        # a look-alike whose forward swallows every keyword: the real files take the cache
+        # (tests/test_real_families.py checks them)
+        assert FAMILIES[model_type].block_cache and model_type in ("dream", "llada2_moe"), reason
+        return
     assert (reason is None) == FAMILIES[model_type].block_cache, reason
     if reason is not None:
         return

@@ -114,3 +114,28 @@ def test_train_shared_and_per_sample_generate_and_lora_round_trip(family_dir, tm
         assert not torch.allclose(forward_logits(loaded, ids), base, atol=1e-4)
     for extra in ([], ["--memory"]):
         _generate(lora, capsys, *extra)
+
+
+def test_block_cache_exact_at_refresh_or_refused_with_the_reason(family_dir):
+    """Families with a cache path: refreshing at every step equals no cache, with and without
+    memory, and a cached step runs; the others fall back to no cache, saying why in one line."""
+    from memdlm.runs.run import Run
+    from memdlm.sampling.block_cache import cache_unsupported
+    from memdlm.sampling.sampler import Sampler, SamplerConfig
+
+    run = Run.load(family_dir, trust_remote_code=True)
+    model, tok = run.model.eval(), run.tokenizer
+    prompts = ["The cat sat on", "Hello", "Numbers: 1 2 3 4 5 6 7"]
+    cfg = SamplerConfig(max_new_tokens=8, steps=8, block_length=4, unmask_rule="fixed", stop_at_eos=False)
+    reason = cache_unsupported(model)
+    memory = run.memory().adapt(tok(prompts, add_special_tokens=False)["input_ids"], [0, 1, 2]).active
+    for context in (None, memory):
+        plain = Sampler(model, tok, cfg).generate(prompts, forward_context=context)
+        for mode in ("prefix", "dual"):
+            every = Sampler(model, tok, cfg).generate(prompts, cache=mode, cache_refresh_steps=1,
+                                                     forward_context=context)
+            assert torch.equal(every.sequences, plain.sequences)
+            cached = Sampler(model, tok, cfg).generate(prompts, cache=mode, forward_context=context)
+            assert cached.cache_used == ("none" if reason else mode)
+    if reason:
+        assert reason.startswith(f"family {model.config.model_type!r}: ") and "\n" not in reason

@@ -59,12 +59,16 @@ class Family:
     # with ``cache_embeddings``, encoders whose attention goes through transformers'
     # ALL_ATTENTION_FUNCTIONS (memdlm.sampling.encoder_cache)
     block_cache: bool = False
+    # why the family has no cache path, when the reason is the family's own code (said in the
+    # sampler's warning); None: the generic "no cache path here"
+    no_cache_reason: str | None = None
     # encoders only: the module (path from the model) whose output is the first layer's input
     # [b, L, H]; a cached step computes it on the whole canvas and keeps the query columns
     cache_embeddings: str | None = None
     logits_shift: bool = False  # position i's logits predict token i + 1 (Dream's AR init)
     # the family's own tokens-per-step rule, used by the sampler's default unmask_rule "native"
-    # (memdlm.sampling.sampler): "fixed" (LLaDA's even split) or "dream" (Dream's timestep schedule)
+    # (memdlm.sampling.sampler): "fixed" (LLaDA's even split), "dream" (Dream's timestep schedule)
+    # or "llada2" (LLaDA2's block-causal decoding with its threshold rule)
     decoding: str = "fixed"
     # The module (path from the model) whose first input is the final hidden state, when the
     # head does not call its output embedding as a module; None: the output embedding. It
@@ -101,14 +105,21 @@ _ENTRIES = (
            attn=("attention.output.dense",), head_input="cls.predictions", block_cache=True,
            cache_embeddings="mobilebert.embeddings"),
     # remote code written for transformers 4 (memdlm/backbones/remote_code.py; docs/BACKBONES.md)
-    Family("dream", "Dream", "native", logits_shift=True, mask_from_tokenizer=True, decoding="dream"),
+    # Dream and LLaDA2 write keys/values through ``past_key_value.update(k, v, layer_idx)``
+    # and take ``position_ids`` and 4-D masks: the decoder cache path, passed as ``past_key_values``
+    Family("dream", "Dream", "native", logits_shift=True, mask_from_tokenizer=True, decoding="dream",
+           block_cache=True),
     Family("llada", "LLaDA", "native", ffn=("ff_proj", "up_proj", "ff_out"),
-           attn=("q_proj", "k_proj", "v_proj", "att_proj", "attn_out"), mask_from_tokenizer=True),
-    Family("lladamoe", "LLaDA-MoE", "native", mask_from_tokenizer=True),
+           attn=("q_proj", "k_proj", "v_proj", "att_proj", "attn_out"), mask_from_tokenizer=True,
+           no_cache_reason="its attention (modeling_llada.py) appends cached keys/values after the new "
+                           "ones and derives rotary positions from their count, so a block's columns "
+                           "cannot be recomputed in place"),
+    Family("lladamoe", "LLaDA-MoE", "native", mask_from_tokenizer=True,
+           no_cache_reason="its model's forward (modeling_lladamoe.py) asserts that no cache is passed"),
     # LLaDA2's attention is a fused query_key_value projection and an output ``dense``
     # (modeling_llada2_moe.py); ``attention.dense`` keeps other ``dense`` layers out
     Family("llada2_moe", "LLaDA2", "native", attn=("query_key_value", "attention.dense"),
-           mask_from_tokenizer=True),
+           mask_from_tokenizer=True, decoding="llada2", block_cache=True),
 )
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}
 

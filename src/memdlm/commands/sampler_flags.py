@@ -32,8 +32,10 @@ def add_sampler_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | 
             kwargs.update(type=str, choices=list(typing.get_args(hints[f.name])))
         elif isinstance(default, bool):
             kwargs["type"] = _parse_bool
-        else:  # None defaults are optional integers (block_length, max_per_step, ...)
-            kwargs["type"] = type(default) if default is not None else int
+        elif default is not None:
+            kwargs["type"] = type(default)
+        else:  # an optional number: its type from the annotation (threshold: float, block_length: int)
+            kwargs["type"] = float if float in typing.get_args(hints[f.name]) else int
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 

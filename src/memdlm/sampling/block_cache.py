@@ -62,11 +62,14 @@ layer_idx)``, take ``position_ids`` and accept a prepared 4-D mask, and a full
 attention in every layer; the encoder path needs attention that goes through
 ``ALL_ATTENTION_FUNCTIONS`` and position-wise modules everywhere else. The families
 marked ``block_cache`` in ``memdlm.backbones.families``: Gemma3 with full attention only, Llama,
-Mistral, Qwen2, Qwen3 and their MoE variants, and MobileBERT (``cache_embeddings``: the
-encoder path), under the ``sdpa`` or ``eager`` attention. Everything else (ModernBERT,
-remote-code LLaDA/Dream, right-shifted logits, sliding-window layers, other attention
-kernels) falls back to no cache with a warning; the output's ``cache_used`` says which
-was used.
+Mistral, Qwen2, Qwen3 and their MoE variants, the remote-code Dream and LLaDA2 (written for
+transformers 4, they take the cache as ``past_key_values``), and MobileBERT
+(``cache_embeddings``: the encoder path), under the ``sdpa`` or ``eager`` attention.
+Right-shifted logits (Dream) read slot j from column j - 1, so a cached step also recomputes
+the column just before the block. Everything else falls back to no cache with a warning
+that says why -- for LLaDA and LLaDA-MoE the family's own code (its entry's
+``no_cache_reason``); ModernBERT, sliding-window layers, other attention kernels -- and the
+output's ``cache_used`` says which was used.
 """
 
 from __future__ import annotations
@@ -76,9 +79,9 @@ import logging
 
 import torch
 
-from memdlm.sampling import encoder_cache
 from memdlm.backbones.families import FAMILIES, family_of
 from memdlm.backbones.modeling import logits_only_at, logits_shift, unwrap
+from memdlm.sampling import encoder_cache
 
 logger = logging.getLogger("memdlm")
 
@@ -88,13 +91,18 @@ CACHE_ATTENTION = frozenset({"sdpa", "eager"})
 def cache_unsupported(model) -> str | None:
     """Why ``model`` cannot use the block cache, or None when it can."""
     config = getattr(unwrap(model), "config", None)
-    if not family_of(config).block_cache:
+    family = family_of(config)
+    if family.no_cache_reason:
+        return f"family {family.model_type!r}: {family.no_cache_reason}"
+    if not family.block_cache:
         supported = sorted(f.model_type for f in FAMILIES.values() if f.block_cache)
         return f"family {getattr(config, 'model_type', None)!r} has no cache path here (supported: {supported})"
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or []):
         return "some layers use local (sliding-window) attention"
-    if logits_shift(model):
-        return "right-shifted logits read each position from its left neighbour"
+    if logits_shift(model) and family.cache_embeddings is not None:
+        return "right-shifted logits on the encoder path"
+    if family.cache_embeddings is None and _cache_keyword(model) is None:
+        return f"{type(unwrap(model)).__name__}.forward takes no cache argument (cache / past_key_values)"
     if config._attn_implementation not in CACHE_ATTENTION:
         return f"attention {config._attn_implementation!r} (supported: {sorted(CACHE_ATTENTION)})"
     return None
@@ -120,6 +128,15 @@ def _column_layer_class():
     return ColumnLayer
 
 
+def _cache_keyword(model) -> str | None:
+    """The forward's name for the cache object: transformers 5's ``cache``, or ``past_key_values``
+    in remote code written for transformers 4 (Dream, LLaDA2); None if it names neither."""
+    import inspect
+
+    params = inspect.signature(type(unwrap(model)).forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
 @functools.cache
 def warn_no_cache(mode: str, reason: str) -> None:
     """Once per (mode, reason) and process: a generation calls the sampler batch by batch."""
@@ -141,6 +158,10 @@ class BlockForward:
         self.model, self.attn, self.mode, self.context = model, attn, mode, context
         self.encoder = family_of(getattr(unwrap(model), "config", None)).cache_embeddings is not None
         self.refresh_steps = refresh_steps
+        # right-shifted logits (Dream): slot j is read from column j - 1, so a cached step also
+        # recomputes the column before the block and reads the block from its input columns 1..B
+        self.shift = int(logits_shift(model))
+        self.cache_kwarg = _cache_keyword(model)
         self.calls = 0
         self.calls_per_sample = torch.zeros(attn.shape[0], dtype=torch.long, device=attn.device)  # [b]
         # per layer (decoders: a list; encoders: {attention module: ...}): keys, values [b, h, L, d]
@@ -149,7 +170,10 @@ class BlockForward:
     def start_block(self, block_pos: torch.Tensor, suffix_pos: torch.Tensor) -> None:
         """A new block: its columns ``[b, B]`` and those from it to the end ``[b, N - start]``."""
         self.block_pos = block_pos
-        self.query_cols = suffix_pos if self.mode == "prefix" else block_pos  # [b, q]
+        cols = suffix_pos if self.mode == "prefix" else block_pos  # [b, q]
+        if self.shift:  # clamped: an empty prompt's slot 0 reads its own column, as the shift does
+            cols = torch.cat([(block_pos[:, :1] - 1).clamp(min=0), cols], dim=1)
+        self.query_cols = cols
         self.step_in_block = 0
         self.kv = None
 
@@ -190,14 +214,15 @@ class BlockForward:
 
         cache = DynamicCache()
         with logits_only_at(self.model, positions):
-            logits = self.model(input_ids=x, attention_mask=self.attn, cache=cache, use_cache=True).logits
+            logits = self.model(input_ids=x, attention_mask=self.attn, use_cache=True,
+                                **{self.cache_kwarg: cache}).logits
         self.kv = [(layer.keys, layer.values) for layer in cache.layers]
         return logits
 
     def _cached(self, x: torch.Tensor) -> torch.Tensor:  # [b*B, V]
-        cols = self.query_cols  # [b, q]; the block is its first B columns
+        cols = self.query_cols  # [b, q]; the block is its first B columns (after the shift's one)
         at_block = torch.zeros_like(cols, dtype=torch.bool)
-        at_block[:, : self.block_pos.shape[1]] = True  # [b, q]
+        at_block[:, self.shift: self.shift + self.block_pos.shape[1]] = True  # [b, q]
         if self.encoder:  # the whole canvas goes in (embeddings); the columns are kept after them
             with encoder_cache.columns(self.model, self.kv, cols), logits_only_at(self.model, at_block):
                 return self.model(input_ids=x, attention_mask=self._mask(cols.shape[1]), use_cache=False).logits
@@ -207,7 +232,7 @@ class BlockForward:
         cache = Cache(layers=[column_layer(k, v, cols) for k, v in self.kv])
         with logits_only_at(self.model, at_block):
             return self.model(input_ids=x.gather(1, cols), attention_mask=self._mask(cols.shape[1]),
-                              position_ids=cols, cache=cache, use_cache=True).logits
+                              position_ids=cols, use_cache=True, **{self.cache_kwarg: cache}).logits
 
     def _mask(self, q: int) -> torch.Tensor:
         """Prepared 4-D mask ``[b, 1, q, L]``: every query sees every non-padding column."""

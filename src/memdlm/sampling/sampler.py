@@ -20,8 +20,8 @@ The rules, in the order a call applies them:
    the earliest blocks with room). So every step commits at least one token,
    the total is exactly S, and S must lie in ``[num_blocks, N]``.
 4. **Tokens per step**, by ``unmask_rule`` (default ``"native"``: the model family's own
-   rule from :mod:`memdlm.backbones.families` -- ``"dream"`` for Dream, ``"fixed"`` for every other
-   family; the rule used is reported as ``SamplerOutput.unmask_rule``):
+   rule from :mod:`memdlm.backbones.families` -- ``"dream"`` for Dream, ``"llada2"`` for LLaDA2,
+   ``"fixed"`` for every other family; the rule used is reported as ``SamplerOutput.unmask_rule``):
 
    a. ``"fixed"`` (:func:`tokens_per_step`; LLaDA). Within a block of n slots and
       s steps, each step commits ``n // s`` tokens, the first ``n % s`` steps one
@@ -51,7 +51,16 @@ The rules, in the order a call applies them:
       loop). With one block, ``stop_at_eos=False`` and greedy proposals this is
       Dream's ``diffusion_generate`` with ``alg`` = the remasking rule below. Dream
       computes m_i as a batch mean; here it is the plan's own count, the same
-      for every sample (EOS fills only lower what is left to commit).
+      for every sample (EOS fills only lower what is left to commit). With
+      ``remasking="origin"`` (Dream's default ``alg``) there is no count: each masked slot
+      of the block is committed with probability ``1 - t_{i+1} / t_i`` (all at the last
+      step), one uniform per masked slot drawn left to right as Dream draws them.
+   d. ``"llada2"`` (:mod:`memdlm.sampling.block_causal`; LLaDA2's own ``generate``): a
+      different loop -- blocks on a grid from position 0, block-causal attention, ``steps``
+      per block, and :func:`select_above_threshold_or_top_k` (every slot above the threshold
+      if there are at least the step's quota, else the quota's most confident); EOS stops a
+      sample after its block. Rules 2, 3 and 6 do not apply; rule 5's confidence is
+      ``"low_confidence"``'s.
 5. **Proposal and confidence.** At every step the model predicts each slot of
    the current block; the mask token and the pad token (unless pad doubles as
    EOS) get logit -inf. The proposal is the argmax at temperature 0, otherwise a
@@ -100,8 +109,9 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from memdlm.sampling.block_cache import BlockForward
 from memdlm.errors import ConfigError
+from memdlm.sampling.block_cache import BlockForward
+from memdlm.sampling.block_causal import BlockCausalForward, grid_end
 from memdlm.validation import literal_choices
 
 # ---------------------------------------------------------------------------
@@ -136,6 +146,12 @@ def dream_counts(n_tokens: int, steps: int, eps: float) -> torch.Tensor:
         counts.append(k)
         left -= k
     return torch.tensor(counts, dtype=torch.long)
+
+
+def dream_transfer(steps: int, eps: float) -> torch.Tensor:
+    """Dream's ``origin`` probabilities per step: ``1 - t_{i+1} / t_i`` (float32), 1 at the last."""
+    times = torch.linspace(1, eps, steps + 1)
+    return torch.cat([1 - times[1:steps] / times[: steps - 1], torch.ones(1)])
 
 
 def block_sizes(n_tokens: int, block_length: int) -> list[int]:
@@ -195,6 +211,19 @@ def select_above_threshold(confidence: torch.Tensor, candidates: torch.Tensor, t
     if max_per_step is not None:
         n = n.clamp(max=max_per_step)
     return select_commits(confidence, candidates, n)
+
+
+def select_above_threshold_or_top_k(confidence: torch.Tensor, candidates: torch.Tensor, k: int,
+                                    threshold: float) -> torch.Tensor:
+    """LLaDA2's commit rule (rule 4d): bool ``[b, B]``.
+
+    The candidates with confidence strictly above ``threshold`` when there are at least ``k``
+    of them (all of them, however many); otherwise the ``min(k, #candidates)`` most confident
+    (ties: leftmost first). With ``k = 0`` only those above the threshold, possibly none.
+    """
+    above = candidates & (confidence > threshold)  # [b, B]
+    enough = above.sum(1) >= k  # [b]
+    return torch.where(enough[:, None], above, select_commits(confidence, candidates, k))
 
 
 def fill_after_eos(response: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -293,11 +322,23 @@ def _entropy_scores(confidence: torch.Tensor, draws: _Draws, active=None, logits
     return (probs * (probs + 1e-10).log()).sum(-1)  # negative entropy: higher is surer
 
 
+def _origin_draws(confidence: torch.Tensor, draws: _Draws, active=None, logits=None,
+                  candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """Dream's ``origin``: a uniform per candidate slot, compared with the step's transfer
+    probability by the caller. A shared generator draws one value per candidate, in row-major
+    order, as Dream's loop draws over its masked positions; per-sample generators draw ``[B]``."""
+    if not draws.shared:
+        return draws.uniform(tuple(confidence.shape), confidence.device, active)
+    flat = torch.rand(int(candidates.sum()), generator=draws.generators[0], device=confidence.device)
+    return torch.ones_like(confidence).masked_scatter(candidates, flat)
+
+
 REMASKING: dict[str, Callable[..., torch.Tensor]] = {
     "low_confidence": _low_confidence_scores,
     "random": _random_scores,
     "topk_margin": _margin_scores,
     "entropy": _entropy_scores,
+    "origin": _origin_draws,
 }
 
 
@@ -310,6 +351,9 @@ class BlockPlan(NamedTuple):
     start: int  # first response slot of the block
     end: int  # one past its last slot
     counts: torch.Tensor | None  # [steps in block] tokens per step; None under the threshold rule
+    # dream rule: [steps in block] float32 probability 1 - t_{i+1} / t_i that Dream's ``origin``
+    # commits a masked slot at step i (1 at the last step); None under the other rules
+    transfer: torch.Tensor | None = None
 
 
 @dataclass
@@ -332,21 +376,26 @@ class SamplerConfig:
                 "slots). A remainder makes the last block shorter."})
     temperature: float = field(default=0.0, metadata={
         "help": "Sampling temperature of the proposals; 0 means argmax."})
-    remasking: Literal["low_confidence", "random", "topk_margin", "entropy"] = field(
+    remasking: Literal["low_confidence", "random", "topk_margin", "entropy", "origin"] = field(
         default="low_confidence", metadata={
             "help": "Which masked slots to commit: the most confident proposals (probability; Dream's "
                     "maskgit_plus), uniformly random ones, the largest top-1 minus top-2 probability "
-                    "margin or the lowest entropy (Dream's topk_margin / entropy)."})
-    unmask_rule: Literal["native", "fixed", "threshold", "dream"] = field(default="native", metadata={
+                    "margin or the lowest entropy (Dream's topk_margin / entropy); 'origin' (dream rule "
+                    "only; Dream's default alg) commits each masked slot with probability 1 - s/t."})
+    unmask_rule: Literal["native", "fixed", "threshold", "dream", "llada2"] = field(default="native", metadata={
         "help": "How many slots a step commits: 'native' is the model family's own rule (Dream: "
-                "'dream', every other family: 'fixed'; docs/BACKBONES.md); 'fixed' follows the "
-                "S-step schedule (LLaDA's even split); 'threshold' "
+                "'dream', LLaDA2: 'llada2', every other family: 'fixed'; docs/BACKBONES.md); 'fixed' "
+                "follows the S-step schedule (LLaDA's even split); 'threshold' "
                 "commits every masked slot of the current block whose confidence is >= --threshold "
                 "(at least one, at most --max-per-step), so the number of model calls depends on "
                 "the data (Fast-dLLM); 'dream' is Dream's timestep schedule (int(m (1 - s/t)) of "
-                "the m masked slots per step, timesteps from 1 to --dream-eps)."})
-    threshold: float = field(default=0.9, metadata={
-        "help": "Confidence threshold tau of the threshold rule, in [0, 1]."})
+                "the m masked slots per step, timesteps from 1 to --dream-eps); 'llada2' is LLaDA2's "
+                "own decoding: block-causal attention on a block grid counted from position 0 "
+                "(--block-length, default 32), --steps per block, every slot above --threshold if "
+                "there are enough, else the step's quota of the most confident."})
+    threshold: float | None = field(default=None, metadata={
+        "help": "Confidence threshold tau of the threshold and llada2 rules, in [0, 1] (None: the "
+                "rule's own, 0.9 for threshold (Fast-dLLM), 0.95 for llada2 (LLaDA2's generate))."})
     dream_eps: float = field(default=1e-3, metadata={
         "help": "The dream rule's last timestep (Dream's eps)."})
     max_per_step: int | None = field(default=None, metadata={
@@ -367,7 +416,9 @@ class SamplerConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.block_length is not None and not 1 <= self.block_length <= self.max_new_tokens:
+        # LLaDA2's blocks lie on a grid from position 0: one may be longer than the response
+        longest = self.max_new_tokens if self.unmask_rule not in ("native", "llada2") else float("inf")
+        if self.block_length is not None and not 1 <= self.block_length <= longest:
             raise ConfigError(
                 f"block_length must lie in [1, max_new_tokens={self.max_new_tokens}] or be None, "
                 f"got {self.block_length}")
@@ -375,7 +426,8 @@ class SamplerConfig:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if self.remasking not in REMASKING:
             raise ConfigError(f"unknown remasking {self.remasking!r}; choose from {sorted(REMASKING)}")
-        problem = self._fast_option_problem() or (self._steps_problem() if self.unmask_rule != "threshold" else None)
+        problem = (self._fast_option_problem() or self._rule_problem()
+                   or (self._steps_problem() if self.unmask_rule != "threshold" else None))
         if problem:
             raise ConfigError(problem)
 
@@ -383,7 +435,7 @@ class SamplerConfig:
         if self.steps < 1 or self.steps > self.max_new_tokens:
             return (f"steps must lie in [1, max_new_tokens={self.max_new_tokens}], got {self.steps}: "
                     "every step commits at least one token")
-        if self.steps < self.num_blocks:
+        if self.steps < self.num_blocks and self.unmask_rule != "llada2":  # llada2: steps per block
             return (f"steps={self.steps} is fewer than the {self.num_blocks} blocks: every block "
                     "needs at least one step")
         return None
@@ -395,14 +447,23 @@ class SamplerConfig:
             return f"unknown cache {self.cache!r}; choose from {list(CACHE_MODES)}"
         if not 0.0 < self.dream_eps < 1.0:
             return f"dream_eps must lie in (0, 1), got {self.dream_eps}"
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             return f"threshold must lie in [0, 1], got {self.threshold}"
         if self.max_per_step is not None and self.max_per_step < 1:
             return f"max_per_step must be >= 1 or None, got {self.max_per_step}"
         if self.cache_refresh_steps is not None and self.cache_refresh_steps < 1:
             return f"cache_refresh_steps must be >= 1 or None, got {self.cache_refresh_steps}"
-        if self.unmask_rule == "threshold" and self.remasking != "low_confidence":
-            return "the threshold rule thresholds the model's confidence: it needs remasking='low_confidence'"
+        return None
+
+    def _rule_problem(self) -> str | None:
+        """Settings a rule cannot honour: refused, never ignored."""
+        if self.unmask_rule in ("threshold", "llada2") and self.remasking != "low_confidence":
+            return (f"the {self.unmask_rule} rule thresholds the model's confidence: it needs "
+                    "remasking='low_confidence'")
+        if self.remasking == "origin" and self.unmask_rule not in ("dream", "native"):
+            return "remasking='origin' is Dream's: it needs unmask_rule='dream' (or 'native' on Dream)"
+        if self.unmask_rule == "llada2" and self.cache != "none":
+            return "the llada2 rule has no key/value cache path here: use cache='none'"
         return None
 
     @property
@@ -410,12 +471,18 @@ class SamplerConfig:
         return len(block_sizes(self.max_new_tokens, self.block_length or self.max_new_tokens))
 
     def for_model(self, model) -> SamplerConfig:
-        """This config with ``unmask_rule="native"`` replaced by ``model``'s family's rule."""
-        if self.unmask_rule != "native":
-            return self
-        from memdlm.backbones.families import family_of
+        """This config with ``unmask_rule="native"`` replaced by ``model``'s family's rule and
+        the rule's own threshold and block length where none was given."""
+        rule = self.unmask_rule
+        if rule == "native":
+            from memdlm.backbones.families import family_of
 
-        return dataclasses.replace(self, unmask_rule=family_of(getattr(model, "config", None)).decoding)
+            rule = family_of(getattr(model, "config", None)).decoding
+        threshold = RULE_THRESHOLDS.get(rule) if self.threshold is None else self.threshold
+        block = LLADA2_BLOCK if rule == "llada2" and self.block_length is None else self.block_length
+        if (rule, threshold, block) == (self.unmask_rule, self.threshold, self.block_length):
+            return self
+        return dataclasses.replace(self, unmask_rule=rule, threshold=threshold, block_length=block)
 
     def plan(self) -> list[BlockPlan]:
         """The decoding schedule: one entry per block with its per-step counts ("native"
@@ -424,13 +491,21 @@ class SamplerConfig:
         if self.unmask_rule == "threshold":
             starts = [sum(sizes[:i]) for i in range(len(sizes))]
             return [BlockPlan(s, s + size, None) for s, size in zip(starts, sizes)]
+        if self.unmask_rule == "llada2":
+            raise ValueError("the llada2 rule's blocks lie on the canvas's grid: no per-response plan")
         plans, start = [], 0
-        schedule = (lambda n, k: dream_counts(n, k, self.dream_eps)) if self.unmask_rule == "dream" else tokens_per_step
+        dream = self.unmask_rule == "dream"
+        schedule = (lambda n, k: dream_counts(n, k, self.dream_eps)) if dream else tokens_per_step
         for size, n_steps in zip(sizes, steps_per_block(sizes, self.steps)):
-            plans.append(BlockPlan(start, start + size, schedule(size, n_steps)))
+            transfer = dream_transfer(n_steps, self.dream_eps) if dream else None
+            plans.append(BlockPlan(start, start + size, schedule(size, n_steps), transfer))
             start += size
         return plans
 
+
+# The rules' own thresholds where none is given, and LLaDA2's block (its generate's defaults).
+RULE_THRESHOLDS = {"threshold": 0.9, "llada2": 0.95}
+LLADA2_BLOCK = 32
 
 # The fast-sampling choices as values (for the checks above): read from the annotations.
 UNMASK_RULES = literal_choices(SamplerConfig, "unmask_rule")
@@ -546,6 +621,8 @@ class Sampler:
         return x, attn.long(), resp_pos
 
     def _denoise(self, prompt_ids, config: SamplerConfig, seeds, return_history, context):
+        if config.unmask_rule == "llada2":
+            return self._denoise_block_causal(prompt_ids, config, seeds, return_history, context)
         device = _model_device(self.model)
         x, attn, resp_pos = self._canvas(prompt_ids, config.max_new_tokens, device)
         draws = _Draws.create(config.seed, seeds, len(prompt_ids), device)
@@ -554,23 +631,59 @@ class Sampler:
         for block in config.plan():
             block_pos = resp_pos[:, block.start: block.end]  # [b, B]
             forward.start_block(block_pos, resp_pos[:, block.start:])
-            for k in _block_schedule(block):
+            for quota in _block_schedule(block):
                 active = (x.gather(1, block_pos) == self.mask_id).any(1)  # [b]
-                if k is None and not active.any():  # threshold rule: the block is done
+                if quota.k is None and not active.any():  # threshold rule: the block is done
                     break
                 before = x
-                x = self._step(x, resp_pos, block_pos, active, k, config, draws, forward)
+                x = self._step(x, resp_pos, block_pos, active, quota, config, draws, forward)
                 if history is not None:
                     history.append(SamplerStep(before, (before == self.mask_id) & (x != self.mask_id)))
         if (x.gather(1, resp_pos) == self.mask_id).any():
             raise AssertionError("sampler finished with masked response slots")
         return x, resp_pos, history, forward
 
-    def _step(self, x, resp_pos, block_pos, active, k, config, draws, forward: BlockForward):
-        """One denoising step over the current block; returns the new state ``[b, L]``.
+    def _denoise_block_causal(self, prompt_ids, config: SamplerConfig, seeds, return_history, context):
+        """LLaDA2's loop (:mod:`memdlm.sampling.block_causal`): the batch walks the shared block
+        grid; each block runs at most ``steps`` steps and ends when it has no mask."""
+        device, size = _model_device(self.model), config.block_length
+        x, attn, resp_pos = self._grid_canvas(prompt_ids, config.max_new_tokens, size, device)
+        draws = _Draws.create(config.seed, seeds, len(prompt_ids), device)
+        forward = BlockCausalForward(self.model, attn, size, context)
+        history: list[SamplerStep] | None = [] if return_history else None
+        quotas = [StepQuota(int(k)) for k in tokens_per_step(size, config.steps)]
+        first = min(len(p) for p in prompt_ids) // size  # the earliest block holding a mask
+        for block in range(first, x.shape[1] // size):
+            block_pos = torch.arange(block * size, (block + 1) * size, device=device).expand(x.shape[0], -1)
+            forward.start_block(block)
+            for quota in quotas:
+                active = (x.gather(1, block_pos) == self.mask_id).any(1)  # [b]
+                if not active.any():
+                    break
+                before = x
+                x = self._step(x, resp_pos, block_pos, active, quota, config, draws, forward)
+                if history is not None:
+                    history.append(SamplerStep(before, (before == self.mask_id) & (x != self.mask_id)))
+            if config.stop_at_eos:  # a sample with an EOS stops after its block (rule 4)
+                done = (x.gather(1, resp_pos) == self.eos_id).any(1, keepdim=True)  # [b, 1]
+                x = x.masked_fill(done & (x == self.mask_id), self.eos_id)
+        if (x.gather(1, resp_pos) == self.mask_id).any():
+            raise AssertionError("sampler finished with masked response slots")
+        return x, resp_pos, history, forward
 
-        ``k``: tokens to commit (fixed rule), or None for the threshold rule.
-        """
+    def _grid_canvas(self, prompt_ids: list[list[int]], n_new: int, size: int, device):
+        """``[prompt][masks to the block boundary at or after P + N][pad]``: ids, attention
+        mask ``[b, L]`` (L a multiple of ``size``), response slots ``[b, N]``."""
+        ends = [grid_end(len(p), n_new, size) for p in prompt_ids]
+        x, attn, resp_pos = self._canvas(prompt_ids, max(ends) - min(len(p) for p in prompt_ids), device)
+        x = x[:, : max(ends)]
+        column = torch.arange(x.shape[1], device=device)[None, :]
+        attn = (column < torch.tensor(ends, device=device)[:, None]).long()  # [b, L]
+        x = x.masked_fill(attn == 0, self.pad_id)
+        return x, attn, resp_pos[:, :n_new]
+
+    def _step(self, x, resp_pos, block_pos, active, quota: StepQuota, config, draws, forward: BlockForward):
+        """One denoising step over the current block; returns the new state ``[b, L]``."""
         block = x.gather(1, block_pos)  # [b, B]
         candidates = block == self.mask_id  # [b, B]
         # A sample with no mask left in this block has none left anywhere (blocks
@@ -582,13 +695,9 @@ class Sampler:
         logits[..., self.forbidden] = float("-inf")
         # 1. propose, 2. score, 3. commit: the top-k (fixed) or those above tau (threshold)
         tokens, confidence = propose_tokens(logits, config.temperature, draws, active)
-        if k is None:
-            commit = select_above_threshold(confidence, candidates, config.threshold, config.max_per_step)
-        else:
-            scores = REMASKING[config.remasking](confidence, draws, active, logits)  # [b, B]
-            commit = select_commits(scores, candidates, k)  # [b, B]
+        commit = _choose(confidence, candidates, quota, config, draws, active, logits)  # [b, B]
         x = x.scatter(1, block_pos, torch.where(commit, tokens, block))
-        if config.stop_at_eos:
+        if config.stop_at_eos and config.unmask_rule != "llada2":  # llada2: after the block
             x = x.scatter(1, resp_pos, fill_after_eos(x.gather(1, resp_pos), self.eos_id))
         return x
 
@@ -601,15 +710,34 @@ class Sampler:
         return SamplerOutput(x, lengths, resp_pos, responses, texts, history)
 
 
-def _block_schedule(block: BlockPlan) -> list[int | None]:
-    """Per step of a block: tokens to commit (fixed rule), or None (threshold rule).
+class StepQuota(NamedTuple):
+    """What one step may commit: ``k`` tokens (None: the threshold rule decides), and under the
+    dream rule the probability ``transfer`` with which ``origin`` commits each masked slot."""
 
-    The threshold rule commits at least one slot per step, so a block of n slots
-    never needs more than n steps; the loop stops earlier once the block is done.
-    """
-    if block.counts is not None:
-        return block.counts.tolist()
-    return [None] * (block.end - block.start)
+    k: int | None
+    transfer: torch.Tensor | None = None
+
+
+def _block_schedule(block: BlockPlan) -> list[StepQuota]:
+    """The steps of a block. The threshold rule commits at least one slot per step, so a
+    block of n slots never needs more than n steps; the loop stops once the block is done."""
+    if block.counts is None:
+        return [StepQuota(None)] * (block.end - block.start)
+    transfer = block.transfer if block.transfer is not None else [None] * len(block.counts)
+    return [StepQuota(int(k), p) for k, p in zip(block.counts, transfer)]
+
+
+def _choose(confidence, candidates, quota: StepQuota, config: SamplerConfig, draws: _Draws, active,
+            logits) -> torch.Tensor:
+    """The slots a step commits, bool ``[b, B]``, by the unmasking and remasking rules."""
+    if quota.k is None:  # threshold rule (Fast-dLLM)
+        return select_above_threshold(confidence, candidates, config.threshold, config.max_per_step)
+    if config.unmask_rule == "llada2":
+        return select_above_threshold_or_top_k(confidence, candidates, quota.k, config.threshold)
+    if config.remasking == "origin":  # Dream: each masked slot independently, with the step's probability
+        return candidates & (_origin_draws(confidence, draws, active, logits, candidates) < quota.transfer)
+    scores = REMASKING[config.remasking](confidence, draws, active, logits)  # [b, B]
+    return select_commits(scores, candidates, quota.k)
 
 
 def _model_device(model) -> torch.device:
