@@ -325,7 +325,8 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
         write_json_atomic(out / "data_report.json", report.to_dict())
         logger.info(report.summary())
     summary = {"run_id": identity["run_id"], "config_hash": identity["config_hash"],
-               "train_seconds": round(record.train_seconds(), 1), "global_step": trainer.state.global_step,
+               "train_seconds": round(record.train_seconds(), 1), "step_seconds": round(record.step_seconds, 1),
+               "global_step": trainer.state.global_step,
                **whole_run_loss(trainer.state.log_history), "segments": record.segments,
                "nonfinite_skipped": trainer.nonfinite_guard.skipped,
                "parameters": sum(p.numel() for p in model.parameters()), "method": cfg.train.method,
