@@ -617,6 +617,14 @@ def test_probe_memories_are_written_once(tok, make_tiny_model):
     assert out["control_matched"]["mean_logp"] != out["control_mismatched"]["mean_logp"]
 
 
+def test_threads_on_a_crowded_machine_are_warned_about():
+    from memdlm.commands.reproduce import crowded_threads
+
+    assert "use --threads 1" in crowded_threads(2, 7.5, 2)
+    assert crowded_threads(1, 7.5, 2) is None  # one thread waits for no other
+    assert crowded_threads(2, 0.4, 2) is None  # an idle machine runs both
+
+
 def test_probe_finds_the_queried_values_tokens(tok):
     from memdlm.data.collate import token_ids
     from memdlm.reproduce.probe import probe_items, value_positions

@@ -263,13 +263,22 @@ FULL = replace(
     eval_lengths=(256, 512, 1024), eval_items=200, probe_items=200, eb_items=32, benchmark_rounds=15,
 )
 
-# The quick preset's design at a small fraction of its samples, for a shared 2-core CPU: one
-# MemDLM step of `quick` (32 samples in micro-batches of 4) took ~55 s wall there under a load of
-# ~8, and one of 16 samples ~60 s under a load of ~11 (issue 22's session), so `quick` costs
-# ~90 min per MemDLM arm. `pilot` fine-tunes 20 steps of 16 (micro-batches of 4, accumulation
-# 4), the exposure-bias pair 10, skips the per-sample and compute-matched arms and evaluates few
-# items: it shows the pipeline and the memory's strength, not a verdict. Same operating point,
-# adaptation, probe and controls as quick and full.
+# The quick preset's design at a small fraction of its samples: it fine-tunes 20 steps of 16
+# (micro-batches of 4, accumulation 4), the exposure-bias pair 10, skips the per-sample and
+# compute-matched arms and evaluates few items: it shows the pipeline and the memory's strength,
+# not a verdict. Same operating point, adaptation, probe and controls as quick and full.
+#
+# CPU time (2-core VM shared with other jobs, load average 7, 1 thread; measured by
+# `python benchmarks/reproduce_cost.py --threads 1`, 4 steps and 8 items per rate, 2 min 40 s):
+# optimiser-step seconds MemDLM 4.8 (batch-shared) / 4.3 (per-sample), Standard 2.0, the
+# exposure-bias pair 3.4 / 0.9; per item: answering 0.03 / 0.08 / 0.18 s at 256 / 512 / 1,024
+# tokens (0.17 / 0.33 / 0.91 s with the adaptation), held-out loss 0.16 s (0.27 adapted), one
+# exposure-bias analysis 2.7 s, the probe 0.56 s per model. Estimated from them: `quick` ~46 min
+# (training 34, evaluation 12), `full` ~5.4 h (training 3.3 h, evaluation 2.1 h), leaving out
+# the evaluations during training, checkpoint saves, model loading and full's cost benchmark.
+# The pilot's 40.7 min of cells (52 s per MemDLM step of 16) were mostly `--threads 2` on this
+# machine at load 9-15: a quick MemDLM step took 93 s with 2 threads and 6.5 s with 1 at load
+# 7-9 (commands/reproduce.crowded_threads warns); at the rates above the pilot is ~5 min.
 PILOT = replace(
     QUICK, name="pilot",
     finetune=replace(_FINETUNE, steps=20, batch_size=16, logging_steps=2, eval_steps=10, eval_samples=16),
