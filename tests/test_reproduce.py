@@ -742,3 +742,30 @@ def test_committed_pilot_report_recomputes_from_its_cells():
     root = Path(__file__).resolve().parents[1] / "docs" / "results" / "pilot_active"
     recorded = json.loads((root / "report.json").read_text())["claims"]
     assert recompute_claims(root) == recorded
+
+
+def test_cost_estimate_counts_every_cell_of_a_preset():
+    """benchmarks/reproduce_cost.estimate with every rate 1 s counts the cells by hand. quick:
+    training 100 steps x (headline, compute-matched at MemDLM's time, per-sample, Standard) + the
+    exposure-bias pair's 2 x 100 + the lr-0 control's 2 x 6 = 612; evaluation: answering 100 items
+    x 2 lengths x (4 runs + 2 adapted) = 1200, dev 2 x 100, held-out loss 4 arms x 2 x 100 = 800,
+    exposure bias 7 analyses x 16 + 2 fits x 32 = 176, probe 2 x 64 = 128: 2504."""
+    import importlib.util
+    from pathlib import Path
+
+    from memdlm.reproduce.presets import FULL, QUICK
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_cost.py"
+    spec = importlib.util.spec_from_file_location("bench_reproduce_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ones = {**dict.fromkeys(bench.TRAIN_KINDS, 1.0),
+            **dict.fromkeys(("loss", "loss_adapted", "probe", "eb", "eb_adapted", "temperature_fit"), 1.0),
+            "answer": dict.fromkeys((256, 512, 1024), 1.0), "answer_adapted": dict.fromkeys((256, 512, 1024), 1.0)}
+    quick = bench.estimate(QUICK, ones)
+    assert (quick["training"], quick["evaluation"], quick["dev"]) == (612, 2504, 200)
+    assert quick["per_seed"] == {"answer": 1200, "heldout_loss": 800, "exposure_bias": 176, "probe": 128}
+    # full: 3 seeds x 100 x (headline + 4 ablations + matched, per-sample, Standard) + 3 x 200 + 12
+    full = bench.estimate(FULL, ones)
+    assert full["training"] == 3 * 100 * 8 + 3 * 200 + 12
+    assert full["per_seed"]["answer"] == 200 * 3 * (8 + 2)  # Standard, Train-Only, per-sample, matched, 4 ablations

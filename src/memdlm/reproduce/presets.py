@@ -152,7 +152,7 @@ class Preset:
     calibration_steps: int | None = None  # None: as long as the fine-tune (where collapse shows)
     # The absorption band [floor, ceiling] the report shows beside each arm (the share of the anchor
     # loss the memory leaves). It no longer decides collapse (the base model's held-out loss does:
-    # reproduce/stats.usability); a late absorption above the ceiling (the memory *raises* the
+    # reproduce/rules.usability_note); a late absorption above the ceiling (the memory *raises* the
     # loss it was written from: the inner step overshoots; a smoke run at inner lr 1.0 measured
     # 2.3) is divergence, which makes an arm unusable.
     absorption_floor: float = 0.8
@@ -168,7 +168,7 @@ class Preset:
     # +0.056, items [+0.020, +0.094]).
     usability_min_effect: float = 0.01
     # Capability gate: a retrieval verdict needs Standard's dev score >= the task's copy
-    # level + this many score points (reproduce/stats.capability_gate).
+    # level + this many score points (reproduce/rules.capability_gate).
     capability_margin: float = 10.0
     compute_matched: bool = True  # Standard given MemDLM's measured training time
     per_sample_arm: bool = True  # the per-sample memory variant, every seed
