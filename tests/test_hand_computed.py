@@ -213,10 +213,23 @@ def test_trainer_logs_the_absorption_ratio_and_warns_below_its_level(caplog):
     memory = SimpleNamespace(norm=lambda: torch.tensor(0.5), stats={})
     MemDLMTrainer._record(trainer, InnerLoopStats(), memory, torch.tensor(0.6), torch.tensor(2.4))
     assert logged["memory/absorption_ratio"] == pytest.approx(0.25)  # 0.6 / 2.4
+    assert logged["memory/absorption_ratio_min"] == pytest.approx(0.25)  # the same value, reduced by min
     assert "step 7: anchor loss with memory is 0.250" in caplog.text  # below the 0.3 warning level
     caplog.clear()
     MemDLMTrainer._record(trainer, InnerLoopStats(), memory, torch.tensor(1.2), torch.tensor(2.4))
     assert logged["memory/absorption_ratio"] == pytest.approx(0.5) and "absorbing" not in caplog.text
+
+
+def test_a_logging_window_logs_means_and_the_weakest_micro_batch():
+    """Eight micro-batches' absorption: the logged ratio is their mean, ``..._min`` their smallest
+    (one micro-batch at 0.014 among seven at 0.75: the mean 0.658 hides it)."""
+    from memdlm.training.mdlm_trainer import window_values
+
+    window = [0.75] * 7 + [0.014]
+    logged = window_values({"memory/absorption_ratio": window, "memory/absorption_ratio_min": window,
+                            "inner/clip_fraction": [0.0, 0.5], "unlogged": []})
+    assert logged == {"memory/absorption_ratio": pytest.approx((7 * 0.75 + 0.014) / 8),
+                      "memory/absorption_ratio_min": 0.014, "inner/clip_fraction": 0.25}
 
 
 # --- the exposure-bias ratio of one tiny trajectory ------------------------------------------

@@ -183,13 +183,39 @@ def test_low_absorption_alone_is_not_collapse_a_worse_base_model_is(tmp_path):
 def test_usability_note_rule():
     rows = [{"seed": 0, "arm": "memdlm", "absorption_late": 2.3, "diverged": True, "nonfinite": 0},
             {"seed": 1, "arm": "memdlm", "absorption_late": 0.95, "diverged": False, "nonfinite": 0}]
-    assert usability_note("memdlm", None, rows) == (
+    assert usability_note("memdlm", None, rows, 0.01) == (
         "memdlm unusable: memory diverged (late absorption 2.30; non-finite inner losses 0; seed 0)")
     better = {"estimate": -0.02, "low": -0.05, "high": 0.01}
-    assert usability_note("memdlm", better, rows[1:]) is None
-    # an interval touching 0 is not "worse": only one entirely above 0
-    assert usability_note("memdlm", {"estimate": 0.02, "low": 0.0, "high": 0.04}, rows[1:]) is None
-    assert "worse than Standard" in usability_note("memdlm", {"estimate": 0.02, "low": 0.001, "high": 0.04}, [])
+    assert usability_note("memdlm", better, rows[1:], 0.01) is None
+    # no minimum (reports made before it): an interval touching 0 is not "worse", one entirely above 0 is
+    assert usability_note("memdlm", {"estimate": 0.02, "low": 0.0, "high": 0.04}, rows[1:], 0.0) is None
+    assert "worse than Standard" in usability_note("memdlm", {"estimate": 0.02, "low": 0.001, "high": 0.04}, [], 0.0)
+    # a minimum effect: the pilot's +0.001 [+0.000, +0.002] is practically null; the old full
+    # report's headline +0.056 [+0.020, +0.094] is worse by more than 0.01
+    pilot = {"estimate": 0.001, "low": 0.0004, "high": 0.002}
+    assert "worse" in usability_note("eb_memdlm", pilot, [], 0.0)
+    assert usability_note("eb_memdlm", pilot, [], 0.01) is None
+    assert usability_note("memdlm", {"estimate": 0.02, "low": 0.009, "high": 0.04}, [], 0.01) is None
+    assert usability_note("memdlm", {"estimate": 0.056, "low": 0.020, "high": 0.094}, [], 0.01) == (
+        "memdlm unusable: its base model (memory off) is worse than Standard on held-out items by more than "
+        "0.01 nats/token (+0.056 nats, items [+0.020, +0.094])")
+    with pytest.raises(ValueError, match="min_effect"):
+        usability_note("memdlm", pilot, [], -0.01)
+
+
+def test_usability_minimum_is_the_presets_declared_value(tmp_path):
+    """The report reads the minimum from the preset it ran (0.01 nats/token for every preset);
+    a report made before the field has none. MemDLM +0.006 [+0.005, +0.008] per item: unusable
+    with no minimum, usable with 0.01."""
+    from memdlm.reproduce.presets import PRESETS
+    from memdlm.reproduce.report import summarize
+
+    assert {p.usability_min_effect for p in PRESETS.values()} == {0.01}
+    result = _fake_reproduction(tmp_path / "a", 75.0, memdlm_off=(1.005, 1.205, 0.805, 1.008))
+    assert summarize(tmp_path / "a", result)["unusable"] == {}
+    result["preset"].pop("usability_min_effect")
+    old = summarize(tmp_path / "a", result)
+    assert old["usability_min_effect"] == 0.0 and "memdlm" in old["unusable"]
 
 
 def test_interaction_rows_are_differences_of_differences(tmp_path):
@@ -203,6 +229,37 @@ def test_interaction_rows_are_differences_of_differences(tmp_path):
     rows = {r[0]: r for r in claims(summary)}
     assert rows["2 x 2 interaction: adaptation helps a MemDLM-trained model more than a Standard one (loss)"][2] \
         .startswith("-0.200; items [-0.200, -0.200]")
+
+
+def test_outer_weighting_deviation_is_measured_against_the_headline(tmp_path):
+    """The full preset's 1/t arm is compared with the headline MemDLM (uniform), not read as a
+    trajectory ablation: retrieval 50 - 100 on every item, held-out loss +0.1 on every item."""
+    from memdlm.reproduce.presets import FULL, PAPER_WEIGHTING_ARM
+    from memdlm.reproduce.report import claims, summarize
+
+    assert FULL.ablations[PAPER_WEIGHTING_ARM] == {"weighting": "scheduler"}
+    arm, run = f"ablation_{PAPER_WEIGHTING_ARM}", f"MemDLM {PAPER_WEIGHTING_ARM}, Train-Only"
+    result = _fake_reproduction(tmp_path, 75.0)
+    seed = result["seeds"][0]
+    d = tmp_path / "seed0" / arm
+    d.mkdir(parents=True)
+    (d / "log_history.json").write_text(json.dumps([{"step": 5, "memory/absorption_ratio": 0.9}]))
+    (d / "run_complete.json").write_text(json.dumps({"train_seconds": 10.0, "global_step": 10}))
+    seed["dirs"][arm] = str(d)
+    seed["eval"]["runs"].append({"name": run, "model_dir": str(d), "memory": False})
+    seed["eval"]["cells"][0]["results"][run] = {"score": 50.0, "item_scores": [50.0] * 20}
+    seed["heldout_loss"]["results"][arm] = {"off": [1.0, 1.2, 0.8, 1.0], "prompt_memory": [0.6, 0.8, 0.4, 0.6]}
+    summary = summarize(tmp_path, result)
+    assert summary["ablations"] == {}
+    dev = summary["weighting_deviation"]
+    assert dev["scores"]["estimate"] == pytest.approx(-50.0) and dev["loss"]["estimate"] == pytest.approx(0.1)
+    rows = {r[0]: r for r in claims(summary)}
+    score_row = rows["Deviation measured: MemDLM at the paper's 1/t outer weighting vs ours (uniform), retrieval"]
+    loss_row = rows["Deviation measured: MemDLM at the paper's 1/t outer weighting vs ours (uniform), held-out loss"]
+    assert score_row[3] == "unresolved: one seed, no seed-level interval (items alone: 1/t scores lower)"
+    assert loss_row[2].startswith("+0.100") and loss_row[3].endswith("(items alone: 1/t loss higher)")
+    assert not any("scores below anchor-consistent" in r for r in rows)
+    assert summarize(tmp_path / "none", _fake_reproduction(tmp_path / "none", 75.0))["weighting_deviation"] is None
 
 
 def test_loss_claims_pair_the_fine_tuning_tasks_items(tmp_path):
@@ -232,15 +289,16 @@ def test_preset_hashes_are_unchanged():
     (the shipped base, an outer LoRA adapter, mqar64 at 256 tokens, the batch-shared headline) and
     again (the exposure-bias pair on prose_cont with 48 steps, the absorption ceiling), and by issue
     22 (the memory on both layers at inner lr 0.1 over micro-batches of 4, one adaptation for every
-    arm, the log-probability probe and its positive control, matched calibration; the pilot preset).
+    arm, the log-probability probe and its positive control, matched calibration; the pilot preset; then
+    the usability rule's minimum effect and the full preset's 1/t outer-weighting arm).
     If a preset is changed on purpose, update the hash here and say so in the commit."""
     from memdlm.reproduce.presets import PRESETS
 
     assert {name: p.config_hash() for name, p in PRESETS.items()} == {
-        "smoke": "4ca4f7dfe5ba94fbfa8dfabc9671036919c3bf274873f3a58c4c244907590b70",
-        "pilot": "96135ca76b8fd9031241ec03ff3c5a449a7a9c846bb5bbd6be1259b4c917feaa",
-        "quick": "6caff8163ffe5578a71cc54d80f31e480c660ed1ea76f55048283f76c741461f",
-        "full": "88d1d821ca16724865c46eaad4eda73dac5b172bc8f1304628c86ee5cf30471c",
+        "smoke": "35a823a7b2da63b19df3f782b9d258c32c0e2b1f5e5830786f151daec688f265",
+        "pilot": "0cf5ff0f66bd0f222ded32786bd089bf8070519b291ed72d5cabdfacd2f80cb1",
+        "quick": "2023f7d52d6bd25e8cd39d1f9ad893c5ed068d5175f52e4c02f495f4a785b05c",
+        "full": "bd750e0030e9b03a7dfd3a1b7556eb4c1b65fee2d4aa6f67666e5f0508820399",
     }
 
 
@@ -444,7 +502,8 @@ def test_arms_share_base_adapter_and_data_and_reuse_the_chosen_calibration_runs(
     dirs1 = repro.arms(1, chosen)
     assert dirs1["memdlm"] == tmp_path / "seed1" / "memdlm"
     assert set(dirs1) == {"standard", "memdlm", "memdlm_per_sample", "standard_matched",
-                          "ablation_anchor_only", "ablation_pre_anchor_only", "ablation_progressive"}
+                          "ablation_anchor_only", "ablation_pre_anchor_only", "ablation_progressive",
+                          "ablation_paper_weighting"}
     shared_keys = ("model", "use_lora", "lora_r", "lora_alpha", "lora_target_modules", "tasks",
                    "train_lengths", "learning_rate", "per_device_train_batch_size", "warmup_steps")
     runs = [trained[d] for d in dirs1.values()]
@@ -460,6 +519,11 @@ def test_arms_share_base_adapter_and_data_and_reuse_the_chosen_calibration_runs(
     mem = trained[dirs1["memdlm"]]
     assert (mem["memory_layer_fraction"], mem["memory_scope"], mem["inner_lr"]) == (1.0, "ffn", 0.1)
     assert all((r["per_device_train_batch_size"], r["gradient_accumulation_steps"]) == (4, 8) for r in runs)
+    # the outer weighting: uniform for every arm but the deviation's, the headline at the paper's 1/t
+    weighting = {name: trained[d]["weighting"] for name, d in dirs1.items()}
+    assert weighting.pop("ablation_paper_weighting") == "scheduler" and set(weighting.values()) == {"uniform"}
+    assert {k: v for k, v in trained[dirs1["ablation_paper_weighting"]].items() if k != "weighting"} == \
+        {k: v for k, v in mem.items() if k != "weighting"}
 
 
 def test_every_arm_adapts_alike_at_the_papers_inner_lr(tmp_path):
@@ -501,6 +565,64 @@ def test_compute_matched_steps_count_training_time_alone(tmp_path):
     std, mem = training_seconds(tmp_path / "standard"), training_seconds(tmp_path / "memdlm")
     assert (std, mem) == (100.0, 200.0)
     assert matched_steps(std, mem, 100) == 200
+    # runs that record their optimiser steps' seconds are read from those alone (no evaluation,
+    # checkpoint or logging between steps): 90 s and 240 s -> 100 * 240 / 90 = 267 steps
+    for name, steps in (("standard", 90.0), ("memdlm", 240.0)):
+        done = tmp_path / name / "run_complete.json"
+        done.write_text(json.dumps({**json.loads(done.read_text()), "step_seconds": steps}))
+    std, mem = training_seconds(tmp_path / "standard"), training_seconds(tmp_path / "memdlm")
+    assert (std, mem) == (90.0, 240.0) and matched_steps(std, mem, 100) == 267
+
+
+def test_probe_memories_are_written_once(tok, make_tiny_model):
+    """Each batch writes its items' memories (and the positive control's) once, on the batch plus
+    the next item, and reads item i's mismatched memory from item i+1's slot: every condition's
+    log p and rank equal those of memories written for each item alone (per-sample memory is
+    batch-invariant), across a ragged last batch and the wrap-around (item 2's other is item 0)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from memdlm.data.collate import token_ids
+    from memdlm.memory.adapt import PromptMemory
+    from memdlm.memory.config import MemoryArguments
+    from memdlm.reproduce.pipeline import Reproduction
+    from memdlm.reproduce.presets import SMOKE, ProbeControl
+    from memdlm.reproduce.probe import (
+        LOGPROB_CONDITIONS,
+        answer_logprobs,
+        probe_items,
+        remove_needle,
+        run_logprob_probe,
+        value_positions,
+        write_control_memory,
+    )
+
+    model = make_tiny_model(seed=3).eval()
+    adaptation = Reproduction(SMOKE, None).memory_overrides()
+    memory = PromptMemory(model, tok, dataclasses.replace(MemoryArguments(), **adaptation))
+    samples = probe_items(tok, 3, 64, "mqar16")
+    control = ProbeControl(steps=2)
+    out = run_logprob_probe(SimpleNamespace(model=model, tokenizer=tok), samples, memory, control, batch_size=2)
+    full = [token_ids(tok, s.prompt) for s in samples]
+    contexts = {"full": full, "removed": [token_ids(tok, remove_needle(s)) for s in samples]}
+    for i, s in enumerate(samples):
+        answer = [token_ids(tok, s.response)]
+        for name, (ctx, source) in LOGPROB_CONDITIONS.items():
+            j = i if source in (None, "own", "control_own") else (i + 1) % 3
+            fast = None if source is None else memory.adapt([full[j]], [j]).detached() if "control" not in source \
+                else write_control_memory(model, tok, control, [full[j]], [value_positions(tok, samples[j])], [j])
+            logp, rank = answer_logprobs(model, tok, [contexts[ctx][i]], answer, fast)
+            assert out[name]["logp"][i] == pytest.approx(logp[0], abs=1e-4), (name, i)
+            assert out[name]["rank"][i] == rank[0], (name, i)
+    assert out["control_matched"]["mean_logp"] != out["control_mismatched"]["mean_logp"]
+
+
+def test_threads_on_a_crowded_machine_are_warned_about():
+    from memdlm.commands.reproduce import crowded_threads
+
+    assert "use --threads 1" in crowded_threads(2, 7.5, 2)
+    assert crowded_threads(1, 7.5, 2) is None  # one thread waits for no other
+    assert crowded_threads(2, 0.4, 2) is None  # an idle machine runs both
 
 
 def test_probe_finds_the_queried_values_tokens(tok):
@@ -620,3 +742,30 @@ def test_committed_pilot_report_recomputes_from_its_cells():
     root = Path(__file__).resolve().parents[1] / "docs" / "results" / "pilot_active"
     recorded = json.loads((root / "report.json").read_text())["claims"]
     assert recompute_claims(root) == recorded
+
+
+def test_cost_estimate_counts_every_cell_of_a_preset():
+    """benchmarks/reproduce_cost.estimate with every rate 1 s counts the cells by hand. quick:
+    training 100 steps x (headline, compute-matched at MemDLM's time, per-sample, Standard) + the
+    exposure-bias pair's 2 x 100 + the lr-0 control's 2 x 6 = 612; evaluation: answering 100 items
+    x 2 lengths x (4 runs + 2 adapted) = 1200, dev 2 x 100, held-out loss 4 arms x 2 x 100 = 800,
+    exposure bias 7 analyses x 16 + 2 fits x 32 = 176, probe 2 x 64 = 128: 2504."""
+    import importlib.util
+    from pathlib import Path
+
+    from memdlm.reproduce.presets import FULL, QUICK
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_cost.py"
+    spec = importlib.util.spec_from_file_location("bench_reproduce_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ones = {**dict.fromkeys(bench.TRAIN_KINDS, 1.0),
+            **dict.fromkeys(("loss", "loss_adapted", "probe", "eb", "eb_adapted", "temperature_fit"), 1.0),
+            "answer": dict.fromkeys((256, 512, 1024), 1.0), "answer_adapted": dict.fromkeys((256, 512, 1024), 1.0)}
+    quick = bench.estimate(QUICK, ones)
+    assert (quick["training"], quick["evaluation"], quick["dev"]) == (612, 2504, 200)
+    assert quick["per_seed"] == {"answer": 1200, "heldout_loss": 800, "exposure_bias": 176, "probe": 128}
+    # full: 3 seeds x 100 x (headline + 4 ablations + matched, per-sample, Standard) + 3 x 200 + 12
+    full = bench.estimate(FULL, ones)
+    assert full["training"] == 3 * 100 * 8 + 3 * 200 + 12
+    assert full["per_seed"]["answer"] == 200 * 3 * (8 + 2)  # Standard, Train-Only, per-sample, matched, 4 ablations

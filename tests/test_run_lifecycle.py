@@ -220,9 +220,39 @@ def test_run_complete_totals_cover_every_segment(tmp_path, monkeypatch):
     assert summary["segments"] == 2 and summary["global_step"] == 4
     assert summary["train_seconds"] >= first["train_seconds"]
     assert seconds_per_step(summary) >= 0.5 / 4
+    # optimiser-step seconds: the slowed steps are inside them, they go on across the resume, and
+    # they are part of the wall time
+    assert first["step_seconds"] >= 0.5 and first["step_seconds"] <= first["train_seconds"]
+    assert first["step_seconds"] <= summary["step_seconds"] <= summary["train_seconds"]
     losses = [h["loss"] for h in read(out / "log_history.json") if "loss" in h]
     assert len(losses) == 4 and summary["train_loss_steps"] == 4
     assert summary["train_loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
+
+
+def test_run_record_counts_optimiser_steps_apart_from_what_runs_between_them(monkeypatch):
+    """On a fake clock: steps at [1, 3] and [10, 12], an evaluation in between, the record read at
+    15: step seconds 4, wall seconds 15; a resumed record continues both totals."""
+    from types import SimpleNamespace
+
+    from memdlm.training import callbacks
+
+    clock = iter([0.0, 1.0, 3.0, 10.0, 12.0, 15.0, 15.0, 20.0, 21.0, 24.0, 26.0])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    record = callbacks.RunRecord("r1", "h")
+    fresh = SimpleNamespace(stateful_callbacks=None, global_step=0)
+    record.on_train_begin(None, fresh, None)  # 0
+    for _ in range(2):
+        record.on_step_begin(None, fresh, None)  # 1, 10
+        record.on_step_end(None, fresh, None)  # 3, 12
+    saved = record.state()["attributes"]  # wall time read at 15
+    assert (saved["step_seconds"], saved["train_seconds"]) == (4.0, 15.0)
+    resumed = callbacks.RunRecord("r1", "h")
+    state = SimpleNamespace(stateful_callbacks={"RunRecord": {"attributes": saved}}, global_step=2)
+    resumed.on_train_begin(None, state, None)  # 15 (after 15.0 read by the saved state)
+    resumed.on_step_begin(None, state, None)  # 20
+    resumed.on_step_end(None, state, None)  # 21
+    assert resumed.step_seconds == 5.0 and resumed.segments == 2
+    assert resumed.train_seconds() == 15.0 + (24.0 - 15.0)
 
 
 def test_reproduce_cell_resumes_a_cell_killed_before_its_first_checkpoint(tmp_path, monkeypatch):

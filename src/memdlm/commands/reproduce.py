@@ -15,8 +15,9 @@ command, commit, config hash, versions, machine and wall time.
 
 Presets (docs/REPRODUCE.md has the measured and estimated times on a 2-core CPU):
     smoke   a few steps of everything: checks the pipeline (about a minute)
-    quick   one seed, 100 fine-tuning steps (target: 25 minutes)
-    full    three paired seeds and the trajectory ablations (target: 90 minutes; resumable)
+    pilot   quick's design on a fraction of its samples (about 5 minutes, one thread)
+    quick   one seed, 100 fine-tuning steps (estimated 46 minutes, one thread, shared 2-core VM)
+    full    three paired seeds and the ablations (estimated 5.4 hours there; resumable)
 
 Every stage is cached in DIR: rerunning the same command skips finished cells and
 resumes an interrupted training run from its newest checkpoint, so the full preset
@@ -95,6 +96,18 @@ def machine(threads: int) -> str:
     return f"{platform.platform()}, {os.cpu_count()} CPU cores ({threads} threads used), {gpu}"
 
 
+def crowded_threads(threads: int, load: float, cpus: int) -> str | None:
+    """A warning when ``threads`` > 1 on a machine whose load average already fills its cores:
+    each operation's threads wait at its barrier for the one the scheduler parked, so a step
+    costs many times what it does on one thread (issue 22's session, 2-core VM at load 7-9: a
+    MemDLM step of `quick` took 93 s with 2 threads, 6.5 s with 1). None when it does not apply."""
+    if threads <= 1 or load < cpus:
+        return None
+    return (f"--threads {threads} on a machine with load average {load:.1f} on {cpus} cores: every "
+            "operation waits for threads the scheduler has parked (measured up to 14x slower per step); "
+            "use --threads 1 while the machine is shared")
+
+
 def cell_seconds(out: Path) -> float:
     """Training and evaluation seconds recorded by the cells in ``out``, each counted once
     (calibration.json and control_lr0.json time the training runs they hold: left out)."""
@@ -119,6 +132,9 @@ def run(argv: list[str], prog: str = "memdlm reproduce") -> int:
     preset = get_preset(args.preset)
     threads = resolve_threads(args.threads)
     torch.set_num_threads(threads)
+    crowded = crowded_threads(threads, os.getloadavg()[0], os.cpu_count() or 1)
+    if crowded:
+        logger.warning(crowded)
     out = prepare_output_dir(args.output_dir)  # before any cell: an unwritable place is one line
     start = time.perf_counter()
     commit, dirty = git_state()  # the code this invocation runs (cells reused from earlier ones may predate it)

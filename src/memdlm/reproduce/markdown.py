@@ -118,12 +118,16 @@ def _memory(summary: dict, plots: dict) -> list[str]:
               "off (1: the memory does nothing to it; far below 1: it holds the targets). Relative change: how "
               "much the fast weights change the adapted layers' outputs. Clip: the share of fast-weight tensors "
               "the per-parameter inner clip (norm 1) rescaled -- the paper's clip ablation shows its clip acted.",
-              "", _table(["seed", "arm", "logged steps", "absorption min / median / max", "early", "late",
+              "Each logged absorption is the mean over the step's micro-batches; the weakest micro-batch "
+              "column is the smallest single micro-batch's over the run (n/a: logged before it was).",
+              "", _table(["seed", "arm", "logged steps", "absorption min / median / max",
+                          "weakest micro-batch", "early", "late",
                           "relative change (median)", "clip fraction (mean)", f"late in band [{summary['floor']}, "
                           f"{summary.get('ceiling', 'inf')}]", "diverged"],
                          [[r["seed"], r["arm"], r.get("steps_logged", "n/a"),
                            f"{_f(r.get('absorption_min'), 2)} / {_f(r.get('absorption_median'), 2)} / "
-                           f"{_f(r.get('absorption_max'), 2)}", _f(r["absorption_early"], 3),
+                           f"{_f(r.get('absorption_max'), 2)}", _f(r.get("absorption_micro_min"), 3),
+                           _f(r["absorption_early"], 3),
                            _f(r["absorption_late"], 3), _f(r.get("change_median"), 4), _f(r.get("clip_mean"), 3),
                            "yes" if r.get("in_band") else "no", "yes" if r.get("diverged") else "no"]
                           for r in traj]), ""]
@@ -131,7 +135,8 @@ def _memory(summary: dict, plots: dict) -> list[str]:
             for arm, d in summary.get("base_loss", {}).items()]
     parts += ["### Usability (the model, not the memory)", "",
               "An arm is **unusable** when its base model (memory off) is worse than Standard on held-out items "
-              "(per-item loss difference, paired-item interval entirely above 0) or when its memory diverged (late "
+              f"(per-item loss difference, paired-item interval entirely above the preset's minimum effect, "
+              f"{summary.get('usability_min_effect', 0.0):g} nats/token) or when its memory diverged (late "
               "absorption above the band's ceiling, or a non-finite inner loss); every verdict resting on it says so. "
               "A low absorption alone is not collapse. The main arms are scored on the fine-tuning task's test "
               "items (`heldout_loss`), the exposure-bias pair's MemDLM on that analysis's static losses.", "",

@@ -396,10 +396,15 @@ def seconds_per_step(summary: dict) -> float:
 
 
 def training_seconds(run_dir, summary: dict | None = None) -> float:
-    """A run's training time alone: its measured seconds (``run_complete.json``) less the
-    held-out evaluations logged during training (``eval_runtime``), which the compute-matched
-    arm must not be paid for (the audit of issue 22 found up to 7% extra steps from them)."""
+    """A run's training time alone: the seconds its optimiser steps took (``step_seconds`` of
+    ``run_complete.json``: forward, backward and update of every micro-batch, measured by
+    :class:`memdlm.training.callbacks.RunRecord`), without the held-out evaluations, checkpoint
+    saves and logging between steps, which the compute-matched arm must not be paid for (the
+    audit of issue 22 found up to 7% extra steps from evaluations alone). Runs made before that
+    field: their wall seconds less the logged evaluations (``eval_runtime``)."""
     summary = summary if summary is not None else json.loads((Path(run_dir) / "run_complete.json").read_text())
+    if "step_seconds" in summary:
+        return max(float(summary["step_seconds"]), 1e-9)
     evals = sum(r.get("eval_runtime", 0.0) for r in log_history(run_dir)) if \
         (Path(run_dir) / "log_history.json").is_file() else 0.0
     return max(summary["train_seconds"] - evals, 1e-9)

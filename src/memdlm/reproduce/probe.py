@@ -213,6 +213,29 @@ def answer_logprobs(model, tokenizer, prompts: list[list[int]], answers: list[li
     return logps, ranks
 
 
+def batch_memories(model, tokenizer, memory, control, full, targets, ix: list[int], after: int) -> dict:
+    """The four memories one batch of the probe reads, keyed by :data:`LOGPROB_CONDITIONS`'
+    sources: ``own`` (slot j written on item ``ix[j]``'s full context), ``other`` (on the next
+    item's, ``after`` following ``ix[-1]``), and the positive control's ``control_own`` /
+    ``control_other``. A per-sample memory is a function of its own prompt and seed alone, so
+    item i+1's memory is the same written as "own" or as item i's "other": each kind is written
+    once on ``ix + [after]`` and read through two slot maps (before: four adaptations and two
+    control writes per batch, each item's memory written twice;
+    ``tests/test_reproduce.py::test_probe_memories_are_written_once`` checks the values agree)."""
+    import dataclasses
+
+    import torch
+
+    src = ix + [after]
+    device = next(model.parameters()).device
+    own, nxt = torch.arange(len(ix), device=device), torch.arange(1, len(src), device=device)
+    written = {"": memory.adapt([full[j] for j in src], src).detached(),
+               "control_": write_control_memory(model, tokenizer, control, [full[j] for j in src],
+                                                [targets[j] for j in src], src)}
+    return {f"{kind}{name}": dataclasses.replace(fast, slot_of_sample=slots)
+            for kind, fast in written.items() for name, slots in (("own", own), ("other", nxt))}
+
+
 def run_logprob_probe(run, samples, memory, control, batch_size: int = 8, progress: bool = False) -> dict:
     """Every :data:`LOGPROB_CONDITIONS` condition's per-item log p and rank of the answer for
     one run. ``memory``: the inference-time adaptation (``PromptMemory``, the same for every
@@ -237,17 +260,10 @@ def run_logprob_probe(run, samples, memory, control, batch_size: int = 8, progre
     try:
         for start in tqdm(range(0, n, batch_size), desc="probe", disable=not progress):
             ix = list(range(start, min(start + batch_size, n)))
+            memories = batch_memories(model, tokenizer, memory, control, full, targets, ix, other[ix[-1]])
             for name, (ctx, source) in LOGPROB_CONDITIONS.items():
-                fast = None
-                if source in ("own", "other"):
-                    src = ix if source == "own" else [other[i] for i in ix]
-                    fast = memory.adapt([full[j] for j in src], src).detached()
-                elif source is not None:
-                    src = ix if source == "control_own" else [other[i] for i in ix]
-                    fast = write_control_memory(model, tokenizer, control, [full[j] for j in src],
-                                                [targets[j] for j in src], src)
                 logps, ranks = answer_logprobs(model, tokenizer, [contexts[ctx][i] for i in ix],
-                                               [answers[i] for i in ix], fast)
+                                               [answers[i] for i in ix], memories.get(source))
                 out[name]["logp"] += logps
                 out[name]["rank"] += ranks
     finally:

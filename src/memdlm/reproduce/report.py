@@ -22,10 +22,12 @@ import numpy as np
 
 from memdlm.reproduce.markdown import ci
 from memdlm.reproduce.pipeline import log_history, training_seconds, window_mean
+from memdlm.reproduce.presets import PAPER_WEIGHTING_ARM
 from memdlm.reproduce.rules import (
     NEAR_ZERO,
     arm_notes,
     capability_gate,
+    deviation_verdict,
     eb_measurable,
     gate_reason,
     nanmean,
@@ -255,14 +257,17 @@ def overhead(out: Path, seeds: dict) -> list[dict]:
     return rows
 
 
-MEMORY_KEYS = {"absorption": "memory/absorption_ratio", "change": "memory/relative_change",
-               "clip": "inner/clip_fraction", "nonfinite": "inner/skipped_nonfinite"}
+MEMORY_KEYS = {"absorption": "memory/absorption_ratio", "absorption_min": "memory/absorption_ratio_min",
+               "change": "memory/relative_change", "clip": "inner/clip_fraction",
+               "nonfinite": "inner/skipped_nonfinite"}
 
 
 def memory_series(logs: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     """Every logged step's memory strength: absorption ratio (anchor loss with the final fast
-    weights / without), relative output change of the adapted layers, clip fraction (share
-    of fast-weight tensors the inner clip rescaled), skipped non-finite inner losses."""
+    weights / without; the mean over the step's micro-batches, and the weakest micro-batch's,
+    ``absorption_min``: empty for runs logged before it), relative output change of the adapted
+    layers, clip fraction (share of fast-weight tensors the inner clip rescaled), skipped
+    non-finite inner losses."""
     return {name: _curve(logs, key) for name, key in MEMORY_KEYS.items()}
 
 
@@ -292,6 +297,8 @@ def memory_trajectory(seeds: dict, floor: float, ceiling: float = math.inf) -> l
             row = {"seed": seed, "arm": arm, "steps_logged": len(absorption),
                    "absorption_min": min(absorption), "absorption_median": _median(absorption),
                    "absorption_max": max(absorption),
+                   # the weakest single micro-batch of the run (a mean hides one that absorbed its targets)
+                   "absorption_micro_min": min(series["absorption_min"][1], default=math.nan),
                    "change_median": _median(series["change"][1]),
                    "clip_mean": nanmean(series["clip"][1]),
                    "nonfinite": sum(series["nonfinite"][1])}
@@ -327,12 +334,27 @@ def base_loss_differences(seeds: dict) -> dict[str, dict]:
     return out
 
 
+def weighting_deviation(seeds: dict, runs: list[str], arms: dict, lengths, gate: dict) -> dict | None:
+    """The outer-weighting deviation (:data:`memdlm.reproduce.presets.PAPER_WEIGHTING_ARM`): the
+    MemDLM arm trained at the paper's 1/t minus the headline (uniform), on retrieval scores
+    (Train-Only, the gated tasks, trained lengths) and on per-item held-out loss with memory
+    off; None when the preset has no such arm."""
+    arm = f"ablation_{PAPER_WEIGHTING_ARM}"
+    run = next((r for r in runs if arms[r] == arm), None)
+    if run is None:
+        return None
+    return {"run": run, "arm": arm,
+            "scores": gated_difference(seeds, run, lengths, gate, base="MemDLM Train-Only"),
+            "loss": heldout_loss_difference(seeds, arm=arm, base="memdlm")}
+
+
 def usability(summary: dict) -> dict[str, str]:
     """arm -> why it is unusable, for every MemDLM arm that is (:func:`memdlm.reproduce.rules.usability_note`)."""
     by_arm: dict[str, list[dict]] = {}
     for r in summary["memory_trajectory"]:
         by_arm.setdefault(r["arm"], []).append(r)
-    notes = {arm: usability_note(arm, summary["base_loss"].get(arm), rows) for arm, rows in by_arm.items()}
+    notes = {arm: usability_note(arm, summary["base_loss"].get(arm), rows, summary["usability_min_effect"])
+             for arm, rows in by_arm.items()}
     return {arm: note for arm, note in notes.items() if note}
 
 
@@ -377,19 +399,23 @@ def make_plots(out: Path, result: dict, summary: dict) -> dict[str, str]:
             plot_curves(xs_std, series, out / fname, "step", ylabel, title,
                         styles={"MemDLM, memory adapted on the prompt": {"linestyle": "--"}})
             files[key] = fname
-    panels = {"absorption ratio": {}, "relative output change": {}, "clip fraction": {}}
+    keys = {"absorption ratio": "absorption", "absorption, weakest micro-batch": "absorption_min",
+            "relative output change": "change", "clip fraction": "clip"}
+    panels = {panel: {} for panel in keys}
     for seed, s in result["seeds"].items():
         for arm, path in s["dirs"].items():
             series = memory_series(log_history(path))
             if not series["absorption"][0]:
                 continue
             name = f"{arm} (seed {seed})"
-            for panel, key in zip(panels, ("absorption", "change", "clip")):
-                panels[panel][name] = series[key]
-    if panels["absorption ratio"]:
+            for panel, key in keys.items():
+                if series[key][0]:
+                    panels[panel][name] = series[key]
+    panels = {panel: lines for panel, lines in panels.items() if lines}
+    if panels.get("absorption ratio"):
         plot_panels(panels, out / "memory_strength.png", "training step",
                     title="Memory strength at every logged step (every MemDLM run)",
-                    bands={"absorption ratio": (summary["floor"], summary["ceiling"])})
+                    bands={p: (summary["floor"], summary["ceiling"]) for p in panels if p.startswith("absorption")})
         files["memory_strength"] = "memory_strength.png"
     plot_exposure_bias(first["exposure_bias"]["results"], out / "exposure_bias.png",
                        title="Exposure-bias ratio (first seed; bands: 95% item bootstrap)")
@@ -481,7 +507,9 @@ def summarize(out: Path, result: dict) -> dict:
         "mean_scores": mean_scores(seeds),
         "comparisons": comparisons,
         "ablations": {run: gated_difference(seeds, run, within, gate, base="MemDLM Train-Only")
-                      for run in runs if (arms[run] or "").startswith("ablation_")},
+                      for run in runs if (arms[run] or "").startswith("ablation_")
+                      and arms[run] != f"ablation_{PAPER_WEIGHTING_ARM}"},
+        "weighting_deviation": weighting_deviation(seeds, runs, arms, within, gate),
         "heldout_loss": heldout_loss_difference(seeds),
         "heldout_loss_adapted": heldout_loss_difference(seeds, mode="prompt_memory"),
         "finetune_tasks": list(preset["finetune"].get("tasks", [])),
@@ -504,6 +532,8 @@ def summarize(out: Path, result: dict) -> dict:
         "base_loss": base_loss_differences(seeds),
         "floor": floor,
         "ceiling": ceiling,
+        # declared in the preset before the run; a report made before the field had no minimum
+        "usability_min_effect": preset.get("usability_min_effect", 0.0),
     }
     summary["unusable"] = usability(summary)
     return summary
@@ -606,7 +636,24 @@ def _ablation_claims(summary: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"{run} scores below anchor-consistent MemDLM (paper: every ablation lower)",
                      "ablation - MemDLM Train-Only, " + _score_measure(d), ci(d),
                      with_note(score_verdict(d, "lower"), arm_notes(summary, run, "MemDLM Train-Only"))))
-    return rows
+    return rows + _deviation_rows(summary)
+
+
+def _deviation_rows(summary: dict) -> list[tuple[str, str, str, str]]:
+    """The outer-weighting deviation's rows (:func:`weighting_deviation`): measured, no paper side."""
+    dev = summary.get("weighting_deviation")
+    if not dev:
+        return []
+    note = arm_notes(summary, dev["arm"], "memdlm")
+    d, loss = dev["scores"], dev["loss"]
+    score = score_verdict(d) if d is None or d.get("not_testable") or d.get("both_near_zero") else \
+        deviation_verdict(d, "1/t scores higher", "1/t scores lower")
+    return [("Deviation measured: MemDLM at the paper's 1/t outer weighting vs ours (uniform), retrieval",
+             f"{dev['run']} - MemDLM Train-Only, " + _score_measure(d), ci(d), with_note(score, note)),
+            ("Deviation measured: MemDLM at the paper's 1/t outer weighting vs ours (uniform), held-out loss",
+             "1/t - uniform MemDLM per-item held-out loss, memory off, nats/token", ci(loss, digits=3),
+             with_note(deviation_verdict(loss, "1/t loss higher", "1/t loss lower"), note) if loss
+             else "not measured")]
 
 
 def _near(d: dict | None) -> dict | None:

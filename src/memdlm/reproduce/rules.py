@@ -11,7 +11,8 @@ The intervals themselves are the project's one bootstrap and the seed t-interval
 - **Exposure bias is measurable** only when the same-position control climbs
   (:func:`eb_measurable`).
 - **Usability** (:func:`usability_note`): a MemDLM arm whose base model (memory off) is
-  worse than Standard on held-out items, or whose memory diverged, has its verdicts say so.
+  worse than Standard on held-out items by more than the preset's minimum effect, or whose
+  memory diverged, has its verdicts say so.
 """
 
 from __future__ import annotations
@@ -112,22 +113,28 @@ def eb_measurable(control_gap: dict | None) -> tuple[bool, str]:
 
 
 # -------------------------------------------------------------------- usability
-def usability_note(arm: str, base_loss: dict | None, rows: list[dict]) -> str | None:
+def usability_note(arm: str, base_loss: dict | None, rows: list[dict], min_effect: float) -> str | None:
     """Why a MemDLM arm is unusable, or None. The rule reads the model, not the memory:
 
     - **worse base model**: its held-out loss with memory off minus Standard's, per item
       (``base_loss``, a :func:`memdlm.stats.compare` result), has its paired-item interval
-      entirely above 0 -- MemDLM training left a worse model than Standard training did (the
-      collapse the absorption ratio was meant to signal, measured where it matters);
+      entirely above ``min_effect`` (nats/token, the preset's ``usability_min_effect``, declared
+      before the run) -- MemDLM training left a model worse than Standard training did by more
+      than a practically null amount (the collapse the absorption ratio was meant to signal,
+      measured where it matters). A difference whose interval reaches below ``min_effect`` does
+      not disqualify, however far above 0 it lies;
     - **diverged memory**: in some seed (``rows``, :func:`memdlm.reproduce.report.memory_trajectory`)
       the late absorption ratio exceeds the ceiling (the memory raises the loss it was
       written from) or an inner loss was non-finite.
 
     A low absorption ratio alone is not collapse: the band is reported beside the arm.
     """
+    if min_effect < 0:
+        raise ValueError(f"min_effect must be >= 0 nats/token, got {min_effect}")
     parts = []
-    if base_loss is not None and base_loss["low"] > 0:
-        parts.append(f"{arm} unusable: its base model (memory off) is worse than Standard on held-out items "
+    if base_loss is not None and base_loss["low"] > min_effect:
+        margin = f" by more than {min_effect:g} nats/token" if min_effect else ""  # reports before the minimum: none
+        parts.append(f"{arm} unusable: its base model (memory off) is worse than Standard on held-out items{margin} "
                      f"({base_loss['estimate']:+.3f} nats, items [{base_loss['low']:+.3f}, {base_loss['high']:+.3f}])")
     bad = [r for r in rows if r.get("diverged")]
     if bad:
@@ -136,6 +143,13 @@ def usability_note(arm: str, base_loss: dict | None, rows: list[dict]) -> str | 
         parts.append(f"{arm} unusable: memory diverged (late absorption {values}; non-finite inner losses "
                      f"{sum(r.get('nonfinite', 0) for r in bad):g}; seed {seeds})")
     return "; ".join(parts) or None
+
+
+def deviation_verdict(d: dict | None, higher: str, lower: str) -> str:
+    """:func:`memdlm.stats.verdict` of a measured deviation from the paper (our choice against
+    the paper's), which has no paper side to reproduce: an estimate resolved above / below 0
+    reads as ``higher`` / ``lower``; the unresolved readings stay as they are."""
+    return verdict(d, "higher").replace("reproduced", higher).replace("opposite", lower)
 
 
 def arm_notes(summary: dict, *runs: str) -> str | None:

@@ -64,11 +64,26 @@ class RunRecord(TrainerCallback, ExportableState):
         self.seconds_before = 0.0  # training seconds of the segments before this one
         self.segments = 1
         self.start: float | None = None
+        # Optimiser-step seconds: from Trainer's on_step_begin (first micro-batch's forward) to its
+        # on_step_end (after the update), summed over steps and segments. ``train_seconds`` is all
+        # wall time from the start; this leaves out what Trainer does between steps -- held-out
+        # evaluation, checkpoint saves, logging, fetching the next batches -- so two runs can be
+        # matched on the compute of training alone (reproduce/pipeline.training_seconds).
+        self.step_seconds = 0.0
+        self._step_start: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.restore(state):
             self.segments += 1  # this process trains a new segment
         self.start = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._step_start is not None:
+            self.step_seconds += time.perf_counter() - self._step_start
+            self._step_start = None
 
     def restore(self, state) -> bool:
         """Take the totals of the checkpoint behind ``state`` when it is this run's (resumed)."""
@@ -76,6 +91,7 @@ class RunRecord(TrainerCallback, ExportableState):
         if saved.get("run_id") != self.run_id or state.global_step <= 0:
             return False
         self.seconds_before = float(saved.get("train_seconds", 0.0))
+        self.step_seconds = float(saved.get("step_seconds", 0.0))
         self.segments = int(saved.get("segments", 1))
         return True
 
@@ -85,7 +101,7 @@ class RunRecord(TrainerCallback, ExportableState):
     def state(self) -> dict:
         return {"args": {"run_id": self.run_id, "config_hash": self.config_hash},
                 "attributes": {"run_id": self.run_id, "train_seconds": round(self.train_seconds(), 3),
-                               "segments": self.segments}}
+                               "step_seconds": round(self.step_seconds, 3), "segments": self.segments}}
 
 
 class GracefulStop(TrainerCallback):

@@ -20,6 +20,16 @@ from memdlm.diffusion.schedules import get_schedule
 from memdlm.training.nonfinite import NonFiniteGuard, NonFiniteStepError, first_nonfinite
 
 logger = logging.getLogger("memdlm")
+# Logged metrics are means over the logging window's micro-batches, except those named with this
+# suffix: their smallest value (a mean would hide one micro-batch's memory absorbing its targets).
+MIN_SUFFIX = "_min"
+
+
+def window_values(metrics: dict[str, list[float]]) -> dict[str, float]:
+    """One logged value per metric of a logging window: the mean of the values its micro-batches
+    logged, or for a metric named ``..._min`` (:data:`MIN_SUFFIX`) the smallest."""
+    return {name: min(values) if name.endswith(MIN_SUFFIX) else sum(values) / len(values)
+            for name, values in metrics.items() if values}
 
 
 class MDLMTrainer(Trainer):
@@ -154,9 +164,7 @@ class MDLMTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        for name, values in self._metrics[mode].items():
-            if values:
-                logs[prefix + name] = sum(values) / len(values)
+        logs.update({prefix + name: value for name, value in window_values(self._metrics[mode]).items()})
         self._metrics[mode].clear()
         if mode == "eval":
             self._eval_batches = 0

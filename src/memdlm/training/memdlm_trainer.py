@@ -146,6 +146,7 @@ class MemDLMTrainer(MDLMTrainer):
             self.log_metric("memory/relative_change", sum(changes) / len(changes))
         ratio = absorption_ratio(loss, loss_off)
         self.log_metric("memory/absorption_ratio", ratio)
+        self.log_metric("memory/absorption_ratio_min", ratio)  # logged as the weakest micro-batch's (MIN_SUFFIX)
         if ratio < self.memory_args.absorption_warn:
             logger.warning(
                 "step %d: anchor loss with memory is %.3f of the loss without it -- the memory is "
