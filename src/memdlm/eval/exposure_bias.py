@@ -62,6 +62,7 @@ from memdlm.errors import ConfigError
 from memdlm.diffusion.masking import seeded_generator
 from memdlm.sampling.sampler import propose_tokens, select_commits, tokens_per_step
 from memdlm.stats import RESAMPLES
+from memdlm.tasks.seeds import EXPOSURE_SEED
 
 logger = logging.getLogger("memdlm")
 
@@ -77,7 +78,6 @@ RATIOS = {  # ratio name -> (numerator, denominator)
 }
 GAPS = {"gap": ("l_seq", "l_static"), "gap_ctrl": ("l_seq", "l_static_same")}  # name -> (minuend, subtrahend)
 EXPOSURE_TASK = "longresp"  # held-out responses long enough for many denoising steps
-EXPOSURE_SEED = 60_000  # held-out items: disjoint from the eval-loss (10_000+) and held-out (50_000) seeds
 
 
 @dataclass

@@ -173,9 +173,9 @@ def _suite_items(tokenizer, tasks, lengths, n, seed):
 def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sampler=None,
                  context_overflow: str = "refuse") -> dict:
     """Generate and score one run on one cell's items."""
-    from memdlm.eval.heldout import answer_sampler_config, recall_of
+    from memdlm.eval.heldout import answer_sampler_config
     from memdlm.sampling.generation import generate
-    from memdlm.tasks.scoring import score_samples
+    from memdlm.tasks.scoring import score_details, score_samples
 
     config = answer_sampler_config(tokenizer, samples, **(sampler or {}))  # the held-out decoding
     start = time.perf_counter()
@@ -201,7 +201,7 @@ def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sample
         "context": counts["context"],  # the model's limit and prompts truncated / run past it
         "unmask_rule": counts["unmask_rule"],  # the decoding rule used ("native" resolved)
     }
-    recall = recall_of(task, texts, samples)
+    recall = score_details(task, texts, samples)
     if recall:  # associative recall: reference levels and where wrong answers came from
         cell["recall"] = recall
     return cell
@@ -253,7 +253,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     from memdlm.tasks import get_task
 
     for task in tasks:  # unknown or unscorable tasks fail before any model is loaded
-        if getattr(get_task(task), "plain_text", False):
+        if get_task(task).plain_text:
             raise ValueError(f"task {task!r} is plain text for pre-training: it has no answers to score")
     seed = HELDOUT_SEED if seed is None else seed
     from memdlm.backbones.context import check_overflow_choice

@@ -20,8 +20,8 @@ the value's digits right in place; chance about 10%).
 from __future__ import annotations
 
 from memdlm.eval.heldout import answer_sampler_config, heldout_samples
+from memdlm.tasks.seeds import PROBE_SEED
 
-PROBE_SEED = 70_000
 CONDITIONS = ("needle_present", "removed", "removed_matched", "removed_mismatched")
 
 
@@ -161,7 +161,7 @@ def write_control_memory(model, tokenizer, control, prompts: list[list[int]], ta
     from memdlm.memory.adapt import build_adaptation_loop, right_pad
     from memdlm.memory.config import MemoryArguments
     from memdlm.memory.inner_loop import InnerLoopInputs, InnerLoopStats
-    from memdlm.memory.trajectories import Stage
+    from memdlm.memory.trajectories import Stage, StageRole
 
     args = MemoryArguments(memory_scope=control.scope, memory_layer_fraction=control.layer_fraction,
                            memory_rank=control.rank, inner_lr=control.inner_lr, trajectory="anchor_only")
@@ -172,7 +172,7 @@ def write_control_memory(model, tokenizer, control, prompts: list[list[int]], ta
     for i, positions in enumerate(targets):
         target[i, positions] = True
     x = InnerLoopInputs(ids, attn, target, target, torch.tensor(seeds, device=device))
-    stage = Stage("anchor", target, target, torch.zeros_like(target))
+    stage = Stage("anchor", target, target, torch.zeros_like(target), StageRole.ANCHOR)
     memory, stats = loop.fresh_memory(x), InnerLoopStats()
     with torch.enable_grad():
         for _ in range(control.steps):
