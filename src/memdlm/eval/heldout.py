@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from memdlm.config import GENERATION_BATCH_SIZE
 from memdlm.tasks.seeds import HELDOUT_SEED
 
 logger = logging.getLogger("memdlm")
@@ -51,7 +52,7 @@ def answer_sampler_config(tokenizer, samples, **overrides):
     return SamplerConfig(**{"max_new_tokens": new_tokens, "steps": new_tokens, "temperature": 0.0, **overrides})
 
 
-def evaluate_samples(model, tokenizer, samples, memory=None, batch_size: int = 16,
+def evaluate_samples(model, tokenizer, samples, memory=None, batch_size: int = GENERATION_BATCH_SIZE,
                      progress: bool = True) -> dict:
     """Answer and score ``samples``, each task's group with its own decoding rule;
     ``memory``: a prompt memory for ``model`` (``run.memory()``) or None.

@@ -45,12 +45,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from memdlm.config import EVAL_BATCH_SIZE
 from memdlm.stats import RESAMPLES
 
 logger = logging.getLogger("memdlm")
 
 SUITE_VERSION = 1
-BATCH_SIZE = 8  # prompts per generation batch unless the caller says (memdlm eval --batch-size)
 
 
 # ---------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def _tokenizer_signature(tokenizer) -> str:
 
 
 def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n: int,
-                   seed: int | None = None, batch_size: int = BATCH_SIZE,
+                   seed: int | None = None, batch_size: int = EVAL_BATCH_SIZE,
                    memory_overrides: dict | None = None,
                    progress: bool = True, trust_remote_code: bool = False,
                    loader=None, sampler: dict | None = None, partial_path=None, device: str | None = None,
@@ -223,7 +223,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     Runs with ``memory=True`` adapt with their own run's prompt memory
     (:meth:`memdlm.runs.run.Run.memory`: the settings in ``run_config.json``, the defaults for a
     model that has none) with ``memory_overrides`` applied (None values keep the run's own).
-    ``seed`` selects the held-out items (default ``memdlm.eval.heldout.HELDOUT_SEED``).
+    ``seed`` selects the held-out items (default ``memdlm.tasks.seeds.HELDOUT_SEED``).
     ``loader(dir) -> Run`` replaces loading from disk (tests, in-memory models).
     ``sampler`` overrides SamplerConfig fields of the held-out decoding (the fast-sampling
     flags of ``memdlm eval``: unmask rule, threshold, cap, cache); None keeps it as is.
@@ -243,7 +243,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     """
     from tqdm.auto import tqdm
 
-    from memdlm.eval.heldout import HELDOUT_SEED
+    from memdlm.tasks.seeds import HELDOUT_SEED
 
     _check_runs(runs)
     if not tasks or not lengths:

@@ -19,6 +19,7 @@ the value's digits right in place; chance about 10%).
 
 from __future__ import annotations
 
+from memdlm.config import EVAL_BATCH_SIZE
 from memdlm.eval.heldout import answer_sampler_config, heldout_samples
 from memdlm.tasks.seeds import PROBE_SEED
 
@@ -76,7 +77,7 @@ def probe_items(tokenizer, n: int, length: int, task: str = "kv"):
     return heldout_samples(tokenizer, [task], length, n, seed=PROBE_SEED)
 
 
-def run_probe(run, samples, memory, batch_size: int = 8, progress: bool = False) -> dict:
+def run_probe(run, samples, memory, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> dict:
     """Every condition's per-item predictions and scores for one run (:class:`memdlm.runs.run.Run`);
     ``memory``: its prompt memory (``run.memory(...)``). Generation-based: the earlier probe,
     kept for callers; the reproduction's probe is :func:`run_logprob_probe`."""
@@ -213,7 +214,7 @@ def answer_logprobs(model, tokenizer, prompts: list[list[int]], answers: list[li
     return logps, ranks
 
 
-def run_logprob_probe(run, samples, memory, control, batch_size: int = 8, progress: bool = False) -> dict:
+def run_logprob_probe(run, samples, memory, control, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> dict:
     """Every :data:`LOGPROB_CONDITIONS` condition's per-item log p and rank of the answer for
     one run. ``memory``: the inference-time adaptation (``PromptMemory``, the same for every
     arm); ``control``: the positive control's settings (:class:`~memdlm.reproduce.presets.ProbeControl`).
