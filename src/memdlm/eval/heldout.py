@@ -1,9 +1,10 @@
 """Held-out accuracy of a trained run on its own task mix, at its training length.
 
 Items come from the tasks' *eval* split (keys, values and names never seen in
-training) at ``HELDOUT_SEED``, apart from the evaluation-loss set (:mod:`memdlm.tasks.seeds`). The model answers by
-iterative denoising with one token committed per step (steps = new tokens) and
-must end its answer with EOS; exact match compares the stripped answer text.
+training) at ``HELDOUT_SEED``, apart from the evaluation-loss set
+(:mod:`memdlm.tasks.seeds`). The model answers by iterative denoising with one token
+committed per step (steps = new tokens) and must end its answer with EOS; exact match
+compares the stripped answer text.
 """
 
 from __future__ import annotations
