@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Item seeds of one dataset base: b * ITEM_STRIDE + i (a prime, so no base's run of
-# items lines up with another's multiples).
+# Item seeds of one dataset base: b * ITEM_STRIDE + i, i < ITEM_STRIDE (more items than any
+# use draws: training's default is 200,000).
 ITEM_STRIDE = 1_000_003
 
 TRAIN_SEED_LIMIT = 40_000  # training seeds 0 .. 39,999 keep their evaluation-loss bases below HELDOUT_SEED
