@@ -36,12 +36,15 @@ import time
 
 
 def parse_args(argv=None):
+    from memdlm.config import EVAL_BATCH_SIZE  # memdlm eval's batch: the mode this measures
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="A model directory (default: a fresh tiny model, seed 0).")
     p.add_argument("--prompts", type=int, default=16, help="Number of prompts (default 16).")
     p.add_argument("--min-length", type=int, default=230, help="Shortest context in tokens (default 230).")
     p.add_argument("--max-length", type=int, default=280, help="Longest context in tokens (default 280).")
-    p.add_argument("--batch-size", type=int, default=8, help="Batch size of the batched mode (default 8).")
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                   help="Batch size of the batched mode (default %(default)s).")
     p.add_argument("--new-tokens", type=int, default=16, help="Response slots = denoising steps (default 16).")
     p.add_argument("--rounds", type=int, default=3, help="Timed rounds per mode (default 3).")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1).")

@@ -185,9 +185,10 @@ def main() -> None:
 
     import torch
 
-    from memdlm.eval.heldout import HELDOUT_SEED, answer_sampler_config, heldout_samples
+    from memdlm.eval.heldout import answer_sampler_config, heldout_samples
     from memdlm.runs.run import Run
     from memdlm.tasks.scoring import reference_levels
+    from memdlm.tasks.seeds import HELDOUT_SEED
 
     torch.set_num_threads(args.threads)
     run = Run.load(args.model, device=args.device)

@@ -25,9 +25,9 @@ from memdlm.eval.heldout import evaluate_samples, heldout_samples
 from memdlm.backbones.modeling import load_model
 from memdlm.backbones.shipped import resolve_model
 from memdlm.tasks import get_task
+from memdlm.tasks.seeds import CURVE_SEED
 from memdlm.backbones.tokenizer import load_tokenizer
 
-CURVE_SEED = 80_000  # disjoint from the training seeds, HELDOUT_SEED's and the provenance's
 VARIANTS = {4: "mqar4", 8: "mqar", 16: "mqar16", 32: "mqar32"}
 
 

@@ -32,12 +32,11 @@ from memdlm.eval.heldout import evaluate_samples, heldout_samples
 from memdlm.backbones.modeling import load_model
 from memdlm.backbones.shipped import PROVENANCE_JSON, PROVENANCE_MD, SHIPPED_DIR, render_provenance
 from memdlm.tasks import get_task
-from memdlm.tasks.recall import AssociativeRecallTask
+from memdlm.tasks.seeds import PROVENANCE_SEED, UNIGRAM_REFERENCE_ITEMS, UNIGRAM_REFERENCE_SEED
 from memdlm.backbones.tokenizer import load_tokenizer
 
 FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
          "chat_template.jinja", "special_tokens_map.json", "generation_config.json")
-SHIPPED_SEED = 70_000  # held-out items for the provenance, disjoint from HELDOUT_SEED's
 
 
 def machine() -> dict:
@@ -62,15 +61,15 @@ def stage_record(run: Path) -> dict:
             "train_lengths": data.get("train_lengths")}
 
 
-def unigram_loss(tok, task: str, length: int, samples, train_items: int = 200) -> float:
+def unigram_loss(tok, task: str, length: int, samples, train_items: int = UNIGRAM_REFERENCE_ITEMS) -> float:
     """Cross-entropy (nats/token) of the held-out responses under the unigram distribution
-    of ``train_items`` other items' response tokens (seeds 0.., add-one smoothed): what a
+    of ``train_items`` other items' response tokens (``UNIGRAM_REFERENCE_SEED``, add-one smoothed): what a
     model that ignores every context would score."""
     from collections import Counter
 
     from memdlm.eval.exposure_bias import encode_pairs
 
-    train = heldout_samples(tok, [task], length, train_items, seed=0)  # seeds disjoint from SHIPPED_SEED's
+    train = heldout_samples(tok, [task], length, train_items, seed=UNIGRAM_REFERENCE_SEED)
     counts = Counter(t for r in encode_pairs(tok, train)[1] for t in r)
     total, vocab = sum(counts.values()), len(tok)
     targets = [t for r in encode_pairs(tok, samples)[1] for t in r]
@@ -106,15 +105,15 @@ def main() -> None:
     tok, model = load_tokenizer(str(run)), load_model(str(run)).eval()
     heldout = {}
     for length in args.lengths:
-        samples = heldout_samples(tok, [args.task], length, args.items, seed=SHIPPED_SEED)
+        samples = heldout_samples(tok, [args.task], length, args.items, seed=PROVENANCE_SEED)
         start = time.perf_counter()
-        if isinstance(get_task(args.task), AssociativeRecallTask):
+        if get_task(args.task).fixed_slots:  # recall: every answer masked at once
             result = evaluate_samples(model, tok, samples, progress=False)
             measured = {"decoding": "every answer masked at once, greedy, one step",
                         **result["recall_by_task"][args.task]}
         else:
             measured = loss_against_references(model, tok, samples, args.task, length)
-        heldout[str(length)] = {"task": args.task, "length": length, "items": args.items, "seed": SHIPPED_SEED,
+        heldout[str(length)] = {"task": args.task, "length": length, "items": args.items, "seed": PROVENANCE_SEED,
                                 **measured, "seconds": round(time.perf_counter() - start, 1)}
     stages = [stage_record(Path(stage)) for stage in args.stages] + [stage_record(run)]
     out = SHIPPED_DIR / args.name

@@ -49,6 +49,31 @@ def test_only_losses_that_need_just_the_students_logits_take_the_split_forward()
     assert {name for name, c in INNER_LOSS_CLASSES.items() if c.accepts_split_forward} == {"ce"}
 
 
+def test_inner_losses_share_one_teacher_and_one_student_signature():
+    """The inner loop calls every loss the same way (``forward=`` included)."""
+    import inspect
+
+    from memdlm.memory.inner_losses import InnerLoss
+
+    for cls in INNER_LOSS_CLASSES.values():
+        for method in ("teacher", "student"):
+            assert inspect.signature(getattr(cls, method)) == inspect.signature(getattr(InnerLoss, method)), \
+                (cls.name, method)
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "hidden_mse", "hidden_cosine"])
+def test_a_loss_that_runs_its_own_forward_refuses_a_split_forward(name):
+    import torch
+
+    from memdlm.memory.trajectories import Stage, StageRole
+
+    positions = torch.tensor([[True, False]])
+    stage = Stage("anchor", positions, positions, torch.zeros_like(positions), StageRole.ANCHOR)
+    with pytest.raises(ValueError, match=f"inner loss '{name}'.*takes no split forward"):
+        get_inner_loss(name).student(None, torch.tensor([[0, 1]]), None, stage, 2, None,
+                                     forward=lambda _positions: torch.zeros(1, 3))
+
+
 def test_unknown_names_are_config_errors_listing_the_choices():
     with pytest.raises(ConfigError, match="unknown inner loss 'x'.*'ce'"):
         get_inner_loss("x")

@@ -18,7 +18,7 @@ from memdlm.memory.config import MemoryArguments
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, InnerLoopStats
 from memdlm.memory.inner_losses import INNER_LOSS_CLASSES, CrossEntropy
 from memdlm.memory.targets import Target
-from memdlm.memory.trajectories import Stage
+from memdlm.memory.trajectories import Stage, StageRole
 from memdlm.diffusion.schedules import get_schedule
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -54,7 +54,7 @@ def test_cross_entropy_inner_loss_by_hand():
     # two loss positions (row 0 col 1, row 1 col 0); student probs (1/4, 3/4) and (1/2, 1/2)
     clean = torch.tensor([[0, 1], [0, 0]])
     positions = torch.tensor([[False, True], [True, False]])
-    stage = Stage("anchor", positions, positions, torch.zeros_like(positions))
+    stage = Stage("anchor", positions, positions, torch.zeros_like(positions), StageRole.ANCHOR)
     logits = torch.cat([logp(0.25, 0.75), logp(0.5, 0.5)])
     dense = CrossEntropy().student(None, clean, None, stage, 2, None, forward=lambda _pos: logits)
     expected = torch.tensor([[0.0, math.log(4 / 3)], [LN2, 0.0]])  # -ln(3/4) at token 1, -ln(1/2) at token 0
@@ -94,7 +94,7 @@ class Toy(nn.Module):
 def toy_loop(per_sample: bool, **memory) -> InnerLoop:
     model = Toy()
     target = Target("proj", model.proj, -1, 3, 3)
-    args = MemoryArguments(trajectory="anchor_only", inner_lr=0.3, **memory)
+    args = MemoryArguments(**{"trajectory": "anchor_only", "inner_lr": 0.3, **memory})
     return InnerLoop(model, [target], args, hidden_size=3, mask_token_id=MASK_ID,
                      schedule=get_schedule("linear"), per_sample=per_sample, weighting="scheduler")
 
@@ -123,6 +123,34 @@ def test_per_sample_inner_step_by_hand_unclipped():
     assert column(memory, 1) == pytest.approx([-0.1, 0.2, -0.1], abs=1e-6)
     # the logged stage loss: mean over samples of w * sum(CE) / 4; CE = ln 3 everywhere (uniform)
     assert stats.stage_losses["anchor"] == pytest.approx((2 * 2 * LN3 / 4 + 4 / 3 * 3 * LN3 / 4) / 2)
+
+
+def test_the_split_forward_goes_to_the_anchor_stage_by_role_not_name(monkeypatch):
+    """Two stages whose names are swapped: the split forward still reaches the ANCHOR stage,
+    and the fast weights equal those of the plain loop (the toy's "hidden states" are the
+    anchor's token ids, so the split forward's upper half is the toy model itself)."""
+    import dataclasses
+
+    import memdlm.backbones.split_forward as split_forward
+
+    x = toy_inputs()
+    plain, _ = toy_loop(True, memory_dense=True, inner_clip="none", trajectory="anchor_consistent").run(x)
+    loop = toy_loop(True, memory_dense=True, inner_clip="none", trajectory="anchor_consistent")
+    stages = loop.trajectory.stages
+    loop.trajectory.stages = lambda inputs: [dataclasses.replace(s, name=n)
+                                             for s, n in zip(stages(inputs), ["anchor", "pre_anchor_1"])]
+    calls = []
+
+    def upper(model, hidden, attention_mask, k, positions):
+        calls.append(positions)
+        return model(input_ids=hidden).logits[positions]
+
+    monkeypatch.setattr(split_forward, "upper", upper)
+    anchor_ids = torch.where(x.anchor, MASK_ID, x.clean_ids)
+    split, stats = loop.run(x, anchor_hidden=anchor_ids)
+    assert len(calls) == 1 and torch.equal(calls[0], x.anchor)  # the second stage, named "pre_anchor_1"
+    assert list(stats.stage_losses) == ["anchor", "pre_anchor_1"]
+    torch.testing.assert_close(split.tensors[0][0], plain.tensors[0][0], rtol=0, atol=1e-7)
 
 
 def test_per_sample_inner_step_by_hand_clipped():

@@ -19,7 +19,7 @@ from memdlm.memory.config import MemoryArguments
 from memdlm.memory.fast_weights import clip_global, clip_per_param
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, InnerLoopStats
 from memdlm.memory.targets import find_targets, first_adapted_layer
-from memdlm.memory.trajectories import Stage, TrajectoryInputs, get_trajectory
+from memdlm.memory.trajectories import TRAJECTORY_CLASSES, Stage, StageRole, TrajectoryInputs, get_trajectory
 from memdlm.backbones.modeling import build_tiny_model
 from memdlm.diffusion.schedules import get_schedule
 from memdlm.backbones.tokenizer import load_tokenizer
@@ -137,7 +137,7 @@ def test_one_inner_step_equals_hand_computed_clipped_sgd(clip):
     memory = loop.fresh_memory(x)
     # Give B a non-zero start so both A and B have gradients.
     memory = memory.replace([p if i % 2 == 0 else torch.randn_like(p) * 0.1 for i, p in enumerate(memory.params())])
-    stage = Stage("anchor", anchor, anchor, torch.zeros_like(anchor))
+    stage = Stage("anchor", anchor, anchor, torch.zeros_like(anchor), StageRole.ANCHOR)
     loop_stats = InnerLoopStats()
     new = loop.step(memory, stage, x, loop_stats)
 
@@ -316,6 +316,23 @@ def test_anchor_consistent_k3_reveal_counts_and_positions():
     # Row 1 is fully masked: the pre-anchor stages have nothing to reveal and are skipped.
     assert not stages[0].loss_positions[1].any() and not stages[1].loss_positions[1].any()
     assert stages[2].loss_positions[1].sum() == 20
+
+
+def test_stage_roles_are_data_and_only_the_anchor_stage_is_the_anchor():
+    """Code reads ``Stage.role`` (the split forward goes to the ANCHOR stage); the name is a label."""
+    x = hand_inputs()
+    roles = {name: [s.role for s in get_trajectory(MemoryArguments(trajectory=name, pre_anchor_steps=2)).stages(x)]
+             for name in TRAJECTORY_CLASSES}
+    assert roles == {"anchor_consistent": [StageRole.PRE_ANCHOR, StageRole.PRE_ANCHOR, StageRole.ANCHOR],
+                     "pre_anchor_only": [StageRole.PRE_ANCHOR, StageRole.PRE_ANCHOR],
+                     "anchor_only": [StageRole.ANCHOR],
+                     "progressive": [StageRole.INDEPENDENT] * 2}  # the default ratios 0.8, 0.2
+    for name in TRAJECTORY_CLASSES:
+        for stage in get_trajectory(MemoryArguments(trajectory=name)).stages(x):
+            is_anchor = torch.equal(stage.masked, x.anchor)
+            assert (stage.role is StageRole.ANCHOR) == is_anchor
+            if stage.role is StageRole.PRE_ANCHOR:  # more masked than the anchor, containing it
+                assert bool((x.anchor <= stage.masked).all())
 
 
 def test_pre_anchor_fraction_is_scale_times_realised_fraction():

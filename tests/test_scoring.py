@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from memdlm.errors import ConfigError
 from memdlm.tasks import get_task, task_names
 from memdlm.tasks.babilong import LOCATIONS
+from memdlm.tasks.recall import recall_report
 from memdlm.tasks.scoring import (
+    METRICS,
     babilong_score,
+    get_metric,
     postprocess_prediction,
+    score_details,
     score_samples,
     string_match_all,
     string_match_part,
@@ -84,7 +89,7 @@ def test_babilong_qa5_and_whole_word_matching():
 def test_score_samples_dispatches_on_the_metric():
     count = len  # character counts: the scorer does not care how lengths were measured
     for name in task_names():
-        if getattr(get_task(name), "plain_text", False):
+        if get_task(name).plain_text:
             continue  # pre-training text: nothing to score
         samples = [get_task(name).sample(seed, "eval", 2000, count) for seed in range(3)]
         assert score_samples(name, [s.response for s in samples], samples) == 100.0
@@ -95,3 +100,30 @@ def test_score_samples_dispatches_on_the_metric():
     assert score_samples("mv", [", ".join(mv[0].answers[:3])], mv) == pytest.approx(75.0)
     with pytest.raises(ValueError):
         score_samples("mv", ["a", "b"], mv)
+
+
+def test_metric_registry_holds_exactly_the_metrics_tasks_name():
+    assert {get_task(name).metric for name in task_names()} == set(METRICS)
+    assert all(metric.name == name for name, metric in METRICS.items())
+
+
+def test_unknown_metric_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown metric 'x'.*'babilong'.*'recall'.*'string_match_all'"):
+        get_metric("x")
+
+
+def test_only_the_recall_metric_gives_details(count=len):
+    mqar = [get_task("mqar_q4").sample(seed, "eval", 2000, count) for seed in range(2)]
+    guesses = [s.response for s in mqar[:1]] + [" nothing"]
+    details = score_details("mqar_q4", guesses, mqar)
+    assert details == recall_report(guesses, mqar) and details["per_query"] == 50.0
+    assert score_samples("mqar_q4", guesses, mqar) == 50.0
+    kv = [get_task("kv").sample(0, "eval", 2000, count)]
+    assert score_details("kv", [kv[0].response], kv) is None
+
+
+def test_recall_scores_rows_without_a_task_name():
+    """lm-eval's rows carry answers and meta only: the metric hands the task to the report."""
+    s = get_task("mqar").sample(0, "eval", 2000, len)
+    row = {"answers": list(s.answers), "meta": s.meta}
+    assert score_samples("mqar", [s.response], [row]) == 100.0

@@ -17,7 +17,7 @@ from memdlm.tasks.recall import AssociativeRecallTask, pools, recall_report
 from memdlm.tasks.ruler import CommonWordsTask
 from memdlm.backbones.tokenizer import count_tokens_fn
 
-TASKS = [t for t in task_names() if not getattr(get_task(t), "plain_text", False)]  # tasks with answers
+TASKS = [t for t in task_names() if not get_task(t).plain_text]  # tasks with answers
 BABI = ["qa1", "qa2", "qa3", "qa4", "qa5"]
 
 
@@ -49,6 +49,44 @@ def test_every_generator_module_registers_by_existing_and_lookup_stays_light():
     code = ("import sys; from memdlm.tasks import task_names; task_names(); "
             "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_every_task_declares_the_optional_behaviours_with_their_types():
+    """The behaviours code outside tasks/ reads (Task's docstring) exist on every task, with
+    values in range, whether the task sets them or keeps the base's default."""
+    for name in task_names():
+        task = get_task(name)
+        assert isinstance(task.plain_text, bool) and isinstance(task.fixed_slots, bool)
+        assert isinstance(task.decode_steps, int) and task.decode_steps >= 1
+        assert task.decode_steps == 1 or task.fixed_slots  # steps count only for fixed slots
+        assert isinstance(task.labels, tuple) and (task.metric == "babilong") == bool(task.labels)
+        levels = task.reference_levels()
+        assert levels is None or (set(levels) == {"uniform", "copy"}
+                                  and all(0 < v <= 100 for v in levels.values()))
+    assert get_task("mqar_v3").decode_steps == 3 and get_task("prose").plain_text
+    kv = get_task("kv").reference_levels()  # 3 distractors: copy 1 in 4; ~a quarter of 9,000 values held out
+    assert kv["copy"] == 25.0 and 100 / 2500 < kv["uniform"] < 100 / 2000
+
+
+def test_no_code_outside_tasks_names_a_task_class():
+    """Generic code reads a task's declared behaviours, never its class (isinstance, imports)."""
+    from pathlib import Path
+
+    import memdlm
+    from memdlm.tasks import Task
+
+    classes, stack = set(), [Task]
+    while stack:
+        cls = stack.pop()
+        classes.add(cls.__name__)
+        stack.extend(cls.__subclasses__())
+    root = Path(memdlm.__file__).parent
+    scripts = root.parents[1] / "scripts"
+    for path in [*root.rglob("*.py"), *scripts.rglob("*.py")]:
+        if path.parent.name == "tasks" and path.parent.parent == root:
+            continue
+        named = {c for c in classes - {"Task"} if re.search(rf"\b{c}\b", path.read_text())}
+        assert not named, f"{path} names {sorted(named)}"
 
 
 # ---------------------------------------------------------------- answers from the prompt

@@ -150,6 +150,15 @@ class DiffusionArguments:
             raise ConfigError(f"time_eps must be in (0, 1), got {self.time_eps}")
 
 
+# Inference batch sizes: every default of a command's --batch-size and of a function's
+# batch_size=. Batching changes speed and memory, not what is computed (per-item seeds);
+# the values are those the committed results record (suite.json's and exposure_bias.json's
+# "batch_size"). Training's are TrainConfig's per_device_{train,eval}_batch_size fields.
+GENERATION_BATCH_SIZE = 16  # prompts per batch: memdlm generate, held-out accuracy after training, lm-eval
+# items per batch where an item costs several rows or its own adapted memory: memdlm eval's
+# suite, the per-item loss (one row per mask level), exposure bias (5 rows per item), the probe
+EVAL_BATCH_SIZE = 8
+
 THREADS_HELP = "CPU threads (torch.set_num_threads). Default: OMP_NUM_THREADS if set, else every core up to 8."
 
 

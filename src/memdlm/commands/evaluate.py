@@ -39,9 +39,9 @@ LENGTHS = (128, 256, 512)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    from memdlm.config import THREADS_HELP
-    from memdlm.eval.suite import BATCH_SIZE
+    from memdlm.config import EVAL_BATCH_SIZE, THREADS_HELP
     from memdlm.tasks import task_names
+    from memdlm.tasks.seeds import HELDOUT_SEED
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,10 +59,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS), metavar="TOKENS",
                    help=f"Context lengths in tokens, prompt plus answer (default: {' '.join(map(str, LENGTHS))}).")
     p.add_argument("--items", type=int, default=50, help="Held-out items per (task, length) (default %(default)s).")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
                    help="Prompts per generation batch (default %(default)s).")
     p.add_argument("--seed", type=int, default=None,
-                   help="Seed of the held-out items (default: memdlm.eval.heldout.HELDOUT_SEED).")
+                   help=f"Seed of the held-out items (default: {HELDOUT_SEED}, memdlm.tasks.seeds.HELDOUT_SEED).")
     p.add_argument("--output-dir", required=True, metavar="OUT", help="Where the report goes.")
     p.add_argument("--adapt-mask-ratio", type=float, default=None,
                    help="Inference-time adaptation: fraction of the prompt masked as the anchor. "

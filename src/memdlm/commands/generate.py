@@ -25,7 +25,7 @@ logger = logging.getLogger("memdlm")
 def build_parser(prog: str) -> argparse.ArgumentParser:
     from memdlm.commands.sampler_flags import add_sampler_flags
     from memdlm.config import THREADS_HELP
-    from memdlm.sampling.generation import BATCH_SIZE
+    from memdlm.config import GENERATION_BATCH_SIZE
     from memdlm.runs.placement import add_inference_flags
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
@@ -38,7 +38,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="Inference-time adaptation: write a per-prompt memory from the prompt, then sample.")
     p.add_argument("--adapt-mask-ratio", type=float, default=None,
                    help="Prompt fraction masked for adaptation. Default: the run's own training setting.")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="Prompts per batch (default %(default)s).")
+    p.add_argument("--batch-size", type=int, default=GENERATION_BATCH_SIZE, help="Prompts per batch (default %(default)s).")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from --model.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")

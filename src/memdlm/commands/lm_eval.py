@@ -145,11 +145,11 @@ def prepare_namespace(ns: argparse.Namespace, ours: argparse.Namespace) -> dict:
             if name in model_args and str(model_args[name]) != value:
                 raise ConfigError(f"{name} is given twice (--{name.replace('_', '-')} and in --model-args): keep one")
             model_args[name] = value
-    from memdlm.eval.lm_eval_model import BATCH_SIZE
+    from memdlm.config import GENERATION_BATCH_SIZE
 
     ns.device = resolve_device(ns.device)  # lm-eval's own default is cuda:0 even without a GPU
     if getattr(ns, "batch_size", None) is None:
-        ns.batch_size = str(BATCH_SIZE)
+        ns.batch_size = str(GENERATION_BATCH_SIZE)
     ns.model_args = model_args
     return model_args
 

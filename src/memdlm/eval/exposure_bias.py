@@ -58,10 +58,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from memdlm.config import EVAL_BATCH_SIZE
 from memdlm.errors import ConfigError
 from memdlm.diffusion.masking import seeded_generator
 from memdlm.sampling.sampler import propose_tokens, select_commits, tokens_per_step
 from memdlm.stats import RESAMPLES
+from memdlm.tasks.seeds import EXPOSURE_SEED
 
 logger = logging.getLogger("memdlm")
 
@@ -77,7 +79,6 @@ RATIOS = {  # ratio name -> (numerator, denominator)
 }
 GAPS = {"gap": ("l_seq", "l_static"), "gap_ctrl": ("l_seq", "l_static_same")}  # name -> (minuend, subtrahend)
 EXPOSURE_TASK = "longresp"  # held-out responses long enough for many denoising steps
-EXPOSURE_SEED = 60_000  # held-out items: disjoint from the eval-loss (10_000+) and held-out (50_000) seeds
 
 
 @dataclass
@@ -86,7 +87,7 @@ class ExposureBiasConfig:
 
     steps: int = field(default=16, metadata={
         "help": "Denoising steps S over the response (paper: 48); each response needs >= S tokens."})
-    batch_size: int = field(default=8, metadata={
+    batch_size: int = field(default=EVAL_BATCH_SIZE, metadata={
         "help": "Items per batch; each step runs one forward of 5 x batch_size rows."})
     seed: int = field(default=0, metadata={
         "help": "Base seed: item i uses seed + i for its random masks and random-order trajectory."})
@@ -309,7 +310,7 @@ def check_lengths(responses: Sequence[Sequence[int]], steps: int) -> None:
 def run_exposure_bias(
     predictor_for_batch: PredictorForBatch, prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]], *, steps: int, mask_id: int, pad_id: int,
-    item_seeds: Sequence[int], forbidden: Sequence[int] = (), batch_size: int = 8,
+    item_seeds: Sequence[int], forbidden: Sequence[int] = (), batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | str = "cpu", progress: bool = False, memory: bool = False,
     meta: dict | None = None,
 ) -> ExposureBiasResult:
@@ -353,7 +354,7 @@ def run_exposure_bias(
 def exposure_bias_from_predictor(
     logits_fn: LogitsFn, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
     steps: int, mask_id: int, pad_id: int | None = None, forbidden: Sequence[int] = (),
-    item_seeds: Sequence[int] | None = None, seed: int = 0, batch_size: int = 8,
+    item_seeds: Sequence[int] | None = None, seed: int = 0, batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | str = "cpu",
 ) -> ExposureBiasResult:
     """The analysis for any predictor (token ids in, responses already tokenised).

@@ -1,9 +1,10 @@
 """Held-out accuracy of a trained run on its own task mix, at its training length.
 
 Items come from the tasks' *eval* split (keys, values and names never seen in
-training) with seeds disjoint from the evaluation-loss set. The model answers by
-iterative denoising with one token committed per step (steps = new tokens) and
-must end its answer with EOS; exact match compares the stripped answer text.
+training) at ``HELDOUT_SEED``, apart from the evaluation-loss set
+(:mod:`memdlm.tasks.seeds`). The model answers by iterative denoising with one token
+committed per step (steps = new tokens) and must end its answer with EOS; exact match
+compares the stripped answer text.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import logging
 import time
 from pathlib import Path
 
+from memdlm.config import GENERATION_BATCH_SIZE
+from memdlm.tasks.seeds import HELDOUT_SEED
+
 logger = logging.getLogger("memdlm")
-HELDOUT_SEED = 50_000
 
 
 def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int = HELDOUT_SEED,
@@ -39,38 +42,28 @@ def answer_sampler_config(tokenizer, samples, **overrides):
     ``overrides`` replace SamplerConfig fields (e.g. the fast-sampling ones of ``memdlm eval``).
     """
     from memdlm.sampling.sampler import SamplerConfig
+    from memdlm.tasks import get_task
 
     longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
-    if all(fixed_slots(s.task) for s in samples):
-        steps = max(decode_steps(s.task) for s in samples)
+    tasks = {s.task: get_task(s.task) for s in samples}
+    if all(task.fixed_slots for task in tasks.values()):
+        steps = max(task.decode_steps for task in tasks.values())
         return SamplerConfig(**{"max_new_tokens": longest + 1, "steps": steps, "temperature": 0.0, **overrides})
     new_tokens = longest + 2
     return SamplerConfig(**{"max_new_tokens": new_tokens, "steps": new_tokens, "temperature": 0.0, **overrides})
 
 
-def fixed_slots(task_name: str) -> bool:
-    from memdlm.tasks import get_task
-
-    return bool(getattr(get_task(task_name), "fixed_slots", False))
-
-
-def decode_steps(task_name: str) -> int:
-    from memdlm.tasks import get_task
-
-    return int(getattr(get_task(task_name), "decode_steps", 1))
-
-
-def evaluate_samples(model, tokenizer, samples, memory=None, batch_size: int = 16,
+def evaluate_samples(model, tokenizer, samples, memory=None, batch_size: int = GENERATION_BATCH_SIZE,
                      progress: bool = True) -> dict:
     """Answer and score ``samples``, each task's group with its own decoding rule;
     ``memory``: a prompt memory for ``model`` (``run.memory()``) or None.
 
-    Tasks with reference levels (associative recall) also get ``recall_by_task``:
-    per-query and all-correct accuracy beside the uniform and copy levels, and where
-    the wrong answers came from (:func:`memdlm.tasks.recall.recall_report`).
+    Tasks whose metric gives a breakdown (:meth:`memdlm.tasks.scoring.Metric.details`:
+    associative recall's per-query and all-correct accuracy beside the uniform and copy
+    levels, and where the wrong answers came from) also get it, under ``recall_by_task``.
     """
     from memdlm.sampling.generation import generate
-    from memdlm.tasks.scoring import score_samples
+    from memdlm.tasks.scoring import score_details, score_samples
 
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(samples):
@@ -94,19 +87,10 @@ def evaluate_samples(model, tokenizer, samples, memory=None, batch_size: int = 1
         "examples": [{"prompt_tail": s.prompt[-80:], "answer": s.response.strip(), "prediction": t}
                      for s, t in list(zip(samples, texts))[:8]],
     }
-    recall = {k: recall_of(k, [texts[i] for i in ix], [samples[i] for i in ix]) for k, ix in groups.items()}
+    recall = {k: score_details(k, [texts[i] for i in ix], [samples[i] for i in ix]) for k, ix in groups.items()}
     if any(recall.values()):
         result["recall_by_task"] = {k: v for k, v in recall.items() if v}
     return result
-
-
-def recall_of(task_name: str, texts, samples) -> dict | None:
-    from memdlm.tasks import get_task
-    from memdlm.tasks.recall import AssociativeRecallTask, recall_report
-
-    if not isinstance(get_task(task_name), AssociativeRecallTask):
-        return None
-    return recall_report(texts, samples)
 
 
 def describe_recall(report: dict) -> str:

@@ -30,6 +30,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from memdlm.config import EVAL_BATCH_SIZE
 from memdlm.errors import ConfigError
 
 LEVELS = 8  # mask ratios per item: 1/16, 3/16, ..., 15/16
@@ -64,7 +65,7 @@ def _batch(prompts, responses, masks, pad_id: int, mask_id: int, device):
     return noisy.to(device), attn.to(device), scored.to(device), clean.to(device)
 
 
-def item_losses(model, tokenizer, samples, memory=None, levels: int = LEVELS, batch_size: int = 8,
+def item_losses(model, tokenizer, samples, memory=None, levels: int = LEVELS, batch_size: int = EVAL_BATCH_SIZE,
                 seeds=None, progress: bool = False) -> list[float]:
     """One loss per sample (nats/token, the module's definition), in order.
 
@@ -118,7 +119,7 @@ TEMPERATURES = tuple(round(0.5 + 0.05 * i, 2) for i in range(51))  # 0.5, 0.55, 
 
 
 def temperature_nll(model, tokenizer, samples, temperatures=TEMPERATURES, levels: int = LEVELS,
-                    batch_size: int = 8) -> dict[float, float]:
+                    batch_size: int = EVAL_BATCH_SIZE) -> dict[float, float]:
     """Static held-out NLL (nats per masked response token, pooled over items and the mask
     levels of :func:`level_masks`) of ``model`` with its logits divided by each temperature.
     The minimiser is the temperature that calibrates the model on these items."""

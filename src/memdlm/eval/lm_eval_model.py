@@ -77,13 +77,13 @@ import torch
 from lm_eval.api.model import LM
 from tqdm.auto import tqdm
 
+from memdlm.config import GENERATION_BATCH_SIZE
 from memdlm.errors import ConfigError
 from memdlm.validation import coerce_values
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "memdlm"
 GREEDY_CHECKS = ("decode", "none")
-BATCH_SIZE = 16  # sequences per forward pass unless --batch_size / batch_size= says
 # lm-eval parses --model-args into strings or guessed scalars ('no' stays a string, a bare key
 # becomes ''): every boolean and number among them is parsed strictly (validation.coerce_values),
 # so memory=no is False, and a bare memory or steps=abc is an error naming the key.
@@ -133,7 +133,7 @@ class MemdlmLM(LM):
                  temperature: float | None = None, remasking: str | None = None, unmask_rule: str | None = None,
                  threshold: float | None = None, max_per_step: int | None = None, cache: str | None = None,
                  dream_eps: float | None = None,
-                 batch_size: int | str = BATCH_SIZE,
+                 batch_size: int | str = GENERATION_BATCH_SIZE,
                  mc_samples: int = 32, seed: int = 0, greedy_check: str = "decode",
                  max_length: int | None = None, device: str | None = None, dtype: str | None = None,
                  trust_remote_code: bool = False, context_overflow: str = "refuse", **unused):

@@ -15,7 +15,7 @@ working directory) with ``datasets``' cache inside ``out_dir``. The prompt is th
 document text; generation stops at a newline or after ``max_gen_toks`` = the
 longest reference answer in tokens + 2 (room for EOS, as the held-out evaluation
 does). The metric is the task's own scorer (``Task.metric``:
-``string_match_all``, ``string_match_part`` or ``babilong``; 0-100, from
+``string_match_all``, ``babilong`` or ``recall``; 0-100, from
 :mod:`memdlm.tasks.scoring`) through :func:`process_results`, which the YAML names
 as ``!function memdlm.eval.lm_eval_tasks.process_results`` (lm-eval imports it by
 module path, so no helper file is copied next to the YAMLs).
@@ -27,8 +27,9 @@ import json
 import re
 from pathlib import Path
 
+from memdlm.tasks.seeds import EXPORT_SEED
+
 PREFIX = "memdlm_"
-EXPORT_SEED = 70_000
 STOP_STRINGS = ("\n",)
 _NAME = re.compile(rf"^{PREFIX}(?P<task>.+?)(?:_(?P<length>\d+))?$")
 

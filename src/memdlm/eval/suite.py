@@ -45,12 +45,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from memdlm.config import EVAL_BATCH_SIZE
 from memdlm.stats import RESAMPLES
 
 logger = logging.getLogger("memdlm")
 
 SUITE_VERSION = 1
-BATCH_SIZE = 8  # prompts per generation batch unless the caller says (memdlm eval --batch-size)
 
 
 # ---------------------------------------------------------------------------
@@ -173,9 +173,9 @@ def _suite_items(tokenizer, tasks, lengths, n, seed):
 def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sampler=None,
                  context_overflow: str = "refuse") -> dict:
     """Generate and score one run on one cell's items."""
-    from memdlm.eval.heldout import answer_sampler_config, recall_of
+    from memdlm.eval.heldout import answer_sampler_config
     from memdlm.sampling.generation import generate
-    from memdlm.tasks.scoring import score_samples
+    from memdlm.tasks.scoring import score_details, score_samples
 
     config = answer_sampler_config(tokenizer, samples, **(sampler or {}))  # the held-out decoding
     start = time.perf_counter()
@@ -201,7 +201,7 @@ def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sample
         "context": counts["context"],  # the model's limit and prompts truncated / run past it
         "unmask_rule": counts["unmask_rule"],  # the decoding rule used ("native" resolved)
     }
-    recall = recall_of(task, texts, samples)
+    recall = score_details(task, texts, samples)
     if recall:  # associative recall: reference levels and where wrong answers came from
         cell["recall"] = recall
     return cell
@@ -213,7 +213,7 @@ def _tokenizer_signature(tokenizer) -> str:
 
 
 def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n: int,
-                   seed: int | None = None, batch_size: int = BATCH_SIZE,
+                   seed: int | None = None, batch_size: int = EVAL_BATCH_SIZE,
                    memory_overrides: dict | None = None,
                    progress: bool = True, trust_remote_code: bool = False,
                    loader=None, sampler: dict | None = None, partial_path=None, device: str | None = None,
@@ -223,7 +223,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     Runs with ``memory=True`` adapt with their own run's prompt memory
     (:meth:`memdlm.runs.run.Run.memory`: the settings in ``run_config.json``, the defaults for a
     model that has none) with ``memory_overrides`` applied (None values keep the run's own).
-    ``seed`` selects the held-out items (default ``memdlm.eval.heldout.HELDOUT_SEED``).
+    ``seed`` selects the held-out items (default ``memdlm.tasks.seeds.HELDOUT_SEED``).
     ``loader(dir) -> Run`` replaces loading from disk (tests, in-memory models).
     ``sampler`` overrides SamplerConfig fields of the held-out decoding (the fast-sampling
     flags of ``memdlm eval``: unmask rule, threshold, cap, cache); None keeps it as is.
@@ -241,7 +241,7 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     "results": {run name: {"score", "exact_match", "n", "seconds", "model_calls",
     "mean_calls_per_item", "item_keys", "item_scores", "item_correct", "predictions"}}}``.
     """
-    from memdlm.eval.heldout import HELDOUT_SEED
+    from memdlm.tasks.seeds import HELDOUT_SEED
 
     _check_request(runs, tasks, lengths, n, context_overflow)  # before any model is loaded
     seed = HELDOUT_SEED if seed is None else seed
@@ -276,7 +276,7 @@ def _check_request(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     from memdlm.tasks import get_task
 
     for task in tasks:  # unknown or unscorable tasks fail before any model is loaded
-        if getattr(get_task(task), "plain_text", False):
+        if get_task(task).plain_text:
             raise ValueError(f"task {task!r} is plain text for pre-training: it has no answers to score")
     from memdlm.backbones.context import check_overflow_choice
 

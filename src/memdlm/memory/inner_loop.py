@@ -25,7 +25,7 @@ from memdlm.memory.expert_lists import blocks_in_training_mode
 from memdlm.memory.fast_weights import CLIPPERS, FastWeights
 from memdlm.memory.inner_losses import get_inner_loss
 from memdlm.memory.targets import Target, first_layer_module
-from memdlm.memory.trajectories import TrajectoryInputs, get_trajectory
+from memdlm.memory.trajectories import StageRole, TrajectoryInputs, get_trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class InnerLoop:
         stages = self.trajectory.stages(TrajectoryInputs(x.anchor, x.maskable, x.sample_seeds, x.step_seed))
         for stage in stages:
             forward = None
-            if anchor_hidden is not None and stage.name == "anchor" and self.loss_fn.accepts_split_forward:
+            if anchor_hidden is not None and stage.role is StageRole.ANCHOR and self.loss_fn.accepts_split_forward:
                 from memdlm.backbones.split_forward import upper
 
                 hidden = anchor_hidden.detach()
@@ -153,7 +153,7 @@ class InnerLoop:
         calls: set = set()
         with live.active(calls=calls):
             with lower_without_autograd:
-                dense = self.loss_fn.student(*args, teacher_out, **({"forward": forward} if forward else {}))
+                dense = self.loss_fn.student(*args, teacher_out, forward=forward)
                 weight = self.stage_weights(stage, x)
                 if self.per_sample:
                     losses = per_sample_loss(dense, weight, x.maskable)  # [b]

@@ -34,7 +34,11 @@ def _forward(model, ids, attention_mask, positions):
 
 
 class InnerLoss:
-    """``teacher`` runs first (no grad, caller's memory active); ``student`` gives [b, l]."""
+    """``teacher`` runs first (no grad, caller's memory active); ``student`` gives [b, l].
+
+    Every subclass keeps these two signatures; one overrides ``per_token`` (a loss against
+    the teacher's logits or hidden states) or ``teacher`` and ``student`` together.
+    """
 
     name = "base"
     # Whether ``student`` can take the anchor stage's logits from a given ``forward(positions)``
@@ -46,7 +50,13 @@ class InnerLoss:
         teacher_ids = apply_mask(clean_ids, stage.teacher_masked, mask_token_id)
         return _forward(model, teacher_ids, attention_mask, stage.loss_positions)
 
-    def student(self, model, clean_ids, attention_mask, stage, mask_token_id, teacher_out):
+    def student(self, model, clean_ids, attention_mask, stage, mask_token_id, teacher_out, forward=None):
+        """The per-token loss [b, l] (zero off ``stage.loss_positions``). ``forward(positions)
+        -> logits`` replaces the model's full forward on the student state (the split
+        forward); only a loss with ``accepts_split_forward`` takes one."""
+        if forward is not None:
+            raise ValueError(f"inner loss {self.name!r} runs the model's own forward on the student "
+                             "state and takes no split forward (accepts_split_forward is False)")
         student_ids = apply_mask(clean_ids, stage.masked, mask_token_id)
         logits, hidden = _forward(model, student_ids, attention_mask, stage.loss_positions)
         return _dense(self.per_token(logits, hidden, *teacher_out), stage.loss_positions)
@@ -59,11 +69,10 @@ class CrossEntropy(InnerLoss):
     name = "ce"
     accepts_split_forward = True
 
-    def teacher(self, *args):
+    def teacher(self, model, clean_ids, attention_mask, stage, mask_token_id):
         return None  # the clean tokens are the target
 
     def student(self, model, clean_ids, attention_mask, stage, mask_token_id, teacher_out, forward=None):
-        """``forward(positions) -> logits`` may replace the full forward (split-forward reuse)."""
         if forward is not None:
             logits = forward(stage.loss_positions)
         else:

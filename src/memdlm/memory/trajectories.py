@@ -22,6 +22,7 @@ fractions (0.8 ... 0.2), drawn independently of the anchor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
@@ -29,12 +30,21 @@ from memdlm.errors import ConfigError
 from memdlm.diffusion.masking import extend_mask_to_fraction, hashed_uniform, masked_fraction, random_ranks
 
 
+class StageRole(Enum):
+    """What a stage's student state is, relative to the outer loss's anchor x_t."""
+
+    PRE_ANCHOR = "pre_anchor"  # the anchor with more tokens masked (anchor-consistent)
+    ANCHOR = "anchor"  # x_t itself: its lower layers' hidden states are the outer loss's
+    INDEPENDENT = "independent"  # drawn without reference to the anchor (progressive)
+
+
 @dataclass
 class Stage:
-    name: str
+    name: str  # a label for the logs (``InnerLoopStats.stage_losses``); code reads ``role``
     masked: torch.Tensor  # [b, l] the student state's masked set
     loss_positions: torch.Tensor  # [b, l] where the inner loss is taken
     teacher_masked: torch.Tensor  # [b, l] the next, less-masked state (all False: clean)
+    role: StageRole
 
 
 @dataclass
@@ -84,10 +94,10 @@ class AnchorConsistent(Trajectory):
                 if self.args.loss_positions == "revealed":
                     positions = positions & ~nxt
                 positions = positions & left.any(1, keepdim=True)  # nothing left: skip
-                out.append(Stage(f"pre_anchor_{j + 1}", state, positions, nxt))
+                out.append(Stage(f"pre_anchor_{j + 1}", state, positions, nxt, StageRole.PRE_ANCHOR))
         if self.include_anchor:
             clean = torch.zeros_like(x.anchor)
-            out.append(Stage("anchor", x.anchor, x.anchor, clean))
+            out.append(Stage("anchor", x.anchor, x.anchor, clean, StageRole.ANCHOR))
         return out
 
 
@@ -116,7 +126,7 @@ class Progressive(Trajectory):
         out = []
         for k, (state, nxt) in enumerate(zip(states, following)):
             positions = state & ~nxt if self.args.loss_positions == "revealed" else state
-            out.append(Stage(f"progressive_{k + 1}", state, positions, nxt))
+            out.append(Stage(f"progressive_{k + 1}", state, positions, nxt, StageRole.INDEPENDENT))
         return out
 
 

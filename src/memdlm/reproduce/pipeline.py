@@ -34,16 +34,14 @@ from pathlib import Path
 
 from memdlm.reproduce.cells import json_cell, train_cell
 from memdlm.reproduce.presets import Preset
+from memdlm.tasks.seeds import DEV_SEED, EXPOSURE_CALIBRATION_SEED
 
 logger = logging.getLogger("memdlm")
 # JSON cells that measure (evaluate or benchmark) rather than aggregate training cells:
 # their "seconds" add to the report's compute time without counting a run twice.
 MEASUREMENT_CELLS = ("dev.json", "eval.json", "exposure_bias.json", "probe.json", "cost.json", "heldout_loss.json")
-DEV_SEED = 60_000  # dev items: the eval split, seeds disjoint from the test items (50_000)
 CALIBRATION_SEED = 0  # the seed the calibration candidates fine-tune with
 PER_SAMPLE = "MemDLM per-sample, Train-Only"
-# exposure-bias temperature fits: held-out items at EXPOSURE_SEED + this, disjoint from the analysed ones
-EB_CALIBRATION_OFFSET = 5_000
 
 
 @dataclass
@@ -249,12 +247,7 @@ class Reproduction:
                     **self.placement_settings()}
 
         def compute():
-            from memdlm.eval.exposure_bias import (
-                EXPOSURE_SEED,
-                ExposureBiasConfig,
-                exposure_bias,
-                heldout_pairs,
-            )
+            from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
             from memdlm.eval.item_loss import temperature_nll
 
             config = ExposureBiasConfig(steps=p.eb_steps)
@@ -265,7 +258,7 @@ class Reproduction:
                 pairs = [(s.prompt, s.response)
                          for s in heldout_pairs(run.tokenizer, p.eb_items, p.eb_length, p.eb_task)]
                 calibration = heldout_pairs(run.tokenizer, p.eb_calibration_items, p.eb_length, p.eb_task,
-                                            seed=EXPOSURE_SEED + EB_CALIBRATION_OFFSET)
+                                            seed=EXPOSURE_CALIBRATION_SEED)
                 nll = temperature_nll(run.model, run.tokenizer, calibration)
                 temperature = min(nll, key=nll.get)
                 out["calibration_nll"][arm] = {"t1": nll[1.0], "best": nll[temperature]}

@@ -19,9 +19,10 @@ the value's digits right in place; chance about 10%).
 
 from __future__ import annotations
 
+from memdlm.config import EVAL_BATCH_SIZE
 from memdlm.eval.heldout import answer_sampler_config, heldout_samples
+from memdlm.tasks.seeds import PROBE_SEED
 
-PROBE_SEED = 70_000
 CONDITIONS = ("needle_present", "removed", "removed_matched", "removed_mismatched")
 
 
@@ -76,7 +77,7 @@ def probe_items(tokenizer, n: int, length: int, task: str = "kv"):
     return heldout_samples(tokenizer, [task], length, n, seed=PROBE_SEED)
 
 
-def run_probe(run, samples, memory, batch_size: int = 8, progress: bool = False) -> dict:
+def run_probe(run, samples, memory, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> dict:
     """Every condition's per-item predictions and scores for one run (:class:`memdlm.runs.run.Run`);
     ``memory``: its prompt memory (``run.memory(...)``). Generation-based: the earlier probe,
     kept for callers; the reproduction's probe is :func:`run_logprob_probe`."""
@@ -161,7 +162,7 @@ def write_control_memory(model, tokenizer, control, prompts: list[list[int]], ta
     from memdlm.memory.adapt import build_adaptation_loop, right_pad
     from memdlm.memory.config import MemoryArguments
     from memdlm.memory.inner_loop import InnerLoopInputs, InnerLoopStats
-    from memdlm.memory.trajectories import Stage
+    from memdlm.memory.trajectories import Stage, StageRole
 
     args = MemoryArguments(memory_scope=control.scope, memory_layer_fraction=control.layer_fraction,
                            memory_rank=control.rank, inner_lr=control.inner_lr, trajectory="anchor_only")
@@ -172,7 +173,7 @@ def write_control_memory(model, tokenizer, control, prompts: list[list[int]], ta
     for i, positions in enumerate(targets):
         target[i, positions] = True
     x = InnerLoopInputs(ids, attn, target, target, torch.tensor(seeds, device=device))
-    stage = Stage("anchor", target, target, torch.zeros_like(target))
+    stage = Stage("anchor", target, target, torch.zeros_like(target), StageRole.ANCHOR)
     memory, stats = loop.fresh_memory(x), InnerLoopStats()
     with torch.enable_grad():
         for _ in range(control.steps):
@@ -236,7 +237,7 @@ def batch_memories(model, tokenizer, memory, control, full, targets, ix: list[in
             for kind, fast in written.items() for name, slots in (("own", own), ("other", nxt))}
 
 
-def run_logprob_probe(run, samples, memory, control, batch_size: int = 8, progress: bool = False) -> dict:
+def run_logprob_probe(run, samples, memory, control, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> dict:
     """Every :data:`LOGPROB_CONDITIONS` condition's per-item log p and rank of the answer for
     one run. ``memory``: the inference-time adaptation (``PromptMemory``, the same for every
     arm); ``control``: the positive control's settings (:class:`~memdlm.reproduce.presets.ProbeControl`).

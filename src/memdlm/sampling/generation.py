@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
+from memdlm.config import GENERATION_BATCH_SIZE
 from memdlm.sampling.sampler import Sampler, SamplerConfig
-
-BATCH_SIZE = 16  # prompts per batch unless the caller says (memdlm generate --batch-size)
 
 
 def _encode_prompts(tokenizer, prompts, what: str = "prompt") -> list[list[int]]:
@@ -27,7 +26,7 @@ def _encode_prompts(tokenizer, prompts, what: str = "prompt") -> list[list[int]]
 
 
 def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: SamplerConfig,
-             memory=None, seeds: list[int] | None = None, batch_size: int = BATCH_SIZE,
+             memory=None, seeds: list[int] | None = None, batch_size: int = GENERATION_BATCH_SIZE,
              progress: bool = False, adapt_on: list[str] | list[list[int]] | None = None,
              stats: dict | None = None, context_overflow: str = "refuse") -> list[str]:
     """Texts of the responses, in prompt order.

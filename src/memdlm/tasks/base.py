@@ -150,13 +150,33 @@ def fit_haystack(
 
 
 class Task:
-    """Base class. Subclasses set ``name``, ``metric`` and implement ``build``.
+    """Base class. Subclasses set ``name`` and implement ``build``; every other behaviour
+    below has a default, and code outside ``tasks/`` reads these attributes and nothing
+    else about a task (never its class).
 
-    ``metric`` names a scorer in :mod:`memdlm.tasks.scoring`.
+    - ``metric``: the scoring rule's name in :data:`memdlm.tasks.scoring.METRICS` (an
+      unknown name fails when scored, listing the valid ones; tests/test_scoring.py checks
+      the registered tasks' names);
+    - ``plain_text``: every token of a sample is a denoising target (pre-training text:
+      the prompt is not held fixed, and there is no answer to score);
+    - ``fixed_slots``: the answer has a fixed number of token slots, so held-out decoding
+      masks them all at once and fills them in ``decode_steps`` steps (otherwise one
+      token per step, the model ending its answer with EOS);
+    - ``labels``: the answer labels the ``babilong`` metric looks for;
+    - ``reference_levels()``: the scores of guessing and of copying a context value, or None.
     """
 
     name = "base"
     metric = "string_match_all"
+    plain_text = False
+    fixed_slots = False
+    decode_steps = 1
+    labels: tuple[str, ...] = ()
+
+    def reference_levels(self) -> dict[str, float] | None:
+        """Scores (0-100) of the two non-solutions -- ``uniform`` guessing, ``copy``-ing a
+        random context value -- that a score is read against; None: the task defines none."""
+        return None
 
     def sample(self, seed: int, split: str, length: int, count: TokenCounter, haystack=None) -> Sample:
         """The sample for (seed, split, length): same arguments, same sample."""

@@ -12,11 +12,13 @@ import torch
 from memdlm.data.collate import encode_pair
 from memdlm.errors import ConfigError
 from memdlm.tasks.base import get_task
+from memdlm.tasks.seeds import item_seed
 from memdlm.backbones.tokenizer import count_tokens_fn
 
 
 class SyntheticTaskDataset(torch.utils.data.Dataset):
-    """Generated samples, made on demand: item i is (task, length) i mod the mix, seed i.
+    """Generated samples, made on demand: item i is (task, length) i mod the mix, item seed
+    ``item_seed(seed, i)`` (:mod:`memdlm.tasks.seeds`: which base seed each use takes).
 
     Lazy generation costs nothing up front, and item i is the same on every
     process and after a resume.
@@ -60,13 +62,13 @@ class SyntheticTaskDataset(torch.utils.data.Dataset):
     def sample(self, i: int):
         task = self.tasks[i % len(self.tasks)]
         length = self.length_of(i)
-        return task.sample(self.seed * 1_000_003 + i, self.split, length, self.count, self.haystack)
+        return task.sample(item_seed(self.seed, i), self.split, length, self.count, self.haystack)
 
     def __getitem__(self, i: int) -> dict:
         s = self.sample(i)
         ex = encode_pair(self.tokenizer, s.prompt, s.response)
-        if self.mask_prompt or getattr(self.tasks[i % len(self.tasks)], "plain_text", False):
+        if self.mask_prompt or self.tasks[i % len(self.tasks)].plain_text:
             # plain-text view: every token is a target
             ex["labels"] = list(ex["input_ids"])
-        ex["sample_seed"] = self.seed * 1_000_003 + i
+        ex["sample_seed"] = item_seed(self.seed, i)
         return ex

@@ -116,16 +116,18 @@ def prediction_words(text: str, n: int, words_per_answer: int = 1) -> list[str]:
     return [" ".join(found[i * w:(i + 1) * w]).strip() for i in range(n)]
 
 
-def recall_report(predictions: Sequence[str], samples: Sequence) -> dict:
+def recall_report(predictions: Sequence[str], samples: Sequence, task: AssociativeRecallTask | None = None
+                  ) -> dict:
     """Per-query and all-correct accuracy (0-100) with the reference levels and where the
-    wrong answers came from. ``samples`` are recall :class:`Sample` objects (or row dicts)."""
+    wrong answers came from. ``samples`` are recall :class:`Sample` objects (or row dicts);
+    ``task``: theirs, or None to look it up by the first sample's task name (rows exported
+    to lm-eval carry no name: the caller passes the task)."""
     if len(predictions) != len(samples):
         raise ValueError(f"{len(predictions)} predictions but {len(samples)} samples")
     if not samples:
         raise ValueError("nothing to score: no predictions")
     counts = {"queried": 0, "other_context": 0, "outside": 0}
     all_correct = 0
-    task = None
     for text, sample in zip(predictions, samples):
         row = sample if isinstance(sample, dict) else sample.to_row()
         task = task or get_recall_task(row["task"])

@@ -1,6 +1,7 @@
 """Scorers for the generated tasks, as RULER and BABILong define them.
 
-``Task.metric`` names one of :data:`METRICS`; :func:`score_samples` dispatches on it.
+``Task.metric`` names one of :data:`METRICS` (one small :class:`Metric` class per rule,
+looked up by name); :func:`score_samples` scores with it.
 All scores are on a 0-100 scale (RULER additionally rounds its reports to 2 decimals;
 we return the unrounded mean).
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+
+from memdlm.errors import ConfigError
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
@@ -87,9 +90,6 @@ def babilong_score(prediction: str, target: str, question: str, labels: Iterable
     return found == {target.lower()}
 
 
-METRICS = ("string_match_all", "string_match_part", "babilong", "recall")
-
-
 def _fields(sample) -> tuple[tuple[str, ...], dict]:
     """(answers, meta) of a :class:`~memdlm.tasks.base.Sample` or of its ``to_row()`` dict."""
     if isinstance(sample, dict):
@@ -97,38 +97,92 @@ def _fields(sample) -> tuple[tuple[str, ...], dict]:
     return tuple(sample.answers), sample.meta
 
 
+class Metric:
+    """A task's scoring rule: ``score`` (0-100) and optionally ``details``, a breakdown the
+    held-out evaluation reports beside the score. ``Task.metric`` names one by ``name``."""
+
+    name = "base"
+
+    def score(self, task, predictions: Sequence[str], samples: Sequence) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    def details(self, task, predictions: Sequence[str], samples: Sequence) -> dict | None:
+        """A breakdown beside the score, or None (every metric but ``recall``)."""
+        return None
+
+
+class StringMatchAll(Metric):
+    name = "string_match_all"
+
+    def score(self, task, predictions, samples):
+        return string_match_all(predictions, [_fields(s)[0] for s in samples])
+
+
+class Babilong(Metric):
+    """:func:`babilong_score` per sample: the question from ``meta["question"]``, the label
+    set from the task's ``labels``."""
+
+    name = "babilong"
+
+    def score(self, task, predictions, samples):
+        if not predictions:
+            raise ValueError("nothing to score: no predictions")
+        hits = [babilong_score(p, answers[0], meta["question"], task.labels)
+                for p, (answers, meta) in zip(predictions, map(_fields, samples))]
+        return 100.0 * sum(hits) / len(hits)
+
+
+class Recall(Metric):
+    """Per-query accuracy, answers read by position; ``details`` is the whole
+    :func:`memdlm.tasks.recall.recall_report` (all-correct accuracy, reference levels,
+    where wrong answers came from)."""
+
+    name = "recall"
+
+    def score(self, task, predictions, samples):
+        return self.details(task, predictions, samples)["per_query"]
+
+    def details(self, task, predictions, samples):
+        from memdlm.tasks.recall import recall_report
+
+        return recall_report(predictions, samples, task)
+
+
+# Exactly the metrics some task names (tests/test_scoring.py): RULER's ``string_match_part``
+# above has no task here, so no entry until one uses it.
+METRICS: dict[str, Metric] = {m.name: m for m in (StringMatchAll(), Babilong(), Recall())}
+
+
+def get_metric(name: str) -> Metric:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ConfigError(f"unknown metric {name!r}; choose one of {sorted(METRICS)}") from None
+
+
 def reference_levels(task_name: str) -> dict[str, float] | None:
     """The task's scores (0-100) of the two non-solutions every score is read against --
     ``uniform`` guessing and ``copy``-ing a random value of the context -- or None for a
-    task that defines none (its ``reference_levels()`` method)."""
+    task that defines none (:meth:`memdlm.tasks.base.Task.reference_levels`)."""
     from memdlm.tasks.base import get_task
 
-    levels = getattr(get_task(task_name), "reference_levels", None)
-    return levels() if levels is not None else None
+    return get_task(task_name).reference_levels()
 
 
 def score_samples(task_name: str, predictions: Sequence[str], samples: Sequence) -> float:
     """Score predictions for generated samples (``Sample`` objects or their row dicts) with
-    the task's metric; 0-100. ``babilong`` reads the question from ``meta["question"]``
-    and the label set from the task's ``labels``."""
+    the task's metric; 0-100."""
     from memdlm.tasks.base import get_task
 
     task = get_task(task_name)
     if len(predictions) != len(samples):
         raise ValueError(f"{len(predictions)} predictions but {len(samples)} samples")
-    fields = [_fields(s) for s in samples]
-    if task.metric == "string_match_all":
-        return string_match_all(predictions, [answers for answers, _ in fields])
-    if task.metric == "string_match_part":
-        return string_match_part(predictions, [answers for answers, _ in fields])
-    if task.metric == "babilong":
-        if not predictions:
-            raise ValueError("nothing to score: no predictions")
-        hits = [babilong_score(p, answers[0], meta["question"], task.labels)
-                for p, (answers, meta) in zip(predictions, fields)]
-        return 100.0 * sum(hits) / len(hits)
-    if task.metric == "recall":  # per-query accuracy, answers read by position
-        from memdlm.tasks.recall import recall_report
+    return get_metric(task.metric).score(task, predictions, samples)
 
-        return recall_report(predictions, samples)["per_query"]
-    raise ValueError(f"task {task_name!r} has unknown metric {task.metric!r}; known: {METRICS}")
+
+def score_details(task_name: str, predictions: Sequence[str], samples: Sequence) -> dict | None:
+    """The task's metric's breakdown beside the score (:meth:`Metric.details`), or None."""
+    from memdlm.tasks.base import get_task
+
+    task = get_task(task_name)
+    return get_metric(task.metric).details(task, predictions, samples)

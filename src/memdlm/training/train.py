@@ -37,6 +37,7 @@ from memdlm.runs.directory import (
     write_json_atomic,
 )
 from memdlm.tasks.dataset import SyntheticTaskDataset
+from memdlm.tasks.seeds import EVAL_LOSS_SEED
 from memdlm.training.callbacks import GracefulStop, RunRecord
 from memdlm.training.nonfinite import NonFiniteStepError
 
@@ -207,7 +208,7 @@ def build_datasets(data_args, tokenizer, seed: int):
         if data_args.num_eval_samples:
             # held out at the longest training length (short lengths may be a curriculum only)
             evals = SyntheticTaskDataset(tokenizer, data_args.tasks, [max(data_args.train_lengths)], "eval",
-                                         data_args.num_eval_samples, seed=10_000 + seed, haystack=haystack)
+                                         data_args.num_eval_samples, seed=EVAL_LOSS_SEED + seed, haystack=haystack)
         report = DataReport(source=f"generated tasks {data_args.tasks} at {data_args.train_lengths} tokens",
                             rows_read=len(train), examples_kept=len(train))
         return train, evals, report
