@@ -50,12 +50,14 @@ class MemDLMTrainer(MDLMTrainer):
         return self._loops[per_sample]
 
     def _step_seed(self) -> int:
-        """The seed of a step's memory initialisation and trajectory masks: per process, except
-        for a batch-shared memory averaged over the ranks, which every rank must start alike."""
+        """The seed of a micro-batch's memory initialisation and trajectory masks: per
+        micro-batch across processes (``micro_batch_index``, as the outer masks), except for a
+        batch-shared memory averaged over the ranks, which every rank must start alike."""
         a = self.memory_args
         shared_over_ranks = a.memory_mode == "shared" and a.shared_memory_ranks == "average"
-        process = 0 if shared_over_ranks else self.args.process_index
-        return step_seed_of(self.args.seed, process, self.state.global_step, self._micro_step)
+        micro = self._micro_step - 1  # _generator has counted this micro-batch already
+        index = micro if shared_over_ranks else self.micro_batch_index(micro)
+        return step_seed_of(self.args.seed, 0, self.state.global_step, index + 1)
 
     def _logging_step(self) -> bool:
         every = int(self.args.logging_steps) if self.args.logging_steps >= 1 else 1
