@@ -129,18 +129,28 @@ def probe_inner(out: Path) -> None:
 def probe_train(out: Path, argv: list[str], as_ranks: int = 1) -> int:
     from transformers import TrainerCallback
 
+    import memdlm.training.memdlm_trainer as memdlm_trainer
     import memdlm.training.train as run
     from memdlm.cli import main
     from memdlm.memory.inner_loop import InnerLoop
 
     rank = int(os.environ.get("RANK", "0"))
     memories: list[list[torch.Tensor]] = []  # every memory the inner loop wrote, in order
+    split_calls = []  # the trainer's split forwards (the lower halves it ran)
+    lower = memdlm_trainer.lower
+
+    def counted_lower(*a, **kw):
+        split_calls.append(1)
+        return lower(*a, **kw)
+
+    memdlm_trainer.lower = counted_lower
 
     class DumpWeights(TrainerCallback):
         def on_train_end(self, args, state, control, model=None, **kwargs):
             weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             torch.save({"rank": args.process_index, "world_size": args.world_size,
-                        "global_step": state.global_step, "weights": weights, "memories": memories},
+                        "global_step": state.global_step, "weights": weights, "memories": memories,
+                        "split_calls": len(split_calls)},
                        out / f"weights_rank{rank}.pt")
 
     run_inner = InnerLoop.run

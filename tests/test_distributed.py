@@ -265,6 +265,9 @@ def test_two_processes_log_the_losses_and_memories_of_one(tmp_path, case):
         torch.testing.assert_close(ranks[0]["weights"][name], value, **tol)
     if method[1] == "mdlm":
         return
+    # MemDLM took the split forward (lower layers once) in every micro-batch, under DDP too:
+    # through the wrapper's forward (split_forward.through_wrapper), or the ranks would differ.
+    assert [r["split_calls"] for r in ranks] == [3, 3] and alone["split_calls"] == len(alone["memories"])
     # Rank r's memory of step s is the twin's micro-batch 2s + r (accumulation), or the twin's
     # one memory of step s (averaged).
     assert len(alone["memories"]) == 3 * (2 if exact else 1)

@@ -30,6 +30,7 @@ from memdlm.backbones.modeling import (
     reuse_attention_masks,
 )
 from memdlm.sampling.sampler import Sampler
+from memdlm.backbones.checkpointing import transformer_blocks
 from memdlm.backbones.split_forward import lower, supports_split, upper
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -186,15 +187,20 @@ def test_split_forward(tok, models, model_type):
     if not supports_split(model):
         return
     ids, mask = _batch(tok)
-    layers, config = model.model.layers, model.config
-    before = (list(layers), config.num_hidden_layers, list(getattr(config, "layer_types", None) or []))
+    layers, config = transformer_blocks(model), model.config
+
+    def state():
+        return (list(layers), config.num_hidden_layers, list(getattr(config, "layer_types", None) or []),
+                [h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks) if h])
+
+    before = state()
     with torch.no_grad():
         full = forward_logits(model, ids, mask)
-        for k in range(LAYERS):
+        for k in range(len(layers)):
             split = upper(model, lower(model, ids, mask, k), mask, k)
             torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-5)
-    assert model.model.layers is layers and model.config is config
-    assert before == (list(layers), config.num_hidden_layers, list(getattr(config, "layer_types", None) or []))
+    assert transformer_blocks(model) is layers and model.config is config
+    assert before == state()  # the same layers, counts and (no) hooks left behind
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))

@@ -18,11 +18,24 @@ thread could observe), ``upper`` calls the forward of a *view*: a shallow copy o
 model and its decoder that shares every parameter, submodule and hook, with its own
 layer list [k, L) and its own copy of the config. The model itself is never changed.
 
-This works for decoder families whose forward loops over the layer list as above and
-feeds ``inputs_embeds`` straight to the first layer: ``split_forward`` in
-``memdlm.backbones.families``. ``supports_split`` says whether a model qualifies, and callers
-fall back to full forwards otherwise. Tests check exact equality with the full forward,
-and that the model is unchanged during and after a call (also when a layer raises).
+``upper`` passes the hidden states as ``inputs_embeds`` (shapes, dtype, no ids needed) and
+a pre-hook hands them to layer k exactly as given, so whatever a model does between its
+embeddings and its first block (LLaDA's embedding dropout and scaling) is not applied twice.
+
+This works for families whose forward takes ``inputs_embeds`` and loops over its block list
+(``model.layers`` of the stock decoders, Dream, LLaDA-MoE and LLaDA2, ``transformer.blocks``
+of LLaDA; found by name, ``checkpointing.block_list_name``), passing each block the hidden
+states first: ``split_forward`` in ``memdlm.backbones.families``. ``supports_split`` says
+whether a model qualifies, and callers fall back to full forwards otherwise. Tests check
+exact equality with the full forward (look-alikes and, with ``MEMDLM_REAL_FAMILIES_DIR``, the
+real remote code), and that the model is unchanged during and after a call (also when a
+layer raises).
+
+Under DDP the reducer prepares the backward's all-reduce in the wrapper's forward, so a
+forward that bypasses it would leave the ranks' gradients unsynchronised.
+``through_wrapper`` runs a whole computation (both halves, and the inner loop between them)
+as the wrapped module's forward inside one call of the DDP module; other wrappers (FSDP1,
+DeepSpeed) get full forwards.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from memdlm.backbones.checkpointing import block_list_name
 from memdlm.backbones.families import family_of
 from memdlm.backbones.modeling import logits_only_at, unwrap
 
@@ -40,13 +54,40 @@ class _Stop(Exception):
     pass
 
 
+def _is_ddp(model) -> bool:
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
 def supports_split(model) -> bool:
-    if hasattr(model, "module") and not hasattr(model, "get_base_model"):
-        return False  # DDP/FSDP wrappers: keep one forward per backward
+    if hasattr(model, "module") and not hasattr(model, "get_base_model") and not _is_ddp(model):
+        return False  # FSDP1, DeepSpeed: their forwards gather weights; keep whole forwards
     base = unwrap(model)
-    inner = getattr(base, "model", None)
-    return (family_of(getattr(base, "config", None)).split_forward
-            and isinstance(getattr(inner, "layers", None), nn.ModuleList))
+    if getattr(getattr(base, "config", None), "block_group_size", 1) != 1:
+        return False  # LLaDA's grouped blocks run through another list
+    return family_of(getattr(base, "config", None)).split_forward and block_list_name(base) is not None
+
+
+def through_wrapper(model, compute):
+    """``compute() -> (loss, extra)``, run under DDP as the wrapped module's forward in one
+    call of the DDP module (which prepares the gradients' all-reduce for the backward, and,
+    with ``find_unused_parameters``, finds the parameters the backward reaches from ``loss``);
+    directly otherwise. Inside, the module's own forward is back in place, so ``compute``
+    calls it as usual."""
+    if not _is_ddp(model):
+        return compute()
+    module, extra = model.module, []
+
+    def once(*_args, **_kwargs):
+        del module.forward  # the instance attribute: the class's forward is seen again
+        loss, more = compute()
+        extra.append(more)
+        return loss
+
+    module.forward = once
+    try:
+        return model(), extra[0]
+    finally:
+        module.__dict__.pop("forward", None)
 
 
 def _shallow_view(module: nn.Module, **replace) -> nn.Module:
@@ -64,29 +105,54 @@ def _shallow_view(module: nn.Module, **replace) -> nn.Module:
     return view
 
 
+def _sliced_config(config, start: int, kept: int):
+    """A copy of a config that counts ``kept`` layers from layer ``start``."""
+    config = copy.copy(config)
+    for count in ("num_hidden_layers", "n_layers"):
+        derived = isinstance(getattr(type(config), count, None), property)  # LLaDA's reads n_layers
+        if isinstance(getattr(config, count, None), int) and not derived:
+            setattr(config, count, kept)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = list(config.layer_types)[start:]
+    return config
+
+
 def _upper_view(model, start: int) -> nn.Module:
-    """The model as if its decoder held only layers [start, L) (see the module docstring)."""
+    """The model as if its block list held only layers [start, L) (see the module docstring):
+    a view of every module on the path to the list, each with the sliced copy of its config."""
     base = unwrap(model)
-    config = copy.copy(base.config)
-    layers = list(base.model.layers)[start:]
-    config.num_hidden_layers = len(layers)
-    if getattr(base.config, "layer_types", None) is not None:
-        config.layer_types = list(base.config.layer_types)[start:]
-    decoder = _shallow_view(base.model, layers=nn.ModuleList(layers), config=config)
-    return _shallow_view(base, model=decoder, config=config)
+    path = block_list_name(base).split(".")
+    chain = [base]
+    for name in path[:-1]:
+        chain.append(getattr(chain[-1], name))
+    child = nn.ModuleList(list(getattr(chain[-1], path[-1]))[start:])
+    kept = len(child)
+    configs: dict[int, object] = {}  # a config shared by several modules is copied once
+    for module, name in zip(reversed(chain), reversed(path)):
+        replace = {name: child}
+        config = module.__dict__.get("config")
+        if config is not None:
+            replace["config"] = configs.setdefault(id(config), _sliced_config(config, start, kept))
+        child = _shallow_view(module, **replace)
+    return child
+
+
+def _blocks(model) -> nn.ModuleList:
+    base = unwrap(model)
+    return base.get_submodule(block_list_name(base))
 
 
 def lower(model, input_ids, attention_mask, k: int) -> torch.Tensor:
-    """Hidden states entering layer k: ``[b, l, H]`` (the embeddings when k == 0)."""
+    """Hidden states entering layer k: ``[b, l, H]`` (what the model gives its first block
+    when k == 0)."""
     base = unwrap(model)
     captured = []
-    source = base.model.layers[k - 1] if k > 0 else base.model.embed_tokens
 
-    def grab(_m, _a, out):
-        captured.append(out[0] if isinstance(out, tuple) else out)
-        raise _Stop  # the layers above k are not run
+    def grab(_m, args, kwargs):
+        captured.append(args[0] if args else kwargs["hidden_states"])
+        raise _Stop  # layers k and above are not run
 
-    handle = source.register_forward_hook(grab)
+    handle = _blocks(model)[k].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _Stop:
@@ -99,5 +165,15 @@ def lower(model, input_ids, attention_mask, k: int) -> torch.Tensor:
 def upper(model, hidden, attention_mask, k: int, positions=None) -> torch.Tensor:
     """Logits from layer k's input hidden states (``[n, V]`` at ``positions`` if given)."""
     view = _upper_view(model, k)
-    with logits_only_at(model, positions):  # a hook on the shared output embedding
-        return view(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False).logits
+
+    def inject(_m, args, kwargs):  # layer k gets ``hidden`` itself, whatever came before it
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    handle = _blocks(model)[k].register_forward_pre_hook(inject, with_kwargs=True)
+    try:
+        with logits_only_at(model, positions):  # a hook on the shared output embedding
+            return view(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False).logits
+    finally:
+        handle.remove()
