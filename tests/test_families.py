@@ -299,7 +299,7 @@ def test_lower_stops_after_layer_k_and_leaves_the_model_alone(tok, models):
     model = models("llama")
     ids, mask = _batch(tok)
     ran = []
-    handles = [layer.register_forward_pre_hook(lambda _m, _a, i=i: ran.append(i))
+    handles = [layer.register_forward_hook(lambda _m, _a, _out, i=i: ran.append(i))  # layers that ran
                for i, layer in enumerate(model.model.layers)]
     try:
         with torch.no_grad():
