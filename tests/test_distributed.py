@@ -281,6 +281,47 @@ def test_two_processes_log_the_losses_and_memories_of_one(tmp_path, case):
     assert torch.equal(ranks[0]["memories"][0][1], ranks[1]["memories"][0][1]) == (case == "shared_average")
 
 
+def test_through_wrapper_is_one_ddp_forward_and_keeps_the_modules_own_forward(tmp_path, make_tiny_model, tok):
+    """The split step under DDP: ``compute`` runs inside exactly one forward of the DDP module
+    (where the reducer prepares the all-reduce), calls the wrapped model's own forward as usual
+    (here an instance forward, as the 4-D key-padding fix installs), and leaves it in place."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from memdlm.backbones.bidirectional import pass_4d_key_padding_masks
+    from memdlm.backbones.modeling import forward_logits
+    from memdlm.backbones.split_forward import through_wrapper
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = make_tiny_model()
+        pass_4d_key_padding_masks(model)
+        own = model.__dict__["forward"]
+        ddp = DistributedDataParallel(model)
+        entered = []
+        ddp.register_forward_pre_hook(lambda _m, _a: entered.append(1))
+        ids = torch.randint(10, len(tok), (2, 8), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        mask[1, 6:] = 0
+        calls = []
+        model.register_forward_pre_hook(lambda _m, _a: calls.append(1))
+
+        def compute():
+            return forward_logits(model, ids, mask).square().mean(), "extra"
+
+        loss, extra = through_wrapper(ddp, compute)
+        assert entered == [1] and extra == "extra" and len(calls) == 2  # DDP's call, then the model's own
+        assert model.__dict__["forward"] is own
+        loss.backward()
+        got = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        forward_logits(model, ids, mask).square().mean().backward()
+        assert all(torch.equal(a, p.grad) for a, p in zip(got, model.parameters()))
+        assert through_wrapper(model, lambda: (torch.ones(()), 1)) == (torch.ones(()), 1)  # no wrapper: direct
+    finally:
+        dist.destroy_process_group()
+
+
 def test_fsdp_on_a_cpu_is_refused_in_one_line(tmp_path, capsys):
     """accelerate runs a CPU job's --fsdp as DDP (nothing sharded): refused before anything loads."""
     if torch.cuda.is_available():

@@ -194,11 +194,21 @@ def test_split_forward(tok, models, model_type):
                 [h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks) if h])
 
     before = state()
+    ran = []
     with torch.no_grad():
         full = forward_logits(model, ids, mask)
         for k in range(len(layers)):
-            split = upper(model, lower(model, ids, mask, k), mask, k)
+            hidden = lower(model, ids, mask, k)
+            handles = [layer.register_forward_hook(lambda _m, _a, _o, i=i: ran.append(i))
+                       for i, layer in enumerate(layers)]
+            try:
+                split = upper(model, hidden, mask, k)
+            finally:
+                for handle in handles:
+                    handle.remove()
             torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-5)
+            assert ran == list(range(k, len(layers))), ran  # the upper half runs layers k.. only
+            ran.clear()
     assert transformer_blocks(model) is layers and model.config is config
     assert before == state()  # the same layers, counts and (no) hooks left behind
 

@@ -41,6 +41,7 @@ DeepSpeed) get full forwards.
 from __future__ import annotations
 
 import copy
+import types
 
 import torch
 import torch.nn as nn
@@ -76,9 +77,16 @@ def through_wrapper(model, compute):
     if not _is_ddp(model):
         return compute()
     module, extra = model.module, []
+    own = module.__dict__.get("forward")  # an instance forward of its own (4-D masks), kept
+
+    def put_back():
+        if own is None:
+            module.__dict__.pop("forward", None)
+        else:
+            module.__dict__["forward"] = own
 
     def once(*_args, **_kwargs):
-        del module.forward  # the instance attribute: the class's forward is seen again
+        put_back()  # the module's own forward is seen again by compute's calls
         loss, more = compute()
         extra.append(more)
         return loss
@@ -87,7 +95,7 @@ def through_wrapper(model, compute):
     try:
         return model(), extra[0]
     finally:
-        module.__dict__.pop("forward", None)
+        put_back()
 
 
 def _shallow_view(module: nn.Module, **replace) -> nn.Module:
@@ -97,6 +105,9 @@ def _shallow_view(module: nn.Module, **replace) -> nn.Module:
     view = object.__new__(type(module))
     view.__dict__.update(module.__dict__)
     view.__dict__["_modules"] = dict(module._modules)  # own child table: replacing a child stays local
+    own = module.__dict__.get("forward")  # an instance forward (4-D key-padding masks) runs the view
+    if isinstance(own, types.MethodType) and own.__self__ is module:
+        view.__dict__["forward"] = types.MethodType(own.__func__, view)
     for name, value in replace.items():
         if isinstance(value, nn.Module):
             view._modules[name] = value
