@@ -18,9 +18,11 @@ thread could observe), ``upper`` calls the forward of a *view*: a shallow copy o
 model and its decoder that shares every parameter, submodule and hook, with its own
 layer list [k, L) and its own copy of the config. The model itself is never changed.
 
-``upper`` passes the hidden states as ``inputs_embeds`` (shapes, dtype, no ids needed) and
-a pre-hook hands them to layer k exactly as given, so whatever a model does between its
-embeddings and its first block (LLaDA's embedding dropout and scaling) is not applied twice.
+``upper`` passes the hidden states as ``inputs_embeds`` (shapes, dtype, no ids needed), and
+the view's first block is layer k behind a small module that hands it the hidden states
+exactly as given, so whatever a model does between its embeddings and its first block
+(LLaDA's embedding scaling and dropout) is not applied twice -- also when gradient
+checkpointing recomputes the block in the backward.
 
 This works for families whose forward takes ``inputs_embeds`` and loops over its block list
 (``model.layers`` of the stock decoders, Dream, LLaDA-MoE and LLaDA2, ``transformer.blocks``
@@ -128,15 +130,17 @@ def _sliced_config(config, start: int, kept: int):
     return config
 
 
-def _upper_view(model, start: int) -> nn.Module:
-    """The model as if its block list held only layers [start, L) (see the module docstring):
-    a view of every module on the path to the list, each with the sliced copy of its config."""
+def _upper_view(model, start: int, hidden: torch.Tensor) -> nn.Module:
+    """The model as if its block list held only layers [start, L), the first fed ``hidden``
+    (see the module docstring): a view of every module on the path to the list, each with the
+    sliced copy of its config."""
     base = unwrap(model)
     path = block_list_name(base).split(".")
     chain = [base]
     for name in path[:-1]:
         chain.append(getattr(chain[-1], name))
-    child = nn.ModuleList(list(getattr(chain[-1], path[-1]))[start:])
+    layers = list(getattr(chain[-1], path[-1]))[start:]
+    child = nn.ModuleList([_Entry(layers[0], hidden), *layers[1:]])
     kept = len(child)
     configs: dict[int, object] = {}  # a config shared by several modules is copied once
     for module, name in zip(reversed(chain), reversed(path)):
@@ -173,18 +177,31 @@ def lower(model, input_ids, attention_mask, k: int) -> torch.Tensor:
     return captured[0]
 
 
+class _Entry(nn.Module):
+    """Layer k as the first block of the upper view: whatever the model computed as its first
+    block's input, layer k runs on ``hidden``. A module in the view's list, not a hook removed
+    after the call, so a checkpointed block recomputed in the backward gets ``hidden`` again.
+    Other attributes (``attention_type``, ``layer_idx``, ...) are layer k's."""
+
+    def __init__(self, layer: nn.Module, hidden: torch.Tensor):
+        super().__init__()
+        self.layer = layer
+        self.__dict__["hidden"] = hidden  # a plain attribute: not a buffer of the model
+
+    def forward(self, *args, **kwargs):
+        if args:
+            return self.layer(self.hidden, *args[1:], **kwargs)
+        return self.layer(**{**kwargs, "hidden_states": self.hidden})
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
+
 def upper(model, hidden, attention_mask, k: int, positions=None) -> torch.Tensor:
     """Logits from layer k's input hidden states (``[n, V]`` at ``positions`` if given)."""
-    view = _upper_view(model, k)
-
-    def inject(_m, args, kwargs):  # layer k gets ``hidden`` itself, whatever came before it
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
-
-    handle = _blocks(model)[k].register_forward_pre_hook(inject, with_kwargs=True)
-    try:
-        with logits_only_at(model, positions):  # a hook on the shared output embedding
-            return view(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False).logits
-    finally:
-        handle.remove()
+    view = _upper_view(model, k, hidden)
+    with logits_only_at(model, positions):  # a hook on the shared output embedding
+        return view(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False).logits
