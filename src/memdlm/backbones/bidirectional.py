@@ -23,8 +23,8 @@ import types
 
 import torch
 
-from memdlm.errors import ConfigError
 from memdlm.backbones.partitioned import refuse_partitioned
+from memdlm.errors import ConfigError
 
 logger = logging.getLogger("memdlm")
 
