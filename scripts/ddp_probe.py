@@ -17,7 +17,10 @@ samples (``rank_inputs`` + ``write_memory`` below, importable without torchrun)
 and the base weights across ranks.
 
 (2) runs ``memdlm.cli.main`` with a callback added to the trainer that saves
-each rank's final weights to ``weights_rank{r}.pt``: DDP must leave them equal.
+each rank's final weights, and every memory its inner loop wrote, to
+``weights_rank{r}.pt``: DDP must leave the weights equal, and the test compares losses,
+memories and weights with a one-process run of the same batches (run without torchrun;
+``--as-ranks 2`` noises one process's batch as two ranks would, see ``noise_as_ranks``).
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ def make_model(tok, layers: int = 2):
 
 
 def rank_inputs(tok, rank: int, step_process: int | None = None):
-    """Rank ``rank``'s samples as the trainer sees them: (NoisedBatch, InnerLoopInputs).
-    ``step_process``: the process index in the step seed (0 on every rank for a batch-shared
-    memory averaged over the ranks; default: the rank)."""
+    """Rank ``rank``'s samples as the trainer sees them at step 0, micro-step 0 of 2 processes:
+    (NoisedBatch, InnerLoopInputs). ``step_process``: the micro-batch index in the step seed (0
+    on every rank for a batch-shared memory averaged over the ranks; default: the rank's index,
+    ``MDLMTrainer.micro_batch_index``)."""
     from memdlm.data.collate import DiffusionCollator
     from memdlm.diffusion.process import noise_batch
     from memdlm.diffusion.masking import seeded_generator
@@ -55,11 +59,13 @@ def rank_inputs(tok, rank: int, step_process: int | None = None):
     data = SyntheticTaskDataset(tok, ["kv"], [LENGTH], "train", 64, seed=SEED)
     collate = DiffusionCollator(tok.pad_token_id, tok.eos_token_id)
     inputs = collate([data[rank * BATCH + i] for i in range(BATCH)])
-    # The trainer's seeds: (seed, process index, global step, micro-step).
+    # The trainer's seeds: (seed, 0, global step, micro-batch index); the index of micro-step 0
+    # of rank r is r.
     batch = noise_batch(inputs, schedule=get_schedule("linear"), weighting="scheduler", eps=1e-3,
-                        mask_token_id=tok.mask_token_id, generator=seeded_generator(SEED, rank, 0, 0))
+                        mask_token_id=tok.mask_token_id, generator=seeded_generator(SEED, 0, 0, rank))
+    index = rank if step_process is None else step_process
     x = InnerLoopInputs(batch.clean_ids, batch.attention_mask, batch.maskable, batch.masked,
-                        batch.sample_seed, step_seed_of(SEED, rank if step_process is None else step_process, 0, 1))
+                        batch.sample_seed, step_seed_of(SEED, 0, 0, index + 1))
     return batch, x
 
 
@@ -120,30 +126,86 @@ def probe_inner(out: Path) -> None:
     dist.destroy_process_group()
 
 
-def probe_train(out: Path, argv: list[str]) -> int:
+def probe_train(out: Path, argv: list[str], as_ranks: int = 1) -> int:
     from transformers import TrainerCallback
 
+    import memdlm.training.memdlm_trainer as memdlm_trainer
     import memdlm.training.train as run
     from memdlm.cli import main
+    from memdlm.memory.inner_loop import InnerLoop
 
     rank = int(os.environ.get("RANK", "0"))
+    memories: list[list[torch.Tensor]] = []  # every memory the inner loop wrote, in order
+    split_calls = []  # the trainer's split forwards (the lower halves it ran)
+    lower = memdlm_trainer.lower
+
+    def counted_lower(*a, **kw):
+        split_calls.append(1)
+        return lower(*a, **kw)
+
+    memdlm_trainer.lower = counted_lower
 
     class DumpWeights(TrainerCallback):
         def on_train_end(self, args, state, control, model=None, **kwargs):
             weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             torch.save({"rank": args.process_index, "world_size": args.world_size,
-                        "global_step": state.global_step, "weights": weights},
+                        "global_step": state.global_step, "weights": weights, "memories": memories,
+                        "split_calls": len(split_calls)},
                        out / f"weights_rank{rank}.pt")
 
+    run_inner = InnerLoop.run
+
+    def recording_run(self, *a, **kw):
+        memory, stats = run_inner(self, *a, **kw)
+        memories.append([p.detach().clone() for p in memory.params()])
+        return memory, stats
+
+    InnerLoop.run = recording_run
     make_trainer = run.make_trainer
 
     def patched(*a, **kw):
         trainer = make_trainer(*a, **kw)
         trainer.add_callback(DumpWeights())
+        if as_ranks > 1:
+            noise_as_ranks(trainer, as_ranks)
         return trainer
 
     run.make_trainer = patched
     return main(["train", *argv])
+
+
+def noise_as_ranks(trainer, ranks: int) -> None:
+    """One process noising its batch as ``ranks`` processes would have noised their parts.
+
+    The reference for a batch-shared memory averaged over the ranks, whose one-process twin has
+    the global batch in one micro-batch: the batch's ``ranks`` consecutive row blocks are
+    noised alone -- cut to their own padded length, masks from the generator of micro-batch
+    index micro-step x ranks + r (``MDLMTrainer.micro_batch_index`` of rank r) -- and put back.
+    """
+    import memdlm.training.mdlm_trainer as module
+    from memdlm.diffusion.masking import seeded_generator
+    from memdlm.diffusion.process import NoisedBatch
+
+    original = module.noise_batch
+
+    def noise(inputs, *, generator, **kw):
+        micro = trainer._micro_step - 1  # counted by _generator before this call
+        rows = inputs["input_ids"].shape[0] // ranks
+        full = original(inputs, generator=generator, **kw)  # clean ids, mask and maskable as they are
+        noisy, masked, t, weight = full.noisy_ids.clone(), torch.zeros_like(full.masked), [], []
+        for r in range(ranks):
+            block = slice(r * rows, (r + 1) * rows)
+            width = int(inputs["attention_mask"][block].sum(1).max())
+            part = {k: (v[block, :width] if v.dim() == 2 else v[block]) for k, v in inputs.items()}
+            g = seeded_generator(trainer.args.seed, 0, trainer.state.global_step, micro * ranks + r)
+            own = original(part, generator=g, **kw)
+            noisy[block, :width], masked[block, :width] = own.noisy_ids, own.masked
+            t.append(own.t)
+            weight.append(own.weight)
+        return NoisedBatch(full.clean_ids, full.attention_mask, full.maskable, masked, noisy,
+                           torch.cat(t), torch.cat(weight), full.sample_seed)
+
+    module.noise_batch = noise
 
 
 def main_(argv: list[str] | None = None) -> int:
@@ -155,13 +217,15 @@ def main_(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["inner", "train"])
     parser.add_argument("--out", required=True, help="folder for the per-rank dumps")
+    parser.add_argument("--as-ranks", type=int, default=1,
+                        help="train: noise each batch as this many processes would (noise_as_ranks)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.mode == "inner":
         probe_inner(out)
         return 0
-    return probe_train(out, rest)
+    return probe_train(out, rest, args.as_ranks)
 
 
 if __name__ == "__main__":

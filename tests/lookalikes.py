@@ -287,11 +287,11 @@ class Decoder(nn.Module):
         self.rotary_emb = Rotary(config)
         self.mask_fn = mask_fn
 
-    def forward(self, input_ids, attention_mask=None):
-        x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary_emb(input_ids.shape[1], x.device)
+    def forward(self, input_ids, attention_mask=None, inputs_embeds=None):
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        cos, sin = self.rotary_emb(x.shape[1], x.device)
         mask = self.mask_fn(attention_mask) if self.mask_fn is key_padding else \\
-            self.mask_fn(attention_mask, input_ids.shape[1])
+            self.mask_fn(attention_mask, x.shape[1])
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
         return self.norm(x)
@@ -306,8 +306,8 @@ class LMWithHead(LookalikePreTrained):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def forward(self, input_ids=None, attention_mask=None, use_cache=None, **kwargs):
-        return CausalLMOutput(logits=self.lm_head(self.model(input_ids, attention_mask)))
+    def forward(self, input_ids=None, attention_mask=None, use_cache=None, inputs_embeds=None, **kwargs):
+        return CausalLMOutput(logits=self.lm_head(self.model(input_ids, attention_mask, inputs_embeds)))
 '''
 
 FAMILIES = {
@@ -353,10 +353,13 @@ class LLaDALookalikeModel(nn.Module):
             ln_f=RMSNorm(config.d_model),
             ff_out=nn.Linear(config.d_model, config.vocab_size, bias=False)))
 
-    def forward(self, input_ids, attention_mask=None):
-        x = self.transformer.wte(input_ids)
+    def forward(self, input_ids, attention_mask=None, input_embeddings=None):
+        x = self.transformer.wte(input_ids) if input_embeddings is None else input_embeddings
+        # LLaDA scales (input_emb_norm) and drops out embeddings before the first block, given
+        # embeddings too: the split forward must hand the upper layers their input unscaled
+        x = x * 1.5
         cos, sin = rope_on_the_fly(self.config.d_model // self.config.n_heads, self.config.rope_theta,
-                                   input_ids.shape[1], x.device)
+                                   x.shape[1], x.device)
         for block in self.transformer.blocks:
             x = block(x, cos, sin, key_padding(attention_mask))
         return self.transformer.ff_out(self.transformer.ln_f(x))
@@ -378,8 +381,8 @@ class LLaDALookalikeModelLM(LookalikePreTrained):
     def get_output_embeddings(self):
         return self.model.transformer.ff_out
 
-    def forward(self, input_ids=None, attention_mask=None, use_cache=None, **kwargs):
-        return CausalLMOutput(logits=self.model(input_ids, attention_mask))
+    def forward(self, input_ids=None, attention_mask=None, use_cache=None, inputs_embeds=None, **kwargs):
+        return CausalLMOutput(logits=self.model(input_ids, attention_mask, input_embeddings=inputs_embeds))
 '''),
     "llada_moe": dict(model_type="lladamoe", auto=("AutoModelForCausalLM",), cls="LLaDAMoELookalikeModelLM",
                       config_mask_offset=7, body='''

@@ -213,6 +213,115 @@ def test_shared_memory_averaged_over_ranks_is_the_one_process_memory(tmp_path_fa
     assert not torch.allclose(local, alone.params()[1])
 
 
+# --- 3. two processes train what one process trains ----------------------------------------
+
+# (method flags, the one-process twin's batch flags, --as-ranks of the twin, exact)
+# Two processes x 2 samples draw per micro-batch what one process with accumulation 2 draws
+# (MDLMTrainer.micro_batch_index), and compute the same numbers; DDP's mean over the ranks is
+# the twin's mean over its micro-batches. A batch-shared memory averaged over the ranks is one
+# memory of the global batch: its twin holds the 4 samples in one micro-batch, noised as the
+# two ranks noise their halves (ddp_probe.noise_as_ranks); per-sequence normalisation makes
+# the mean of the ranks' losses the global batch's loss.
+TWINS = {
+    "mdlm": (["--method", "mdlm"], ["--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "2"], 1),
+    "per_sample": (["--method", "memdlm", "--memory-mode", "per_sample"],
+                   ["--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "2"], 1),
+    "shared_local": (["--method", "memdlm", "--memory-mode", "shared"],
+                     ["--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "2"], 1),
+    "shared_average": (["--method", "memdlm", "--memory-mode", "shared", "--shared-memory-ranks", "average",
+                        "--normalization", "sequence"], ["--per-device-train-batch-size", "4"], 2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(TWINS))
+def test_two_processes_log_the_losses_and_memories_of_one(tmp_path, case):
+    """Every logged step loss, every memory the inner loop wrote and the final weights of a
+    2-rank run equal those of a one-process run of the same global batches.
+
+    Bit-identical where the twin runs the ranks' micro-batches one after the other (the same
+    tensors go through the same operations; DDP's all-reduce of g/2 sums two terms as the
+    accumulation does). For the averaged batch-shared memory the twin pads the two halves to
+    one length (other matmul shapes) and sums the inner gradient in one process, where gloo
+    sums two ranks' shares: float32 rounding, about 1e-7 relative here, so rtol 1e-5.
+    """
+    method, twin, as_ranks = TWINS[case]
+    common = ["--max-steps", "3", "--save-steps", "1000", "--heldout-items", "0", "--num-eval-samples", "0",
+              "--tiny-layers", "2", "--train-lengths", "96", "--logging-steps", "1", "--seed", "0", *method]
+    launch(torchrun(str(PROBE), "train", "--out", str(tmp_path / "d2"), "--", "--output-dir",
+                    str(tmp_path / "r2"), "--per-device-train-batch-size", "2", *common), tmp_path / "log2")
+    launch([sys.executable, str(PROBE), "train", "--as-ranks", str(as_ranks), "--out", str(tmp_path / "d1"),
+            "--", "--output-dir", str(tmp_path / "r1"), *twin, *common], tmp_path / "log1")
+    exact = as_ranks == 1
+    two, one = _history(tmp_path / "r2"), _history(tmp_path / "r1")
+    assert [h["step"] for h in two] == [h["step"] for h in one] == [1, 2, 3]
+    for a, b in zip(one, two):
+        assert b["loss"] == (a["loss"] if exact else pytest.approx(a["loss"], rel=1e-5)), a["step"]
+    check_rank_weights(tmp_path / "d2", 3)
+    ranks = [torch.load(tmp_path / "d2" / f"weights_rank{r}.pt") for r in (0, 1)]
+    alone = torch.load(tmp_path / "d1" / "weights_rank0.pt")
+    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-5, atol=1e-6)
+    for name, value in alone["weights"].items():
+        torch.testing.assert_close(ranks[0]["weights"][name], value, **tol)
+    if method[1] == "mdlm":
+        return
+    # MemDLM took the split forward (lower layers once) in every micro-batch, under DDP too:
+    # through the wrapper's forward (split_forward.through_wrapper), or the ranks would differ.
+    assert [r["split_calls"] for r in ranks] == [3, 3] and alone["split_calls"] == len(alone["memories"])
+    # Rank r's memory of step s is the twin's micro-batch 2s + r (accumulation), or the twin's
+    # one memory of step s (averaged).
+    assert len(alone["memories"]) == 3 * (2 if exact else 1)
+    for r in (0, 1):
+        assert len(ranks[r]["memories"]) == 3
+        for s, memory in enumerate(ranks[r]["memories"]):
+            twin_memory = alone["memories"][2 * s + r if exact else s]
+            for got, want in zip(memory, twin_memory):
+                torch.testing.assert_close(got, want, **(tol if exact else dict(rtol=1e-5, atol=1e-7)))
+    # Averaged, both ranks hold the one memory; otherwise each its own samples' (so mixing would show).
+    assert torch.equal(ranks[0]["memories"][0][1], ranks[1]["memories"][0][1]) == (case == "shared_average")
+
+
+def test_through_wrapper_is_one_ddp_forward_and_keeps_the_modules_own_forward(tmp_path, make_tiny_model, tok):
+    """The split step under DDP: ``compute`` runs inside exactly one forward of the DDP module
+    (where the reducer prepares the all-reduce), calls the wrapped model's own forward as usual
+    (here an instance forward, as the 4-D key-padding fix installs), and leaves it in place."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from memdlm.backbones.bidirectional import pass_4d_key_padding_masks
+    from memdlm.backbones.modeling import forward_logits
+    from memdlm.backbones.split_forward import through_wrapper
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = make_tiny_model()
+        pass_4d_key_padding_masks(model)
+        own = model.__dict__["forward"]
+        ddp = DistributedDataParallel(model)
+        entered = []
+        ddp.register_forward_pre_hook(lambda _m, _a: entered.append(1))
+        ids = torch.randint(10, len(tok), (2, 8), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        mask[1, 6:] = 0
+        calls = []
+        model.register_forward_pre_hook(lambda _m, _a: calls.append(1))
+
+        def compute():
+            return forward_logits(model, ids, mask).square().mean(), "extra"
+
+        loss, extra = through_wrapper(ddp, compute)
+        assert entered == [1] and extra == "extra" and len(calls) == 2  # DDP's call, then the model's own
+        assert model.__dict__["forward"] is own
+        loss.backward()
+        got = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        forward_logits(model, ids, mask).square().mean().backward()
+        assert all(torch.equal(a, p.grad) for a, p in zip(got, model.parameters()))
+        assert through_wrapper(model, lambda: (torch.ones(()), 1)) == (torch.ones(()), 1)  # no wrapper: direct
+    finally:
+        dist.destroy_process_group()
+
+
 def test_fsdp_on_a_cpu_is_refused_in_one_line(tmp_path, capsys):
     """accelerate runs a CPU job's --fsdp as DDP (nothing sharded): refused before anything loads."""
     if torch.cuda.is_available():

@@ -30,6 +30,7 @@ from memdlm.backbones.modeling import (
     reuse_attention_masks,
 )
 from memdlm.sampling.sampler import Sampler
+from memdlm.backbones.checkpointing import transformer_blocks
 from memdlm.backbones.split_forward import lower, supports_split, upper
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -186,15 +187,30 @@ def test_split_forward(tok, models, model_type):
     if not supports_split(model):
         return
     ids, mask = _batch(tok)
-    layers, config = model.model.layers, model.config
-    before = (list(layers), config.num_hidden_layers, list(getattr(config, "layer_types", None) or []))
+    layers, config = transformer_blocks(model), model.config
+
+    def state():
+        return (list(layers), config.num_hidden_layers, list(getattr(config, "layer_types", None) or []),
+                [h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks) if h])
+
+    before = state()
+    ran = []
     with torch.no_grad():
         full = forward_logits(model, ids, mask)
-        for k in range(LAYERS):
-            split = upper(model, lower(model, ids, mask, k), mask, k)
+        for k in range(len(layers)):
+            hidden = lower(model, ids, mask, k)
+            handles = [layer.register_forward_hook(lambda _m, _a, _o, i=i: ran.append(i))
+                       for i, layer in enumerate(layers)]
+            try:
+                split = upper(model, hidden, mask, k)
+            finally:
+                for handle in handles:
+                    handle.remove()
             torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-5)
-    assert model.model.layers is layers and model.config is config
-    assert before == (list(layers), config.num_hidden_layers, list(getattr(config, "layer_types", None) or []))
+            assert ran == list(range(k, len(layers))), ran  # the upper half runs layers k.. only
+            ran.clear()
+    assert transformer_blocks(model) is layers and model.config is config
+    assert before == state()  # the same layers, counts and (no) hooks left behind
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
@@ -298,7 +314,7 @@ def test_lower_stops_after_layer_k_and_leaves_the_model_alone(tok, models):
     model = models("llama")
     ids, mask = _batch(tok)
     ran = []
-    handles = [layer.register_forward_pre_hook(lambda _m, _a, i=i: ran.append(i))
+    handles = [layer.register_forward_hook(lambda _m, _a, _out, i=i: ran.append(i))  # layers that ran
                for i, layer in enumerate(model.model.layers)]
     try:
         with torch.no_grad():

@@ -88,6 +88,23 @@ def test_bidirectional_padded_and_unpadded(family_dir):
     assert position_zero_sees_last_token(loaded, padded=True)
 
 
+def test_split_forward_equals_the_full_forward(family_dir):
+    """The real code's layers below / from each k, as two calls of its forward (padded batch)."""
+    from memdlm.backbones.checkpointing import transformer_blocks
+    from memdlm.backbones.split_forward import lower, supports_split, upper
+
+    loaded = load_model(family_dir, trust_remote_code=True).eval()
+    assert supports_split(loaded)
+    ids = _ids(loaded.get_input_embeddings().num_embeddings)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    with torch.no_grad():
+        full = forward_logits(loaded, ids, mask)
+        for k in range(len(transformer_blocks(loaded))):
+            split = upper(loaded, lower(loaded, ids, mask, k), mask, k)
+            torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-5)
+
+
 def test_mask_ids_agree_after_loading(family_dir):
     from memdlm.runs.run import Run
 

@@ -23,6 +23,7 @@ import types
 
 import torch
 
+from memdlm.backbones.partitioned import refuse_partitioned
 from memdlm.errors import ConfigError
 
 logger = logging.getLogger("memdlm")
@@ -97,6 +98,7 @@ def position_zero_sees_last_token(model, padded: bool, seed: int = 0) -> bool:
 def ensure_bidirectional(model) -> None:
     """Check both batches; fix the padded case with 4-D masks; raise if still causal."""
     name = type(model).__name__
+    refuse_partitioned(model.named_parameters(), "the load-time bidirectionality check (a forward)")
     if not position_zero_sees_last_token(model, padded=False):
         raise CausalAttentionError(
             f"{name}: position 0 ignores the last token -- the model attends causally and has no switch "

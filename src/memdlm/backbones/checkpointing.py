@@ -105,15 +105,22 @@ def _own_switch(base, options: dict, every: int, offload: bool) -> None:
             base._set_gradient_checkpointing = instance_own
 
 
+def block_list_name(model: nn.Module) -> str | None:
+    """The name (path from ``model``) of its outermost non-empty ``nn.ModuleList`` named one
+    of :data:`BLOCK_LIST_NAMES`, None without one."""
+    found = [(name.count("."), name) for name, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES]
+    return min(found)[1] if found else None
+
+
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     """The outermost non-empty ``nn.ModuleList`` named one of :data:`BLOCK_LIST_NAMES`."""
-    found = [(name.count("."), name, module) for name, module in model.named_modules()
-             if isinstance(module, nn.ModuleList) and len(module) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES]
-    if not found:
+    name = block_list_name(model)
+    if name is None:
         raise ConfigError(f"{type(model).__name__}: --gradient-checkpointing found no list of transformer blocks "
                           f"(an nn.ModuleList named one of {', '.join(BLOCK_LIST_NAMES)}) and the class has no "
                           "switch of its own (supports_gradient_checkpointing); train without the flag")
-    return min(found, key=lambda f: f[:2])[2]
+    return model.get_submodule(name)
 
 
 def checkpoint_block(block: nn.Module, options: dict | None = None) -> None:

@@ -51,8 +51,8 @@ class Family:
     bidirectional: Bidirectional
     # the decoder accepts a prepared {layer type: mask} dict as ``attention_mask``
     prepared_masks: bool = False
-    # forward loops over ``model.model.layers[:config.num_hidden_layers]`` and feeds
-    # ``inputs_embeds`` straight to the first layer (memdlm.backbones.split_forward)
+    # forward takes ``inputs_embeds`` and loops over its block list (``layers``, LLaDA's
+    # ``transformer.blocks``), hidden states first (memdlm.backbones.split_forward)
     split_forward: bool = False
     # the block cache has a path (memdlm.sampling.block_cache): decoders whose attention layers call
     # ``cache.update(k, v, layer_idx)`` and take ``position_ids`` and a prepared 4-D mask, or,
@@ -94,9 +94,9 @@ _ENTRIES = (
     # MoE: routed experts are fused 3-D parameters, found by memory/experts.py whatever
     # their names; the names here are the dense / shared-expert MLPs'. 4.x-era Mixtral code
     # kept each expert as w1 (gate), w3 (up), w2 (down) linear layers.
-    Family("qwen2_moe", "Qwen2-MoE", "is_causal", block_cache=True),
-    Family("qwen3_moe", "Qwen3-MoE", "is_causal", block_cache=True),
-    Family("mixtral", "Mixtral", "is_causal", ffn=("w1", "w2", "w3")),
+    Family("qwen2_moe", "Qwen2-MoE", "is_causal", split_forward=True, block_cache=True),
+    Family("qwen3_moe", "Qwen3-MoE", "is_causal", split_forward=True, block_cache=True),
+    Family("mixtral", "Mixtral", "is_causal", split_forward=True, ffn=("w1", "w2", "w3")),
     Family("modernbert", "ModernBERT", "native", ffn=("Wi", "Wo"), attn=("Wqkv", "Wo")),
     # MobileBERT's head multiplies by ``decoder.weight`` without calling the decoder. Its
     # attention output projection (attention.output.dense) is an FFN-named module kept out of
@@ -107,18 +107,18 @@ _ENTRIES = (
     # remote code written for transformers 4 (memdlm/backbones/remote_code.py; docs/BACKBONES.md)
     # Dream and LLaDA2 write keys/values through ``past_key_value.update(k, v, layer_idx)``
     # and take ``position_ids`` and 4-D masks: the decoder cache path, passed as ``past_key_values``
-    Family("dream", "Dream", "native", logits_shift=True, mask_from_tokenizer=True, decoding="dream",
+    Family("dream", "Dream", "native", split_forward=True, logits_shift=True, mask_from_tokenizer=True, decoding="dream",
            block_cache=True),
-    Family("llada", "LLaDA", "native", ffn=("ff_proj", "up_proj", "ff_out"),
+    Family("llada", "LLaDA", "native", split_forward=True, ffn=("ff_proj", "up_proj", "ff_out"),
            attn=("q_proj", "k_proj", "v_proj", "att_proj", "attn_out"), mask_from_tokenizer=True,
            no_cache_reason="its attention (modeling_llada.py) appends cached keys/values after the new "
                            "ones and derives rotary positions from their count, so a block's columns "
                            "cannot be recomputed in place"),
-    Family("lladamoe", "LLaDA-MoE", "native", mask_from_tokenizer=True,
+    Family("lladamoe", "LLaDA-MoE", "native", split_forward=True, mask_from_tokenizer=True,
            no_cache_reason="its model's forward (modeling_lladamoe.py) asserts that no cache is passed"),
     # LLaDA2's attention is a fused query_key_value projection and an output ``dense``
     # (modeling_llada2_moe.py); ``attention.dense`` keeps other ``dense`` layers out
-    Family("llada2_moe", "LLaDA2", "native", attn=("query_key_value", "attention.dense"),
+    Family("llada2_moe", "LLaDA2", "native", split_forward=True, attn=("query_key_value", "attention.dense"),
            mask_from_tokenizer=True, decoding="llada2", block_cache=True),
 )
 FAMILIES: dict[str, Family] = {f.model_type: f for f in _ENTRIES}

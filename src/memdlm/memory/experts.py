@@ -43,6 +43,8 @@ import inspect
 import torch
 import torch.nn as nn
 
+from memdlm.backbones.partitioned import full_shape, refuse_partitioned
+
 
 def fused_expert_params(module: nn.Module) -> list[tuple[str, int, int]] | None:
     """``[(param, in_features, out_features), ...]`` of a fused experts module, else None.
@@ -52,22 +54,22 @@ def fused_expert_params(module: nn.Module) -> list[tuple[str, int, int]] | None:
     (``is_transposed`` layouts store ``[E, in, out]`` instead of ``[E, out, in]``).
     """
     down = getattr(module, "down_proj", None)
-    if not isinstance(down, nn.Parameter) or down.dim() != 3:
+    if not isinstance(down, nn.Parameter) or len(full_shape(down)) != 3:  # ZeRO-3 empties .shape
         return None
     first = "gate_up_proj" if isinstance(getattr(module, "gate_up_proj", None), nn.Parameter) else "up_proj"
     up = getattr(module, first, None)
-    if not isinstance(up, nn.Parameter) or up.dim() != 3:
+    if not isinstance(up, nn.Parameter) or len(full_shape(up)) != 3:
         return None
     out = []
     for name, weight in ((first, up), ("down_proj", down)):
-        e, rows, cols = weight.shape
+        e, rows, cols = full_shape(weight)
         in_f, out_f = (rows, cols) if getattr(module, "is_transposed", False) else (cols, rows)
         out.append((name, in_f, out_f))
     return out
 
 
 def num_experts(module: nn.Module) -> int:
-    return int(module.down_proj.shape[0])
+    return int(full_shape(module.down_proj)[0])
 
 
 # --- applying the deltas ------------------------------------------------------------
@@ -195,6 +197,9 @@ def install_expert_hooks(fast_weights, changes: list | None) -> list:
     handles = []
     for module, groups in by_module.values():
         def hook(mod, args, kwargs, output, groups=groups):
+            # runs after the module's forward, when ZeRO-3 has released the weights again
+            refuse_partitioned(((f"{type(mod).__name__}.{n}", w) for n, w in mod.named_parameters(recurse=False)),
+                               "the MoE experts' memory")
             hidden, top_k_index, top_k_weights = _routing(mod, args, kwargs)
             flat = hidden.reshape(-1, hidden.shape[-1])
             slot_of_token = _slot_of_token(fast_weights, flat.shape[0])

@@ -3,7 +3,9 @@
 ``compute_loss`` reads as the method does: (1) noise the batch, (2) take the
 MDLM loss at the noised state. ``MemDLMTrainer`` overrides one hook, ``loss_on``,
 to write the memory for the batch first. Masks are drawn from a generator seeded
-by (seed, process, global step, micro-step), so a resumed run draws the same masks.
+by (seed, global step, micro-batch index), so a resumed run draws the same masks; the index
+counts micro-batches across processes (``micro_batch_index``), so W processes draw what one
+process with W times the accumulation draws for the same batches.
 """
 
 from __future__ import annotations
@@ -97,12 +99,21 @@ class MDLMTrainer(Trainer):
         if training:
             if self.state.global_step != self._last_step:
                 self._last_step, self._micro_step = self.state.global_step, 0
-            seeds = (self.args.seed, self.args.process_index, self.state.global_step, self._micro_step)
+            seeds = (self.args.seed, 0, self.state.global_step, self.micro_batch_index(self._micro_step))
             self._micro_step += 1
         else:  # the same eval masks at every evaluation
             seeds = (self.args.seed, self.args.process_index, -1, self._eval_batches)
             self._eval_batches += 1
         return seeded_generator(*seeds, device=self.args.device)
+
+    def micro_batch_index(self, micro_step: int) -> int:
+        """This process's micro-batch ``micro_step`` counted across processes: micro-step x
+        processes + process. accelerate gives process r of W the batches r, r + W, ..., so W
+        processes with accumulation A run, micro-batch by micro-batch, what one process with
+        accumulation W x A runs, and draw the same masks (tests/test_distributed.py compares
+        the logged losses). In one process it is the micro-step, and the seed's second part
+        stays 0 where it used to be the process index, so one-process masks did not change."""
+        return micro_step * self.args.world_size + self.args.process_index
 
     # --- the objective ----------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

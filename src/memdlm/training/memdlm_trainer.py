@@ -23,7 +23,7 @@ from memdlm.diffusion.loss import absorption_ratio, reduce_loss, scatter_token_n
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, step_seed_of
 from memdlm.memory.targets import find_targets
 from memdlm.backbones.modeling import reuse_attention_masks, strip_ddp, unwrap
-from memdlm.backbones.split_forward import lower, supports_split, upper
+from memdlm.backbones.split_forward import lower, supports_split, through_wrapper, upper
 from memdlm.training.mdlm_trainer import MDLMTrainer
 
 logger = logging.getLogger("memdlm")
@@ -50,12 +50,14 @@ class MemDLMTrainer(MDLMTrainer):
         return self._loops[per_sample]
 
     def _step_seed(self) -> int:
-        """The seed of a step's memory initialisation and trajectory masks: per process, except
-        for a batch-shared memory averaged over the ranks, which every rank must start alike."""
+        """The seed of a micro-batch's memory initialisation and trajectory masks: per
+        micro-batch across processes (``micro_batch_index``, as the outer masks), except for a
+        batch-shared memory averaged over the ranks, which every rank must start alike."""
         a = self.memory_args
         shared_over_ranks = a.memory_mode == "shared" and a.shared_memory_ranks == "average"
-        process = 0 if shared_over_ranks else self.args.process_index
-        return step_seed_of(self.args.seed, process, self.state.global_step, self._micro_step)
+        micro = self._micro_step - 1  # _generator has counted this micro-batch already
+        index = micro if shared_over_ranks else self.micro_batch_index(micro)
+        return step_seed_of(self.args.seed, 0, self.state.global_step, index + 1)
 
     def _logging_step(self) -> bool:
         every = int(self.args.logging_steps) if self.args.logging_steps >= 1 else 1
@@ -102,21 +104,26 @@ class MemDLMTrainer(MDLMTrainer):
                 loss_off = mdlm_loss(model, batch, self.diffusion_args.normalization)
         # FSDP2 leaves no wrapper for supports_split to see; its sharded modules get whole forwards.
         if supports_split(model) and not getattr(self, "is_fsdp_enabled", False):
-            # The anchor stage and the outer loss share x_t: run the layers below the
-            # first adapted layer once, with autograd (the outer loss needs it).
-            k = loop.first_layer_index
-            hidden = lower(model, batch.noisy_ids, batch.attention_mask, k)
-            memory, stats = loop.run(x, anchor_hidden=hidden)  # (2) write the memory
-            with self._activate(memory, measure):  # (3) outer loss with phi constant
-                logits = upper(model, hidden, batch.attention_mask, k, batch.masked)
-            nll = scatter_token_nll(logits, batch.clean_ids, batch.masked)
-            loss = reduce_loss(nll, batch.weight, batch.maskable, self.diffusion_args.normalization)
+            # Under DDP all of it is one forward of the wrapper, so the gradients are synchronised.
+            loss, (memory, stats) = through_wrapper(model, lambda: self._split_loss(model, batch, loop, x, measure))
         else:
             memory, stats = loop.run(x)  # (2) write the memory
             with self._activate(memory, measure):  # (3) outer loss with phi constant
                 loss = mdlm_loss(model, batch, self.diffusion_args.normalization)
         self._record(stats, memory, loss, loss_off)
         return loss
+
+    def _split_loss(self, model, batch: NoisedBatch, loop: InnerLoop, x: InnerLoopInputs, measure: bool):
+        """(2) and (3) with the layers below the first adapted layer run once: the anchor
+        stage and the outer loss share x_t (with autograd: the outer loss needs it)."""
+        k = loop.first_layer_index
+        hidden = lower(model, batch.noisy_ids, batch.attention_mask, k)
+        memory, stats = loop.run(x, anchor_hidden=hidden)  # (2) write the memory
+        with self._activate(memory, measure):  # (3) outer loss with phi constant
+            logits = upper(model, hidden, batch.attention_mask, k, batch.masked)
+        nll = scatter_token_nll(logits, batch.clean_ids, batch.masked)
+        loss = reduce_loss(nll, batch.weight, batch.maskable, self.diffusion_args.normalization)
+        return loss, (memory, stats)
 
     def eval_loss(self, model, batch: NoisedBatch) -> torch.Tensor:
         loss = mdlm_loss(model, batch, self.diffusion_args.normalization)  # memory off
