@@ -36,6 +36,7 @@ from memdlm.runs.directory import (
     resume_checkpoint,
     write_json_atomic,
 )
+from memdlm.memory.config import RESOLVED_PART
 from memdlm.tasks.dataset import SyntheticTaskDataset
 from memdlm.training.callbacks import GracefulStop, RunRecord
 from memdlm.training.nonfinite import NonFiniteStepError
@@ -217,7 +218,7 @@ def build_datasets(data_args, tokenizer, seed: int):
     return examples, None, report
 
 
-def make_trainer(cfg, model, tokenizer, train, evals):
+def make_trainer(cfg, model, tokenizer, train, evals, resolved_memory=None):
     from memdlm.training.callbacks import TimeBudgetCallback
     from memdlm.training.mdlm_trainer import MDLMTrainer
 
@@ -231,7 +232,7 @@ def make_trainer(cfg, model, tokenizer, train, evals):
     if cfg.train.method == "memdlm":
         from memdlm.training.memdlm_trainer import MemDLMTrainer
 
-        trainer = MemDLMTrainer(memory_args=cfg.memory, **kwargs)
+        trainer = MemDLMTrainer(memory_args=cfg.memory, resolved_memory=resolved_memory, **kwargs)
     else:
         trainer = MDLMTrainer(**kwargs)
     if cfg.train.max_train_minutes:
@@ -289,6 +290,7 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
         torch.set_num_threads(cfg.threads)
     model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
+    resolved = memory_resolution(cfg, model)
     wait_for_all_ranks()  # every rank has judged the directory before rank 0 changes it
     if main:  # inputs checked: now the directory may change
         if plan["action"] == "replace":
@@ -297,11 +299,11 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
         write_json_atomic(out / IDENTITY_FILE, identity)
         write_json_atomic(out / "data_report.json", report.to_dict())
         logger.info(report.summary())
-        write_json_atomic(out / CONFIG_FILE, config)
+        write_json_atomic(out / CONFIG_FILE, {**config, **({RESOLVED_PART: resolved.to_dict()} if resolved else {})})
     wait_for_all_ranks()
     if not main:  # one identity for all ranks: the one rank 0 drew and wrote
         identity = json.loads((out / IDENTITY_FILE).read_text())
-    trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set)
+    trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set, resolved)
     record = RunRecord(identity["run_id"], identity["config_hash"])
     trainer.add_callback(record)
     stop = GracefulStop()
@@ -433,6 +435,16 @@ def recovery_advice(err, out: Path, run_id: str, resumed_from: str | None, model
         return f"{err}; no checkpoint was saved: start again with a lower --learning-rate"
     return (f"{err}; the last finite checkpoint is {last}: resume from it with --resume and a lower "
             "--learning-rate (or allow a few skipped steps with --max-nonfinite-skips)")
+
+
+def memory_resolution(cfg, model):
+    """A MemDLM run's memory resolved once, on the model it trains (rank, alpha, scale, target
+    names): its inner loops are built from it, and run_config.json keeps it for inference."""
+    if cfg.train.method != "memdlm":
+        return None
+    from memdlm.memory.builder import resolve_memory
+
+    return resolve_memory(model, cfg.memory)
 
 
 def resolved_config(cfg) -> dict:
