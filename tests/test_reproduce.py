@@ -232,15 +232,17 @@ def test_preset_hashes_are_unchanged():
     (the shipped base, an outer LoRA adapter, mqar64 at 256 tokens, the batch-shared headline) and
     again (the exposure-bias pair on prose_cont with 48 steps, the absorption ceiling), and by issue
     22 (the memory on both layers at inner lr 0.1 over micro-batches of 4, one adaptation for every
-    arm, the log-probability probe and its positive control, matched calibration; the pilot preset).
+    arm, the log-probability probe and its positive control, matched calibration; the pilot preset), and
+    by issue 24 (the adaptation's placement is the preset's memory_scope / memory_layer_fraction,
+    no longer a second copy in Adaptation: the same values, so no number changes).
     If a preset is changed on purpose, update the hash here and say so in the commit."""
     from memdlm.reproduce.presets import PRESETS
 
     assert {name: p.config_hash() for name, p in PRESETS.items()} == {
-        "smoke": "4ca4f7dfe5ba94fbfa8dfabc9671036919c3bf274873f3a58c4c244907590b70",
-        "pilot": "96135ca76b8fd9031241ec03ff3c5a449a7a9c846bb5bbd6be1259b4c917feaa",
-        "quick": "6caff8163ffe5578a71cc54d80f31e480c660ed1ea76f55048283f76c741461f",
-        "full": "88d1d821ca16724865c46eaad4eda73dac5b172bc8f1304628c86ee5cf30471c",
+        "smoke": "a936ddc0128ebb2c2c656bb545e3c942ed19fa669a4a26db9217278c8911cfe2",
+        "pilot": "26d50b592601bf880c939b247f8289830d3dcac68d5c2970d6280f0223695916",
+        "quick": "0a69846ecce0f610a75c949469083a61223d30f1c97f1b62c1a726bacfb014b8",
+        "full": "5923d5a7d88dc4198ce42505b44276d53258ce3ffa0e1f6696d00107879b3f49",
     }
 
 
@@ -463,16 +465,25 @@ def test_arms_share_base_adapter_and_data_and_reuse_the_chosen_calibration_runs(
 
 
 def test_every_arm_adapts_alike_at_the_papers_inner_lr(tmp_path):
-    from memdlm.memory.config import MemoryArguments
+    from dataclasses import asdict
+
+    from memdlm.memory.config import ADAPTATION_FIELDS, TRAINING_ONLY_FIELDS, AdaptationArguments
     from memdlm.reproduce.pipeline import Reproduction
     from memdlm.reproduce.presets import FULL
 
     repro = Reproduction(FULL, tmp_path, progress=False)
-    a = repro.memory_overrides({"rank": 2, "inner_lr": 1.0})
-    assert a == repro.memory_overrides() and a["inner_lr"] == 0.1 and a["trajectory"] == "anchor_consistent"
+    a = repro.memory_overrides()
+    assert a["inner_lr"] == 0.1 and a["trajectory"] == "anchor_consistent"
     # complete: an ablation arm's own training trajectory cannot leak into its adaptation
-    MemoryArguments(**a)
+    AdaptationArguments(**a)
     assert {"trajectory", "pre_anchor_steps", "inner_loss", "memory_layer_fraction", "memory_rank"} <= set(a)
+    # each setting passed once: only adaptation settings (no memory_mode, which inference never
+    # reads), the placement the MemDLM arms train with, and every other field at its default
+    assert set(a) <= set(ADAPTATION_FIELDS) and not set(a) & set(TRAINING_ONLY_FIELDS)
+    trained = repro.memory_options(2, 0.1)
+    assert (a["memory_scope"], a["memory_layer_fraction"]) == (trained["memory_scope"], trained["memory_layer_fraction"])
+    assert {k: v for k, v in asdict(AdaptationArguments()).items() if k not in a} == \
+        {"memory_alpha": None, "memory_target_modules": None}
 
 
 def test_micro_batches_split_the_optimiser_batch():
