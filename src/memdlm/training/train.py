@@ -290,7 +290,7 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
         torch.set_num_threads(cfg.threads)
     model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
-    resolved = memory_resolution(cfg, model)
+    config, resolved = memory_resolution(cfg, model, config)
     wait_for_all_ranks()  # every rank has judged the directory before rank 0 changes it
     if main:  # inputs checked: now the directory may change
         if plan["action"] == "replace":
@@ -299,7 +299,7 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
         write_json_atomic(out / IDENTITY_FILE, identity)
         write_json_atomic(out / "data_report.json", report.to_dict())
         logger.info(report.summary())
-        write_json_atomic(out / CONFIG_FILE, {**config, **({RESOLVED_PART: resolved.to_dict()} if resolved else {})})
+        write_json_atomic(out / CONFIG_FILE, config)
     wait_for_all_ranks()
     if not main:  # one identity for all ranks: the one rank 0 drew and wrote
         identity = json.loads((out / IDENTITY_FILE).read_text())
@@ -437,14 +437,16 @@ def recovery_advice(err, out: Path, run_id: str, resumed_from: str | None, model
             "--learning-rate (or allow a few skipped steps with --max-nonfinite-skips)")
 
 
-def memory_resolution(cfg, model):
+def memory_resolution(cfg, model, config: dict):
     """A MemDLM run's memory resolved once, on the model it trains (rank, alpha, scale, target
-    names): its inner loops are built from it, and run_config.json keeps it for inference."""
+    names), and ``config`` with it: the inner loops are built from it, and run_config.json keeps
+    it for inference, beside the settings and outside the identity hash (taken before)."""
     if cfg.train.method != "memdlm":
-        return None
+        return config, None
     from memdlm.memory.builder import resolve_memory
 
-    return resolve_memory(model, cfg.memory)
+    resolved = resolve_memory(model, cfg.memory)
+    return {**config, RESOLVED_PART: resolved.to_dict()}, resolved
 
 
 def resolved_config(cfg) -> dict:
