@@ -9,7 +9,8 @@
 (1) builds the tiny model with the same seed on every rank, wraps it in
 DistributedDataParallel, gives each rank different samples, writes the memory
 with the inner loop exactly as ``MemDLMTrainer`` does (on the DDP-stripped model,
-through ``MemDLMTrainer.inner_loop``), then takes one outer SGD step through DDP
+through the one builder, ``memory.builder.build_inner_loop``, with the trainer's
+``LoopRole.training``), then takes one outer SGD step through DDP
 with the memory active. Each rank saves ``inner_rank{r}.pt``: its fast weights
 (per-sample and batch-shared modes) and its base weights after the step. The
 test compares the fast weights with a single-process computation on the same
@@ -29,7 +30,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -69,23 +69,17 @@ def rank_inputs(tok, rank: int, step_process: int | None = None):
     return batch, x
 
 
-def trainer_like(tok, mode: str, ranks: str = "local"):
-    """The attributes ``MemDLMTrainer.inner_loop`` reads, without building a Trainer."""
-    from memdlm.config import DiffusionArguments
-    from memdlm.memory.config import MemoryArguments
-    from memdlm.diffusion.schedules import get_schedule
-
-    return SimpleNamespace(memory_args=MemoryArguments(memory_mode=mode, shared_memory_ranks=ranks), _loops={},
-                           mask_token_id=tok.mask_token_id, schedule=get_schedule("linear"),
-                           diffusion_args=DiffusionArguments())
-
-
 def write_memory(model, tok, x, mode: str, ranks: str = "local"):
-    """The memory MemDLMTrainer writes for ``x`` (``model`` may be DDP-wrapped)."""
-    from memdlm.training.memdlm_trainer import MemDLMTrainer
+    """The memory MemDLMTrainer writes for ``x`` (``model`` may be DDP-wrapped): its loop, built
+    as its ``inner_loop`` builds it (default diffusion settings: the linear schedule)."""
+    from memdlm.backbones.modeling import strip_ddp
+    from memdlm.config import DiffusionArguments
+    from memdlm.memory.builder import LoopRole, build_inner_loop
+    from memdlm.memory.config import MemoryArguments
 
-    fake = trainer_like(tok, mode, ranks)
-    loop = MemDLMTrainer.inner_loop(fake, model, mode == "per_sample", "scheduler")
+    args = MemoryArguments(memory_mode=mode, shared_memory_ranks=ranks)
+    loop = build_inner_loop(strip_ddp(model), args, LoopRole.training(args, DiffusionArguments()),
+                            mask_token_id=tok.mask_token_id)
     memory, _ = loop.run(x)
     return memory
 

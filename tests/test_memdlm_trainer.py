@@ -114,6 +114,34 @@ def test_eval_loss_is_memory_off_and_prompt_memory_is_logged(tok, tmp_path):
     assert len(logged) == 1 and logged[0] != pytest.approx(off.item(), abs=0)
 
 
+@pytest.mark.parametrize("mode", ["shared", "per_sample"])
+def test_eval_loss_prompt_memory_equals_the_runs_prompt_memory(tok, tmp_path, mode):
+    """The held-out loss with prompt memory is the loss with the memory ``Run.memory()`` adapts
+    (the one builder, the adaptation role), to the bit, after a training step has built the
+    training loop too (per_sample: once shared one cached loop with it, scheduler-weighted)."""
+    from dataclasses import asdict
+
+    from memdlm.runs.run import Run
+
+    model = build_tiny_model(tok, seed=0, num_hidden_layers=3)
+    batch = noised(tok)
+    trainer = make_trainer(tok, tmp_path, model, memory_mode=mode, memory_rank=4, adapt_mask_ratio=0.3,
+                           trajectory="progressive")
+    trainer.loss_on(model, batch, training=True)  # the training loop first
+    model.eval()
+    with torch.no_grad():
+        trainer.loss_on(model, batch, training=False)
+    (logged,) = trainer._metrics["eval"]["loss_prompt_memory"]
+    prompt = batch.attention_mask.bool() & ~batch.maskable
+    run = Run(model, tok, config={"memory": asdict(trainer.memory_args)})
+    memory = run.memory().adapt_positions(batch.clean_ids, batch.attention_mask, prompt, torch.arange(3))
+    with torch.no_grad(), memory.active():
+        want = mdlm_loss(model, batch)
+    assert logged == want.item()
+    with torch.no_grad():
+        assert want.item() != mdlm_loss(model, batch).item()  # the memory changed the loss
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--memory-mode", "per_sample"], ["--use-lora", "--lora-r", "4"]])
 def test_memdlm_trains_and_saves_no_fast_weights(tmp_path, extra):

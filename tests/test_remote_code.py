@@ -366,12 +366,14 @@ def test_same_prompt_twice_in_one_batch_adapts_and_predicts_as_alone(tok, writte
     """LLaDA2, per-sample memory, eval path end to end: a batch holding one prompt twice gives
     each row exactly what the prompt gives alone with that row's seed (the same seed twice: two
     equal rows), through adaptation and the memory's forward."""
-    from memdlm.memory.adapt import adapt_on_prompts, build_adaptation_loop
-    from memdlm.memory.config import MemoryArguments
+    from memdlm.memory.adapt import adapt_on_prompts
+    from memdlm.memory.builder import ADAPTATION, build_inner_loop
+    from memdlm.memory.config import AdaptationArguments
 
     _, reference = written["llada2"]
     model = copy.deepcopy(reference).eval()
-    loop = build_adaptation_loop(model, MemoryArguments(memory_layer_fraction=0.5), tok.mask_token_id)
+    loop = build_inner_loop(model, AdaptationArguments(memory_layer_fraction=0.5), ADAPTATION,
+                            mask_token_id=tok.mask_token_id)
     ids, _ = _batch(tok, padded=False, b=1, length=20)
     ones = torch.ones_like(ids)
 
@@ -391,10 +393,11 @@ def test_same_prompt_twice_in_one_batch_adapts_and_predicts_as_alone(tok, writte
 
 
 def _adapt(model, tok):
-    from memdlm.memory.adapt import adapt_on_prompts, build_adaptation_loop
-    from memdlm.memory.config import MemoryArguments
+    from memdlm.memory.adapt import adapt_on_prompts
+    from memdlm.memory.builder import ADAPTATION, build_inner_loop
+    from memdlm.memory.config import AdaptationArguments
 
-    loop = build_adaptation_loop(model, MemoryArguments(), tok.mask_token_id)
+    loop = build_inner_loop(model, AdaptationArguments(), ADAPTATION, mask_token_id=tok.mask_token_id)
     ids, mask = _batch(tok, length=16)
     prompt = mask.bool()
     return adapt_on_prompts(loop, ids, mask, prompt, 0.3, torch.tensor([5, 6]))

@@ -290,15 +290,17 @@ def test_preset_hashes_are_unchanged():
     again (the exposure-bias pair on prose_cont with 48 steps, the absorption ceiling), and by issue
     22 (the memory on both layers at inner lr 0.1 over micro-batches of 4, one adaptation for every
     arm, the log-probability probe and its positive control, matched calibration; the pilot preset; then
-    the usability rule's minimum effect and the full preset's 1/t outer-weighting arm).
+    the usability rule's minimum effect and the full preset's 1/t outer-weighting arm), and by issue 24
+    (the adaptation's placement is the preset's memory_scope / memory_layer_fraction, no longer a
+    second copy in Adaptation: the same values, so no number changes).
     If a preset is changed on purpose, update the hash here and say so in the commit."""
     from memdlm.reproduce.presets import PRESETS
 
     assert {name: p.config_hash() for name, p in PRESETS.items()} == {
-        "smoke": "35a823a7b2da63b19df3f782b9d258c32c0e2b1f5e5830786f151daec688f265",
-        "pilot": "0cf5ff0f66bd0f222ded32786bd089bf8070519b291ed72d5cabdfacd2f80cb1",
-        "quick": "2023f7d52d6bd25e8cd39d1f9ad893c5ed068d5175f52e4c02f495f4a785b05c",
-        "full": "bd750e0030e9b03a7dfd3a1b7556eb4c1b65fee2d4aa6f67666e5f0508820399",
+        "smoke": "f2da98f60bf41f7c07473e3ad0032f2c1a57fec971ea58960808b08fe5461286",
+        "pilot": "319e3f7a90df0f5b658ae78420634eb5712cdc7a591351c4b964db521f809d15",
+        "quick": "5678584a9e0b6cb3587e43c713d9af6abff565fc29a55e1d8f21ea3e77f28468",
+        "full": "1ebd92c5874f28142662095f7c5f03d803dafdcc5d016e90d66f48bb41b081ab",
     }
 
 
@@ -527,16 +529,25 @@ def test_arms_share_base_adapter_and_data_and_reuse_the_chosen_calibration_runs(
 
 
 def test_every_arm_adapts_alike_at_the_papers_inner_lr(tmp_path):
-    from memdlm.memory.config import MemoryArguments
+    from dataclasses import asdict
+
+    from memdlm.memory.config import ADAPTATION_FIELDS, TRAINING_ONLY_FIELDS, AdaptationArguments
     from memdlm.reproduce.pipeline import Reproduction
     from memdlm.reproduce.presets import FULL
 
     repro = Reproduction(FULL, tmp_path, progress=False)
-    a = repro.memory_overrides({"rank": 2, "inner_lr": 1.0})
-    assert a == repro.memory_overrides() and a["inner_lr"] == 0.1 and a["trajectory"] == "anchor_consistent"
+    a = repro.memory_overrides()
+    assert a["inner_lr"] == 0.1 and a["trajectory"] == "anchor_consistent"
     # complete: an ablation arm's own training trajectory cannot leak into its adaptation
-    MemoryArguments(**a)
+    AdaptationArguments(**a)
     assert {"trajectory", "pre_anchor_steps", "inner_loss", "memory_layer_fraction", "memory_rank"} <= set(a)
+    # each setting passed once: only adaptation settings (no memory_mode, which inference never
+    # reads), the placement the MemDLM arms train with, and every other field at its default
+    assert set(a) <= set(ADAPTATION_FIELDS) and not set(a) & set(TRAINING_ONLY_FIELDS)
+    trained = repro.memory_options(2, 0.1)
+    assert (a["memory_scope"], a["memory_layer_fraction"]) == (trained["memory_scope"], trained["memory_layer_fraction"])
+    assert {k: v for k, v in asdict(AdaptationArguments()).items() if k not in a} == \
+        {"memory_alpha": None, "memory_target_modules": None}
 
 
 def test_micro_batches_split_the_optimiser_batch():

@@ -21,13 +21,19 @@ import torch
 
 import memdlm.memory.adapt as adapt_module
 from memdlm.memory.adapt import adapt_on_prompts as direct_adapt
-from memdlm.memory.adapt import build_adaptation_loop
-from memdlm.memory.config import MemoryArguments
+from memdlm.memory.builder import ADAPTATION, build_inner_loop
+from memdlm.memory.config import MemoryArguments, adaptation_part
 
 # The run's memory settings, typed independently of run_config.json.
 TRAINED = MemoryArguments(memory_rank=4, memory_scope="ffn_attn", trajectory="progressive",
                           adapt_mask_ratio=0.3)
+ADAPTED = adaptation_part(TRAINED)  # what inference-time adaptation reads of them
 LENGTH = 128  # kv items of this length fit the tiny model's positions and the eval suite
+
+
+def build_adaptation_loop(model, settings, mask_token_id):
+    """An adaptation loop resolved afresh from ``settings`` (not from the run's saved resolution)."""
+    return build_inner_loop(model, settings, ADAPTATION, mask_token_id=mask_token_id)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +58,7 @@ def direct(run_dir):
 
     tok = load_tokenizer(str(run_dir))
     model = load_model(str(run_dir)).eval()
-    return SimpleNamespace(model=model, tok=tok, loop=build_adaptation_loop(model, TRAINED, tok.mask_token_id))
+    return SimpleNamespace(model=model, tok=tok, loop=build_adaptation_loop(model, ADAPTED, tok.mask_token_id))
 
 
 @pytest.fixture
@@ -73,7 +79,8 @@ def spy(monkeypatch):
 def assert_adapted_as_trained(calls, direct, settings=TRAINED):
     """Each recorded adaptation used ``settings`` and equals a direct call with them."""
     assert calls, "no inference-time adaptation happened"
-    loop = direct.loop if settings == TRAINED else build_adaptation_loop(direct.model, settings,
+    settings = adaptation_part(settings)
+    loop = direct.loop if settings == ADAPTED else build_adaptation_loop(direct.model, settings,
                                                                          direct.tok.mask_token_id)
     for call in calls:
         assert call.loop.args == settings and call.ratio == settings.adapt_mask_ratio
@@ -101,8 +108,8 @@ def test_the_run_holds_its_settings(run_dir):
 
     run = Run.load(run_dir)
     assert run.memory_args == TRAINED
-    assert run.memory().settings == TRAINED and run.memory().overrides == {}
-    assert run.memory(adapt_mask_ratio=0.5).settings == replace(TRAINED, adapt_mask_ratio=0.5)
+    assert run.memory().settings == ADAPTED and run.memory().overrides == {}
+    assert run.memory(adapt_mask_ratio=0.5).settings == replace(ADAPTED, adapt_mask_ratio=0.5)
     assert run.memory(adapt_mask_ratio=0.5).record()["memory_overrides"] == {"adapt_mask_ratio": 0.5}
     assert run.data_args.train_lengths == [LENGTH] and run.train_args["method"] == "memdlm"
     assert run.diffusion_args.schedule == "linear" and run.model_args.tiny_layers == 2
@@ -113,6 +120,62 @@ def test_the_run_holds_its_settings(run_dir):
     assert default.loop.rank != 4 and len(default.loop.targets) < len(run.memory().loop.targets)
     assert any("attn" in t.name for t in run.memory().loop.targets)
     assert (run_dir / "heldout_eval.json").is_file()  # the trainer's held-out evaluation, from a Run
+
+
+def test_the_run_saves_its_resolution_and_inference_uses_it(run_dir):
+    """Training resolves rank, alpha, scale and targets once and writes them to run_config.json;
+    they equal a fresh resolution on the loaded model, and the prompt memory adapts with them."""
+    from memdlm.memory.builder import ResolvedMemory, resolve_memory
+    from memdlm.memory.targets import canonical_name
+    from memdlm.runs.run import Run
+
+    saved = json.loads((run_dir / "run_config.json").read_text())["memory_resolved"]
+    run = Run.load(run_dir)
+    assert run.resolved_memory == ResolvedMemory.from_dict(saved)
+    assert run.resolved_memory == resolve_memory(run.model, TRAINED)  # == a fresh resolution
+    assert (saved["rank"], saved["alpha"], saved["scale"]) == (4, 8.0, 2.0)  # alpha 2 x rank
+    memory = run.memory()
+    assert [canonical_name(t.name) for t in memory.loop.targets] == saved["targets"]
+    assert (memory.loop.rank, memory.loop.scale) == (4, 2.0)
+    assert memory.record()["memory_resolved"] == saved
+    # the settings part keeps what was given (the resolution is beside it)
+    assert json.loads((run_dir / "run_config.json").read_text())["memory"]["memory_rank"] == 4
+
+
+def test_a_run_saved_without_its_resolution_adapts_identically(run_dir):
+    """A run_config.json from before resolutions were saved loads, and its prompt memory (resolved
+    afresh) equals the saved-resolution one to the bit."""
+    from memdlm.runs.run import Run
+
+    run = Run.load(run_dir)
+    legacy = Run(run.model, run.tokenizer, run_dir, {k: v for k, v in run.config.items() if k != "memory_resolved"})
+    assert legacy.resolved_memory is None and legacy.memory_args == run.memory_args
+    prompts = [run.tokenizer("The value of red fox is 1234.", add_special_tokens=False)["input_ids"],
+               run.tokenizer("The value of blue owl is 77. The value of grey cat", add_special_tokens=False)["input_ids"]]
+    new, old = run.memory().adapt(prompts, [3, 4]), legacy.memory().adapt(prompts, [3, 4])
+    assert [t.name for t in new.targets] == [t.name for t in old.targets]
+    assert all(torch.equal(a, b) for a, b in zip(new.params(), old.params()))
+
+
+def test_overrides_resolve_afresh_only_what_they_change(run_dir):
+    """An override of the scope re-chooses the targets (fewer without attention), of the rank
+    re-derives the scale from the run's alpha rule; a training-only name is refused, never ignored;
+    a saved target the model lacks is an error naming it."""
+    from memdlm.errors import ConfigError
+    from memdlm.runs.run import Run
+
+    run = Run.load(run_dir)
+    ffn = run.memory(memory_scope="ffn")
+    assert len(ffn.loop.targets) < len(run.memory().loop.targets)
+    assert not any("attn" in t.name for t in ffn.loop.targets) and ffn.loop.rank == 4
+    assert run.memory(memory_scope="ffn_attn").resolved == run.resolved_memory  # equal to the run's: kept
+    ranked = run.memory(memory_rank=2)
+    assert (ranked.loop.rank, ranked.loop.scale, ranked.resolved.targets) == (2, 2.0, run.resolved_memory.targets)
+    with pytest.raises(ValueError, match="training-only"):
+        run.memory(memory_mode="per_sample")
+    broken = dict(run.config, memory_resolved={**run.config["memory_resolved"], "targets": ["no.such.module"]})
+    with pytest.raises(ConfigError, match="no.such.module"):
+        Run(run.model, run.tokenizer, run_dir, broken).memory()
 
 
 @pytest.mark.slow
@@ -143,7 +206,7 @@ def test_eval_memory_runs(run_dir, direct, spy, tmp_path):
                  "--output-dir", str(out)]) == 0
     data = json.loads((out / "suite.json").read_text())
     adapted = ("mem", TRAIN_AND_INFERENCE)
-    assert data["memory_args"] == {name: asdict(TRAINED) for name in adapted}
+    assert data["memory_args"] == {name: asdict(ADAPTED) for name in adapted}
     assert data["memory_overrides"] == {name: {} for name in adapted}
     assert_adapted_as_trained(spy, direct)
     samples = heldout_samples(direct.tok, ["kv"], LENGTH, 2, HELDOUT_SEED)
@@ -160,7 +223,7 @@ def test_exposure_bias_memory_run(run_dir, direct, spy, tmp_path):
     assert main(["exposure-bias", "--run", f"m={run_dir}:memory", "--items", "2", "--steps", "2",
                  "--length", str(LENGTH), "--task", "kv", "--bootstrap", "0", "--output-dir", str(out)]) == 0
     meta = json.loads((out / "exposure_bias.json").read_text())["runs"]["m"]["meta"]
-    assert meta["memory_args"] == asdict(TRAINED) and meta["memory_overrides"] == {}
+    assert meta["memory_args"] == asdict(ADAPTED) and meta["memory_overrides"] == {}
     assert_adapted_as_trained(spy, direct)
 
 
@@ -172,7 +235,7 @@ def test_lm_eval_model_with_memory(run_dir, direct, spy):
     from memdlm.eval.lm_eval_model import MemdlmLM, request_seed
 
     lm = MemdlmLM(str(run_dir), memory=True, mc_samples=2, batch_size=4, device="cpu", greedy_check="none")
-    assert lm.memory.settings == TRAINED and lm.memory_record["memory_args"] == asdict(TRAINED)
+    assert lm.memory.settings == ADAPTED and lm.memory_record["memory_args"] == asdict(ADAPTED)
     context = "The value of red fox is 1234. Question: what is the value of red fox? Answer:"
     lm.loglikelihood([Instance("loglikelihood", {}, (context, " 1234"), 0)])
     (text,) = lm.generate_until([Instance("generate_until", {}, (context, {"until": [], "max_gen_toks": 4}), 0)])
@@ -193,10 +256,11 @@ def test_probe_adapts_every_arm_with_the_one_adaptation(run_dir, direct, spy, tm
     repro = Reproduction(preset, tmp_path, progress=False)
     result = repro.probe(0, {"standard": run_dir, "memdlm": run_dir}, {"rank": 4, "inner_lr": 1.0})
     overrides = repro.memory_overrides()
-    assert overrides["inner_lr"] == preset.adaptation.inner_lr and overrides["memory_mode"] == "per_sample"
-    settings = replace(TRAINED, **overrides)  # the run's settings with the adaptation's on top
+    assert overrides["inner_lr"] == preset.adaptation.inner_lr and "memory_mode" not in overrides
+    settings = replace(ADAPTED, **overrides)  # the run's settings with the adaptation's on top
     for label in ("Standard", "MemDLM"):
-        assert result["memory"][label] == {"memory_args": asdict(settings), "memory_overrides": overrides}
+        record = result["memory"][label]
+        assert (record["memory_args"], record["memory_overrides"]) == (asdict(settings), overrides)
     assert_adapted_as_trained(spy, direct, settings)
     for cell in result["results"]["MemDLM"].values():  # log p and rank of each item's answer
         assert len(cell["logp"]) == len(cell["rank"]) == 2 and all(lp <= 0 for lp in cell["logp"])
@@ -224,7 +288,8 @@ def test_inference_paths_take_memory_from_the_run_only():
                  root / "benchmarks/eval_throughput.py", root / "benchmarks/sampling.py"]
     for path in inference:
         text = without_positive_control(path)
-        for needle in ("MemoryArguments(", "build_adaptation_loop", "adapt_on_prompts("):
+        for needle in ("MemoryArguments(", "AdaptationArguments(", "build_inner_loop", "PromptMemory(",
+                       "adapt_on_prompts("):
             assert needle not in text, f"{path.relative_to(root)} has {needle}"
     for path in [*(root / "src").rglob("*.py"), *(root / "benchmarks").glob("*.py")]:
         if path.name != "config.py" or path.parent.name != "memory":

@@ -32,6 +32,7 @@ import argparse
 
 from memdlm.errors import ConfigError
 from memdlm.integrity import check_model_files
+from memdlm.memory.config import add_adaptation_flags, adaptation_overrides
 from memdlm.runs.directory import check_finished
 
 TASKS = ("kv", "niah")  # defaults of --tasks and --lengths
@@ -64,10 +65,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help=f"Seed of the held-out items (default: {HELDOUT_SEED}, memdlm.tasks.seeds.HELDOUT_SEED).")
     p.add_argument("--output-dir", required=True, metavar="OUT", help="Where the report goes.")
-    p.add_argument("--adapt-mask-ratio", type=float, default=None,
-                   help="Inference-time adaptation: fraction of the prompt masked as the anchor. "
-                        "Default: each run's own training setting (paper: 0.2). Every other memory "
-                        "setting (targets, rank, inner loop) is always the run's own.")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from the run directories.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
@@ -78,6 +75,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     from memdlm.runs.placement import add_inference_flags
 
     add_inference_flags(p)
+    add_adaptation_flags(p)
     return p
 
 
@@ -102,6 +100,7 @@ def resolve_runs(args) -> list:
 def run(argv: list[str], prog: str = "memdlm eval") -> int:
     args = build_parser(prog).parse_args(argv)
     runs = resolve_runs(args)
+    overrides = adaptation_overrides(args, any(r.memory for r in runs), "give --memdlm or a run NAME=DIR:memory")
     for spec in runs:
         check_finished(spec.model_dir, args.allow_incomplete)
         check_model_files(spec.model_dir)  # a damaged weight file: one line before any work
@@ -129,7 +128,7 @@ def run(argv: list[str], prog: str = "memdlm eval") -> int:
     out = prepare_output_dir(args.output_dir)  # before the work: an unwritable place loses nothing
     result = evaluate_suite(runs, args.tasks, args.lengths, args.items, seed=args.seed,
                             batch_size=args.batch_size,
-                            memory_overrides={"adapt_mask_ratio": args.adapt_mask_ratio},
+                            memory_overrides=overrides,
                             progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
                             sampler={name: getattr(sampler, name) for name in FAST_SAMPLING_FIELDS},
                             partial_path=out / PARTIAL_FILE, device=args.device, dtype=args.dtype,

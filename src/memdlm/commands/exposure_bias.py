@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from memdlm.errors import ConfigError, MissingFileError
+from memdlm.memory.config import add_adaptation_flags, adaptation_overrides
 from memdlm.runs.directory import check_finished
 
 logger = logging.getLogger("memdlm")
@@ -65,9 +66,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--task", default=EXPOSURE_TASK,
                    help="Generated task supplying the items (eval split); needs responses of at "
                         "least --steps tokens (default %(default)s).")
-    p.add_argument("--adapt-mask-ratio", type=float, default=None,
-                   help="Memory runs: prompt fraction masked for adaptation (default: the run's own "
-                        "setting; a plain model's is MemoryArguments' default).")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from DIR.")
     p.add_argument("--allow-incomplete", action="store_true", help="Use a run directory that has no run_complete.json (an unfinished or failed run) anyway, with a warning.")
@@ -83,6 +81,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                            help=f.metadata["help"])
         else:
             p.add_argument(flag, type=type(default), default=default, help=f.metadata["help"])
+    add_adaptation_flags(p)
     return p
 
 
@@ -111,6 +110,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
         if not Path(s.path).is_dir():
             raise MissingFileError(f"--run {s.name}: model directory {s.path} does not exist")
         check_finished(s.path, args.allow_incomplete)
+    overrides = adaptation_overrides(args, any(s.memory for s in specs), "give a run NAME=DIR:memory")
     import torch
 
     from memdlm.config import resolve_threads
@@ -128,7 +128,7 @@ def run(argv: list[str], prog: str = "memdlm exposure-bias") -> int:
         current = loaded[spec.path]
         model, tokenizer = current.model, current.tokenizer
         pairs = heldout_pairs(tokenizer, args.items, args.length, args.task)
-        memory = current.memory(adapt_mask_ratio=args.adapt_mask_ratio) if spec.memory else None
+        memory = current.memory(**overrides) if spec.memory else None
         logger.info("exposure bias: %s (%s%s)", spec.name, spec.path,
                     f", memory: {memory.describe()}" if memory else "")
         result = exposure_bias(model, tokenizer, pairs, config, memory=memory, progress=True,

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from memdlm.errors import ConfigError
+from memdlm.memory.config import add_adaptation_flags, adaptation_overrides
 from memdlm.runs.directory import check_finished
 
 logger = logging.getLogger("memdlm")
@@ -36,8 +37,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="Wrap each prompt in the tokenizer's chat template.")
     p.add_argument("--memory", action="store_true",
                    help="Inference-time adaptation: write a per-prompt memory from the prompt, then sample.")
-    p.add_argument("--adapt-mask-ratio", type=float, default=None,
-                   help="Prompt fraction masked for adaptation. Default: the run's own training setting.")
     p.add_argument("--batch-size", type=int, default=GENERATION_BATCH_SIZE, help="Prompts per batch (default %(default)s).")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--trust-remote-code", action="store_true", help="Allow model code from --model.")
@@ -47,6 +46,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add_inference_flags(p)
     # unset --steps: as many as the sampler's default allows for --max-new-tokens
     p.set_defaults(steps=None)
+    add_adaptation_flags(p)
     return p
 
 
@@ -84,6 +84,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
         prompts += read_prompt_file(Path(args.prompt_file))
     if not prompts:
         raise ConfigError("give at least one --prompt or a --prompt-file")
+    overrides = adaptation_overrides(args, args.memory, "add --memory")
     check_finished(args.model, args.allow_incomplete)
     torch.set_num_threads(resolve_threads(args.threads))
     loaded = load_run(args.model, args)
@@ -96,7 +97,7 @@ def run(argv: list[str], prog: str = "memdlm generate") -> int:
     config = SamplerConfig(**sampler_values(args))
     memory = None
     if args.memory:
-        memory = loaded.memory(adapt_mask_ratio=args.adapt_mask_ratio)
+        memory = loaded.memory(**overrides)
         logger.info("memory: %s", memory.describe())
     stats: dict = {}
     texts = generate(loaded.model, tokenizer, prompts, config, memory=memory, batch_size=args.batch_size,

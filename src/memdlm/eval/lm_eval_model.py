@@ -11,7 +11,9 @@ the model under the name ``memdlm`` is the explicit call :func:`register`.
 Model arguments (``--model-args k=v,...``): ``pretrained`` (a local model or run
 directory), ``memory`` (inference-time adaptation on each context before
 answering: a fresh per-request memory, see :mod:`memdlm.memory.adapt`),
-``adapt_mask_ratio``, ``steps`` / ``max_new_tokens`` / ``block_length`` /
+every memory override of the inference commands by its field name (``adapt_mask_ratio``,
+``inner_lr``, ``memory_rank``, ...: :class:`memdlm.memory.config.AdaptationArguments`; list-valued
+``progressive_ratios`` excepted), ``steps`` / ``max_new_tokens`` / ``block_length`` /
 ``temperature`` / ``remasking`` / ``unmask_rule`` / ``threshold`` / ``max_per_step`` /
 ``cache`` / ``dream_eps`` (the sampler, :class:`memdlm.sampling.sampler.SamplerConfig`, whose defaults apply when
 an argument is not given),
@@ -61,8 +63,8 @@ With ``memory=True`` every request first writes a memory from its context alone
 request's forward passes; requests without a context (rolling windows at the
 start of a text) run without memory. The memory is the run's
 (:meth:`memdlm.runs.run.Run.memory`: its ``run_config.json`` settings when ``pretrained`` is a
-memdlm run, else the defaults) with ``adapt_mask_ratio`` overriding when given;
-``memory_record`` holds the settings used.
+memdlm run, else the defaults) with the memory overrides given; ``memory_record`` holds the
+settings used. An override without ``memory=True`` is an error.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ from tqdm.auto import tqdm
 
 from memdlm.config import GENERATION_BATCH_SIZE
 from memdlm.errors import ConfigError
+from memdlm.memory.config import ADAPTATION_FIELDS, adaptation_arg_types
 from memdlm.validation import coerce_values
 
 logger = logging.getLogger(__name__)
@@ -87,7 +90,7 @@ GREEDY_CHECKS = ("decode", "none")
 # lm-eval parses --model-args into strings or guessed scalars ('no' stays a string, a bare key
 # becomes ''): every boolean and number among them is parsed strictly (validation.coerce_values),
 # so memory=no is False, and a bare memory or steps=abc is an error naming the key.
-MODEL_ARG_TYPES = {"memory": bool, "trust_remote_code": bool, "adapt_mask_ratio": float, "steps": (int, 1),
+MODEL_ARG_TYPES = {**adaptation_arg_types(), "memory": bool, "trust_remote_code": bool, "steps": (int, 1),
                    "max_new_tokens": (int, 1), "block_length": (int, 1), "temperature": (float, 0),
                    "threshold": float, "max_per_step": (int, 1), "batch_size": (int, 1),
                    "mc_samples": (int, 1), "seed": (int, 0), "max_length": (int, 1), "dream_eps": float}
@@ -127,8 +130,7 @@ def mask_draws(length: int, n: int, generator: torch.Generator) -> tuple[torch.T
 class MemdlmLM(LM):
     """lm-eval model for masked diffusion LMs (see the module docstring)."""
 
-    def __init__(self, pretrained, tokenizer=None, memory: bool = False,
-                 adapt_mask_ratio: float | None = None, steps: int | None = None,
+    def __init__(self, pretrained, tokenizer=None, memory: bool = False, steps: int | None = None,
                  max_new_tokens: int = 256, block_length: int | None = None,
                  temperature: float | None = None, remasking: str | None = None, unmask_rule: str | None = None,
                  threshold: float | None = None, max_per_step: int | None = None, cache: str | None = None,
@@ -141,6 +143,9 @@ class MemdlmLM(LM):
         from memdlm.backbones.context import check_overflow_choice, context_limit, new_counts
 
         unused.pop("max_batch_size", None)  # lm-eval's auto batching: not used here
+        overrides = {k: unused.pop(k) for k in list(unused) if k in ADAPTATION_FIELDS and unused[k] is not None}
+        if overrides and not memory:
+            raise ConfigError(f"memory overrides {sorted(overrides)} given without memory=True")
         if unused:
             logger.warning("memdlm model: ignoring unknown model arguments %s", sorted(unused))
         if greedy_check not in GREEDY_CHECKS:
@@ -167,7 +172,7 @@ class MemdlmLM(LM):
         self.batch_size, self.mc_samples, self.seed = int(batch_size), int(mc_samples), int(seed)
         self.greedy_check = greedy_check
         self.sampler_config()  # validate the sampler settings now, not at the first request
-        self.memory = self.run.memory(adapt_mask_ratio=adapt_mask_ratio) if memory else None
+        self.memory = self.run.memory(**overrides) if memory else None
         self.memory_record = self.memory.record() if self.memory is not None else None
 
     @classmethod

@@ -2,8 +2,9 @@
 
 The prompt becomes the maskable part; the anchor is the prompt with a random
 ``mask_ratio`` (paper: 0.2) masked; the trajectory (pre-anchor at 1.5x, then
-anchor-to-target: two SGD steps by default) runs with uniform weights, one memory
-per prompt, each from its own seed. Generate inside ``memory.active()``.
+anchor-to-target: two SGD steps by default) runs as :data:`memory.builder.ADAPTATION`
+says (uniform weights, one memory per prompt), each from its own seed. Generate inside
+``memory.active()``.
 
 Every inference path adapts through one :class:`PromptMemory`, normally a run's
 (``memdlm.runs.run.Run.memory``), so generation, the evaluation suite, the exposure-bias
@@ -17,6 +18,7 @@ from dataclasses import asdict
 
 import torch
 
+from memdlm.memory.builder import ADAPTATION, ResolvedMemory, build_inner_loop, resolve_memory
 from memdlm.memory.fast_weights import FastWeights
 from memdlm.memory.inner_loop import InnerLoop, prompt_anchor
 
@@ -30,19 +32,6 @@ def adapt_on_prompts(loop: InnerLoop, input_ids: torch.Tensor, attention_mask: t
     with torch.enable_grad():
         memory, _ = loop.run(inputs)
     return memory
-
-
-def build_adaptation_loop(model, memory_args, mask_token_id: int) -> InnerLoop:
-    """A per-sample, uniformly weighted inner loop for ``model`` (inference settings)."""
-    from memdlm.memory.targets import find_targets
-    from memdlm.backbones.modeling import unwrap
-    from memdlm.diffusion.schedules import get_schedule
-
-    a = memory_args
-    targets = find_targets(model, a.memory_scope, a.memory_layer_fraction, a.memory_target_modules)
-    return InnerLoop(model, targets, a, hidden_size=unwrap(model).config.hidden_size,
-                     mask_token_id=mask_token_id, schedule=get_schedule("linear"), per_sample=True,
-                     weighting="uniform")
 
 
 def right_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,18 +48,23 @@ def right_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 class PromptMemory:
     """Adapts per-prompt memories for one model with one set of memory settings.
 
-    ``settings`` (:class:`~memdlm.memory.config.MemoryArguments`) are complete: a run's
+    ``settings`` (:class:`~memdlm.memory.config.AdaptationArguments`) are complete: a run's
     own with ``overrides`` applied (``overrides`` only say which were changed, for the
-    record). The inner loop is built once, here; :meth:`adapt` is the one call every
+    record). ``resolved``: the rank, scale and target names to adapt with (a run's saved
+    resolution, :func:`memdlm.memory.builder.resolve_memory`); None resolves them from
+    ``settings``. The inner loop is built once, here; :meth:`adapt` is the one call every
     inference path makes.
     """
 
-    def __init__(self, model, tokenizer, settings, overrides: dict | None = None):
+    def __init__(self, model, tokenizer, settings, overrides: dict | None = None,
+                 resolved: ResolvedMemory | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
         self.overrides = dict(overrides or {})
-        self.loop = build_adaptation_loop(model, settings, tokenizer.mask_token_id)
+        self.resolved = resolved or resolve_memory(model, settings)
+        self.loop = build_inner_loop(model, settings, ADAPTATION, mask_token_id=tokenizer.mask_token_id,
+                                     resolved=self.resolved)
 
     def adapt(self, prompts: list[list[int]], seeds) -> FastWeights:
         """Fast weights with slot i adapted on ``prompts[i]`` (token ids) from ``seeds[i]``.
@@ -83,10 +77,16 @@ class PromptMemory:
         was_training = self.model.training
         self.model.eval()
         try:
-            return adapt_on_prompts(self.loop, ids, attn, attn.bool(), self.settings.adapt_mask_ratio,
-                                    seeds)
+            return self.adapt_positions(ids, attn, attn.bool(), seeds)
         finally:
             self.model.train(was_training)
+
+    def adapt_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        prompt_positions: torch.Tensor, seeds: torch.Tensor) -> FastWeights:
+        """Fast weights adapted on the ``prompt_positions`` of a right-padded batch ``[b, l]``
+        (the trainer's held-out loss: the prompt part of each example), model mode as it is."""
+        return adapt_on_prompts(self.loop, input_ids, attention_mask, prompt_positions,
+                                self.settings.adapt_mask_ratio, seeds)
 
     def check_model(self, model) -> None:
         """Refuse to adapt for another model than the one the loop hooks."""
@@ -95,8 +95,10 @@ class PromptMemory:
                              "whose model generates (run.memory())")
 
     def record(self) -> dict:
-        """The settings used and which of them were overridden (JSON-ready)."""
-        return {"memory_args": asdict(self.settings), "memory_overrides": dict(self.overrides)}
+        """The settings used, which of them were overridden, and the rank, alpha, scale and
+        targets adapted with (JSON-ready)."""
+        return {"memory_args": asdict(self.settings), "memory_overrides": dict(self.overrides),
+                "memory_resolved": self.resolved.to_dict()}
 
     def describe(self) -> str:
         s = self.settings

@@ -71,13 +71,16 @@ class InnerLoopStats:
 class InnerLoop:
     """Writes a memory for a batch. ``per_sample`` picks one slot per sample or one per batch."""
 
-    def __init__(self, model, targets: list[Target], args, *, hidden_size: int, mask_token_id: int,
-                 schedule, per_sample: bool, weighting: str, normalization: str = "token"):
+    def __init__(self, model, targets: list[Target], args, *, mask_token_id: int, schedule, per_sample: bool,
+                 weighting: str, normalization: str = "token", rank: int | None = None,
+                 scale: float | None = None, hidden_size: int | None = None):
+        # Built by memory/builder.build_inner_loop (rank and scale resolved there); tests may
+        # give ``hidden_size`` instead, and rank and scale are derived from ``args``.
         self.model = model
         self.targets = targets
         self.args = args
-        self.rank = args.rank_for(hidden_size)
-        self.scale = args.scale_for(hidden_size)
+        self.rank = rank if rank is not None else args.rank_for(hidden_size)
+        self.scale = scale if scale is not None else args.scale_for(hidden_size)
         self.mask_token_id = mask_token_id
         self.schedule = schedule
         self.per_sample = per_sample

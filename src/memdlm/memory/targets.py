@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch.nn as nn
 
 from memdlm.backbones.families import family_of
 from memdlm.backbones.checkpointing import BLOCK_LIST_NAMES
+from memdlm.config import field_default
 from memdlm.errors import ConfigError
+from memdlm.memory.config import InnerLoopArguments
 from memdlm.memory.expert_lists import expert_list_blocks
 from memdlm.memory.experts import fused_expert_params, num_experts
 from memdlm.backbones.modeling import unwrap
 
 LAYER_PATTERN = re.compile(r"\.(?:" + "|".join(BLOCK_LIST_NAMES) + r")\.(\d+)\.")
+# Module-name parts that wrappers insert (FSDP1, activation checkpointing, torch.compile): a
+# target's saved name leaves them out, with DDP's leading ``module.`` and PEFT's ``base_model.model.``.
+WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,24 @@ def _is_attention_module(name: str) -> bool:
     return ".attn." in name or ".attention." in name or ".self_attn." in name
 
 
-def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
+def canonical_name(name: str) -> str:
+    """A module's name without wrapper prefixes: the same for the model trained (PEFT-wrapped,
+    under DDP) and the model loaded for inference (base + adapter, or merged)."""
+    parts = [p for p in name.split(".") if p not in WRAPPER_PARTS]
+    while parts[:1] == ["module"]:
+        parts = parts[1:]
+    if parts[:2] == ["base_model", "model"]:
+        parts = parts[2:]
+    return ".".join(parts)
+
+
+def targets_for(model: nn.Module, settings) -> list[Target]:
+    """The targets ``settings`` (an ``InnerLoopArguments``) choose: scope and layer fraction, or the regex."""
+    return find_targets(model, settings.memory_scope, settings.memory_layer_fraction, settings.memory_target_modules)
+
+
+def find_targets(model: nn.Module, scope: str = field_default(InnerLoopArguments, "memory_scope"),
+                 fraction: float = field_default(InnerLoopArguments, "memory_layer_fraction"),
                  pattern: str | None = None) -> list[Target]:
     """Linear modules that get fast weights, in module order. Raises if none match."""
     n_layers = num_layers(model)
@@ -120,9 +143,7 @@ def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
                 continue
             if scope == "ffn" and _is_attention_module(name):  # ModernBERT's attn.Wo is not FFN
                 continue
-        blocks = expert_list_blocks(model, [name])
-        targets.append(Target(name, module, int(m.group(1)) if m else -1,
-                              linear.in_features, linear.out_features, block=blocks[0] if blocks else None))
+        targets.append(linear_target(model, name, module))
     if not targets:
         what = f"pattern {pattern!r}" if pattern else f"{scope} projections {suffixes} in layers >= {first}"
         raise ConfigError(f"{type(model).__name__}: no module matches {what}; pass "
@@ -130,6 +151,40 @@ def find_targets(model: nn.Module, scope: str = "ffn", fraction: float = 0.1,
     if regex is None:
         check_scope_kinds(model, targets, scope, first)
     return targets
+
+
+def linear_target(model: nn.Module, name: str, module: nn.Module) -> Target:
+    """The target of the linear module ``name`` (its layer index, shapes, list-of-MLP block)."""
+    linear = linear_of(module)
+    m = LAYER_PATTERN.search(name + ".")
+    blocks = expert_list_blocks(model, [name])
+    return Target(name, module, int(m.group(1)) if m else -1, linear.in_features, linear.out_features,
+                  block=blocks[0] if blocks else None)
+
+
+def targets_named(model: nn.Module, names: Sequence[str]) -> list[Target]:
+    """The targets a run saved (:func:`canonical_name` s, in module order), found by name in
+    ``model``. A name the model lacks, or a model order unlike the saved one, is an error."""
+    wanted = set(names)
+    found: list[Target] = []
+    for name, module in model.named_modules():
+        if fused_expert_params(module) is not None:
+            m = LAYER_PATTERN.search(name + ".")
+            experts = expert_targets(name, module, int(m.group(1)) if m else -1)
+            found.extend(t for t in experts if canonical_name(t.name) in wanted)
+            continue
+        if linear_of(module) is None or name.endswith(".base_layer") or ".lora_" in name:
+            continue
+        if canonical_name(name) in wanted:
+            found.append(linear_target(model, name, module))
+    got = [canonical_name(t.name) for t in found]
+    if got != list(names):
+        missing = [n for n in names if n not in set(got)]
+        raise ConfigError(f"{type(unwrap(model)).__name__} does not hold the memory targets its run was trained "
+                          f"with ({', '.join(missing[:3]) or 'another order'}"
+                          f"{' ...' if len(missing) > 3 else ''}): load the run's own model, or override "
+                          "--memory-scope / --memory-target-modules to choose targets afresh")
+    return found
 
 
 def is_attention_target(target: Target, family) -> bool:

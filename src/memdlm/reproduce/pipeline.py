@@ -185,14 +185,15 @@ class Reproduction:
         return {"steps": steps, "standard_loss": a, "memdlm_lr0_loss": b, "max_abs_difference": diff}
 
     # ---------------------------------------------------------------- evaluation
-    def memory_overrides(self, chosen: dict | None = None) -> dict:
+    def memory_overrides(self) -> dict:
         """Inference-time memory of every adapted arm: the preset's one :class:`Adaptation`
-        (paper inner lr 0.1, anchor-consistent trajectory), the same settings for every arm --
-        Standard, MemDLM and each ablation -- whatever it trained with; per prompt, since a
-        batch-shared memory would mix the prompts of a batch. (Before issue 22 every arm
-        adapted at the headline arm's training lr, 1.0, and ablations with their own
-        trajectories.) ``chosen`` is ignored: kept for callers that pass the operating point."""
-        return {"memory_mode": "per_sample", **self.preset.adaptation.memory_args()}
+        (paper inner lr 0.1, anchor-consistent trajectory) at the preset's memory placement, the
+        same settings for every arm -- Standard, MemDLM and each ablation -- whatever it trained
+        with. Only adaptation settings: inference adapts per prompt whatever ``memory_mode`` an arm
+        trained with, so none is passed. (Before issue 22 every arm adapted at the headline arm's
+        training lr, 1.0, and ablations with their own trajectories.)"""
+        p = self.preset
+        return p.adaptation.overrides(p.memory_scope, p.memory_layer_fraction)
 
     def evaluate(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
         from memdlm.eval.suite import (
@@ -215,7 +216,7 @@ class Reproduction:
                     **self.placement_settings()}
         return json_cell(self.out / f"seed{seed}" / "eval.json", settings, lambda: evaluate_suite(
             runs, list(p.eval_tasks), list(p.eval_lengths), p.eval_items,
-            memory_overrides=self.memory_overrides(chosen), progress=self.progress,
+            memory_overrides=self.memory_overrides(), progress=self.progress,
             device=self.device, dtype=self.dtype))
 
     def dev(self, dirs: dict[str, Path], chosen: dict) -> dict:
@@ -229,7 +230,7 @@ class Reproduction:
                     "n": p.dev_items, "seed": DEV_SEED, **self.placement_settings()}
         return json_cell(self.out / "dev.json", settings, lambda: evaluate_suite(
             runs, list(p.eval_tasks), [length], p.dev_items, seed=DEV_SEED,
-            memory_overrides=self.memory_overrides(chosen), progress=self.progress,
+            memory_overrides=self.memory_overrides(), progress=self.progress,
             device=self.device, dtype=self.dtype))
 
     def exposure_bias(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
@@ -299,7 +300,7 @@ class Reproduction:
                     samples = heldout_samples(run.tokenizer, list(p.finetune.tasks), length, p.eval_items)
                 out[arm] = {"off": item_losses(run.model, run.tokenizer, samples, progress=self.progress),
                             "prompt_memory": item_losses(run.model, run.tokenizer, samples,
-                                                         memory=run.memory(**self.memory_overrides(chosen)),
+                                                         memory=run.memory(**self.memory_overrides()),
                                                          progress=self.progress)}
             return {"results": out}
 

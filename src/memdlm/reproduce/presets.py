@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from memdlm.config import DiffusionArguments, field_default
 from memdlm.errors import ConfigError
+from memdlm.memory.config import ADAPTATION_FIELDS, AdaptationArguments
 from memdlm.training.args import TrainConfig
 
 
@@ -95,22 +96,24 @@ class Adaptation:
     settings for every arm, not each run's own training settings, so the 2 x 2 and the
     prompt-memory columns compare models under one adaptation. Defaults: the paper's inner
     lr 0.1 and trajectory (anchor-consistent, K = 2, anchor = 20% of the prompt masked), at
-    the arms' rank and memory placement (:attr:`Preset.memory_layer_fraction`)."""
+    the arms' rank. The memory's placement is the preset's (:attr:`Preset.memory_scope`,
+    :attr:`Preset.memory_layer_fraction`), the one the MemDLM arms train with: written once."""
 
     rank: int = 2
     inner_lr: float = 0.1
-    scope: str = "ffn"
-    layer_fraction: float = 1.0
     trajectory: str = "anchor_consistent"
     mask_ratio: float = 0.2
 
-    def memory_args(self) -> dict:
-        """``MemoryArguments`` fields (every one the arms' trainings may differ in)."""
-        return {"memory_rank": self.rank, "inner_lr": self.inner_lr, "memory_scope": self.scope,
-                "memory_layer_fraction": self.layer_fraction, "trajectory": self.trajectory,
-                "adapt_mask_ratio": self.mask_ratio, "pre_anchor_steps": 1, "pre_anchor_scale": 1.5,
-                "pre_anchor_target": "broad", "inner_loss": "ce", "loss_positions": "masked",
-                "inner_clip": "per_param", "inner_clip_norm": 1.0, "memory_dense": False}
+    def overrides(self, scope: str, layer_fraction: float) -> dict:
+        """Every adaptation setting by field name, for ``Run.memory(**...)``: this adaptation's, the
+        placement given, and each other ``AdaptationArguments`` field at its default (read from the
+        dataclass), so an arm's own training settings (an ablation's trajectory) cannot leak into
+        its adaptation. The fields whose default is None (alpha, the target regex) are left to the
+        run: no arm sets them."""
+        defaults = {name: field_default(AdaptationArguments, name) for name in ADAPTATION_FIELDS}
+        chosen = {"memory_rank": self.rank, "inner_lr": self.inner_lr, "trajectory": self.trajectory,
+                  "adapt_mask_ratio": self.mask_ratio, "memory_scope": scope, "memory_layer_fraction": layer_fraction}
+        return {k: v for k, v in {**defaults, **chosen}.items() if v is not None}
 
 
 @dataclass(frozen=True)

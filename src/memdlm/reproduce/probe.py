@@ -159,14 +159,15 @@ def write_control_memory(model, tokenizer, control, prompts: list[list[int]], ta
     ``control.inner_lr`` on ``control.scope`` of the last ``control.layer_fraction`` of layers."""
     import torch
 
-    from memdlm.memory.adapt import build_adaptation_loop, right_pad
-    from memdlm.memory.config import MemoryArguments
+    from memdlm.memory.adapt import right_pad
+    from memdlm.memory.builder import ADAPTATION, build_inner_loop
+    from memdlm.memory.config import AdaptationArguments
     from memdlm.memory.inner_loop import InnerLoopInputs, InnerLoopStats
     from memdlm.memory.trajectories import Stage, StageRole
 
-    args = MemoryArguments(memory_scope=control.scope, memory_layer_fraction=control.layer_fraction,
-                           memory_rank=control.rank, inner_lr=control.inner_lr, trajectory="anchor_only")
-    loop = build_adaptation_loop(model, args, tokenizer.mask_token_id)
+    args = AdaptationArguments(memory_scope=control.scope, memory_layer_fraction=control.layer_fraction,
+                               memory_rank=control.rank, inner_lr=control.inner_lr, trajectory="anchor_only")
+    loop = build_inner_loop(model, args, ADAPTATION, mask_token_id=tokenizer.mask_token_id)
     device = next(model.parameters()).device
     ids, attn = right_pad(prompts, tokenizer.pad_token_id, device)
     target = torch.zeros_like(ids, dtype=torch.bool)

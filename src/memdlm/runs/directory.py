@@ -20,6 +20,7 @@ from pathlib import Path
 
 from memdlm.errors import ConfigError
 from memdlm.integrity import damaged_files
+from memdlm.memory.config import RESOLVED_PART
 from memdlm.outputs import write_json_atomic  # noqa: F401 -- re-exported: run files are written with it
 
 logger = logging.getLogger("memdlm")
@@ -57,10 +58,15 @@ SCHEDULE_SETTINGS = frozenset({"learning_rate", "max_steps", "lr_scheduler_type"
                                "warmup_steps", "max_grad_norm"})
 
 
+# Parts of run_config.json derived from the settings and the model, not settings themselves:
+# they take no part in a run's identity.
+DERIVED_PARTS = frozenset({RESOLVED_PART})
+
+
 def flat_settings(config: dict) -> dict:
-    """``{"part.name": value}`` of a resolved config (``run_config.json``'s layout)."""
-    return {f"{part}.{name}": value for part, values in config.items() if isinstance(values, dict)
-            for name, value in values.items()}
+    """``{"part.name": value}`` of a resolved config (``run_config.json``'s layout), derived parts left out."""
+    return {f"{part}.{name}": value for part, values in config.items()
+            if isinstance(values, dict) and part not in DERIVED_PARTS for name, value in values.items()}
 
 
 def _identity_settings(config: dict) -> dict:

@@ -28,7 +28,8 @@ from typing import Any
 
 from memdlm.config import DataArguments, DiffusionArguments, ModelArguments
 from memdlm.errors import ConfigError
-from memdlm.memory.config import MemoryArguments
+from memdlm.memory.builder import RESOLVED_PART, ResolvedMemory, resolve_memory
+from memdlm.memory.config import ADAPTATION_FIELDS, TRAINING_ONLY_FIELDS, MemoryArguments, adaptation_part
 from memdlm.runs.directory import CONFIG_FILE
 
 
@@ -77,8 +78,10 @@ class Run:
 
     ``config`` is ``run_config.json`` as saved (``{}`` for a plain model). Its parts are
     ``model_args``, ``data_args``, ``diffusion_args`` (None when not saved),
-    ``memory_args`` (the defaults when not saved) and ``train_args`` (a dict: the part is
-    transformers' ``TrainingArguments``, which sets up devices when built).
+    ``memory_args`` (the defaults when not saved), ``resolved_memory`` (the rank, alpha, scale
+    and target names training resolved; None for runs saved before they were, and MDLM runs)
+    and ``train_args`` (a dict: the part is transformers' ``TrainingArguments``, which sets up
+    devices when built).
     """
 
     model: Any
@@ -93,6 +96,9 @@ class Run:
                   ("memory", MemoryArguments))}
         self.model_args, self.data_args, self.diffusion_args = parts["model"], parts["data"], parts["diffusion"]
         self.memory_args = parts["memory"] or MemoryArguments()
+        saved = self.config.get(RESOLVED_PART)
+        self.resolved_memory = (None if saved is None else
+                                ResolvedMemory.from_dict(saved, f"{_config_file(self.path)}: '{RESOLVED_PART}'"))
         self.train_args = dict(self.config.get("train") or {})
 
     @classmethod
@@ -115,14 +121,24 @@ class Run:
 
     def memory(self, **overrides):
         """The prompt memory (:class:`~memdlm.memory.adapt.PromptMemory`) with this run's
-        memory settings; each keyword that is not None overrides the setting it names."""
+        adaptation settings; each keyword that is not None overrides the setting it names.
+        It adapts with the run's saved rank, scale and targets (``memory_resolved``) unless an
+        override changes what they derive from (``memory.builder.RANK_FIELDS`` / ``TARGET_FIELDS``)."""
         from memdlm.memory.adapt import PromptMemory
 
         given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = sorted(set(given) - {f.name for f in fields(MemoryArguments)})
+        training_only = sorted(set(given) & set(TRAINING_ONLY_FIELDS))
+        if training_only:
+            raise ValueError(f"{training_only}: training-only memory settings, which inference-time adaptation "
+                             "does not read (it always adapts one memory per prompt, uniformly weighted)")
+        unknown = sorted(set(given) - set(ADAPTATION_FIELDS))
         if unknown:
-            raise ValueError(f"unknown memory settings {unknown}; see memdlm.memory.config.MemoryArguments")
-        return PromptMemory(self.model, self.tokenizer, replace(self.memory_args, **given), given)
+            raise ValueError(f"unknown memory settings {unknown}; see memdlm.memory.config.AdaptationArguments")
+        settings = replace(adaptation_part(self.memory_args), **given)
+        resolved = None
+        if self.resolved_memory is not None:
+            resolved = resolve_memory(self.model, settings, self.resolved_memory, self.memory_args)
+        return PromptMemory(self.model, self.tokenizer, settings, given, resolved)
 
 
 def load_run(path, args) -> Run:

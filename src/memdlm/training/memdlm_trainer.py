@@ -20,9 +20,11 @@ import torch
 
 from memdlm.diffusion.process import NoisedBatch, mdlm_loss
 from memdlm.diffusion.loss import absorption_ratio, reduce_loss, scatter_token_nll
+from memdlm.memory.adapt import PromptMemory
+from memdlm.memory.builder import LoopRole, ResolvedMemory, build_inner_loop
+from memdlm.memory.config import adaptation_part
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, step_seed_of
-from memdlm.memory.targets import find_targets
-from memdlm.backbones.modeling import reuse_attention_masks, strip_ddp, unwrap
+from memdlm.backbones.modeling import reuse_attention_masks, strip_ddp
 from memdlm.backbones.split_forward import lower, supports_split, through_wrapper, upper
 from memdlm.training.mdlm_trainer import MDLMTrainer
 
@@ -32,22 +34,30 @@ logger = logging.getLogger("memdlm")
 class MemDLMTrainer(MDLMTrainer):
     takes_inner_gradients = True
 
-    def __init__(self, *args, memory_args, **kwargs):
+    def __init__(self, *args, memory_args, resolved_memory: ResolvedMemory | None = None, **kwargs):
+        """``resolved_memory``: rank, scale and targets resolved before training (``train`` does,
+        and writes them to run_config.json); None resolves them at the first step."""
         super().__init__(*args, **kwargs)
         self.memory_args = memory_args
-        self._loops: dict[bool, InnerLoop] = {}
+        self.resolved_memory = resolved_memory
+        self._loop: InnerLoop | None = None
+        self._prompt_memory: PromptMemory | None = None
 
-    def inner_loop(self, model, per_sample: bool, weighting: str) -> InnerLoop:
-        """Built once per mode; targets are found on the DDP-free (PEFT-kept) model."""
-        if per_sample not in self._loops:
-            inner = strip_ddp(model)
-            a = self.memory_args
-            targets = find_targets(inner, a.memory_scope, a.memory_layer_fraction, a.memory_target_modules)
-            self._loops[per_sample] = InnerLoop(
-                inner, targets, a, hidden_size=unwrap(model).config.hidden_size,
-                mask_token_id=self.mask_token_id, schedule=self.schedule, per_sample=per_sample,
-                weighting=weighting, normalization=self.diffusion_args.normalization)
-        return self._loops[per_sample]
+    def inner_loop(self, model) -> InnerLoop:
+        """The training loop, built once; targets are found on the DDP-free (PEFT-kept) model."""
+        if self._loop is None:
+            self._loop = build_inner_loop(strip_ddp(model), self.memory_args,
+                                          LoopRole.training(self.memory_args, self.diffusion_args),
+                                          mask_token_id=self.mask_token_id, resolved=self.resolved_memory)
+        return self._loop
+
+    def prompt_memory(self, model) -> PromptMemory:
+        """The run's own prompt memory (its adaptation settings and resolution), as ``Run.memory()``
+        builds it after training: the held-out loss with prompt memory adapts through it."""
+        if self._prompt_memory is None:
+            self._prompt_memory = PromptMemory(strip_ddp(model), self.processing_class,
+                                               adaptation_part(self.memory_args), resolved=self.resolved_memory)
+        return self._prompt_memory
 
     def _step_seed(self) -> int:
         """The seed of a micro-batch's memory initialisation and trajectory masks: per
@@ -91,8 +101,7 @@ class MemDLMTrainer(MDLMTrainer):
             return self._bilevel_loss(model, batch)
 
     def _bilevel_loss(self, model, batch: NoisedBatch) -> torch.Tensor:
-        loop = self.inner_loop(model, self.memory_args.memory_mode == "per_sample",
-                               self.memory_args.inner_weighting)
+        loop = self.inner_loop(model)
         seeds = batch.sample_seed if batch.sample_seed is not None else \
             torch.arange(batch.clean_ids.shape[0], device=batch.clean_ids.device)
         x = InnerLoopInputs(batch.clean_ids, batch.attention_mask, batch.maskable, batch.masked, seeds,
@@ -129,12 +138,9 @@ class MemDLMTrainer(MDLMTrainer):
         loss = mdlm_loss(model, batch, self.diffusion_args.normalization)  # memory off
         prompt = batch.attention_mask.bool() & ~batch.maskable
         if prompt.any(1).all():
-            from memdlm.memory.adapt import adapt_on_prompts
-
             with torch.enable_grad():
-                memory = adapt_on_prompts(self.inner_loop(model, True, "uniform"), batch.clean_ids,
-                                          batch.attention_mask, prompt, self.memory_args.adapt_mask_ratio,
-                                          seeds=torch.arange(len(prompt)))
+                memory = self.prompt_memory(model).adapt_positions(batch.clean_ids, batch.attention_mask, prompt,
+                                                                   seeds=torch.arange(len(prompt)))
             with memory.active():
                 adapted = mdlm_loss(model, batch, self.diffusion_args.normalization)
             self.log_metric("loss_prompt_memory", adapted.item(), training=False)

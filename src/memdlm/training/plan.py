@@ -335,7 +335,7 @@ def estimate_memory(model, setup, config_dict: dict, shapes: Shapes, lora_params
 
 def make_plan(setup, devices: int = 1) -> Plan:
     from memdlm.backbones.families import family_of
-    from memdlm.memory.targets import find_targets
+    from memdlm.memory.targets import targets_for
 
     source = model_source(setup.model)
     model = build_meta_model(source, setup.model)
@@ -343,7 +343,7 @@ def make_plan(setup, devices: int = 1) -> Plan:
     parameters = sum(p.numel() for p in model.parameters())  # tied weights once (parameters() dedupes)
     lora = lora_parameter_count(model, setup.model, experts_as_linear=bool(source.stand_in))
     mem = setup.memory
-    targets = find_targets(model, mem.memory_scope, mem.memory_layer_fraction, mem.memory_target_modules)
+    targets = targets_for(model, mem)
     rank = mem.rank_for(shapes.hidden)
     fast = fast_weight_count(targets, rank, mem.memory_dense)
     slots = setup.train.per_device_train_batch_size if mem.memory_mode == "per_sample" else 1

@@ -36,6 +36,7 @@ from memdlm.runs.directory import (
     resume_checkpoint,
     write_json_atomic,
 )
+from memdlm.memory.config import RESOLVED_PART
 from memdlm.tasks.dataset import SyntheticTaskDataset
 from memdlm.tasks.seeds import EVAL_LOSS_SEED
 from memdlm.training.callbacks import GracefulStop, RunRecord
@@ -218,7 +219,7 @@ def build_datasets(data_args, tokenizer, seed: int):
     return examples, None, report
 
 
-def make_trainer(cfg, model, tokenizer, train, evals):
+def make_trainer(cfg, model, tokenizer, train, evals, resolved_memory=None):
     from memdlm.training.callbacks import TimeBudgetCallback
     from memdlm.training.mdlm_trainer import MDLMTrainer
 
@@ -232,7 +233,7 @@ def make_trainer(cfg, model, tokenizer, train, evals):
     if cfg.train.method == "memdlm":
         from memdlm.training.memdlm_trainer import MemDLMTrainer
 
-        trainer = MemDLMTrainer(memory_args=cfg.memory, **kwargs)
+        trainer = MemDLMTrainer(memory_args=cfg.memory, resolved_memory=resolved_memory, **kwargs)
     else:
         trainer = MDLMTrainer(**kwargs)
     if cfg.train.max_train_minutes:
@@ -292,9 +293,10 @@ def _train_locked(cfg, out: Path, main: bool, resume: bool) -> dict:
         torch.set_num_threads(cfg.threads)
     model, tokenizer = build_model_and_tokenizer(cfg.model, cfg.train.seed, out if main else None)
     train_set, eval_set, report = build_datasets(cfg.data, tokenizer, cfg.train.seed)
+    config, resolved = memory_resolution(cfg, model, config)
     identity = start_run_files(out, plan, config, report, main)  # every rank: the identity rank 0 wrote
     # 3. train (or finish from a checkpoint already at --max-steps), save, and on rank 0 evaluate
-    trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set)
+    trainer = make_trainer(cfg, model, tokenizer, train_set, eval_set, resolved)
     record = train_or_restore(trainer, model, cfg, out, identity, checkpoint)
     save_final(trainer, tokenizer, out)
     if main and report.streaming:  # the counts grew while training read the rows
@@ -465,6 +467,18 @@ def recovery_advice(err, out: Path, run_id: str, resumed_from: str | None, model
         return f"{err}; no checkpoint was saved: start again with a lower --learning-rate"
     return (f"{err}; the last finite checkpoint is {last}: resume from it with --resume and a lower "
             "--learning-rate (or allow a few skipped steps with --max-nonfinite-skips)")
+
+
+def memory_resolution(cfg, model, config: dict):
+    """A MemDLM run's memory resolved once, on the model it trains (rank, alpha, scale, target
+    names), and ``config`` with it: the inner loops are built from it, and run_config.json keeps
+    it for inference, beside the settings and outside the identity hash (taken before)."""
+    if cfg.train.method != "memdlm":
+        return config, None
+    from memdlm.memory.builder import resolve_memory
+
+    resolved = resolve_memory(model, cfg.memory)
+    return {**config, RESOLVED_PART: resolved.to_dict()}, resolved
 
 
 def resolved_config(cfg) -> dict:
