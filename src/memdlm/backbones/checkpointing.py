@@ -37,6 +37,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from memdlm.errors import ConfigError
+from memdlm.backbones.modeling import unwrap
 
 # Names of the module lists that hold a model's transformer blocks (memory.targets reads
 # the same names to number layers).
@@ -53,7 +54,6 @@ def enable_checkpointing(model, kwargs: dict | None = None, memory: bool = False
     ``torch.utils.checkpoint.checkpoint``. ``memory``: MemDLM trains this model, so
     reentrant checkpointing is refused in one line.
     """
-    from memdlm.backbones.modeling import unwrap
 
     options = dict(kwargs or {})
     every = int(options.pop("every_n_layers", 1))

@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from memdlm.outputs import write_json_atomic
+from memdlm.backbones.shipped import resolve_model
+from memdlm.errors import ConfigError
 
 LORA_BASE_FILE = "lora_base.json"
 BASE_DIR = "base"  # the tiny default's base weights, inside the run directory
@@ -39,8 +42,6 @@ def is_lora_run(path) -> bool:
 
 def write_base_record(out: Path, model_args) -> None:
     """``lora_base.json``: which base the adapter in ``out`` needs."""
-    from memdlm.outputs import write_json_atomic
-    from memdlm.backbones.shipped import resolve_model
 
     built = model_args.model is None
     # a shipped model's name (``mqar-base``) is recorded as the directory it resolves to
@@ -57,7 +58,6 @@ def save_built_base(model, tokenizer, out: Path) -> None:
 
 def base_path(run: Path) -> Path:
     """The base model directory a LoRA run needs, checked to exist."""
-    from memdlm.errors import ConfigError
 
     record_file = run / LORA_BASE_FILE
     if not record_file.is_file():

@@ -17,6 +17,12 @@ import torch
 
 from memdlm.backbones.families import family_of
 from memdlm.errors import ConfigError, MissingFileError
+from memdlm.backbones.bidirectional import ensure_bidirectional
+from memdlm.integrity import check_model_files
+from memdlm.backbones.lora import is_lora_run, load_lora_run
+from memdlm.backbones.remote_code import remote_class_reference
+from memdlm.backbones.shipped import missing_model_message, resolve_model
+from memdlm.backbones.remote_code import adapt_remote_class, import_remote_class, reset_rotary_buffers
 
 logger = logging.getLogger("memdlm")
 INIT_DIR = Path(__file__).parents[1] / "assets" / "init"  # configs of models trained from scratch
@@ -139,11 +145,6 @@ def load_model(path: str, trust_remote_code: bool = False, dtype: torch.dtype | 
     """
     from transformers import AutoConfig
 
-    from memdlm.backbones.bidirectional import ensure_bidirectional
-    from memdlm.integrity import check_model_files
-    from memdlm.backbones.lora import is_lora_run, load_lora_run
-    from memdlm.backbones.remote_code import remote_class_reference
-    from memdlm.backbones.shipped import missing_model_message, resolve_model
 
     # 1. find the directory and refuse what cannot load, before transformers reads anything
     path = resolve_model(path)
@@ -186,11 +187,6 @@ def _from_pretrained_kwargs(trust_remote_code: bool, dtype, quantization_config,
 def _load_remote_class(path: str, config, key: str, reference: str, kwargs: dict):
     """The model class the directory's ``auto_map`` names under ``key``, adapted to transformers 5
     (:mod:`memdlm.backbones.remote_code`), loaded; a bare ``AutoModel`` without an LM head is refused."""
-    from memdlm.backbones.remote_code import (
-        adapt_remote_class,
-        import_remote_class,
-        reset_rotary_buffers,
-    )
 
     cls = import_remote_class(path, reference)
     for fix in adapt_remote_class(cls):

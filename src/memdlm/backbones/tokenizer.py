@@ -12,6 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from memdlm.errors import ConfigError, MissingFileError
+from memdlm.backbones.shipped import missing_model_message, resolve_model
+from memdlm.backbones.modeling import check_remote_code
+from memdlm.backbones.families import family_of
+from memdlm.backbones.modeling import unwrap
 
 logger = logging.getLogger("memdlm")
 
@@ -63,7 +67,6 @@ def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
     else:
         from transformers import AutoTokenizer
 
-        from memdlm.backbones.shipped import missing_model_message, resolve_model
 
         path = resolve_model(path)
         if not Path(path).is_dir():
@@ -73,7 +76,6 @@ def load_tokenizer(path: str | None = None, trust_remote_code: bool = False):
             raise MissingFileError(
                 f"{path} has no tokenizer files" + (" (an unfinished run: no run_complete.json; "
                 "resume it with memdlm train --resume --output-dir ...)" if unfinished else ""))
-        from memdlm.backbones.modeling import check_remote_code
 
         check_remote_code(path, trust_remote_code)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
@@ -100,8 +102,6 @@ def reconcile_mask_token(model, tokenizer, source: str) -> None:
     the family decides (``mask_from_tokenizer`` in ``memdlm.backbones.families``) -- the tokenizer's id is
     written into the config with a warning naming both, or the pair is refused in one line.
     """
-    from memdlm.backbones.families import family_of
-    from memdlm.backbones.modeling import unwrap
 
     config = getattr(unwrap(model), "config", None)
     configured, ours = getattr(config, "mask_token_id", None), tokenizer.mask_token_id

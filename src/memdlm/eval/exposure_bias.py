@@ -64,6 +64,13 @@ from memdlm.diffusion.masking import seeded_generator
 from memdlm.sampling.sampler import propose_tokens, select_commits, tokens_per_step
 from memdlm.stats import RESAMPLES
 from memdlm.tasks.seeds import EXPOSURE_SEED
+from memdlm.backbones.modeling import forward_logits
+from memdlm.data.collate import IGNORE, encode_pair
+from memdlm.backbones.context import context_limit, fit_prompts
+from memdlm.runs.placement import record
+from memdlm.tasks import task_names
+from memdlm.tasks.dataset import SyntheticTaskDataset
+from memdlm.stats import bootstrap
 
 logger = logging.getLogger("memdlm")
 
@@ -147,7 +154,6 @@ class ExposureBiasResult:
     def ratio_intervals(self, resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95):
         """Bootstrap intervals of each ratio per step, resampling items with the project's one
         bootstrap (:func:`memdlm.stats.bootstrap`): name -> [S][2]."""
-        from memdlm.stats import bootstrap
 
         per_item = {k: np.asarray(v, dtype=np.float64) for k, v in self.per_item.items()}
         out = {}
@@ -380,7 +386,6 @@ def model_logits_fn(model, memory=None, temperature: float = 1.0) -> LogitsFn:
     The forward's rows are groups of the b items, so row j uses memory slot ``j % b``.
     ``temperature``: the logits are divided by it (a model scaled to a matched calibration).
     """
-    from memdlm.backbones.modeling import forward_logits
 
     def logits_fn(ids, attention_mask, positions):
         context = contextlib.nullcontext()
@@ -399,7 +404,6 @@ def encode_pairs(tokenizer, pairs, append_eos: bool = True) -> tuple[list[list[i
 
     The split is training's (:func:`memdlm.data.collate.encode_pair`): response + EOS.
     """
-    from memdlm.data.collate import IGNORE, encode_pair
 
     prompts, responses = [], []
     for pair in pairs:
@@ -420,8 +424,6 @@ def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = N
     and scoring alike (recorded in ``meta``). A prompt whose tokens and response pass the
     model's context limit is handled by ``context_overflow`` (:mod:`memdlm.backbones.context`); the
     limit, the rule and the counts go into ``meta["context"]``, the device and dtype into ``meta``."""
-    from memdlm.backbones.context import context_limit, fit_prompts
-    from memdlm.runs.placement import record
 
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
@@ -462,8 +464,6 @@ def exposure_bias(model, tokenizer, pairs, config: ExposureBiasConfig | None = N
 
 def heldout_pairs(tokenizer, items: int, length: int, task: str = EXPOSURE_TASK, seed: int = EXPOSURE_SEED):
     """Held-out samples (eval split) of a generated task; falls back to ``kv`` without ``longresp``."""
-    from memdlm.tasks import task_names
-    from memdlm.tasks.dataset import SyntheticTaskDataset
 
     if task not in task_names():
         if task != "longresp":

@@ -16,14 +16,18 @@ from pathlib import Path
 
 from memdlm.config import GENERATION_BATCH_SIZE
 from memdlm.tasks.seeds import HELDOUT_SEED
+from memdlm.tasks.dataset import SyntheticTaskDataset
+from memdlm.tasks.haystack import get_haystack
+from memdlm.sampling.sampler import SamplerConfig
+from memdlm.tasks import get_task
+from memdlm.sampling.generation import generate
+from memdlm.tasks.scoring import score_details, score_samples
 
 logger = logging.getLogger("memdlm")
 
 
 def heldout_samples(tokenizer, tasks: list[str], length: int, n: int, seed: int = HELDOUT_SEED,
                     haystack: str = "prose"):
-    from memdlm.tasks.dataset import SyntheticTaskDataset
-    from memdlm.tasks.haystack import get_haystack
 
     ds = SyntheticTaskDataset(tokenizer, tasks, [length], "eval", n, seed=seed, haystack=get_haystack(haystack))
     return [ds.sample(i) for i in range(n)]
@@ -41,8 +45,6 @@ def answer_sampler_config(tokenizer, samples, **overrides):
 
     ``overrides`` replace SamplerConfig fields (e.g. the fast-sampling ones of ``memdlm eval``).
     """
-    from memdlm.sampling.sampler import SamplerConfig
-    from memdlm.tasks import get_task
 
     longest = max(len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples)
     tasks = {s.task: get_task(s.task) for s in samples}
@@ -62,8 +64,6 @@ def evaluate_samples(model, tokenizer, samples, memory=None, batch_size: int = G
     associative recall's per-query and all-correct accuracy beside the uniform and copy
     levels, and where the wrong answers came from) also get it, under ``recall_by_task``.
     """
-    from memdlm.sampling.generation import generate
-    from memdlm.tasks.scoring import score_details, score_samples
 
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(samples):

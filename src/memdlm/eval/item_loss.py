@@ -32,6 +32,8 @@ import torch.nn.functional as F
 
 from memdlm.config import EVAL_BATCH_SIZE
 from memdlm.errors import ConfigError
+from memdlm.eval.exposure_bias import encode_pairs
+from memdlm.backbones.modeling import forward_logits
 
 LEVELS = 8  # mask ratios per item: 1/16, 3/16, ..., 15/16
 
@@ -74,8 +76,6 @@ def item_losses(model, tokenizer, samples, memory=None, levels: int = LEVELS, ba
     """
     from tqdm.auto import tqdm
 
-    from memdlm.eval.exposure_bias import encode_pairs
-    from memdlm.backbones.modeling import forward_logits
 
     if levels < 1:
         raise ConfigError(f"levels must be >= 1, got {levels}")
@@ -123,8 +123,6 @@ def temperature_nll(model, tokenizer, samples, temperatures=TEMPERATURES, levels
     """Static held-out NLL (nats per masked response token, pooled over items and the mask
     levels of :func:`level_masks`) of ``model`` with its logits divided by each temperature.
     The minimiser is the temperature that calibrates the model on these items."""
-    from memdlm.eval.exposure_bias import encode_pairs
-    from memdlm.backbones.modeling import forward_logits
 
     prompts, responses = encode_pairs(tokenizer, samples)
     device = next(model.parameters()).device

@@ -83,6 +83,16 @@ from memdlm.config import GENERATION_BATCH_SIZE
 from memdlm.errors import ConfigError
 from memdlm.memory.config import ADAPTATION_FIELDS, adaptation_arg_types
 from memdlm.validation import coerce_values
+from memdlm.backbones.context import check_overflow_choice, context_limit, new_counts
+from memdlm.runs.placement import resolve_device, resolve_dtype
+from memdlm.runs.run import Run
+from memdlm.backbones.tokenizer import ensure_special_tokens
+from memdlm.runs.placement import record
+from memdlm.backbones.context import fit_prompts
+from memdlm.backbones.modeling import forward_logits
+from memdlm.sampling.sampler import Sampler, SamplerConfig
+from memdlm.sampling.sampler import SamplerConfig
+from memdlm.sampling.generation import generate
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "memdlm"
@@ -140,7 +150,6 @@ class MemdlmLM(LM):
                  max_length: int | None = None, device: str | None = None, dtype: str | None = None,
                  trust_remote_code: bool = False, context_overflow: str = "refuse", **unused):
         super().__init__()
-        from memdlm.backbones.context import check_overflow_choice, context_limit, new_counts
 
         unused.pop("max_batch_size", None)  # lm-eval's auto batching: not used here
         overrides = {k: unused.pop(k) for k in list(unused) if k in ADAPTATION_FIELDS and unused[k] is not None}
@@ -194,9 +203,6 @@ class MemdlmLM(LM):
     def _load(pretrained, tokenizer, device, dtype, trust_remote_code):
         """The :class:`memdlm.runs.run.Run` of ``pretrained`` (a directory, or an in-memory model
         with its tokenizer), on ``device``, in eval mode."""
-        from memdlm.runs.placement import resolve_device, resolve_dtype
-        from memdlm.runs.run import Run
-        from memdlm.backbones.tokenizer import ensure_special_tokens
 
         device = resolve_device(device)
         if isinstance(pretrained, (str, Path)):
@@ -226,7 +232,6 @@ class MemdlmLM(LM):
     def get_model_info(self) -> dict:
         """What lm-eval adds to ``results["config"]``: the memdlm settings of this evaluation
         (device, dtype, context limit with the requests truncated or run past it, memory)."""
-        from memdlm.runs.placement import record
 
         return {"memdlm": {**record(self.model), "context": {**self.limit.to_dict(),
                                                              "overflow": self.context_overflow,
@@ -297,7 +302,6 @@ class MemdlmLM(LM):
     def _fit(self, ids: list[int], new_tokens: int, what: str) -> list[int]:
         """``ids`` within the context limit with room for ``new_tokens``: refused past it unless
         ``context_overflow`` says truncate / extend (:mod:`memdlm.backbones.context`); counted."""
-        from memdlm.backbones.context import fit_prompts
 
         return fit_prompts([ids], new_tokens, self.limit, self.context_overflow, self.context_counts, what)[0]
 
@@ -356,7 +360,6 @@ class MemdlmLM(LM):
         return (totals / self.mc_samples).tolist()
 
     def _forward(self, ids, attn, where) -> torch.Tensor:
-        from memdlm.backbones.modeling import forward_logits
 
         return forward_logits(self.model, ids, attn, positions=where)
 
@@ -364,7 +367,6 @@ class MemdlmLM(LM):
         """Whether the sampler's greedy decode of len(continuation) slots gives the continuation."""
         if self.greedy_check == "none":
             return [False] * len(pairs)
-        from memdlm.sampling.sampler import Sampler, SamplerConfig
 
         out = [False] * len(pairs)
         by_length: dict[int, list[int]] = {}
@@ -440,7 +442,6 @@ class MemdlmLM(LM):
 
     def sampler_config(self, max_gen_toks: int | None = None, temperature: float | None = None):
         """The sampler settings for one request: steps and blocks clipped to fit N tokens."""
-        from memdlm.sampling.sampler import SamplerConfig
 
         n = int(max_gen_toks or self.max_new_tokens)
         block = self.block_length if self.block_length and self.block_length < n else None
@@ -451,7 +452,6 @@ class MemdlmLM(LM):
                              **args)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from memdlm.sampling.generation import generate
 
         groups: dict[str, tuple] = {}  # same sampler settings and stop strings
         for i, req in enumerate(requests):

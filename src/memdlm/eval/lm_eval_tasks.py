@@ -28,6 +28,9 @@ import re
 from pathlib import Path
 
 from memdlm.tasks.seeds import EXPORT_SEED
+from memdlm.tasks import get_task
+from memdlm.backbones.tokenizer import count_tokens_fn
+from memdlm.tasks.scoring import score_samples
 
 PREFIX = "memdlm_"
 STOP_STRINGS = ("\n",)
@@ -49,8 +52,6 @@ def parse_task_name(name: str) -> tuple[str, int | None]:
 
 def export_tasks(task_names, lengths, n: int, out_dir, tokenizer, seed: int = EXPORT_SEED) -> list[str]:
     """Write a JSONL file and a task YAML per (task, length); returns the lm-eval task names."""
-    from memdlm.tasks import get_task
-    from memdlm.backbones.tokenizer import count_tokens_fn
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -107,8 +108,6 @@ def task_yaml(name: str, data_file: Path, metric: str, max_gen_toks: int, cache_
 
 def process_results(doc: dict, results: list[str]) -> dict:
     """lm-eval hook: the task's metric (0-100) of one prediction against the doc's answers."""
-    from memdlm.tasks import get_task
-    from memdlm.tasks.scoring import score_samples
 
     row = {"answers": list(doc["answers"]), "meta": json.loads(doc.get("meta_json") or "{}")}
     return {get_task(doc["task"]).metric: score_samples(doc["task"], [results[0]], [row])}

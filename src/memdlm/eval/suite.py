@@ -47,6 +47,19 @@ from pathlib import Path
 
 from memdlm.config import EVAL_BATCH_SIZE
 from memdlm.stats import RESAMPLES
+from memdlm.stats import paired_difference
+from memdlm.eval.heldout import heldout_samples
+from memdlm.eval.heldout import answer_sampler_config
+from memdlm.sampling.generation import generate
+from memdlm.tasks.scoring import score_details, score_samples
+from memdlm.tasks.seeds import HELDOUT_SEED
+from memdlm.tasks import get_task
+from memdlm.backbones.context import check_overflow_choice
+from memdlm.runs.placement import record as placement_record
+from memdlm.outputs import write_json_atomic
+from memdlm.runs.placement import resolve_device, resolve_dtype
+from memdlm.runs.run import Run
+from memdlm.outputs import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger("memdlm")
 
@@ -138,7 +151,6 @@ def paired_bootstrap(a_items, b_items, n_boot: int = RESAMPLES, seed: int = 0,
     claims). A difference whose interval contains 0 is unresolved: the items do not
     tell the two runs apart.
     """
-    from memdlm.stats import paired_difference
 
     d = paired_difference([a_items], [b_items], resamples=n_boot, seed=seed, confidence=confidence)
     return d["estimate"], (d["low"], d["high"])
@@ -157,7 +169,6 @@ def item_key(sample) -> str:
 
 def _suite_items(tokenizer, tasks, lengths, n, seed):
     """``{(task, length): samples or reason}``: each cell's items, made once."""
-    from memdlm.eval.heldout import heldout_samples
 
     items = {}
     for task in tasks:
@@ -173,9 +184,6 @@ def _suite_items(tokenizer, tasks, lengths, n, seed):
 def _answer_cell(model, tokenizer, samples, memory, batch_size, progress, sampler=None,
                  context_overflow: str = "refuse") -> dict:
     """Generate and score one run on one cell's items."""
-    from memdlm.eval.heldout import answer_sampler_config
-    from memdlm.sampling.generation import generate
-    from memdlm.tasks.scoring import score_details, score_samples
 
     config = answer_sampler_config(tokenizer, samples, **(sampler or {}))  # the held-out decoding
     start = time.perf_counter()
@@ -241,7 +249,6 @@ def evaluate_suite(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
     "results": {run name: {"score", "exact_match", "n", "seconds", "model_calls",
     "mean_calls_per_item", "item_keys", "item_scores", "item_correct", "predictions"}}}``.
     """
-    from memdlm.tasks.seeds import HELDOUT_SEED
 
     _check_request(runs, tasks, lengths, n, context_overflow)  # before any model is loaded
     seed = HELDOUT_SEED if seed is None else seed
@@ -273,12 +280,10 @@ def _check_request(runs: list[RunSpec], tasks: list[str], lengths: list[int], n:
         raise ValueError("need at least one task and one length")
     if n < 1:
         raise ValueError(f"need at least one item per cell, got n={n}")
-    from memdlm.tasks import get_task
 
     for task in tasks:  # unknown or unscorable tasks fail before any model is loaded
         if get_task(task).plain_text:
             raise ValueError(f"task {task!r} is plain text for pre-training: it has no answers to score")
-    from memdlm.backbones.context import check_overflow_choice
 
     check_overflow_choice(context_overflow)
 
@@ -326,7 +331,6 @@ def _answer_all(runs, tasks, lengths, n, seed, loader, memory_overrides, decodin
 def _prepare_run(run: RunSpec, loaded, model, memory_overrides: dict | None, records: dict):
     """Record where ``run`` runs and, for an adapted run, the memory settings it adapts with;
     returns its prompt memory (None without adaptation)."""
-    from memdlm.runs.placement import record as placement_record
 
     records["placement"][run.name] = placement_record(model)
     run_memory = loaded.memory(**(memory_overrides or {})) if run.memory else None
@@ -371,15 +375,12 @@ def _suite_cells(items: dict, results: dict, runs: list[RunSpec]) -> list[dict]:
 
 
 def _write_partial(path, results: dict) -> None:
-    from memdlm.outputs import write_json_atomic
 
     write_json_atomic(path, {"finished": [{"task": task, "length": length, "run": name, "result": cell}
                                           for (task, length, name), cell in results.items()]})
 
 
 def _load(model_dir: str, trust_remote_code: bool, device: str | None = None, dtype=None):
-    from memdlm.runs.placement import resolve_device, resolve_dtype
-    from memdlm.runs.run import Run
 
     return Run.load(model_dir, trust_remote_code, dtype=resolve_dtype(dtype), device=resolve_device(device))
 
@@ -536,7 +537,6 @@ PARTIAL_FILE = "suite.partial.json"  # the cells finished so far, while the suit
 def save_suite(result: dict, out_dir) -> dict[str, Path]:
     """Write ``suite.json`` (everything, per-item results included), ``suite.md``
     (:func:`to_markdown`) and ``suite.png`` (:func:`plot_suite`) to ``out_dir``."""
-    from memdlm.outputs import write_json_atomic, write_text_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ import re
 import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
+from memdlm.memory.experts import _slot_of_token
 
 EXPERT_IN_LIST = re.compile(r"^(.*)\.experts\.(\d+)\.")
 
@@ -134,7 +135,6 @@ def stable_sorts_in(blocks: list[nn.Module]):
 @contextlib.contextmanager
 def route_rows_to_slots(blocks: list[nn.Module], fast_weights):
     """While active, ``fast_weights.row_slots.current`` holds the running expert's row slots."""
-    from memdlm.memory.experts import _slot_of_token
 
     state = fast_weights.row_slots
     handles = []

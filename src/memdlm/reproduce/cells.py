@@ -19,6 +19,8 @@ from pathlib import Path
 from memdlm.errors import ConfigError, Stopped
 from memdlm.runs.directory import holds_run
 from memdlm.training.train import write_json_atomic
+from memdlm.training.options import setup_from_options
+from memdlm.training.train import train
 
 logger = logging.getLogger("memdlm")
 
@@ -76,8 +78,6 @@ def train_cell(cell: Path, options: dict, runtime: dict | None = None, progress:
     ``options`` are training options by field name (:mod:`memdlm.training.options`);
     ``runtime`` options (threads) change how fast, not what, and are not recorded.
     """
-    from memdlm.training.options import setup_from_options
-    from memdlm.training.train import train
 
     check_settings(cell, options)
     done = cell / "run_complete.json"

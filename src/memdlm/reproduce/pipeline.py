@@ -35,6 +35,15 @@ from pathlib import Path
 from memdlm.reproduce.cells import json_cell, train_cell
 from memdlm.reproduce.presets import Preset
 from memdlm.tasks.seeds import DEV_SEED, EXPOSURE_CALIBRATION_SEED
+from memdlm.runs.placement import resolve_device, resolve_dtype
+from memdlm.runs.run import Run
+from memdlm.eval.suite import STANDARD, STANDARD_ADAPT, TRAIN_AND_INFERENCE, TRAIN_ONLY, RunSpec, evaluate_suite
+from memdlm.eval.suite import STANDARD, TRAIN_ONLY, RunSpec, evaluate_suite
+from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
+from memdlm.eval.item_loss import temperature_nll
+from memdlm.eval.heldout import heldout_samples
+from memdlm.eval.item_loss import item_losses
+from memdlm.reproduce.probe import probe_items, run_logprob_probe
 
 logger = logging.getLogger("memdlm")
 # JSON cells that measure (evaluate or benchmark) rather than aggregate training cells:
@@ -60,8 +69,6 @@ class Reproduction:
 
     def load(self, path):
         """A trained arm for evaluation, on ``device`` in ``dtype``."""
-        from memdlm.runs.placement import resolve_device, resolve_dtype
-        from memdlm.runs.run import Run
 
         return Run.load(path, dtype=resolve_dtype(self.dtype), device=resolve_device(self.device))
 
@@ -196,14 +203,6 @@ class Reproduction:
         return p.adaptation.overrides(p.memory_scope, p.memory_layer_fraction)
 
     def evaluate(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
-        from memdlm.eval.suite import (
-            STANDARD,
-            STANDARD_ADAPT,
-            TRAIN_AND_INFERENCE,
-            TRAIN_ONLY,
-            RunSpec,
-            evaluate_suite,
-        )
 
         p = self.preset
         runs = [RunSpec(STANDARD, str(dirs["standard"])), RunSpec(STANDARD_ADAPT, str(dirs["standard"]), True),
@@ -221,7 +220,6 @@ class Reproduction:
 
     def dev(self, dirs: dict[str, Path], chosen: dict) -> dict:
         """Standard and MemDLM on dev items at the trained length: the operating-point check."""
-        from memdlm.eval.suite import STANDARD, TRAIN_ONLY, RunSpec, evaluate_suite
 
         p = self.preset
         runs = [RunSpec(STANDARD, str(dirs["standard"])), RunSpec(TRAIN_ONLY, str(dirs["memdlm"]))]
@@ -248,8 +246,6 @@ class Reproduction:
                     **self.placement_settings()}
 
         def compute():
-            from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
-            from memdlm.eval.item_loss import temperature_nll
 
             config = ExposureBiasConfig(steps=p.eb_steps)
             out = {"results": {}, "calibrated": {}, "flattened": {}, "temperatures": {}, "calibration_nll": {}}
@@ -290,8 +286,6 @@ class Reproduction:
                     **self.placement_settings()}
 
         def compute():
-            from memdlm.eval.heldout import heldout_samples
-            from memdlm.eval.item_loss import item_losses
 
             out, samples = {}, None
             for arm in arms:
@@ -316,7 +310,6 @@ class Reproduction:
                     "kind": "logprob", **self.placement_settings()}
 
         def compute():
-            from memdlm.reproduce.probe import probe_items, run_logprob_probe
 
             out, memory_used = {}, {}
             for label, arm in (("Standard", "standard"), ("MemDLM", "memdlm")):

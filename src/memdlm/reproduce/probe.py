@@ -22,6 +22,17 @@ from __future__ import annotations
 from memdlm.config import EVAL_BATCH_SIZE
 from memdlm.eval.heldout import answer_sampler_config, heldout_samples
 from memdlm.tasks.seeds import PROBE_SEED
+from memdlm.tasks.kv import needle
+from memdlm.tasks.recall import QUERY_MARK
+from memdlm.tasks.recall import prediction_words
+from memdlm.sampling.generation import generate
+from memdlm.data.collate import token_ids
+from memdlm.memory.adapt import right_pad
+from memdlm.memory.builder import ADAPTATION, build_inner_loop
+from memdlm.memory.config import AdaptationArguments
+from memdlm.memory.inner_loop import InnerLoopInputs, InnerLoopStats
+from memdlm.memory.trajectories import Stage, StageRole
+from memdlm.backbones.modeling import forward_logits
 
 CONDITIONS = ("needle_present", "removed", "removed_matched", "removed_mismatched")
 
@@ -33,7 +44,6 @@ def _is_recall(sample) -> bool:
 def remove_needle(sample) -> str:
     """The sample's prompt without the fact(s) stating the queried value(s)."""
     if _is_recall(sample):
-        from memdlm.tasks.recall import QUERY_MARK
 
         body, mark, tail = sample.prompt.rpartition(f" {QUERY_MARK} ")
         for i in sample.meta["asked"]:
@@ -42,7 +52,6 @@ def remove_needle(sample) -> str:
                 raise ValueError(f"pair {pair!r} not found exactly once in the context")
             body = body.replace(pair, "")
         return body + mark + tail
-    from memdlm.tasks.kv import needle
 
     fact = needle(sample.meta["key"], sample.response.strip())
     if fact not in sample.prompt:
@@ -58,7 +67,6 @@ def digit_accuracy(prediction: str, answer: str) -> float:
 def item_score(prediction: str, sample) -> float:
     """Per-query accuracy (recall tasks) or digit accuracy (key-value tasks), 0-1."""
     if _is_recall(sample):
-        from memdlm.tasks.recall import prediction_words
 
         answers = [a.lower() for a in sample.answers]
         guesses = prediction_words(prediction, len(answers))
@@ -81,7 +89,6 @@ def run_probe(run, samples, memory, batch_size: int = EVAL_BATCH_SIZE, progress:
     """Every condition's per-item predictions and scores for one run (:class:`memdlm.runs.run.Run`);
     ``memory``: its prompt memory (``run.memory(...)``). Generation-based: the earlier probe,
     kept for callers; the reproduction's probe is :func:`run_logprob_probe`."""
-    from memdlm.sampling.generation import generate
 
     model, tokenizer = run.model, run.tokenizer
     config = answer_sampler_config(tokenizer, samples)
@@ -133,8 +140,6 @@ LOGPROB_CONTRASTS = {
 
 def value_positions(tokenizer, sample) -> list[int]:
     """Token positions, in the full prompt, of the queried value(s) (recall tasks only)."""
-    from memdlm.data.collate import token_ids
-    from memdlm.tasks.recall import QUERY_MARK
 
     if not _is_recall(sample):
         raise ValueError("the log-probability probe's control needs a recall task (mqar*)")
@@ -159,11 +164,6 @@ def write_control_memory(model, tokenizer, control, prompts: list[list[int]], ta
     ``control.inner_lr`` on ``control.scope`` of the last ``control.layer_fraction`` of layers."""
     import torch
 
-    from memdlm.memory.adapt import right_pad
-    from memdlm.memory.builder import ADAPTATION, build_inner_loop
-    from memdlm.memory.config import AdaptationArguments
-    from memdlm.memory.inner_loop import InnerLoopInputs, InnerLoopStats
-    from memdlm.memory.trajectories import Stage, StageRole
 
     args = AdaptationArguments(memory_scope=control.scope, memory_layer_fraction=control.layer_fraction,
                                memory_rank=control.rank, inner_lr=control.inner_lr, trajectory="anchor_only")
@@ -192,8 +192,6 @@ def answer_logprobs(model, tokenizer, prompts: list[list[int]], answers: list[li
 
     import torch
 
-    from memdlm.memory.adapt import right_pad
-    from memdlm.backbones.modeling import forward_logits
 
     device = next(model.parameters()).device
     rows = [p + [tokenizer.mask_token_id] * (len(a) + 1) for p, a in zip(prompts, answers)]
@@ -245,7 +243,6 @@ def run_logprob_probe(run, samples, memory, control, batch_size: int = EVAL_BATC
     Item i's mismatched memory is written on item i+1's context."""
     from tqdm.auto import tqdm
 
-    from memdlm.data.collate import token_ids
 
     model, tokenizer = run.model, run.tokenizer
     memory.check_model(model)

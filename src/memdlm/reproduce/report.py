@@ -37,6 +37,9 @@ from memdlm.reproduce.rules import (
     with_note,
 )
 from memdlm.stats import compare, verdict
+from memdlm.eval.plots import plot_curves, plot_exposure_bias, plot_panels, plot_score_vs_length
+from memdlm.reproduce.probe import LOGPROB_CONTRASTS
+from memdlm.reproduce.markdown import render
 
 STANDARD = "Standard"
 
@@ -379,7 +382,6 @@ def _curve(logs: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def make_plots(out: Path, result: dict, summary: dict) -> dict[str, str]:
-    from memdlm.eval.plots import plot_curves, plot_exposure_bias, plot_panels, plot_score_vs_length
 
     files = {}
     first = next(iter(result["seeds"].values()))
@@ -452,7 +454,6 @@ def probe_summary(seeds: dict) -> dict:
     """Per model: each contrast of :data:`memdlm.reproduce.probe.LOGPROB_CONTRASTS` (log p of
     the answer, per item) and each condition's mean log p, median rank and top-1 share, mean
     over seeds."""
-    from memdlm.reproduce.probe import LOGPROB_CONTRASTS
 
     out = {}
     first = next(iter(seeds.values()))["probe"]["results"]
@@ -729,6 +730,5 @@ def _jsonable(summary: dict) -> dict:
 
 
 def render_markdown(result: dict, summary: dict, prov: dict, plots: dict) -> str:
-    from memdlm.reproduce.markdown import render
 
     return render(result, summary, prov, plots, claims(summary))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from memdlm.stats import compare, side, verdict
+from memdlm.tasks.scoring import reference_levels
 
 NEAR_ZERO = 2.0  # score points: below this for both arms, a comparison says nothing
 
@@ -57,7 +58,6 @@ def capability_gate(dev: dict, margin: float, run: str = "Standard") -> dict[str
     (:func:`memdlm.tasks.scoring.reference_levels`) is not testable either. Returns
     ``{task: {"score", "copy", "uniform", "margin", "testable", "reason"}}``.
     """
-    from memdlm.tasks.scoring import reference_levels
 
     gate = {}
     for cell in dev["cells"]:

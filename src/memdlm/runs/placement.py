@@ -9,6 +9,7 @@ inference command (generate, eval, exposure-bias, lm-eval, reproduce).
 from __future__ import annotations
 
 from memdlm.errors import ConfigError
+from memdlm.backbones.context import OVERFLOW_CHOICES, OVERFLOW_HELP
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
 DEVICE_HELP = "Where the model runs: cpu, cuda, cuda:1, mps (default: cuda when a GPU is visible, else cpu)."
@@ -50,7 +51,6 @@ def record(model) -> dict:
 def add_inference_flags(parser) -> None:
     """``--device``, ``--dtype`` and ``--context-overflow``: one definition for every
     inference command."""
-    from memdlm.backbones.context import OVERFLOW_CHOICES, OVERFLOW_HELP
 
     parser.add_argument("--device", default=None, help=DEVICE_HELP)
     parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help=DTYPE_HELP)

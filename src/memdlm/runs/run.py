@@ -31,6 +31,11 @@ from memdlm.errors import ConfigError
 from memdlm.memory.builder import RESOLVED_PART, ResolvedMemory, resolve_memory
 from memdlm.memory.config import ADAPTATION_FIELDS, TRAINING_ONLY_FIELDS, MemoryArguments, adaptation_part
 from memdlm.runs.directory import CONFIG_FILE
+from memdlm.runs.placement import resolve_device, resolve_dtype
+from memdlm.backbones.modeling import load_model
+from memdlm.backbones.shipped import resolve_model
+from memdlm.backbones.tokenizer import load_tokenizer, reconcile_mask_token
+from memdlm.memory.adapt import PromptMemory
 
 
 def read_run_config(path) -> dict:
@@ -104,9 +109,6 @@ class Run:
     @classmethod
     def load(cls, path, trust_remote_code: bool = False, dtype=None, device=None) -> Run:
         """The run (or model) directory ``path``, or a shipped model's name, in eval mode."""
-        from memdlm.backbones.modeling import load_model
-        from memdlm.backbones.shipped import resolve_model
-        from memdlm.backbones.tokenizer import load_tokenizer, reconcile_mask_token
 
         resolved = resolve_model(str(path))
         config = read_run_config(resolved)  # a broken file fails before minutes of loading
@@ -124,7 +126,6 @@ class Run:
         adaptation settings; each keyword that is not None overrides the setting it names.
         It adapts with the run's saved rank, scale and targets (``memory_resolved``) unless an
         override changes what they derive from (``memory.builder.RANK_FIELDS`` / ``TARGET_FIELDS``)."""
-        from memdlm.memory.adapt import PromptMemory
 
         given = {k: v for k, v in overrides.items() if v is not None}
         training_only = sorted(set(given) & set(TRAINING_ONLY_FIELDS))
@@ -144,7 +145,6 @@ class Run:
 def load_run(path, args) -> Run:
     """:meth:`Run.load` as the inference commands do: on ``args.device`` in ``args.dtype``
     (:mod:`memdlm.runs.placement`), remote code as ``args.trust_remote_code`` allows."""
-    from memdlm.runs.placement import resolve_device, resolve_dtype
 
     return Run.load(path, getattr(args, "trust_remote_code", False), dtype=resolve_dtype(args.dtype),
                     device=resolve_device(args.device))

@@ -13,13 +13,14 @@ from tqdm.auto import tqdm
 
 from memdlm.config import GENERATION_BATCH_SIZE
 from memdlm.sampling.sampler import Sampler, SamplerConfig
+from memdlm.errors import DataError
+from memdlm.backbones.context import context_limit, fit_prompts
 
 
 def _encode_prompts(tokenizer, prompts, what: str = "prompt") -> list[list[int]]:
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
            for p in prompts]
     if any(len(p) == 0 for p in ids):
-        from memdlm.errors import DataError
 
         raise DataError(f"{what} {next(i for i, p in enumerate(ids) if not p)} is empty")
     return ids
@@ -42,7 +43,6 @@ def generate(model, tokenizer, prompts: list[str] | list[list[int]], config: Sam
     (:mod:`memdlm.backbones.context`: refused unless ``truncate`` or ``extend``); ``stats["context"]``
     gets the limit and the counts. A truncated prompt's memory adapts on what is kept.
     """
-    from memdlm.backbones.context import context_limit, fit_prompts
 
     prompt_ids = _encode_prompts(tokenizer, prompts)
     limit = context_limit(model, tokenizer)

@@ -113,6 +113,7 @@ from memdlm.errors import ConfigError
 from memdlm.sampling.block_cache import BlockForward
 from memdlm.sampling.block_causal import BlockCausalForward, grid_end
 from memdlm.validation import literal_choices
+from memdlm.backbones.families import family_of
 
 # ---------------------------------------------------------------------------
 # Pure kernels: schedules and selection
@@ -475,7 +476,6 @@ class SamplerConfig:
         the rule's own threshold and block length where none was given."""
         rule = self.unmask_rule
         if rule == "native":
-            from memdlm.backbones.families import family_of
 
             rule = family_of(getattr(model, "config", None)).decoding
         threshold = RULE_THRESHOLDS.get(rule) if self.threshold is None else self.threshold

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from memdlm.errors import ConfigError
+from memdlm.tasks.haystack import FillerStream
+from memdlm.tasks.haystack import default_haystack
 
 TokenCounter = Callable[[str], int]
 SPLITS = ("train", "eval")
@@ -137,7 +139,6 @@ def fit_haystack(
     target by at most about one word's tokens. Needles go at uniformly random sentence
     boundaries (:func:`insert_at_random`), in the given order when ``keep_order``.
     """
-    from memdlm.tasks.haystack import FillerStream
 
     filler, depth_seed = FillerStream(haystack, rng.random()), rng.random()
 
@@ -182,7 +183,6 @@ class Task:
         """The sample for (seed, split, length): same arguments, same sample."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-        from memdlm.tasks.haystack import default_haystack
 
         haystack = haystack or default_haystack()
         rng = random.Random(f"{self.name}:{split}:{length}:{seed}")

@@ -14,6 +14,7 @@ from itertools import accumulate
 from pathlib import Path
 
 from memdlm.data import words
+from memdlm.errors import ConfigError
 
 RULER_NOISE = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
                "There and back again.")
@@ -112,7 +113,6 @@ def get_haystack(spec: str) -> Haystack:
         return NoiseHaystack()
     if Path(spec).is_file():
         return FileHaystack(spec)
-    from memdlm.errors import ConfigError
 
     raise ConfigError(f"--haystack {spec!r} is neither 'prose', 'noise' nor an existing file; "
                       "give one of the two names or the path of a text file")

@@ -48,6 +48,7 @@ from functools import lru_cache
 
 from memdlm.data import words
 from memdlm.tasks.base import Sample, Task, fit_filler, insert_at_random, register_task
+from memdlm.tasks.base import get_task
 
 QUERY_MARK = "|"
 
@@ -151,7 +152,6 @@ def recall_report(predictions: Sequence[str], samples: Sequence, task: Associati
 
 
 def get_recall_task(name: str) -> AssociativeRecallTask:
-    from memdlm.tasks.base import get_task
 
     task = get_task(name)
     if not isinstance(task, AssociativeRecallTask):

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Sequence
 
 from memdlm.errors import ConfigError
+from memdlm.tasks.base import get_task
+from memdlm.tasks.recall import recall_report
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
@@ -143,7 +145,6 @@ class Recall(Metric):
         return self.details(task, predictions, samples)["per_query"]
 
     def details(self, task, predictions, samples):
-        from memdlm.tasks.recall import recall_report
 
         return recall_report(predictions, samples, task)
 
@@ -164,7 +165,6 @@ def reference_levels(task_name: str) -> dict[str, float] | None:
     """The task's scores (0-100) of the two non-solutions every score is read against --
     ``uniform`` guessing and ``copy``-ing a random value of the context -- or None for a
     task that defines none (:meth:`memdlm.tasks.base.Task.reference_levels`)."""
-    from memdlm.tasks.base import get_task
 
     return get_task(task_name).reference_levels()
 
@@ -172,7 +172,6 @@ def reference_levels(task_name: str) -> dict[str, float] | None:
 def score_samples(task_name: str, predictions: Sequence[str], samples: Sequence) -> float:
     """Score predictions for generated samples (``Sample`` objects or their row dicts) with
     the task's metric; 0-100."""
-    from memdlm.tasks.base import get_task
 
     task = get_task(task_name)
     if len(predictions) != len(samples):
@@ -182,7 +181,6 @@ def score_samples(task_name: str, predictions: Sequence[str], samples: Sequence)
 
 def score_details(task_name: str, predictions: Sequence[str], samples: Sequence) -> dict | None:
     """The task's metric's breakdown beside the score (:meth:`Metric.details`), or None."""
-    from memdlm.tasks.base import get_task
 
     task = get_task(task_name)
     return get_metric(task.metric).details(task, predictions, samples)

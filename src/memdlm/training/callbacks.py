@@ -11,6 +11,7 @@ import time
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
+from memdlm.errors import Stopped
 
 logger = logging.getLogger("memdlm")
 
@@ -119,7 +120,6 @@ class GracefulStop(TrainerCallback):
         self.received: str | None = None
 
     def _handle(self, signum, frame):
-        from memdlm.errors import Stopped
 
         name = signal.Signals(signum).name
         if self.received is not None:

@@ -24,6 +24,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from memdlm.errors import ConfigError
+from memdlm.config import DataArguments, DiffusionArguments, ModelArguments
+from memdlm.memory.config import MemoryArguments
+from memdlm.training.args import TrainConfig
+from memdlm.backbones.modeling import init_configs
+from memdlm.tasks import task_names
+from memdlm.config import resolve_threads
+from memdlm.data.formats import read_utf8
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -42,23 +49,17 @@ class TrainingSetup:
 
 def option_classes() -> tuple:
     """The dataclasses a training run is configured by, in ``TrainingSetup`` order."""
-    from memdlm.config import DataArguments, DiffusionArguments, ModelArguments
-    from memdlm.memory.config import MemoryArguments
-    from memdlm.training.args import TrainConfig
 
     return (ModelArguments, DataArguments, DiffusionArguments, MemoryArguments, TrainConfig)
 
 
 def _registry_lists() -> dict[str, tuple[str, list[str]]]:
     """Field name -> (label, names) for the fields whose valid names live in a registry."""
-    from memdlm.backbones.modeling import init_configs
-    from memdlm.tasks import task_names
 
     return {"tasks": ("Registered tasks", task_names()), "init_config": ("Shipped configs", init_configs())}
 
 
 def _setup(model, data, diffusion, memory, train) -> TrainingSetup:
-    from memdlm.config import resolve_threads
 
     if train.output_dir in (None, "trainer_output"):
         raise ConfigError("--output-dir is required (the run directory)")
@@ -77,7 +78,6 @@ def load_config_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {path} does not exist" + (" (it is a directory)" if p.is_dir() else ""))
-    from memdlm.data.formats import read_utf8
 
     text = read_utf8(p, what="config file")
     if p.suffix in (".yaml", ".yml"):

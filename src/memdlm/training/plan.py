@@ -44,6 +44,20 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from memdlm.errors import MissingFileError
+from memdlm.backbones.modeling import init_config_path
+from memdlm.backbones.shipped import resolve_model
+from memdlm.backbones.modeling import tiny_config
+from memdlm.backbones.tokenizer import load_tokenizer
+from memdlm.training.train import tiny_overrides
+from memdlm.backbones.stand_ins import stand_in_config
+from memdlm.backbones.remote_code import RemoteCodeError
+from memdlm.memory.experts import fused_expert_params, num_experts
+from memdlm.training.train import wrap_lora
+from memdlm.training.train import weights_dtype
+from memdlm.memory.experts import fused_expert_params
+from memdlm.backbones.families import family_of
+from memdlm.memory.targets import targets_for
 
 GIB = 1024 ** 3
 CAPACITIES_GB = (24, 48, 80)
@@ -105,14 +119,8 @@ class Plan:
 
 def model_source(model_args) -> ModelSource:
     """The config a plan builds from, for ``--model`` / ``--init-config`` / the tiny default."""
-    from memdlm.errors import MissingFileError
-    from memdlm.backbones.modeling import init_config_path
-    from memdlm.backbones.shipped import resolve_model
 
     if model_args.model is None:
-        from memdlm.backbones.modeling import tiny_config
-        from memdlm.backbones.tokenizer import load_tokenizer
-        from memdlm.training.train import tiny_overrides
 
         path = init_config_path(model_args.init_config)
         architecture, config = tiny_config(load_tokenizer(), path, **tiny_overrides(model_args))
@@ -137,7 +145,6 @@ def build_meta_model(source: ModelSource, model_args):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from memdlm.backbones.stand_ins import stand_in_config
 
     if source.built is not None:
         import transformers
@@ -154,7 +161,6 @@ def build_meta_model(source: ModelSource, model_args):
         else:
             config = stand_in_config(config_dict)
             if config is None:
-                from memdlm.errors import RemoteCodeError
 
                 raise RemoteCodeError(f"{source.origin}: model_type {config_dict.get('model_type')!r} needs its "
                                       "own code, which is absent, and memdlm has no stand-in for it")
@@ -193,8 +199,6 @@ def lora_parameter_count(model, model_args, experts_as_linear: bool = False) -> 
 
     import torch
 
-    from memdlm.memory.experts import fused_expert_params, num_experts
-    from memdlm.training.train import wrap_lora
 
     with contextlib.redirect_stdout(None), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT's notes on patterns for fused experts it does not adapt
@@ -248,7 +252,6 @@ def loaded_dtype(model_args, config_dict: dict):
     """The dtype the run's weights are held in: ``--dtype`` resolved, else the checkpoint's."""
     import torch
 
-    from memdlm.training.train import weights_dtype
 
     dtype = weights_dtype(model_args)
     if dtype is None:
@@ -264,7 +267,6 @@ def parameter_bytes(model, model_args, config_dict: dict, kbit_prepared: bool,
     real model's per-expert linear layers, which bitsandbytes quantises)."""
     import torch
 
-    from memdlm.memory.experts import fused_expert_params
 
     quantised = 0.5 + 0.5 / 64 if model_args.load_in_4bit else 1.0 if model_args.load_in_8bit else None
     other = 4 if kbit_prepared else torch.empty(0, dtype=loaded_dtype(model_args, config_dict)).element_size()
@@ -334,8 +336,6 @@ def estimate_memory(model, setup, config_dict: dict, shapes: Shapes, lora_params
 
 
 def make_plan(setup, devices: int = 1) -> Plan:
-    from memdlm.backbones.families import family_of
-    from memdlm.memory.targets import targets_for
 
     source = model_source(setup.model)
     model = build_meta_model(source, setup.model)

@@ -41,6 +41,22 @@ from memdlm.tasks.dataset import SyntheticTaskDataset
 from memdlm.tasks.seeds import EVAL_LOSS_SEED
 from memdlm.training.callbacks import GracefulStop, RunRecord
 from memdlm.training.nonfinite import NonFiniteStepError
+from memdlm.backbones.modeling import build_tiny_model, init_config_path, load_model
+from memdlm.backbones.tokenizer import load_tokenizer, reconcile_mask_token
+from memdlm.errors import ConfigError
+from memdlm.backbones.lora import save_built_base, write_base_record
+from memdlm.backbones.modeling import tiny_head_overrides
+from memdlm.outputs import prepare_output_dir
+from memdlm.tasks.haystack import get_haystack
+from memdlm.training.callbacks import TimeBudgetCallback
+from memdlm.training.mdlm_trainer import MDLMTrainer
+from memdlm.training.memdlm_trainer import MemDLMTrainer
+from memdlm.eval.heldout import evaluate_heldout
+from memdlm.runs.run import Run
+from memdlm.backbones.lora import save_merged
+from memdlm.backbones.modeling import strip_ddp
+from memdlm.memory.builder import resolve_memory
+from memdlm.training.nonfinite import first_nonfinite
 
 logger = logging.getLogger("memdlm")
 
@@ -52,8 +68,6 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
     ``out``: the run directory, given on the main process only; a LoRA run records
     there which base it needs (and a model built from scratch saves its base weights).
     """
-    from memdlm.backbones.modeling import build_tiny_model, init_config_path, load_model
-    from memdlm.backbones.tokenizer import load_tokenizer, reconcile_mask_token
 
     quantization = quantization_config(model_args)  # --load-in-4bit: fails fast, before any loading
     tokenizer = load_tokenizer(model_args.model, model_args.trust_remote_code)
@@ -64,7 +78,6 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
             model = model.to(weights_dtype(model_args))
     else:
         if model_args.init_config:
-            from memdlm.errors import ConfigError
 
             raise ConfigError("--init-config builds a model from scratch; it cannot be combined with --model")
         model = load_model(model_args.model, model_args.trust_remote_code, dtype=weights_dtype(model_args),
@@ -75,7 +88,6 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
         model = prepare_kbit(model, model_args)
     if model_args.use_lora:
         if out is not None:
-            from memdlm.backbones.lora import save_built_base, write_base_record
 
             if model_args.model is None:
                 save_built_base(model, tokenizer, out)
@@ -92,7 +104,6 @@ def build_model_and_tokenizer(model_args, seed: int, out: Path | None = None):
 
 def tiny_overrides(model_args) -> dict:
     """Config fields the ``--tiny-*`` flags set on a from-scratch model."""
-    from memdlm.backbones.modeling import tiny_head_overrides
 
     overrides = {}
     if model_args.tiny_layers:
@@ -111,7 +122,6 @@ def tiny_overrides(model_args) -> dict:
 def make_output_dir(out: Path) -> None:
     """Create the run directory, or fail in one line naming it (a parent that is a file,
     no permission, a read-only file system)."""
-    from memdlm.outputs import prepare_output_dir
 
     prepare_output_dir(out)
 
@@ -127,7 +137,6 @@ def quantization_config(model_args):
     bits = 4 if getattr(model_args, "load_in_4bit", False) else 8 if getattr(model_args, "load_in_8bit", False) else 0
     if not bits:
         return None
-    from memdlm.errors import ConfigError
 
     flag = f"--load-in-{bits}bit"
     if model_args.model is None:
@@ -174,7 +183,6 @@ def prepare_kbit(model, model_args):
 
 
 def parse_overrides(text: str) -> dict:
-    from memdlm.errors import ConfigError
 
     try:
         fields = json.loads(text)
@@ -199,7 +207,6 @@ def wrap_lora(model, model_args):
 def build_datasets(data_args, tokenizer, seed: int):
     """(train, eval, report): generated tasks by default, else the user's file."""
     if data_args.data is None:
-        from memdlm.tasks.haystack import get_haystack
 
         haystack = get_haystack(data_args.haystack)
         train = SyntheticTaskDataset(tokenizer, data_args.tasks, data_args.train_lengths, "train",
@@ -220,8 +227,6 @@ def build_datasets(data_args, tokenizer, seed: int):
 
 
 def make_trainer(cfg, model, tokenizer, train, evals, resolved_memory=None):
-    from memdlm.training.callbacks import TimeBudgetCallback
-    from memdlm.training.mdlm_trainer import MDLMTrainer
 
     if evals is None and cfg.train.eval_strategy != "no":
         cfg.train.eval_strategy = "no"  # nothing held out (user data without an eval file)
@@ -231,7 +236,6 @@ def make_trainer(cfg, model, tokenizer, train, evals, resolved_memory=None):
                   data_collator=collator, processing_class=tokenizer,
                   diffusion_args=cfg.diffusion, mask_token_id=tokenizer.mask_token_id)
     if cfg.train.method == "memdlm":
-        from memdlm.training.memdlm_trainer import MemDLMTrainer
 
         trainer = MemDLMTrainer(memory_args=cfg.memory, resolved_memory=resolved_memory, **kwargs)
     else:
@@ -255,7 +259,6 @@ def train(cfg, resume: bool = False) -> dict:
     """
     check_sharding(cfg.train)
     if cfg.data.data_streaming and cfg.train.dataloader_num_workers > 0:
-        from memdlm.errors import ConfigError
 
         raise ConfigError("--data-streaming reads rows in the main process (each loader worker would read "
                           "every row again): set --dataloader-num-workers 0")
@@ -367,13 +370,9 @@ def finish_run(summary: dict, cfg, trainer, tokenizer, out: Path, config: dict) 
     """Rank 0's end of a run: the held-out evaluation into ``summary``, the merged LoRA model,
     and, last, ``run_complete.json``. Returns ``summary``."""
     if cfg.data.data is None and cfg.data.heldout_items:
-        from memdlm.eval.heldout import evaluate_heldout
-        from memdlm.runs.run import Run
 
         summary["heldout"] = evaluate_heldout(Run(trainer.model, tokenizer, out, config))
     if cfg.model.use_lora and cfg.model.save_merged_lora:
-        from memdlm.backbones.lora import save_merged
-        from memdlm.backbones.modeling import strip_ddp
 
         save_merged(strip_ddp(trainer.model), tokenizer, out)  # merges in place: after everything else
     write_json_atomic(out / COMPLETE_FILE, summary)  # last: marks the run finished
@@ -428,7 +427,6 @@ def check_sharding(train_args) -> None:
     """
     import torch
 
-    from memdlm.errors import ConfigError
 
     if getattr(train_args, "fsdp", None) and not torch.cuda.is_available():
         raise ConfigError("--fsdp shards over CUDA devices (FSDP through accelerate); on a CPU it would "
@@ -475,7 +473,6 @@ def memory_resolution(cfg, model, config: dict):
     it for inference, beside the settings and outside the identity hash (taken before)."""
     if cfg.train.method != "memdlm":
         return config, None
-    from memdlm.memory.builder import resolve_memory
 
     resolved = resolve_memory(model, cfg.memory)
     return {**config, RESOLVED_PART: resolved.to_dict()}, resolved
@@ -516,7 +513,6 @@ def is_main_process(args) -> bool:
 
 
 def save_final(trainer, tokenizer, out: Path) -> None:
-    from memdlm.training.nonfinite import first_nonfinite
 
     bad = first_nonfinite(trainer.model.named_parameters())
     if bad is not None:  # never save a non-finite state
