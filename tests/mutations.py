@@ -114,10 +114,10 @@ MUTATIONS = [
              'CLIPPERS = {"per_param": clip_global, "global": clip_per_param, "none": clip_none}',
              ("tests/test_memory.py::test_one_inner_step_equals_hand_computed_clipped_sgd",)),
     Mutation("clip_counts_every_tensor", "memory/fast_weights.py",
-             "fired += int((norm > max_norm).sum())", "fired += int((norm >= 0).sum())", (HAND,)),
+             "return out, (torch.stack(norms) > max_norm).sum()", "return out, (torch.stack(norms) >= 0).sum()", (HAND,)),
     Mutation("fresh_b_not_zero", "memory/fast_weights.py",
-             "b = torch.zeros(len(slot_seeds), t.out_features, rank, device=device)",
-             "b = torch.full((len(slot_seeds), t.out_features, rank), 1e-3, device=device)",
+             "[a_t, torch.zeros(slots, t.out_features, rank, device=device)]",
+             "[a_t, torch.full((slots, t.out_features, rank), 1e-3, device=device)]",
              ("tests/test_memory.py::test_fresh_memory_and_reset_leave_outputs_exactly_unchanged",)),
     # --- trajectories ---------------------------------------------------------------------
     Mutation("pre_anchor_scale_ignored", "memory/trajectories.py",
