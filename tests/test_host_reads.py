@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -20,14 +21,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import memdlm
+from memdlm.backbones.modeling import build_tiny_model
 from memdlm.config import DiffusionArguments
 from memdlm.diffusion.masking import mask_with_probability, seeded_generator
+from memdlm.diffusion.schedules import get_schedule
 from memdlm.memory.config import MemoryArguments
 from memdlm.memory.fast_weights import FastWeights
 from memdlm.memory.inner_loop import InnerLoop, InnerLoopInputs, InnerLoopStats
 from memdlm.memory.targets import find_targets
-from memdlm.backbones.modeling import build_tiny_model
-from memdlm.diffusion.schedules import get_schedule
 from memdlm.training.args import TrainConfig
 from memdlm.training.mdlm_trainer import MDLMTrainer
 from memdlm.training.memdlm_trainer import MemDLMTrainer
@@ -204,11 +205,8 @@ def test_stage_mean_and_count_equal_the_host_reads(bad):
 def test_logged_means_equal_the_per_value_reads():
     """Tensors held until the log give the floats ``.item()`` gave, so the logged means are
     the same numbers; a count divided at the log is Python's division, as before."""
-    trainer = MDLMTrainer.__new__(MDLMTrainer)
-    trainer._metrics = {"train": {}, "eval": {}}
-    from collections import defaultdict
-
-    trainer._metrics["train"] = defaultdict(list)
+    trainer = MDLMTrainer.__new__(MDLMTrainer)  # the metric store alone, no Trainer
+    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
     values = torch.rand(5, generator=torch.Generator().manual_seed(1), dtype=torch.float32) / 3
     for v in values:
         trainer.log_metric("x", v)
