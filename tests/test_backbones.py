@@ -501,7 +501,7 @@ def test_memdlm_step_writes_memory_and_trains(tok, tmp_path, name, mode):
     trainer = _memdlm_trainer(tok, tmp_path, model, memory_mode=mode)
     loss = trainer.loss_on(model, noised(tok), training=True)
     assert torch.isfinite(loss)
-    metrics = trainer._metrics["train"]
+    metrics = trainer._read_metrics("train")
     assert metrics["memory/norm"][0] > 0  # the inner loop wrote a memory ...
     assert metrics["memory/relative_change"][0] > 0  # ... active in the outer forward
     assert metrics["inner/skipped_nonfinite"] == [0]

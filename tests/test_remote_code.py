@@ -442,7 +442,7 @@ def test_memdlm_step_on_each_family(tok, written, tmp_path, family, mode):
                             mask_token_id=tok.mask_token_id, processing_class=tok,
                             memory_args=MemoryArguments(memory_mode=mode))
     loss = trainer.loss_on(model, noised(tok), training=True)
-    metrics = trainer._metrics["train"]
+    metrics = trainer._read_metrics("train")
     assert torch.isfinite(loss) and metrics["memory/norm"][0] > 0 and metrics["memory/relative_change"][0] > 0
 
 

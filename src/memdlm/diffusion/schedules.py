@@ -32,7 +32,10 @@ class Schedule:
     def _check(t: torch.Tensor) -> torch.Tensor:
         if not torch.is_floating_point(t):
             raise TypeError(f"t must be a float tensor, got {t.dtype}")
-        if (t < 0).any() or (t > 1).any():
+        outside = ((t < 0) | (t > 1)).any()
+        if t.device.type == "cuda":  # asserted on the device: reading it here would stall the GPU's queue
+            torch._assert_async(~outside, "t must lie in [0, 1]")
+        elif outside:
             raise ValueError("t must lie in [0, 1]")
         return t
 

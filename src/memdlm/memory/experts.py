@@ -208,7 +208,7 @@ def install_expert_hooks(fast_weights, changes: list | None) -> list:
                                       fast_weights.scale)
             corr = corr.view(output.shape).to(output.dtype)
             if changes is not None:
-                changes.append((corr.detach().norm() / output.detach().norm().clamp_min(1e-12)).item())
+                changes.append(corr.detach().norm() / output.detach().norm().clamp_min(1e-12))
             return output + corr
 
         handles.append(module.register_forward_hook(hook, with_kwargs=True))

@@ -45,17 +45,12 @@ class FastWeights:
     def fresh(cls, targets: list[Target], *, rank: int, scale: float, dense: bool,
               slot_seeds: list[int], device, slot_of_sample: torch.Tensor | None = None) -> FastWeights:
         """Zero deltas for ``len(slot_seeds)`` slots; A drawn from each slot's own seed."""
-        tensors = []
-        for ti, t in enumerate(targets):
-            if dense:
-                tensors.append([torch.zeros(len(slot_seeds), t.out_features, t.in_features, device=device)])
-                continue
-            bound = 1.0 / math.sqrt(t.in_features)  # kaiming_uniform(a=sqrt(5)), as nn.Linear / LoRA A
-            a = torch.stack([
-                (torch.rand(rank, t.in_features, generator=seeded_generator(seed, ti)) * 2 - 1) * bound
-                for seed in slot_seeds]).to(device)
-            b = torch.zeros(len(slot_seeds), t.out_features, rank, device=device)
-            tensors.append([a, b])
+        slots = len(slot_seeds)
+        if dense:
+            tensors = [[torch.zeros(slots, t.out_features, t.in_features, device=device)] for t in targets]
+        else:
+            a = _initial_a(targets, rank, slot_seeds, device)
+            tensors = [[a_t, torch.zeros(slots, t.out_features, rank, device=device)] for a_t, t in zip(a, targets)]
         return cls(targets, tensors, scale, slot_of_sample)
 
     @property
@@ -118,8 +113,8 @@ class FastWeights:
         """Add the deltas to the targets' outputs for forward passes inside the block.
 
         With ``measure``, records ||delta|| / ||output|| per target call in
-        ``stats["relative_change"]``: how large a perturbation the memory is
-        relative to the adapted layers' own outputs. ``calls`` collects the indices
+        ``stats["relative_change"]`` (0-d tensors, read once when logged): how large a
+        perturbation the memory is relative to the adapted layers' own outputs. ``calls`` collects the indices
         of the linear targets that ran.
         """
         handles = []
@@ -133,7 +128,7 @@ class FastWeights:
                     calls.add(index)
                 delta = self._delta(group, args[0]).to(output.dtype)
                 if changes is not None:
-                    changes.append((delta.detach().norm() / output.detach().norm().clamp_min(1e-12)).item())
+                    changes.append(delta.detach().norm() / output.detach().norm().clamp_min(1e-12))
                 return output + delta
 
             handles.append(target.module.register_forward_hook(hook))
@@ -148,6 +143,25 @@ class FastWeights:
                 h.remove()
 
 
+def _initial_a(targets: list[Target], rank: int, slot_seeds: list[int], device) -> list[torch.Tensor]:
+    """A ``[S, rank, in]`` per target, Kaiming-uniform (a=sqrt(5), as nn.Linear / LoRA A).
+
+    Each (slot seed, target) pair keeps its own generator -- the draws of a sample do not
+    depend on its batch mates -- so the draws stay one per pair, on the host, written into one
+    buffer that reaches the device in a single non-blocking copy (one copy per target would
+    make the host wait for the device's queue each time).
+    """
+    sizes = [len(slot_seeds) * rank * t.in_features for t in targets]
+    host = torch.empty(sum(sizes))
+    blocks = [b.view(len(slot_seeds), rank, t.in_features) for b, t in zip(host.split(sizes), targets)]
+    for ti, (block, t) in enumerate(zip(blocks, targets)):
+        for s, seed in enumerate(slot_seeds):
+            torch.rand(rank, t.in_features, generator=seeded_generator(seed, ti), out=block[s])
+        block.mul_(2).sub_(1).mul_(1.0 / math.sqrt(t.in_features))
+    moved = host.to(device, non_blocking=True)
+    return [b.view(len(slot_seeds), rank, t.in_features) for b, t in zip(moved.split(sizes), targets)]
+
+
 # --- inner-loop gradient clipping (pure functions over per-slot gradients) ----------
 def _coefficient(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
     # torch.nn.utils.clip_grad_norm_'s rule: scale by max_norm / (norm + 1e-6) when above.
@@ -158,21 +172,19 @@ def _slot_norm(g: torch.Tensor) -> torch.Tensor:
     return g.flatten(1).norm(dim=1)  # [S]
 
 
-def clip_per_param(grads: list[torch.Tensor], max_norm: float) -> tuple[list[torch.Tensor], int]:
-    """Each tensor of each slot clipped to ``max_norm`` on its own (the paper's default)."""
-    out, fired = [], 0
-    for g in grads:
-        norm = _slot_norm(g)
-        fired += int((norm > max_norm).sum())
-        out.append(g * _coefficient(norm, max_norm).view(-1, *[1] * (g.dim() - 1)))
-    return out, fired
+def clip_per_param(grads: list[torch.Tensor], max_norm: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each tensor of each slot clipped to ``max_norm`` on its own (the paper's default).
+    The count of clipped tensors stays a tensor: reading it would stall a GPU's queue."""
+    norms = [_slot_norm(g) for g in grads]
+    out = [g * _coefficient(n, max_norm).view(-1, *[1] * (g.dim() - 1)) for g, n in zip(grads, norms)]
+    return out, (torch.stack(norms) > max_norm).sum()
 
 
-def clip_global(grads: list[torch.Tensor], max_norm: float) -> tuple[list[torch.Tensor], int]:
+def clip_global(grads: list[torch.Tensor], max_norm: float) -> tuple[list[torch.Tensor], torch.Tensor]:
     """All tensors of a slot clipped together by their joint norm."""
     norm = torch.stack([_slot_norm(g).pow(2) for g in grads]).sum(0).sqrt()  # [S]
     coef = _coefficient(norm, max_norm)
-    return [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads], int((norm > max_norm).sum())
+    return [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads], (norm > max_norm).sum()
 
 
 def clip_none(grads, max_norm):

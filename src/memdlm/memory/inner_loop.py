@@ -62,10 +62,32 @@ class InnerLoopInputs:
 
 @dataclass
 class InnerLoopStats:
-    stage_losses: dict = field(default_factory=dict)  # stage name -> mean inner loss
-    clip_fired: int = 0
-    clip_checked: int = 0
-    skipped_nonfinite: int = 0
+    """The loop's statistics, kept as tensors on the loop's device: reading one stalls a GPU's
+    queue, so the hot path never does; :meth:`summary` reads them all at once."""
+
+    stage_losses: dict = field(default_factory=dict)  # stage name -> 0-d mean inner loss (NaN: none finite)
+    clip_fired: torch.Tensor | int = 0  # tensors clipped, over slots and stages
+    clip_checked: int = 0  # tensors the clip looked at (known on the host)
+    skipped_nonfinite: torch.Tensor | int = 0  # slot-stages whose loss was not finite
+
+    def add_stage(self, name: str, losses: torch.Tensor, finite: torch.Tensor) -> None:
+        """Record one stage's per-slot losses ``[slots]``: the mean of the finite ones, and
+        the count of the others. The mean is the finite losses' sum over their number, which
+        is what ``losses[finite].mean()`` computes, without the host reading ``finite``."""
+        losses = losses.detach()
+        self.stage_losses[name] = torch.where(finite, losses, torch.zeros_like(losses)).sum() / finite.sum()
+        self.skipped_nonfinite = self.skipped_nonfinite + (~finite).sum()
+
+    def summary(self) -> dict:
+        """Every statistic as a Python number, read from the device in one transfer."""
+        names = list(self.stage_losses)
+        values = [*self.stage_losses.values(), self.clip_fired, self.skipped_nonfinite]
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        # float32 holds the losses exactly, and the counts (< 2**24) too
+        read = iter(torch.stack([t.float() for t in tensors]).tolist() if tensors else [])
+        host = [next(read) if isinstance(v, torch.Tensor) else v for v in values]
+        return {"stage_losses": dict(zip(names, host[:len(names)])), "clip_fired": int(host[-2]),
+                "clip_checked": self.clip_checked, "skipped_nonfinite": int(host[-1])}
 
 
 class InnerLoop:
@@ -98,6 +120,8 @@ class InnerLoop:
     def fresh_memory(self, x: InnerLoopInputs) -> FastWeights:
         device = x.clean_ids.device
         if self.per_sample:
+            # The per-slot generators are seeded on the host: the step's one read of the device
+            # (free where the seeds are on the CPU).
             seeds = [int(s) * 7919 + x.step_seed for s in x.sample_seeds.tolist()]
             return FastWeights.fresh(self.targets, rank=self.rank, scale=self.scale,
                                      dense=self.args.memory_dense, slot_seeds=seeds, device=device)
@@ -163,8 +187,7 @@ class InnerLoop:
                 else:
                     losses = reduce_loss(dense, weight, x.maskable, self.normalization)[None]  # [1]
             finite = torch.isfinite(losses)  # [slots]
-            stats.skipped_nonfinite += int((~finite).sum())
-            stats.stage_losses[stage.name] = losses[finite].mean().item() if finite.any() else float("nan")
+            stats.add_stage(stage.name, losses, finite)
             if not losses.requires_grad:  # nothing to learn from (no loss positions anywhere)
                 return memory
             total = torch.where(finite, losses, torch.zeros_like(losses)).sum()
@@ -174,13 +197,12 @@ class InnerLoop:
         grads = [_zero_bad_slots(g, finite) for g in grads]
         if not self.per_sample and self.args.shared_memory_ranks == "average":
             share = x.maskable.sum() if self.normalization == "token" else x.clean_ids.shape[0]
-            grads = average_over_ranks(grads, float(share) if bool(finite.all()) else 0.0)
+            grads = average_over_ranks(grads, finite.all() * share)  # a rank with a bad loss adds 0
         grads, fired = self.clip(grads, self.args.inner_clip_norm)
-        stats.clip_fired += fired
+        stats.clip_fired = stats.clip_fired + fired
         stats.clip_checked += len(grads) * memory.num_slots
         lr = self.args.inner_lr
         return memory.replace([p.detach() - lr * g for p, g in zip(memory.params(), grads)])
-
 
     def warn_if_no_gradient(self, memory: FastWeights, grads, calls: set) -> None:
         """Warn (once) about targets that ran but got no gradient: their memory never moves.
@@ -201,18 +223,20 @@ class InnerLoop:
                            len(starved), len(memory.targets), starved[0])
 
 
-def average_over_ranks(grads: list[torch.Tensor], share: float) -> list[torch.Tensor]:
+def average_over_ranks(grads: list[torch.Tensor], share: torch.Tensor) -> list[torch.Tensor]:
     """The batch-shared memory's inner gradient over every rank's samples: each rank's
-    gradient times its share of the loss's denominator (maskable tokens, or sequences),
-    summed over the ranks and divided by the summed shares. Unchanged in one process."""
+    gradient times its share of the loss's denominator (maskable tokens, or sequences; 0-d,
+    0 when the rank's loss was not finite), summed over the ranks and divided by the summed
+    shares. Unchanged in one process. No host read: zero total share gives zero gradients."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return grads
-    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.ones(1, device=grads[0].device)]) * share
+    device = grads[0].device
+    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.ones(1, device=device)]) * share
     dist.all_reduce(flat)
     total = flat[-1]
-    flat = flat[:-1] / total if total > 0 else torch.zeros_like(flat[:-1])
+    flat = torch.where(total > 0, flat[:-1] / total, torch.zeros_like(flat[:-1]))
     out, start = [], 0
     for g in grads:
         out.append(flat[start:start + g.numel()].view_as(g))

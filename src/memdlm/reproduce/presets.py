@@ -291,7 +291,17 @@ PILOT = replace(
     eval_items=24, dev_items=24, eb_items=4, eb_calibration_items=8, probe_items=16,
 )
 
-PRESETS = {p.name: p for p in (SMOKE, PILOT, QUICK, FULL)}
+# Issue 22: does the sign hold with longer training? Quick's headline pair (Standard and the
+# batch-shared MemDLM, same data, adapter and operating point) fine-tuned 3x longer: 300 steps
+# of 32 instead of 100. The per-sample and compute-matched arms are left out (CPU time; the
+# question is the pair's sign); everything else -- evaluation, probe, exposure-bias pair,
+# controls -- as quick. ~35 min of cells on this 2-core CPU at 1 thread (quick: 18.7 min).
+LONG = replace(
+    QUICK, name="long", finetune=replace(_FINETUNE, steps=300, eval_steps=100),
+    per_sample_arm=False, compute_matched=False,
+)
+
+PRESETS = {p.name: p for p in (SMOKE, PILOT, QUICK, LONG, FULL)}
 
 
 def get_preset(name: str) -> Preset:

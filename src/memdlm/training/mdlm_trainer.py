@@ -51,7 +51,7 @@ class MDLMTrainer(Trainer):
         self._micro_step = 0
         self._last_step = -1
         self._eval_batches = 0
-        self._nonfinite_loss: float | None = None  # a micro-batch's, until the step is checked
+        self._step_losses: list[torch.Tensor] = []  # the micro-batches', until the step is checked
         self.nonfinite_guard = NonFiniteGuard(self)
         self.add_callback(self.nonfinite_guard)
 
@@ -124,20 +124,17 @@ class MDLMTrainer(Trainer):
             generator=self._generator(training),
         )
         loss = self.loss_on(model, batch, training)  # (2) loss at x_t
-        if not torch.isfinite(loss):
-            if not training:
-                raise NonFiniteStepError(f"non-finite evaluation loss {loss.item()} at step {self.state.global_step}")
-            # Decided before the optimiser step, with the gradients (NonFiniteGuard).
-            self._nonfinite_loss = loss.item()
-        mode = "train" if training else "eval"
-        self._metrics[mode]["masked_fraction"].append(
-            (batch.masked.sum() / batch.maskable.sum().clamp_min(1)).item())
+        if training:  # checked before the optimiser step, with the gradients, in one read (NonFiniteGuard)
+            self._step_losses.append(loss.detach())
+        elif not torch.isfinite(loss):
+            raise NonFiniteStepError(f"non-finite evaluation loss {loss.item()} at step {self.state.global_step}")
+        self.log_metric("masked_fraction", batch.masked.sum() / batch.maskable.sum().clamp_min(1), training)
         return (loss, {}) if return_outputs else loss
 
-    def take_nonfinite_loss(self) -> float | None:
-        """The non-finite loss of a micro-batch of the current step, if any (then forgotten)."""
-        value, self._nonfinite_loss = self._nonfinite_loss, None
-        return value
+    def take_step_losses(self) -> list[torch.Tensor]:
+        """The micro-batch losses of the current step (then forgotten)."""
+        losses, self._step_losses = self._step_losses, []
+        return losses
 
     # --- checkpoints ----------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
@@ -169,13 +166,30 @@ class MDLMTrainer(Trainer):
         return mdlm_loss(model, batch, self.diffusion_args.normalization)
 
     # --- logging (TRL style: merge our metrics into Trainer's logs) ------------------
-    def log_metric(self, name: str, value: float, training: bool = True) -> None:
-        self._metrics["train" if training else "eval"][name].append(float(value))
+    def log_metric(self, name: str, value: float | torch.Tensor, training: bool = True,
+                   divide_by: int = 1) -> None:
+        """Add a value to the mean logged next. A tensor stays on its device until then
+        (reading it now would stall a GPU's queue); ``divide_by`` divides it once read, as
+        Python divides (a count over a total known on the host)."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+        elif divide_by != 1:
+            value = value / divide_by
+        self._metrics["train" if training else "eval"][name].append((value, divide_by))
+
+    def _read_metrics(self, mode: str) -> dict[str, list[float]]:
+        """The metrics of ``mode`` as Python floats; every tensor among them read in one transfer."""
+        metrics = self._metrics[mode]
+        tensors = [v for values in metrics.values() for v, _ in values if isinstance(v, torch.Tensor)]
+        # float32 holds each value exactly: metrics are float32 (or narrower) or small counts
+        read = iter(torch.stack([t.float() for t in tensors]).tolist() if tensors else [])
+        return {name: [next(read) / d if isinstance(v, torch.Tensor) else float(v) for v, d in values]
+                for name, values in metrics.items()}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        logs.update({prefix + name: value for name, value in window_values(self._metrics[mode]).items()})
+        logs.update({prefix + name: value for name, value in window_values(self._read_metrics(mode)).items()})
         self._metrics[mode].clear()
         if mode == "eval":
             self._eval_batches = 0

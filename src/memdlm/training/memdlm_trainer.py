@@ -147,14 +147,17 @@ class MemDLMTrainer(MDLMTrainer):
         return loss
 
     def _record(self, stats, memory, loss, loss_off) -> None:
+        """Every step's statistics stay tensors until Trainer logs them; the diagnostics of a
+        logging step (``loss_off`` given) are read now, in one transfer."""
         for name, value in stats.stage_losses.items():
             self.log_metric(f"inner_loss/{name}", value)
-        self.log_metric("inner/clip_fraction", stats.clip_fired / max(1, stats.clip_checked))
+        self.log_metric("inner/clip_fraction", stats.clip_fired, divide_by=max(1, stats.clip_checked))
         self.log_metric("inner/skipped_nonfinite", stats.skipped_nonfinite)
         if loss_off is None:
             return
-        self.log_metric("memory/norm", memory.norm().item())
         changes = memory.stats.get("relative_change", [])
+        norm, *changes = torch.stack([memory.norm().float(), *(c.float() for c in changes)]).tolist()
+        self.log_metric("memory/norm", norm)
         if changes:
             self.log_metric("memory/relative_change", sum(changes) / len(changes))
         ratio = absorption_ratio(loss, loss_off)

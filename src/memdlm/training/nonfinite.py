@@ -39,14 +39,18 @@ class NonFiniteStepError(UserError, RuntimeError):
         self.step = step
 
 
+def nonfinite_flags(tensors) -> list[bool]:
+    """For each tensor (None: fine), whether it holds a NaN or inf: one device read for all."""
+    present = [t for t in tensors if t is not None]
+    flags = iter((~torch.stack([torch.isfinite(t).all() for t in present])).cpu().tolist() if present else [])
+    return [False if t is None else next(flags) for t in tensors]
+
+
 def first_nonfinite(named_tensors) -> str | None:
     """The name of the first tensor holding a NaN or inf (one device sync for all of them)."""
-    named = [(name, t) for name, t in named_tensors if t is not None]
-    if not named:
-        return None
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
-    bad = (~finite).nonzero()
-    return named[int(bad[0])][0] if len(bad) else None
+    named = list(named_tensors)
+    bad = [name for (name, _), flag in zip(named, nonfinite_flags([t for _, t in named])) if flag]
+    return bad[0] if bad else None
 
 
 class NonFiniteGuard(TrainerCallback, ExportableState):
@@ -61,8 +65,12 @@ class NonFiniteGuard(TrainerCallback, ExportableState):
             self.skipped = int(restored_attributes(state, "NonFiniteGuard").get("skipped", 0))
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        loss = self.trainer.take_nonfinite_loss()
-        grad = first_nonfinite((n, p.grad) for n, p in model.named_parameters())
+        losses = self.trainer.take_step_losses()
+        named = list(model.named_parameters())
+        flags = nonfinite_flags(losses + [p.grad for _, p in named])  # the step's one read of the device
+        bad_losses = [t for t, flag in zip(losses, flags) if flag]
+        loss = bad_losses[0].item() if bad_losses else None
+        grad = next((n for (n, _), flag in zip(named, flags[len(losses):]) if flag), None)
         if not any_rank(loss is not None or grad is not None, args.device):
             return
         step = state.global_step + 1  # the step being taken, numbered as logs and checkpoints number them
