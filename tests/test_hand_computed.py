@@ -131,7 +131,7 @@ def test_the_split_forward_goes_to_the_anchor_stage_by_role_not_name(monkeypatch
     anchor's token ids, so the split forward's upper half is the toy model itself)."""
     import dataclasses
 
-    import memdlm.backbones.split_forward as split_forward
+    import memdlm.memory.inner_loop as inner_loop
 
     x = toy_inputs()
     plain, _ = toy_loop(True, memory_dense=True, inner_clip="none", trajectory="anchor_consistent").run(x)
@@ -145,7 +145,7 @@ def test_the_split_forward_goes_to_the_anchor_stage_by_role_not_name(monkeypatch
         calls.append(positions)
         return model(input_ids=hidden).logits[positions]
 
-    monkeypatch.setattr(split_forward, "upper", upper)
+    monkeypatch.setattr(inner_loop, "upper", upper)  # the name the inner loop calls
     anchor_ids = torch.where(x.anchor, MASK_ID, x.clean_ids)
     split, stats = loop.run(x, anchor_hidden=anchor_ids)
     assert len(calls) == 1 and torch.equal(calls[0], x.anchor)  # the second stage, named "pre_anchor_1"

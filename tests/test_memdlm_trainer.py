@@ -110,7 +110,7 @@ def test_eval_loss_is_memory_off_and_prompt_memory_is_logged(tok, tmp_path):
         loss = trainer.loss_on(model, batch, training=False)
         off = mdlm_loss(model, batch)
     assert torch.equal(loss, off)
-    logged = trainer._metrics["eval"]["loss_prompt_memory"]
+    logged = trainer._read_metrics("eval")["loss_prompt_memory"]
     assert len(logged) == 1 and logged[0] != pytest.approx(off.item(), abs=0)
 
 
@@ -131,7 +131,7 @@ def test_eval_loss_prompt_memory_equals_the_runs_prompt_memory(tok, tmp_path, mo
     model.eval()
     with torch.no_grad():
         trainer.loss_on(model, batch, training=False)
-    (logged,) = trainer._metrics["eval"]["loss_prompt_memory"]
+    (logged,) = trainer._read_metrics("eval")["loss_prompt_memory"]
     prompt = batch.attention_mask.bool() & ~batch.maskable
     run = Run(model, tok, config={"memory": asdict(trainer.memory_args)})
     memory = run.memory().adapt_positions(batch.clean_ids, batch.attention_mask, prompt, torch.arange(3))

@@ -26,6 +26,8 @@ from memdlm.memory.fast_weights import CLIPPERS, FastWeights
 from memdlm.memory.inner_losses import get_inner_loss
 from memdlm.memory.targets import Target, first_layer_module
 from memdlm.memory.trajectories import StageRole, TrajectoryInputs, get_trajectory
+from memdlm.diffusion.masking import hashed_uniform, mask_with_probability
+from memdlm.backbones.split_forward import upper
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +151,6 @@ class InnerLoop:
         for stage in stages:
             forward = None
             if anchor_hidden is not None and stage.role is StageRole.ANCHOR and self.loss_fn.accepts_split_forward:
-                from memdlm.backbones.split_forward import upper
 
                 hidden = anchor_hidden.detach()
                 k = self.first_layer_index
@@ -257,7 +258,6 @@ def prompt_anchor(input_ids, attention_mask, prompt_positions, mask_ratio: float
     Each prompt's mask comes from its own seed (hashed), so it is the same alone or
     in a batch. At least one prompt token is masked.
     """
-    from memdlm.diffusion.masking import hashed_uniform, mask_with_probability
 
     scores = hashed_uniform(seeds, input_ids.shape[1], salt=977).to(input_ids.device)
     prob = torch.full((input_ids.shape[0],), float(mask_ratio), device=input_ids.device)

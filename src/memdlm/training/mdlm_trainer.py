@@ -20,6 +20,7 @@ from memdlm.diffusion.process import NoisedBatch, mdlm_loss, noise_batch
 from memdlm.diffusion.masking import seeded_generator
 from memdlm.diffusion.schedules import get_schedule
 from memdlm.training.nonfinite import NonFiniteGuard, NonFiniteStepError, first_nonfinite
+from memdlm.backbones.checkpointing import enable_checkpointing
 
 logger = logging.getLogger("memdlm")
 # Logged metrics are means over the logging window's micro-batches, except those named with this
@@ -62,7 +63,6 @@ class MDLMTrainer(Trainer):
         args = self.args
         if not (getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)):
             return None
-        from memdlm.backbones.checkpointing import enable_checkpointing
 
         kwargs = getattr(args, "activation_checkpointing_kwargs", None) or getattr(args, "gradient_checkpointing_kwargs", None)
         how = enable_checkpointing(self.model, kwargs, memory=self.takes_inner_gradients)
