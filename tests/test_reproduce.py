@@ -293,7 +293,7 @@ def test_preset_hashes_are_unchanged():
     the usability rule's minimum effect and the full preset's 1/t outer-weighting arm), and by issue 24
     (the adaptation's placement is the preset's memory_scope / memory_layer_fraction, no longer a
     second copy in Adaptation: the same values, so no number changes); `long` (quick's headline
-    pair trained 3x longer) and `quick3` (quick at seeds 0-2) added by issue 22.
+    pair trained 3x longer) `quick3` (quick at seeds 0-2) and `long3` (long at seeds 0-2) added by issue 22.
     If a preset is changed on purpose, update the hash here and say so in the commit."""
     from memdlm.reproduce.presets import PRESETS
 
@@ -303,6 +303,7 @@ def test_preset_hashes_are_unchanged():
         "quick": "5678584a9e0b6cb3587e43c713d9af6abff565fc29a55e1d8f21ea3e77f28468",
         "quick3": "f637eca4594f59b810f8d795d421f717666bb8b2ec637670238c6bb7109595a7",
         "long": "a4c3d48d143efde11fbec9e632d1ae340eb7294b03b5e67f4fd74494f7108970",
+        "long3": "867f9a61f49ba22a1005b89b7ddb1a78d429f70ce6c20ecc13679d778ae11dbc",
         "full": "1ebd92c5874f28142662095f7c5f03d803dafdcc5d016e90d66f48bb41b081ab",
     }
 
