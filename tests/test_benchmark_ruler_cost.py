@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "ruler_cost.py"
+from file_modules import load_file
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_ruler_cost", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("benchmarks/ruler_cost.py", "bench_ruler_cost")
 
 
 def test_defaults_are_one_ruler_task_at_4096_tokens_with_and_without_memory(bench):

@@ -9,7 +9,6 @@ process). ``scripts/ddp_probe.py`` dumps what each rank holds.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from file_modules import load_file
 from memdlm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,10 +89,7 @@ def check_rank_weights(dump: Path, steps: int) -> None:
 
 
 def load_probe():
-    spec = importlib.util.spec_from_file_location("ddp_probe", PROBE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("scripts/ddp_probe.py", "ddp_probe")
 
 
 # --- 1. the CLI under two processes --------------------------------------------------------

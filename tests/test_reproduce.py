@@ -765,15 +765,10 @@ def test_cost_estimate_counts_every_cell_of_a_preset():
     exposure-bias pair's 2 x 100 + the lr-0 control's 2 x 6 = 612; evaluation: answering 100 items
     x 2 lengths x (4 runs + 2 adapted) = 1200, dev 2 x 100, held-out loss 4 arms x 2 x 100 = 800,
     exposure bias 7 analyses x 16 + 2 fits x 32 = 176, probe 2 x 64 = 128: 2504."""
-    import importlib.util
-    from pathlib import Path
-
+    from file_modules import load_file
     from memdlm.reproduce.presets import FULL, QUICK
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_cost.py"
-    spec = importlib.util.spec_from_file_location("bench_reproduce_cost", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_file("benchmarks/reproduce_cost.py", "bench_reproduce_cost")
     ones = {**dict.fromkeys(bench.TRAIN_KINDS, 1.0),
             **dict.fromkeys(("loss", "loss_adapted", "probe", "eb", "eb_adapted", "temperature_fit"), 1.0),
             "answer": dict.fromkeys((256, 512, 1024), 1.0), "answer_adapted": dict.fromkeys((256, 512, 1024), 1.0)}
