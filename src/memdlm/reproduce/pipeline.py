@@ -7,7 +7,10 @@ outer LoRA adapter, steps, data and learning rate; only the objective differs.
     seed{S}/standard/           Standard MDLM
     seed{S}/memdlm/             MemDLM, batch-shared memory at its calibrated rank / lr (the headline)
     seed{S}/memdlm_per_sample/  MemDLM, per-sample memory at its own calibrated rank / lr
-    seed{S}/standard_matched/   Standard with as many steps as fit in MemDLM's wall time
+    seed{S}/standard_matched/   Standard with as many steps as fit in MemDLM's training time
+    pace.json                   MemDLM / Standard optimiser-step seconds, timed side by side (pace_rounds > 0)
+    eb_calibration.json, calibrate/eb_r{R}_lr{LR}/   the exposure-bias MemDLM's own operating point
+                                (eb_inner_candidates; seed 0's eb_memdlm is the chosen candidate)
     seed{S}/ablation_{name}/    the headline MemDLM with one inner-loop knob changed (full preset)
     control_lr0/{standard,memdlm_lr0}/   inner lr 0 against Standard, step by step
     dev.json                    Standard and MemDLM on the dev items (operating-point check)
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +43,6 @@ from memdlm.tasks.seeds import DEV_SEED, EXPOSURE_CALIBRATION_SEED
 from memdlm.runs.placement import resolve_device, resolve_dtype
 from memdlm.runs.run import Run
 from memdlm.eval.suite import STANDARD, STANDARD_ADAPT, TRAIN_AND_INFERENCE, TRAIN_ONLY, RunSpec, evaluate_suite
-from memdlm.eval.suite import STANDARD, TRAIN_ONLY, RunSpec, evaluate_suite
 from memdlm.eval.exposure_bias import ExposureBiasConfig, exposure_bias, heldout_pairs
 from memdlm.eval.item_loss import temperature_nll
 from memdlm.eval.heldout import heldout_samples
@@ -48,7 +52,8 @@ from memdlm.reproduce.probe import probe_items, run_logprob_probe
 logger = logging.getLogger("memdlm")
 # JSON cells that measure (evaluate or benchmark) rather than aggregate training cells:
 # their "seconds" add to the report's compute time without counting a run twice.
-MEASUREMENT_CELLS = ("dev.json", "eval.json", "exposure_bias.json", "probe.json", "cost.json", "heldout_loss.json")
+MEASUREMENT_CELLS = ("dev.json", "eval.json", "exposure_bias.json", "probe.json", "cost.json", "heldout_loss.json",
+                     "pace.json")
 CALIBRATION_SEED = 0  # the seed the calibration candidates fine-tune with
 PER_SAMPLE = "MemDLM per-sample, Train-Only"
 
@@ -127,17 +132,15 @@ class Reproduction:
                 rows.append({"rank": rank, "inner_lr": lr,
                              "absorption_ratio": late_mean(logs, "memory/absorption_ratio"),
                              "relative_change": late_mean(logs, "memory/relative_change")})
-            floor, ceiling = self.preset.absorption_floor, self.preset.absorption_ceiling
-            ok = [r for r in rows if floor <= r["absorption_ratio"] <= ceiling]
-            chosen = max(ok, key=lambda r: r["relative_change"]) if ok else \
-                min(rows, key=lambda r: max(floor - r["absorption_ratio"], r["absorption_ratio"] - ceiling))
-            modes[mode] = {"candidates": rows, "chosen": chosen, "qualified": bool(ok)}
+            chosen, qualified = choose_point(rows, self.preset.absorption_floor, self.preset.absorption_ceiling)
+            modes[mode] = {"candidates": rows, "chosen": chosen, "qualified": qualified}
         return {"modes": modes, "floor": self.preset.absorption_floor,
                 "ceiling": self.preset.absorption_ceiling, "steps": self.preset.calibration_steps or self.preset.finetune.steps}
 
-    def arms(self, seed: int, chosen: dict[str, dict]) -> dict[str, Path]:
+    def arms(self, seed: int, chosen: dict[str, dict], pace: dict | None = None) -> dict[str, Path]:
         """Fine-tune every arm of one seed; returns arm name -> run directory.
-        ``chosen``: the operating point of each memory mode."""
+        ``chosen``: the operating point of each memory mode; ``pace``: the side-by-side step-time
+        ratio (:meth:`pace`) that counts the compute-matched arm's steps, if measured."""
         root = self.out / f"seed{seed}"
         points = {mode: (c["rank"], c["inner_lr"]) for mode, c in chosen.items()}
         headline = self.memory_options(*points["shared"], "shared")
@@ -155,27 +158,95 @@ class Reproduction:
                 dirs["memdlm_per_sample"] = self.calibration_cell(*points["per_sample"], "per_sample")
         summaries = {name: self._train(dirs[name], options) for name, options in runs.items()}
         if self.preset.compute_matched:
-            steps = matched_steps(training_seconds(dirs["standard"], summaries["standard"]),
-                                  training_seconds(dirs["memdlm"], summaries["memdlm"]),
-                                  summaries["memdlm"]["global_step"])
+            memdlm_steps = summaries["memdlm"]["global_step"]
+            steps = max(1, round(memdlm_steps * pace["ratio"])) if pace else \
+                matched_steps(training_seconds(dirs["standard"], summaries["standard"]),
+                              training_seconds(dirs["memdlm"], summaries["memdlm"]), memdlm_steps)
             options = self.finetune_options(seed, "mdlm")
             options.update(max_steps=steps)
             self._train(root / "standard_matched", options)
             dirs["standard_matched"] = root / "standard_matched"
         return dirs
 
-    def eb_arms(self, seed: int, shared: dict) -> dict[str, Path]:
-        """The exposure-bias pair of one seed: Standard and MemDLM (batch-shared memory at the
-        headline's operating point ``shared``) fine-tuned from the chain base on the long
-        response task, with the same outer adapter, steps, data and lr."""
+    def eb_memdlm_options(self, seed: int, rank: int, inner_lr: float) -> dict:
+        """The exposure-bias MemDLM's training options: batch-shared memory at (rank, inner lr) on
+        the exposure-bias fine-tune from its base."""
+        return self.finetune_options(seed, "memdlm", base=self.preset.eb_base, spec=self.preset.eb_finetune,
+                                     **self.memory_options(rank, inner_lr, "shared"))
+
+    def eb_arms(self, seed: int, point: dict) -> dict[str, Path]:
+        """The exposure-bias pair of one seed: Standard and MemDLM (batch-shared memory at
+        ``point``: the headline's operating point, or the pair's own, :meth:`eb_calibrate`)
+        fine-tuned from the prose base on the long-response task, with the same outer adapter,
+        steps, data and lr. Seed 0's MemDLM is the chosen calibration candidate's run."""
         root = self.out / f"seed{seed}"
-        common = {"base": self.preset.eb_base, "spec": self.preset.eb_finetune}
-        runs = {"eb_standard": self.finetune_options(seed, "mdlm", **common),
-                "eb_memdlm": self.finetune_options(seed, "memdlm", **common,
-                                                   **self.memory_options(shared["rank"], shared["inner_lr"], "shared"))}
+        runs = {"eb_standard": self.finetune_options(seed, "mdlm", base=self.preset.eb_base,
+                                                     spec=self.preset.eb_finetune),
+                "eb_memdlm": self.eb_memdlm_options(seed, point["rank"], point["inner_lr"])}
+        dirs = {name: root / name for name in runs}
+        if seed == CALIBRATION_SEED and self.preset.eb_inner_candidates:
+            dirs["eb_memdlm"] = self.eb_calibration_cell(point["rank"], point["inner_lr"])
         for name, options in runs.items():
-            self._train(root / name, options)
-        return {name: root / name for name in runs}
+            self._train(dirs[name], options)
+        return dirs
+
+    def eb_calibration_cell(self, rank: int, lr: float) -> Path:
+        return self.out / "calibrate" / f"eb_r{rank}_lr{lr:g}"
+
+    def eb_calibrate(self) -> dict:
+        """The exposure-bias MemDLM's operating point: the headline's rule (:meth:`calibrate`) over
+        ``eb_inner_candidates``, each the real exposure-bias fine-tune of seed 0."""
+        rows = []
+        for rank, lr in self.preset.eb_inner_candidates:
+            cell = self.eb_calibration_cell(rank, lr)
+            self._train(cell, self.eb_memdlm_options(CALIBRATION_SEED, rank, lr))
+            logs = log_history(cell)
+            rows.append({"rank": rank, "inner_lr": lr,
+                         "absorption_ratio": late_mean(logs, "memory/absorption_ratio"),
+                         "relative_change": late_mean(logs, "memory/relative_change")})
+        chosen, qualified = choose_point(rows, self.preset.absorption_floor, self.preset.absorption_ceiling)
+        return {"candidates": rows, "chosen": chosen, "qualified": qualified,
+                "floor": self.preset.absorption_floor, "ceiling": self.preset.absorption_ceiling,
+                "steps": self.preset.eb_finetune.steps}
+
+    def eb_operating_point(self, headline: dict) -> dict:
+        """The exposure-bias MemDLM's (rank, inner lr): the headline's when the preset names no
+        candidates of its own, else :meth:`eb_calibrate`'s choice (a cached cell)."""
+        if not self.preset.eb_inner_candidates:
+            return headline
+        settings = {"candidates": list(self.preset.eb_inner_candidates), "floor": self.preset.absorption_floor,
+                    "ceiling": self.preset.absorption_ceiling, "steps": self.preset.eb_finetune.steps}
+        return json_cell(self.out / "eb_calibration.json", settings, self.eb_calibrate)["chosen"]
+
+    def pace(self, chosen: dict[str, dict]) -> dict | None:
+        """MemDLM's optimiser-step seconds over Standard's, timed side by side (``pace_rounds`` > 0).
+
+        Each round trains both arms' real settings (seed 0, memory at the headline's point) for
+        ``pace_steps`` steps, without evaluation or saving, in alternating order; the ratio is of
+        the two arms' median seconds per step (``step_seconds``: training alone). Both arms share
+        every round's load, which two runs timed minutes apart do not (quick's seed 0 was paid
+        5.3x MemDLM's steps where this ratio was 1.87x)."""
+        p = self.preset
+        if not (p.compute_matched and p.pace_rounds):
+            return None
+        common = dict(max_steps=p.pace_steps, logging_steps=p.pace_steps, eval_strategy="no", save_strategy="no")
+        arms = {"standard": self.finetune_options(CALIBRATION_SEED, "mdlm", **common),
+                "memdlm": self.finetune_options(CALIBRATION_SEED, "memdlm", **self.memory_options(
+                    chosen["shared"]["rank"], chosen["shared"]["inner_lr"], "shared"), **common)}
+        settings = {"rounds": p.pace_rounds, "arms": arms}
+
+        def compute():
+            per_step = {name: [] for name in arms}
+            with tempfile.TemporaryDirectory() as scratch:
+                for i in range(p.pace_rounds):
+                    for name in (list(arms) if i % 2 == 0 else list(arms)[::-1]):
+                        summary = self._train(Path(scratch) / f"{name}_{i}", arms[name])
+                        per_step[name].append(summary["step_seconds"] / max(summary["global_step"], 1))
+            medians = {name: statistics.median(v) for name, v in per_step.items()}
+            return {"seconds_per_step": per_step, "median": medians,
+                    "ratio": medians["memdlm"] / medians["standard"]}
+
+        return json_cell(self.out / "pace.json", settings, compute)
 
     def lr0_control(self) -> dict:
         """Inner lr 0 against Standard: same seed, same data, every step logged."""
@@ -231,16 +302,28 @@ class Reproduction:
             memory_overrides=self.memory_overrides(), progress=self.progress,
             device=self.device, dtype=self.dtype))
 
-    def exposure_bias(self, seed: int, dirs: dict[str, Path], chosen: dict) -> dict:
+    def eb_memory_overrides(self, point: dict) -> dict:
+        """The exposure-bias pair's inference-time adaptation: the preset's one adaptation, at the
+        pair's own (rank, inner lr) when it has its own operating point (``eb_inner_candidates``)."""
+        overrides = self.memory_overrides()
+        if self.preset.eb_inner_candidates:
+            overrides.update(memory_rank=point["rank"], inner_lr=point["inner_lr"])
+        return overrides
+
+    def exposure_bias(self, seed: int, dirs: dict[str, Path], chosen: dict, point: dict | None = None) -> dict:
         """R_EB and the gaps of Standard, MemDLM Train-Only and Train & Inference on the
         exposure-bias pair, as trained (``results``) and at matched calibration
         (``calibrated``: each model's logits divided by the temperature that minimises its static
         NLL on held-out items of their own seed range, ``temperatures``), and the flattening
         control (``flattened``: Standard with its logits divided by ``eb_flatten_temperature``:
-        a less confident model looks flatter on every measure, issue 22)."""
+        a less confident model looks flatter on every measure, issue 22). ``point``: the pair's
+        operating point (default ``chosen``), whose adaptation the Train & Inference mode uses.
+        The random-order trajectory's per-item losses are not kept (:func:`compact_exposure`)."""
         p = self.preset
+        point = point or chosen
+        adaptation = self.eb_memory_overrides(point)
         settings = {"items": p.eb_items, "steps": p.eb_steps, "length": p.eb_length, "task": p.eb_task,
-                    "memory": chosen, "adaptation": self.memory_overrides(),
+                    "memory": chosen, "adaptation": adaptation,
                     "runs": {k: str(dirs[k]) for k in ("eb_standard", "eb_memdlm")},
                     "calibration_items": p.eb_calibration_items, "flatten": p.eb_flatten_temperature,
                     **self.placement_settings()}
@@ -260,15 +343,16 @@ class Reproduction:
                 temperature = min(nll, key=nll.get)
                 out["calibration_nll"][arm] = {"t1": nll[1.0], "best": nll[temperature]}
                 for label, adapt in modes:
-                    memory = run.memory(**self.memory_overrides()) if adapt else None
+                    memory = run.memory(**adaptation) if adapt else None
                     out["temperatures"][label] = temperature
                     for key, t in (("results", 1.0), ("calibrated", temperature)):
-                        out[key][label] = exposure_bias(run.model, run.tokenizer, pairs, config, memory=memory,
-                                                        progress=self.progress, temperature=t).to_dict()
+                        out[key][label] = compact_exposure(exposure_bias(
+                            run.model, run.tokenizer, pairs, config, memory=memory,
+                            progress=self.progress, temperature=t).to_dict())
                     if arm == "eb_standard":
-                        out["flattened"][label] = exposure_bias(
+                        out["flattened"][label] = compact_exposure(exposure_bias(
                             run.model, run.tokenizer, pairs, config, progress=self.progress,
-                            temperature=p.eb_flatten_temperature).to_dict()
+                            temperature=p.eb_flatten_temperature).to_dict())
             return out
 
         return json_cell(self.out / f"seed{seed}" / "exposure_bias.json", settings, compute)
@@ -351,25 +435,50 @@ class Reproduction:
             "ceiling": self.preset.absorption_ceiling, "modes": list(self.calibration_modes()),
             "steps": self.preset.calibration_steps or self.preset.finetune.steps}, self.calibrate)
         by_mode = {mode: c["chosen"] for mode, c in calibration["modes"].items()}
-        # inference-time adaptation (per prompt) uses the headline arm's rank and inner lr
         chosen = by_mode["shared"]
+        eb_point = self.eb_operating_point(chosen)
+        pace = self.pace(by_mode)
         control = json_cell(self.out / "control_lr0.json", {"steps": self.preset.lr0_control_steps},
                             self.lr0_control)
         seeds = {}
         for i, seed in enumerate(self.preset.seeds):
-            dirs = self.arms(seed, by_mode)
+            dirs = self.arms(seed, by_mode, pace)
             if i == 0:
                 dev = self.dev(dirs, chosen)
             evaluation = self.evaluate(seed, dirs, chosen)
-            dirs.update(self.eb_arms(seed, chosen))
+            dirs.update(self.eb_arms(seed, eb_point))
             seeds[seed] = {"dirs": {k: str(v) for k, v in dirs.items()},
                            "eval": evaluation,
                            "heldout_loss": self.heldout_loss(seed, dirs, chosen),
-                           "exposure_bias": self.exposure_bias(seed, dirs, chosen),
+                           "exposure_bias": self.exposure_bias(seed, dirs, chosen, eb_point),
                            "probe": self.probe(seed, dirs, chosen)}
+        extra = {"pace": pace} if pace else {}
+        if self.preset.eb_inner_candidates:
+            extra["eb_calibration"] = json.loads((self.out / "eb_calibration.json").read_text())
         return {"preset": self.preset.to_dict(), "calibration": calibration, "control_lr0": control,
-                "dev": dev, "cost": self.cost(chosen), "seeds": seeds,
+                "dev": dev, "cost": self.cost(chosen), "seeds": seeds, **extra,
                 "seconds_this_invocation": round(time.perf_counter() - start, 1)}
+
+
+# The random-order trajectory's per-item losses: the report reads the low-confidence trajectory
+# only (its per-step means and ratios stay in the cell). They were ~40% of a committed result.json.
+UNREAD_EXPOSURE_LOSSES = ("l_seq_random", "l_static_same_random")
+
+
+def compact_exposure(result: dict) -> dict:
+    """An exposure-bias result without the per-item losses the report never reads."""
+    per_item = {k: v for k, v in result["per_item"].items() if k not in UNREAD_EXPOSURE_LOSSES}
+    return {**result, "per_item": per_item}
+
+
+def choose_point(rows: list[dict], floor: float, ceiling: float) -> tuple[dict, bool]:
+    """The calibration rule: among candidates whose late absorption lies in [floor, ceiling], the
+    one with the largest late relative change; if none qualifies, the one closest to the band.
+    Returns (chosen row, whether it qualified)."""
+    ok = [r for r in rows if floor <= r["absorption_ratio"] <= ceiling]
+    if ok:
+        return max(ok, key=lambda r: r["relative_change"]), True
+    return min(rows, key=lambda r: max(floor - r["absorption_ratio"], r["absorption_ratio"] - ceiling)), False
 
 
 def log_history(run_dir) -> list[dict]:

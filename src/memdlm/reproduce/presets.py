@@ -131,6 +131,11 @@ class ProbeControl:
     steps: int = 5
 
 
+# Preset fields added after committed reports, with the value that means "as before":
+# Preset.to_dict leaves them out at that value.
+ADDED_LATER = {"pace_rounds": 0, "pace_steps": 8, "eb_inner_candidates": ()}
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -174,6 +179,14 @@ class Preset:
     # level + this many score points (reproduce/rules.capability_gate).
     capability_margin: float = 10.0
     compute_matched: bool = True  # Standard given MemDLM's measured training time
+    # How the compute-matched arm's steps are counted. 0: from the two arms' own optimiser-step
+    # seconds, each timed in its own run (quick and the earlier reports: the machine's load can
+    # change between the runs; quick's seed 0 got 5.3x MemDLM's steps where a side-by-side ratio
+    # was 1.87x). > 0: MemDLM steps x the ratio of their per-step seconds measured side by side
+    # (Reproduction.pace: this many alternating rounds of ``pace_steps`` steps of each arm's real
+    # settings, medians), once per reproduction, so both arms are timed under the same load.
+    pace_rounds: int = 0
+    pace_steps: int = 8
     per_sample_arm: bool = True  # the per-sample memory variant, every seed
     lr0_control_steps: int = 6
     # name -> overrides of the headline MemDLM arm's training options (memory settings; or the outer
@@ -195,6 +208,14 @@ class Preset:
     eb_finetune: TrainSpec = TrainSpec(("prose_cont",), (128,), steps=100, learning_rate=1e-3, batch_size=32,
                                        warmup=0.1, logging_steps=5, eval_steps=50, eval_samples=32, micro_batch=4)
     eb_task: str = "prose_cont"
+    # The exposure-bias MemDLM's memory. Empty: the headline's operating point (quick, long: on
+    # prose its memory is inert, absorption 0.99-1.00 every logged step, relative change ~1e-3,
+    # the clip never acting, because a prose anchor has ~30 masked targets per sample whose
+    # gradients average out, against mqar's 2). Candidates (rank, inner lr): the headline's rule
+    # (Reproduction.calibrate) run on the exposure-bias fine-tune of seed 0 -- the candidate with
+    # the largest late relative change whose late absorption lies in the band -- and that point is
+    # also the pair's inference-time adaptation (one adaptation for both arms of the pair).
+    eb_inner_candidates: tuple[tuple[int, float], ...] = ()
     eb_items: int = 16
     eb_steps: int = 48
     eb_length: int = 128  # 79 prompt + 49 response tokens: each of the 48 steps costs 5 forwards per item
@@ -209,7 +230,10 @@ class Preset:
     probe_control: ProbeControl = ProbeControl()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The preset as JSON-ready data. Fields added after reports were committed are left out
+        while they hold their neutral value (:data:`ADDED_LATER`), so a committed report's
+        ``config_hash`` still names the preset it ran."""
+        return {k: v for k, v in asdict(self).items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
 
     def config_hash(self) -> str:
         """sha256 of the preset's canonical JSON (12 hex digits in the report)."""
@@ -234,7 +258,8 @@ SMOKE = Preset(
     finetune=TrainSpec(("mqar16",), (64,), steps=6, learning_rate=1e-3, batch_size=4, logging_steps=1,
                        eval_steps=3, eval_samples=4, micro_batch=2),
     lr0_control_steps=3, ablations={"anchor_only": {"trajectory": "anchor_only"}},
-    eval_tasks=("mqar16",), eval_lengths=(64, 128), eval_items=4, dev_items=4,
+    eval_tasks=("mqar16",), eval_lengths=(64, 128), eval_items=4, dev_items=4, pace_rounds=1, pace_steps=2,
+    eb_inner_candidates=((2, 0.1), (2, 1.0)),
     eb_finetune=TrainSpec(("prose_cont",), (128,), steps=4, learning_rate=1e-3, batch_size=4, logging_steps=1,
                           eval_steps=2, eval_samples=4, micro_batch=2),
     eb_items=2, eb_calibration_items=2, eb_steps=48, eb_length=128, probe_task="mqar16", probe_items=4, probe_length=64,
@@ -264,6 +289,7 @@ FULL = replace(
         PAPER_WEIGHTING_ARM: {"weighting": "scheduler"},
     },
     eval_lengths=(256, 512, 1024), eval_items=200, probe_items=200, eb_items=32, benchmark_rounds=15,
+    pace_rounds=5, eb_inner_candidates=((2, 0.1), (2, 1.0), (2, 3.0), (2, 10.0)),
 )
 
 # The quick preset's design at a small fraction of its samples: it fine-tunes 20 steps of 16

@@ -358,7 +358,7 @@ def train_or_restore(trainer, model, cfg, out: Path, identity: dict, checkpoint:
 def run_summary(cfg, trainer, model, identity: dict, record: RunRecord) -> dict:
     """What ``train`` returns (and ``run_complete.json`` holds, with the held-out answers)."""
     return {"run_id": identity["run_id"], "config_hash": identity["config_hash"],
-            "train_seconds": round(record.train_seconds(), 1), "step_seconds": round(record.step_seconds, 1),
+            "train_seconds": round(record.train_seconds(), 1), "step_seconds": round(record.step_seconds, 3),
             "global_step": trainer.state.global_step,
             **whole_run_loss(trainer.state.log_history), "segments": record.segments,
             "nonfinite_skipped": trainer.nonfinite_guard.skipped,
