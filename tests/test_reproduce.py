@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -293,18 +294,19 @@ def test_preset_hashes_are_unchanged():
     the usability rule's minimum effect and the full preset's 1/t outer-weighting arm), and by issue 24
     (the adaptation's placement is the preset's memory_scope / memory_layer_fraction, no longer a
     second copy in Adaptation: the same values, so no number changes); `long` (quick's headline
-    pair trained 3x longer) `quick3` (quick at seeds 0-2) and `long3` (long at seeds 0-2) added by issue 22.
+    pair trained 3x longer) `quick3` (quick at seeds 0-2) and `long3` (long at seeds 0-2) added by issue 22;
+    then smoke and full by the side-by-side pace and the exposure-bias pair's own operating point.
     If a preset is changed on purpose, update the hash here and say so in the commit."""
     from memdlm.reproduce.presets import PRESETS
 
     assert {name: p.config_hash() for name, p in PRESETS.items()} == {
-        "smoke": "f2da98f60bf41f7c07473e3ad0032f2c1a57fec971ea58960808b08fe5461286",
+        "smoke": "f5418d48b02501f63b44bfd637a3c7589fb3c35a498d5b689325a064de10113a",
         "pilot": "319e3f7a90df0f5b658ae78420634eb5712cdc7a591351c4b964db521f809d15",
         "quick": "5678584a9e0b6cb3587e43c713d9af6abff565fc29a55e1d8f21ea3e77f28468",
         "quick3": "f637eca4594f59b810f8d795d421f717666bb8b2ec637670238c6bb7109595a7",
         "long": "a4c3d48d143efde11fbec9e632d1ae340eb7294b03b5e67f4fd74494f7108970",
         "long3": "867f9a61f49ba22a1005b89b7ddb1a78d429f70ce6c20ecc13679d778ae11dbc",
-        "full": "1ebd92c5874f28142662095f7c5f03d803dafdcc5d016e90d66f48bb41b081ab",
+        "full": "2cce35e2e0e873fc79463b912982e9b716b542126b91c56c3677008ad80ec5e7",
     }
 
 
@@ -400,9 +402,10 @@ def test_smoke_exposure_bias_runs_its_own_pair_on_the_long_response_task(smoke_r
     eb = json.loads((smoke_run / "seed0" / "exposure_bias.json").read_text())
     settings = json.loads((smoke_run / "seed0" / "exposure_bias.json.settings.json").read_text())
     assert settings["task"] == "prose_cont" and settings["steps"] == 48
-    assert settings["runs"]["eb_memdlm"].endswith("eb_memdlm")
+    eb_memdlm = smoke_run / "calibrate" / Path(settings["runs"]["eb_memdlm"]).name  # seed 0's: the chosen candidate
+    assert eb_memdlm.name.startswith("eb_r") and eb_memdlm.is_dir()
     assert len(eb["results"]["Standard"]["l_seq"]) == 48
-    lora = json.loads((smoke_run / "seed0" / "eb_memdlm" / "lora_base.json").read_text())
+    lora = json.loads((eb_memdlm / "lora_base.json").read_text())
     assert lora["base"].endswith(SMOKE.eb_base)
     loss = json.loads((smoke_run / "seed0" / "heldout_loss.json").read_text())
     assert set(loss["results"]) >= {"standard", "memdlm", "memdlm_per_sample"}
@@ -587,6 +590,99 @@ def test_compute_matched_steps_count_training_time_alone(tmp_path):
         done.write_text(json.dumps({**json.loads(done.read_text()), "step_seconds": steps}))
     std, mem = training_seconds(tmp_path / "standard"), training_seconds(tmp_path / "memdlm")
     assert (std, mem) == (90.0, 240.0) and matched_steps(std, mem, 100) == 267
+
+
+def test_calibration_rule_takes_the_strongest_memory_inside_the_band():
+    """Inside [0.8, 1.0] the largest relative change wins (not the lowest absorption); with none
+    inside, the candidate nearest the band, flagged as not qualified."""
+    from memdlm.reproduce.pipeline import choose_point
+
+    rows = [{"inner_lr": 0.1, "absorption_ratio": 0.999, "relative_change": 1e-3},
+            {"inner_lr": 1.0, "absorption_ratio": 0.93, "relative_change": 9e-3},
+            {"inner_lr": 3.0, "absorption_ratio": 0.85, "relative_change": 8e-3},
+            {"inner_lr": 10.0, "absorption_ratio": 0.5, "relative_change": 5e-2}]
+    chosen, qualified = choose_point(rows, 0.8, 1.0)
+    assert (chosen["inner_lr"], qualified) == (1.0, True)
+    chosen, qualified = choose_point([rows[3], {**rows[0], "absorption_ratio": 1.4}], 0.8, 1.0)
+    assert (chosen["inner_lr"], qualified) == (10.0, False)  # 0.3 below the floor is nearer than 0.4 above
+    chosen, _ = choose_point([rows[3], {**rows[0], "absorption_ratio": 1.2}], 0.8, 1.0)
+    assert chosen["inner_lr"] == 0.1  # 0.2 above the ceiling is nearer than 0.3 below the floor
+
+
+def test_exposure_bias_cell_drops_only_the_unread_per_item_losses():
+    """The random-order trajectory's per-item losses leave the cell; its per-step means, the
+    ratios and every per-item loss the report reads stay, unchanged."""
+    from memdlm.eval.exposure_bias import LOSSES
+    from memdlm.reproduce.pipeline import UNREAD_EXPOSURE_LOSSES, compact_exposure
+    from memdlm.reproduce.report import EB_TERMS
+
+    full = {"l_seq_random": [1.0], "r_eb": [2.0], "per_item": {k: [[float(i)]] for i, k in
+                                                                enumerate((*LOSSES, "masked"))}}
+    small = compact_exposure(full)
+    assert set(small["per_item"]) == set(full["per_item"]) - set(UNREAD_EXPOSURE_LOSSES)
+    assert all(small["per_item"][k] == full["per_item"][k] for k in small["per_item"])
+    assert (small["l_seq_random"], small["r_eb"]) == ([1.0], [2.0])
+    read = {term for pair in EB_TERMS.values() for term in pair} | {"l_static"}
+    assert read <= set(small["per_item"]) and not read & set(UNREAD_EXPOSURE_LOSSES)
+    assert len(full["per_item"]) == len(LOSSES) + 1  # compact_exposure did not touch its input
+
+
+def test_presets_added_fields_leave_older_presets_hashes_alone():
+    """A field added after reports were committed is left out of the hash at its neutral value,
+    and counts as soon as it differs."""
+    from dataclasses import replace
+
+    from memdlm.reproduce.presets import ADDED_LATER, FULL, QUICK
+
+    assert not set(ADDED_LATER) & set(QUICK.to_dict())
+    assert {k: getattr(QUICK, k) for k in ADDED_LATER} == ADDED_LATER
+    assert replace(QUICK, pace_rounds=3).config_hash() != QUICK.config_hash()
+    assert FULL.to_dict()["pace_rounds"] == 5 and FULL.to_dict()["eb_inner_candidates"]
+
+
+@pytest.mark.slow
+def test_smoke_compute_matched_steps_come_from_the_side_by_side_ratio(smoke_run):
+    """pace.json times both arms' real settings in alternating rounds; the matched arm trains
+    MemDLM's steps x the ratio of the medians, whatever each arm's own run measured."""
+    import statistics
+
+    from memdlm.reproduce.presets import SMOKE
+
+    pace = json.loads((smoke_run / "pace.json").read_text())
+    settings = json.loads((smoke_run / "pace.json.settings.json").read_text())
+    per = pace["seconds_per_step"]
+    assert len(per["standard"]) == len(per["memdlm"]) == SMOKE.pace_rounds
+    assert pace["ratio"] == pytest.approx(statistics.median(per["memdlm"]) / statistics.median(per["standard"]))
+    arms = settings["arms"]
+    assert (arms["standard"]["method"], arms["memdlm"]["method"]) == ("mdlm", "memdlm")
+    assert arms["memdlm"]["max_steps"] == SMOKE.pace_steps and arms["memdlm"]["eval_strategy"] == "no"
+    chosen = json.loads((smoke_run / "calibration.json").read_text())["modes"]["shared"]["chosen"]
+    assert (arms["memdlm"]["inner_lr"], arms["memdlm"]["memory_mode"]) == (chosen["inner_lr"], "shared")
+    matched = json.loads((smoke_run / "seed0" / "standard_matched" / "run_complete.json").read_text())
+    assert matched["global_step"] == max(1, round(SMOKE.finetune.steps * pace["ratio"]))
+
+
+@pytest.mark.slow
+def test_smoke_exposure_bias_pair_gets_its_own_operating_point(smoke_run):
+    """With eb_inner_candidates the exposure-bias MemDLM is calibrated by the headline's rule on its
+    own fine-tune; seed 0's eb_memdlm is the chosen candidate's run, and the pair's Train &
+    Inference mode adapts at that point."""
+    from memdlm.reproduce.pipeline import choose_point
+    from memdlm.reproduce.presets import SMOKE
+
+    cal = json.loads((smoke_run / "eb_calibration.json").read_text())
+    assert [(r["rank"], r["inner_lr"]) for r in cal["candidates"]] == [tuple(c) for c in SMOKE.eb_inner_candidates]
+    chosen, qualified = choose_point(cal["candidates"], SMOKE.absorption_floor, SMOKE.absorption_ceiling)
+    assert (cal["chosen"], cal["qualified"]) == (chosen, qualified)
+    cell = smoke_run / "calibrate" / f"eb_r{chosen['rank']}_lr{chosen['inner_lr']:g}"
+    config = json.loads((cell / "run_config.json").read_text())
+    assert json.dumps(config).count(SMOKE.eb_base) and not (smoke_run / "seed0" / "eb_memdlm").exists()
+    settings = json.loads((smoke_run / "seed0" / "exposure_bias.json.settings.json").read_text())
+    assert settings["runs"]["eb_memdlm"].endswith(cell.name)
+    assert (settings["adaptation"]["inner_lr"], settings["adaptation"]["memory_rank"]) == \
+        (chosen["inner_lr"], chosen["rank"])
+    eb = json.loads((smoke_run / "seed0" / "exposure_bias.json").read_text())
+    assert "l_seq_random" not in eb["results"]["Standard"]["per_item"]
 
 
 def test_probe_memories_are_written_once(tok, make_tiny_model):

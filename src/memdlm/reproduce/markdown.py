@@ -106,6 +106,21 @@ def _calibration(cal: dict, finetune_steps: int) -> list[str]:
     return parts
 
 
+def _eb_calibration(cal: dict | None) -> list[str]:
+    """The exposure-bias MemDLM's own operating point (presets with ``eb_inner_candidates``)."""
+    if not cal:
+        return []
+    rows = [[r["rank"], r["inner_lr"], _f(r["absorption_ratio"], 3), f"{r['relative_change']:.2e}"]
+            for r in cal["candidates"]]
+    ch = cal["chosen"]
+    return ["Exposure-bias MemDLM (prose; at the headline's lr 0.1 its memory is inert there): the same rule "
+            f"over its own candidates, each the exposure-bias fine-tune of seed 0 ({cal['steps']} steps), band "
+            f"[{cal['floor']}, {cal['ceiling']}]. The chosen point is also that pair's inference-time adaptation.", "",
+            _table(["rank", "inner lr", "late absorption ratio", "late relative change"], rows), "",
+            f"Operating point: rank {ch['rank']}, inner lr {ch['inner_lr']}"
+            + ("" if cal["qualified"] else " (late absorption outside the band)") + ".", ""]
+
+
 def _memory(summary: dict, plots: dict) -> list[str]:
     """Memory strength over every logged step of every MemDLM run, and the usability rule."""
     traj = summary.get("memory_trajectory", [])
@@ -226,7 +241,8 @@ def _setup(preset: dict, summary: dict) -> list[str]:
             f"- Test items: {preset['eval_items']} per (task, length), eval split (seeds never used in "
             f"training); lengths {preset['eval_lengths']} (trained: {summary['trained_length']}).",
             f"- Exposure bias: its own pair of arms, Standard and MemDLM (batch-shared memory at the "
-            f"headline's operating point), fine-tuned alike from the shipped `{preset['eb_base']}` "
+            + ("pair's own operating point, below" if preset.get("eb_inner_candidates") else "headline's operating point")
+            + f"), fine-tuned alike from the shipped `{preset['eb_base']}` "
             f"({preset['eb_finetune']['steps']} steps on {', '.join(preset['eb_finetune']['tasks'])} at "
             f"{preset['eb_finetune']['lengths']} tokens, same adapter and lr), then decoded in "
             f"{preset['eb_steps']} steps on {preset['eb_items']} held-out `{preset['eb_task']}` items.", ""]
@@ -287,14 +303,24 @@ def _exposure_bias(summary: dict, plots: dict) -> list[str]:
             + ("measurable." if eb_ok["measurable"] else "**not measurable**."), ""]
 
 
-def _controls(ctrl: dict, summary: dict) -> list[str]:
+def _pace(pace: dict | None) -> str:
+    """How the compute-matched arm's steps were counted."""
+    if not pace:
+        return ("as many steps as fit in MemDLM's measured training time, each arm timed in its own run, "
+                "the held-out evaluations during training left out")
+    rounds = len(pace["seconds_per_step"]["standard"])
+    return (f"MemDLM's steps x {pace['ratio']:.3f}, the ratio of the two arms' median optimiser-step seconds "
+            f"({_f(pace['median']['memdlm'], 3)} / {_f(pace['median']['standard'], 3)} s) timed side by side: "
+            f"{rounds} alternating rounds of both arms' real settings (pace.json)")
+
+
+def _controls(ctrl: dict, summary: dict, pace: dict | None = None) -> list[str]:
     """The inner-lr-0 control, the compute-matched arm, and training seconds per step."""
     return ["## Controls and cost", "",
             f"- Inner lr 0 against Standard, {ctrl['steps']} steps, same seed: largest per-step training-loss "
             f"difference {ctrl['max_abs_difference']:.2e}.",
-            "- Compute-matched Standard: the `Standard, compute-matched` row above, when the preset has it (as "
-            "many steps as fit in MemDLM's measured training time, the held-out evaluations during training "
-            "left out).", "",
+            "- Compute-matched Standard: the `Standard, compute-matched` row above, when the preset has it ("
+            + _pace(pace) + ").", "",
             "Training seconds per step (held-out evaluations during training left out):", "",
             _table(["seed", "Standard s/step", "MemDLM s/step", "ratio"],
                    [[r["seed"], _f(r["standard_s_per_step"], 3), _f(r["memdlm_s_per_step"], 3), _f(r["ratio"], 2)]
@@ -324,6 +350,7 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
     parts += _setup(preset, summary)
     # 1. the operating point and the memory it gave, then whether the tasks are testable at all
     parts += _calibration(result["calibration"], preset["finetune"]["steps"])
+    parts += _eb_calibration(result.get("eb_calibration"))
     parts += _memory(summary, plots)
     parts += _dev(result["dev"])
     parts += _capability(summary)
@@ -333,6 +360,6 @@ def render(result: dict, summary: dict, prov: dict, plots: dict, claim_rows) -> 
     parts += _exposure_bias(summary, plots)
     parts += _probe(summary, preset)
     # 3. what it cost, and the controls beside it
-    parts += _controls(result["control_lr0"], summary)
+    parts += _controls(result["control_lr0"], summary, result.get("pace"))
     parts += _cost(result.get("cost"))
     return "\n".join(parts)
