@@ -325,8 +325,9 @@ def _controls(ctrl: dict, summary: dict, pace: dict | None = None) -> list[str]:
             _table(["seed", "Standard s/step", "MemDLM s/step", "ratio"],
                    [[r["seed"], _f(r["standard_s_per_step"], 3), _f(r["memdlm_s_per_step"], 3), _f(r["ratio"], 2)]
                     for r in summary["overhead"]]), "",
-            "Seconds per step are whole-run wall times on a shared machine; the controlled, side-by-side "
-            "measurement is `benchmarks/train_step.py`.", ""]
+            "Each run's own optimiser-step seconds, timed whenever that run trained on a shared machine (other "
+            "cells may have run beside it); the side-by-side measurements are the pace above (where the preset "
+            "has one) and `benchmarks/train_step.py` below.", ""]
 
 
 def _cost(cost: dict | None) -> list[str]:
