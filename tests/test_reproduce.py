@@ -875,3 +875,42 @@ def test_cost_estimate_counts_every_cell_of_a_preset():
     full = bench.estimate(FULL, ones)
     assert full["training"] == 3 * 100 * 8 + 3 * 200 + 12
     assert full["per_seed"]["answer"] == 200 * 3 * (8 + 2)  # Standard, Train-Only, per-sample, matched, 4 ablations
+
+
+def test_only_seed_waits_for_the_shared_cells_then_computes_its_own(monkeypatch):
+    """A seed other than the first polls until the first seed's process has written the shared
+    cells, then computes only its own; an unknown seed is refused by name."""
+    from types import SimpleNamespace
+
+    import memdlm.commands.reproduce as command
+    from memdlm.reproduce.presets import FULL
+
+    polls, done = [], []
+    repro = SimpleNamespace(preset=FULL, out="DIR", head=lambda: "HEAD",
+                            head_done=lambda: len(polls) >= 2,
+                            seed_cells=lambda seed, head: done.append((seed, head)))
+    monkeypatch.setattr(command.time, "sleep", lambda s: polls.append(s))
+    command.run_one_seed(repro, 2)
+    assert polls == [command.HEAD_POLL_SECONDS] * 2 and done == [(2, "HEAD")]
+    command.run_one_seed(repro, 0)  # the first seed never waits
+    assert len(polls) == 2 and done[-1] == (0, "HEAD")
+    with pytest.raises(ConfigError, match="--only-seed 7: preset 'full' has seeds \\[0, 1, 2\\]"):
+        command.run_one_seed(repro, 7)
+
+
+@pytest.mark.slow
+def test_only_seed_cells_are_the_plain_commands_cells(tmp_path):
+    """`--only-seed` writes the cells and no report; the plain command then trains nothing and
+    evaluates nothing again, and its report reads those cells."""
+    from memdlm.cli import main
+
+    out = tmp_path / "repro"
+    common = ["reproduce", "--preset", "smoke", "--output-dir", str(out), "--no-progress", "--threads", "1"]
+    assert main(common + ["--only-seed", "0"]) == 0
+    assert not (out / "REPORT.md").exists()
+    cells = sorted(p for p in out.rglob("*") if p.name in ("run_complete.json", "eval.json", "probe.json"))
+    stamps = [p.stat().st_mtime_ns for p in cells]
+    assert main(common) == 0
+    assert [p.stat().st_mtime_ns for p in cells] == stamps and (out / "REPORT.md").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["mean_scores"]  # read from the seed's evaluation cell

@@ -13,11 +13,13 @@ ablations (full), the exposure-bias analysis, and the in-weight retrieval probe 
 queried pair removed from the context). DIR/REPORT.md gathers it with plots, the
 command, commit, config hash, versions, machine and wall time.
 
-Presets (docs/REPRODUCE.md has the measured and estimated times on a 2-core CPU):
+Presets (docs/REPRODUCE.md has the measured times on a 2-core CPU, one thread per process):
     smoke   a few steps of everything: checks the pipeline (about a minute)
-    pilot   quick's design on a fraction of its samples (about 5 minutes, one thread)
-    quick   one seed, 100 fine-tuning steps (estimated 46 minutes, one thread, shared 2-core VM)
-    full    three paired seeds and the ablations (estimated 5.4 hours there; resumable)
+    pilot   quick's design on a fraction of its samples (about 5 minutes)
+    quick   one seed, 100 fine-tuning steps (18.8 minutes of cells)
+    quick3  quick at seeds 0-2;  long / long3: quick's headline pair trained 300 steps, 1 / 3 seeds
+    full    three paired seeds, the ablations, 1,024-token tests, 200 items (135 minutes of cells;
+            58 minutes of wall time with one process per seed on 2 cores)
 
 Every stage is cached in DIR: rerunning the same command skips finished cells and
 resumes an interrupted training run from its newest checkpoint, so the full preset
@@ -27,6 +29,9 @@ Examples:
     memdlm reproduce --preset smoke --output-dir runs/repro-smoke
     memdlm reproduce --preset quick --output-dir runs/repro-quick
     memdlm reproduce --preset full --output-dir runs/repro-full   # rerun: reuses every finished cell
+    # seeds side by side, one process each (each one thread), then the report:
+    for s in 0 1 2; do memdlm reproduce --preset full --output-dir runs/repro-full --threads 1 --only-seed $s & done; wait
+    memdlm reproduce --preset full --output-dir runs/repro-full --threads 1
 """
 
 from __future__ import annotations
@@ -61,7 +66,31 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
     p.add_argument("--device", default=None, help="Evaluation cells: " + DEVICE_HELP)
     p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="Evaluation cells: " + DTYPE_HELP)
+    p.add_argument("--only-seed", type=int, default=None, metavar="S",
+                   help="Compute only seed S's cells (and the shared ones every seed reads), write no report: "
+                        "to run seeds side by side in one DIR, one process each. The preset's first seed computes "
+                        "the shared cells; any other seed waits until they are written. Then the plain command "
+                        "reuses every cell and writes the report (docs/REPRODUCE.md).")
     return p
+
+
+HEAD_POLL_SECONDS = 30
+
+
+def run_one_seed(repro, seed: int) -> None:
+    """``--only-seed``: the shared cells (the first seed computes them, another waits for them),
+    then that seed's cells."""
+    from memdlm.errors import ConfigError
+
+    seeds = repro.preset.seeds
+    if seed not in seeds:
+        raise ConfigError(f"--only-seed {seed}: preset {repro.preset.name!r} has seeds {list(seeds)}")
+    if seed != seeds[0] and not repro.head_done():
+        logger.info("seed %d waits for the shared cells in %s (the first seed, %d, computes them)",
+                    seed, repro.out, seeds[0])
+        while not repro.head_done():
+            time.sleep(HEAD_POLL_SECONDS)
+    repro.seed_cells(seed, repro.head())
 
 
 def git_state() -> tuple[str, bool]:
@@ -138,8 +167,13 @@ def run(argv: list[str], prog: str = "memdlm reproduce") -> int:
     out = prepare_output_dir(args.output_dir)  # before any cell: an unwritable place is one line
     start = time.perf_counter()
     commit, dirty = git_state()  # the code this invocation runs (cells reused from earlier ones may predate it)
-    result = Reproduction(preset, out, threads=threads, progress=not args.no_progress, device=args.device,
-                          dtype=args.dtype).run()
+    repro = Reproduction(preset, out, threads=threads, progress=not args.no_progress, device=args.device,
+                         dtype=args.dtype)
+    if args.only_seed is not None:
+        run_one_seed(repro, args.only_seed)
+        print(f"seed {args.only_seed}: cells in {out} (no report: run without --only-seed for it)", file=sys.stderr)
+        return 0
+    result = repro.run()
     provenance = {
         "command": "memdlm reproduce " + " ".join(shlex.quote(a) for a in argv),
         "commit": commit, "dirty": dirty, "preset": preset.name, "config_hash": preset.config_hash(),

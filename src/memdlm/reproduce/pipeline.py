@@ -428,35 +428,47 @@ class Reproduction:
         return json_cell(self.out / "cost.json", settings, compute)
 
     # ----------------------------------------------------------------- the whole
-    def run(self) -> dict:
-        start = time.perf_counter()
+    def head(self) -> dict:
+        """The cells every seed reads: the operating points (per memory mode, and the exposure-bias
+        pair's), the side-by-side pace and the inner-lr-0 control."""
+        p = self.preset
         calibration = json_cell(self.out / "calibration.json", {
-            "candidates": list(self.preset.inner_candidates), "floor": self.preset.absorption_floor,
-            "ceiling": self.preset.absorption_ceiling, "modes": list(self.calibration_modes()),
-            "steps": self.preset.calibration_steps or self.preset.finetune.steps}, self.calibrate)
+            "candidates": list(p.inner_candidates), "floor": p.absorption_floor, "ceiling": p.absorption_ceiling,
+            "modes": list(self.calibration_modes()), "steps": p.calibration_steps or p.finetune.steps}, self.calibrate)
         by_mode = {mode: c["chosen"] for mode, c in calibration["modes"].items()}
         chosen = by_mode["shared"]
-        eb_point = self.eb_operating_point(chosen)
-        pace = self.pace(by_mode)
-        control = json_cell(self.out / "control_lr0.json", {"steps": self.preset.lr0_control_steps},
-                            self.lr0_control)
-        seeds = {}
-        for i, seed in enumerate(self.preset.seeds):
-            dirs = self.arms(seed, by_mode, pace)
-            if i == 0:
-                dev = self.dev(dirs, chosen)
-            evaluation = self.evaluate(seed, dirs, chosen)
-            dirs.update(self.eb_arms(seed, eb_point))
-            seeds[seed] = {"dirs": {k: str(v) for k, v in dirs.items()},
-                           "eval": evaluation,
-                           "heldout_loss": self.heldout_loss(seed, dirs, chosen),
-                           "exposure_bias": self.exposure_bias(seed, dirs, chosen, eb_point),
-                           "probe": self.probe(seed, dirs, chosen)}
-        extra = {"pace": pace} if pace else {}
+        return {"calibration": calibration, "by_mode": by_mode, "chosen": chosen,
+                "eb_point": self.eb_operating_point(chosen), "pace": self.pace(by_mode),
+                "control": json_cell(self.out / "control_lr0.json", {"steps": p.lr0_control_steps}, self.lr0_control)}
+
+    def head_done(self) -> bool:
+        """Whether the head's cells are all written (its last one is the inner-lr-0 control)."""
+        return (self.out / "control_lr0.json").is_file()
+
+    def seed_cells(self, seed: int, head: dict) -> dict:
+        """Every cell of one seed: its arms, their evaluation, held-out loss, the exposure-bias pair
+        and its analysis, the probe; the preset's first seed adds the dev check (``"dev"``)."""
+        chosen = head["chosen"]
+        dirs = self.arms(seed, head["by_mode"], head["pace"])
+        dev = self.dev(dirs, chosen) if seed == self.preset.seeds[0] else None
+        evaluation = self.evaluate(seed, dirs, chosen)
+        dirs.update(self.eb_arms(seed, head["eb_point"]))
+        cells = {"dirs": {k: str(v) for k, v in dirs.items()}, "eval": evaluation,
+                 "heldout_loss": self.heldout_loss(seed, dirs, chosen),
+                 "exposure_bias": self.exposure_bias(seed, dirs, chosen, head["eb_point"]),
+                 "probe": self.probe(seed, dirs, chosen)}
+        return {**cells, "dev": dev} if dev is not None else cells
+
+    def run(self) -> dict:
+        start = time.perf_counter()
+        head = self.head()
+        seeds = {seed: self.seed_cells(seed, head) for seed in self.preset.seeds}
+        dev = seeds[self.preset.seeds[0]].pop("dev")
+        extra = {"pace": head["pace"]} if head["pace"] else {}
         if self.preset.eb_inner_candidates:
             extra["eb_calibration"] = json.loads((self.out / "eb_calibration.json").read_text())
-        return {"preset": self.preset.to_dict(), "calibration": calibration, "control_lr0": control,
-                "dev": dev, "cost": self.cost(chosen), "seeds": seeds, **extra,
+        return {"preset": self.preset.to_dict(), "calibration": head["calibration"], "control_lr0": head["control"],
+                "dev": dev, "cost": self.cost(head["chosen"]), "seeds": seeds, **extra,
                 "seconds_this_invocation": round(time.perf_counter() - start, 1)}
 
 
