@@ -914,3 +914,23 @@ def test_only_seed_cells_are_the_plain_commands_cells(tmp_path):
     assert [p.stat().st_mtime_ns for p in cells] == stamps and (out / "REPORT.md").is_file()
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["mean_scores"]  # read from the seed's evaluation cell
+
+
+def test_memory_plot_gives_each_arm_one_colour_and_each_seed_one_style(tmp_path):
+    """Lines "arm (seed S)": one colour per arm, one line style per seed, and a legend with each
+    arm and each seed once (not one entry per line)."""
+    from memdlm.eval.plots import _group_handles, _group_looks, plot_panels
+    from memdlm.reproduce.report import memory_line_groups
+
+    assert memory_line_groups("ablation_anchor_only (seed 2)") == ("ablation_anchor_only", "seed 2")
+    names = [f"{arm} (seed {s})" for s in (0, 1, 2) for arm in ("memdlm", "eb_memdlm")]
+    looks = _group_looks(names, memory_line_groups)
+    colour = {n: looks[n]["color"] for n in names}
+    style = {n: looks[n]["linestyle"] for n in names}
+    assert colour["memdlm (seed 0)"] == colour["memdlm (seed 2)"] != colour["eb_memdlm (seed 0)"]
+    assert style["memdlm (seed 1)"] == style["eb_memdlm (seed 1)"] != style["memdlm (seed 0)"]
+    labels = [h.get_label() for h in _group_handles(names, memory_line_groups, looks)]
+    assert labels == ["memdlm", "eb_memdlm", "seed 0", "seed 1", "seed 2"]
+    path = plot_panels({"absorption": {n: ([5, 10], [0.9, 0.8]) for n in names}}, tmp_path / "m.png",
+                       "step", groups=memory_line_groups)
+    assert path.stat().st_size > 0

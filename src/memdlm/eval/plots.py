@@ -8,7 +8,7 @@ backend switch), so plotting works headless and leaves an interactive session al
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -135,19 +135,60 @@ def plot_score_vs_length(table, path, ylabel: str = "score", title: str | None =
 
 def plot_panels(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float | None]]]], path,
                 xlabel: str, title: str | None = None,
-                bands: Mapping[str, tuple[float, float]] | None = None) -> Path:
+                bands: Mapping[str, tuple[float, float]] | None = None,
+                groups: Callable[[str], tuple[str, str]] | None = None) -> Path:
     """One panel per entry of ``panels`` (panel y label -> {line name: (xs, ys)}), stacked,
-    sharing the x axis; ``bands`` shades a (low, high) range on the panels it names."""
-    fig, ax = _figure(6.4, 2.4 * len(panels))
+    sharing the x axis; ``bands`` shades a (low, high) range on the panels it names.
+
+    ``groups`` maps a line name to (colour group, style group), e.g. (arm, seed): each colour
+    group gets one colour and each style group one line style, and the legend, beside the
+    panels, lists each group once -- twenty lines of seven arms and three seeds stay readable
+    where one legend entry per line would cover the plot."""
+    fig, ax = _figure(6.4 + (2.4 if groups else 0), 2.4 * len(panels))
     fig.delaxes(ax)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    names = list(dict.fromkeys(name for lines in panels.values() for name in lines))
+    looks = _group_looks(names, groups) if groups else {}
     for ax, (ylabel, lines) in zip(axes, panels.items()):
         for name, (xs, ys) in lines.items():
-            ax.plot(list(xs), _nan(ys), marker=".", label=name)
+            ax.plot(list(xs), _nan(ys), marker=".", label=name, **looks.get(name, {}))
         if bands and ylabel in bands:
             ax.axhspan(*bands[ylabel], color="grey", alpha=0.15, lw=0)
-        _finish(ax, "", ylabel, None, legend=ax is axes[0])
+        _finish(ax, "", ylabel, None, legend=ax is axes[0] and not groups)
+    if groups:
+        fig.legend(handles=_group_handles(names, groups, looks), loc="outside right center", fontsize="small")
     axes[-1].set_xlabel(xlabel)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _group_looks(names: Sequence[str], groups: Callable[[str], tuple[str, str]]) -> dict[str, dict]:
+    """Line name -> colour and line style, from its (colour group, style group), in order of
+    first appearance (matplotlib's default colour cycle, then the styles of LINE_STYLES)."""
+    from matplotlib import rcParams
+
+    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = list(dict.fromkeys(groups(n)[0] for n in names))
+    styles = list(dict.fromkeys(groups(n)[1] for n in names))
+    return {n: {"color": cycle[colours.index(groups(n)[0]) % len(cycle)],
+                "linestyle": LINE_STYLES[styles.index(groups(n)[1]) % len(LINE_STYLES)], "linewidth": 1.2}
+            for n in names}
+
+
+def _group_handles(names, groups, looks) -> list:
+    """Legend entries: one per colour group (solid), then one per style group (grey)."""
+    from matplotlib.lines import Line2D
+
+    handles, seen = [], set()
+    for n in names:
+        colour, _ = groups(n)
+        if colour not in seen:
+            seen.add(colour)
+            handles.append(Line2D([], [], color=looks[n]["color"], marker=".", label=colour))
+    for i, style in enumerate(dict.fromkeys(groups(n)[1] for n in names)):
+        handles.append(Line2D([], [], color="grey", linestyle=LINE_STYLES[i % len(LINE_STYLES)], label=style))
+    return handles

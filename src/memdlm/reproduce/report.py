@@ -260,6 +260,12 @@ def overhead(out: Path, seeds: dict) -> list[dict]:
     return rows
 
 
+def memory_line_groups(name: str) -> tuple[str, str]:
+    """A memory-strength line "arm (seed S)" -> (arm, "seed S"): its colour and line style."""
+    arm, _, seed = name.rpartition(" (")
+    return arm, seed.rstrip(")")
+
+
 MEMORY_KEYS = {"absorption": "memory/absorption_ratio", "absorption_min": "memory/absorption_ratio_min",
                "change": "memory/relative_change", "clip": "inner/clip_fraction",
                "nonfinite": "inner/skipped_nonfinite"}
@@ -417,7 +423,8 @@ def make_plots(out: Path, result: dict, summary: dict) -> dict[str, str]:
     if panels.get("absorption ratio"):
         plot_panels(panels, out / "memory_strength.png", "training step",
                     title="Memory strength at every logged step (every MemDLM run)",
-                    bands={p: (summary["floor"], summary["ceiling"]) for p in panels if p.startswith("absorption")})
+                    bands={p: (summary["floor"], summary["ceiling"]) for p in panels if p.startswith("absorption")},
+                    groups=memory_line_groups)
         files["memory_strength"] = "memory_strength.png"
     plot_exposure_bias(first["exposure_bias"]["results"], out / "exposure_bias.png",
                        title="Exposure-bias ratio (first seed; bands: 95% item bootstrap)")
