@@ -127,15 +127,19 @@ class Reproduction:
                 options = self.finetune_options(CALIBRATION_SEED, "memdlm", **self.memory_options(rank, lr, mode))
                 if self.preset.calibration_steps is not None:
                     options.update(max_steps=self.preset.calibration_steps)
-                self._train(cell, options)
-                logs = log_history(cell)
-                rows.append({"rank": rank, "inner_lr": lr,
-                             "absorption_ratio": late_mean(logs, "memory/absorption_ratio"),
-                             "relative_change": late_mean(logs, "memory/relative_change")})
+                rows.append(self.candidate(cell, options, rank, lr))
             chosen, qualified = choose_point(rows, self.preset.absorption_floor, self.preset.absorption_ceiling)
             modes[mode] = {"candidates": rows, "chosen": chosen, "qualified": qualified}
         return {"modes": modes, "floor": self.preset.absorption_floor,
                 "ceiling": self.preset.absorption_ceiling, "steps": self.preset.calibration_steps or self.preset.finetune.steps}
+
+    def candidate(self, cell: Path, options: dict, rank: int, inner_lr: float) -> dict:
+        """Train (or reuse) one calibration candidate: its late absorption and relative change."""
+        self._train(cell, options)
+        logs = log_history(cell)
+        return {"rank": rank, "inner_lr": inner_lr,
+                "absorption_ratio": late_mean(logs, "memory/absorption_ratio"),
+                "relative_change": late_mean(logs, "memory/relative_change")}
 
     def arms(self, seed: int, chosen: dict[str, dict], pace: dict | None = None) -> dict[str, Path]:
         """Fine-tune every arm of one seed; returns arm name -> run directory.
@@ -196,14 +200,8 @@ class Reproduction:
     def eb_calibrate(self) -> dict:
         """The exposure-bias MemDLM's operating point: the headline's rule (:meth:`calibrate`) over
         ``eb_inner_candidates``, each the real exposure-bias fine-tune of seed 0."""
-        rows = []
-        for rank, lr in self.preset.eb_inner_candidates:
-            cell = self.eb_calibration_cell(rank, lr)
-            self._train(cell, self.eb_memdlm_options(CALIBRATION_SEED, rank, lr))
-            logs = log_history(cell)
-            rows.append({"rank": rank, "inner_lr": lr,
-                         "absorption_ratio": late_mean(logs, "memory/absorption_ratio"),
-                         "relative_change": late_mean(logs, "memory/relative_change")})
+        rows = [self.candidate(self.eb_calibration_cell(rank, lr), self.eb_memdlm_options(CALIBRATION_SEED, rank, lr),
+                               rank, lr) for rank, lr in self.preset.eb_inner_candidates]
         chosen, qualified = choose_point(rows, self.preset.absorption_floor, self.preset.absorption_ceiling)
         return {"candidates": rows, "chosen": chosen, "qualified": qualified,
                 "floor": self.preset.absorption_floor, "ceiling": self.preset.absorption_ceiling,
