@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from batches import random_noised
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import memdlm
 from memdlm.backbones.modeling import build_tiny_model
 from memdlm.config import DiffusionArguments
-from memdlm.diffusion.masking import mask_with_probability, seeded_generator
+from memdlm.diffusion.masking import seeded_generator
 from memdlm.diffusion.schedules import get_schedule
 from memdlm.memory.config import MemoryArguments
 from memdlm.memory.fast_weights import FastWeights
@@ -105,16 +106,7 @@ def _loop(tok, model, per_sample, **kw):
 
 
 def _batch(tok):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(10, len(tok), (3, 16), generator=g)
-    attn = torch.ones_like(ids)
-    attn[2, 12:] = 0
-    maskable = torch.zeros_like(ids, dtype=torch.bool)
-    maskable[:, 5:] = True
-    maskable &= attn.bool()
-    t = torch.tensor([0.3, 0.6, 0.9])
-    masked = mask_with_probability(maskable, t, generator=g)
-    return ids, attn, maskable, masked, t
+    return random_noised(tok, length=16, prompt=5, pad_from=12)
 
 
 @pytest.mark.parametrize("per_sample,clip", [(True, "per_param"), (True, "global"), (False, "per_param")])

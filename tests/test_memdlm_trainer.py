@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from batches import random_noised
 from safetensors.torch import load_file
 
 import memdlm.training.memdlm_trainer as memdlm_trainer
-from memdlm.config import DiffusionArguments
-from memdlm.diffusion.process import NoisedBatch, mdlm_loss
-from memdlm.diffusion.masking import apply_mask, mask_with_probability
-from memdlm.memory.config import MemoryArguments
 from memdlm.backbones.modeling import build_tiny_model
+from memdlm.config import DiffusionArguments
+from memdlm.diffusion.masking import apply_mask
+from memdlm.diffusion.process import NoisedBatch, mdlm_loss
+from memdlm.memory.config import MemoryArguments
 from memdlm.training.args import TrainConfig
 from memdlm.training.mdlm_trainer import MDLMTrainer
 from memdlm.training.memdlm_trainer import MemDLMTrainer
@@ -32,15 +33,7 @@ def make_trainer(tok, tmp_path, model, **memory):
 
 
 def noised(tok, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(10, len(tok), (3, 20), generator=g)
-    attn = torch.ones_like(ids)
-    attn[2, 15:] = 0
-    maskable = torch.zeros_like(ids, dtype=torch.bool)
-    maskable[:, 8:] = True
-    maskable &= attn.bool()
-    t = torch.tensor([0.3, 0.6, 0.9])
-    masked = mask_with_probability(maskable, t, generator=g)
+    ids, attn, maskable, masked, t = random_noised(tok, length=20, prompt=8, pad_from=15, seed=seed)
     return NoisedBatch(ids, attn, maskable, masked, apply_mask(ids, masked, tok.mask_token_id), t, 1 / t,
                        torch.tensor([7, 8, 9]))
 
