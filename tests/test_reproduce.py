@@ -839,6 +839,7 @@ def test_smoke_claims_recompute_from_the_exported_cells(smoke_run, tmp_path):
     written = export_cells(smoke_run, tmp_path / "copy")
     assert not [f for f in written if f.suffix in (".safetensors", ".bin", ".pt")]
     assert (tmp_path / "copy" / "memory_strength.png").is_file()
+    assert (tmp_path / "copy" / "result.json.gz").is_file() and not (tmp_path / "copy" / "result.json").exists()
     recorded = json.loads((smoke_run / "report.json").read_text())["claims"]
     assert recompute_claims(tmp_path / "copy") == recorded
 
@@ -853,6 +854,27 @@ def test_committed_pilot_report_recomputes_from_its_cells():
     root = Path(__file__).resolve().parents[1] / "docs" / "results" / "pilot_active"
     recorded = json.loads((root / "report.json").read_text())["claims"]
     assert recompute_claims(root) == recorded
+
+
+@pytest.mark.parametrize("report", ["quick_active", "long_active", "quick3_active", "long3_active", "full_active"])
+def test_committed_active_reports_recompute_from_their_cells(report):
+    """Every report on the active design recomputes its claim rows exactly from what is
+    committed: gzipped cells (result.json.gz, read_cells) or an older plain result.json."""
+    from memdlm.reproduce.report import recompute_claims
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "results" / report
+    recorded = json.loads((root / "report.json").read_text())["claims"]
+    assert recorded and recompute_claims(root) == recorded
+
+
+def test_exported_cells_are_gzip_of_the_result_byte_for_byte_stable(tmp_path):
+    """The same result text gives the same bytes (no timestamp), and reads back equal."""
+    from memdlm.reproduce.report import read_cells, write_cells
+
+    text = json.dumps({"seeds": {"0": {"x": [0.1, 1 / 3]}}})
+    first = write_cells(tmp_path, text).read_bytes()
+    assert write_cells(tmp_path, text).read_bytes() == first
+    assert read_cells(tmp_path) == json.loads(text)
 
 
 def test_cost_estimate_counts_every_cell_of_a_preset():
