@@ -956,3 +956,30 @@ def test_memory_plot_gives_each_arm_one_colour_and_each_seed_one_style(tmp_path)
     path = plot_panels({"absorption": {n: ([5, 10], [0.9, 0.8]) for n in names}}, tmp_path / "m.png",
                        "step", groups=memory_line_groups)
     assert path.stat().st_size > 0
+
+
+def test_exposure_bias_at_a_fitted_temperature_of_one_is_not_decoded_again(tmp_path, monkeypatch):
+    """A model whose best temperature is 1 is its own calibrated model: the analysis runs once
+    per mode (plus the flattening control) and the calibrated rows are the as-trained ones."""
+    from types import SimpleNamespace
+
+    import memdlm.reproduce.pipeline as pipeline
+    from memdlm.reproduce.presets import SMOKE
+
+    temperatures = []
+
+    def fake_analysis(model, tokenizer, pairs, config, memory=None, progress=False, temperature=1.0):
+        temperatures.append(temperature)
+        return SimpleNamespace(to_dict=lambda: {"temperature": temperature, "per_item": {}})
+
+    monkeypatch.setattr(pipeline, "exposure_bias", fake_analysis)
+    monkeypatch.setattr(pipeline, "temperature_nll", lambda *a, **k: {0.5: 3.0, 1.0: 2.0, 1.5: 2.5})
+    monkeypatch.setattr(pipeline, "heldout_pairs", lambda *a, **k: [])
+    repro = pipeline.Reproduction(SMOKE, tmp_path, progress=False)
+    monkeypatch.setattr(repro, "load", lambda path: SimpleNamespace(model=None, tokenizer=None,
+                                                                     memory=lambda **kw: "memory"))
+    out = repro.exposure_bias(0, {"eb_standard": tmp_path / "a", "eb_memdlm": tmp_path / "b"},
+                              {"rank": 2, "inner_lr": 0.1})
+    assert temperatures == [1.0, SMOKE.eb_flatten_temperature, 1.0, 1.0]
+    assert out["calibrated"] == out["results"] and set(out["results"]) == set(out["temperatures"])
+    assert out["flattened"]["Standard"]["temperature"] == SMOKE.eb_flatten_temperature

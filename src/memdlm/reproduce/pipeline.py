@@ -342,15 +342,17 @@ class Reproduction:
                 out["calibration_nll"][arm] = {"t1": nll[1.0], "best": nll[temperature]}
                 for label, adapt in modes:
                     memory = run.memory(**adaptation) if adapt else None
+
+                    def analyse(t, memory=memory, run=run, pairs=pairs):
+                        return compact_exposure(exposure_bias(run.model, run.tokenizer, pairs, config, memory=memory,
+                                                              progress=self.progress, temperature=t).to_dict())
+
                     out["temperatures"][label] = temperature
-                    for key, t in (("results", 1.0), ("calibrated", temperature)):
-                        out[key][label] = compact_exposure(exposure_bias(
-                            run.model, run.tokenizer, pairs, config, memory=memory,
-                            progress=self.progress, temperature=t).to_dict())
+                    out["results"][label] = analyse(1.0)
+                    # a fitted temperature of 1 is the model as trained: the same analysis, not run again
+                    out["calibrated"][label] = out["results"][label] if temperature == 1.0 else analyse(temperature)
                     if arm == "eb_standard":
-                        out["flattened"][label] = compact_exposure(exposure_bias(
-                            run.model, run.tokenizer, pairs, config, progress=self.progress,
-                            temperature=p.eb_flatten_temperature).to_dict())
+                        out["flattened"][label] = analyse(p.eb_flatten_temperature, memory=None)
             return out
 
         return json_cell(self.out / f"seed{seed}" / "exposure_bias.json", settings, compute)
